@@ -1,0 +1,1 @@
+//! Weft's flow language, control protocol and client library.
