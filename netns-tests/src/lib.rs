@@ -1,1 +1,8 @@
 //! End-to-end tests of Weft in network namespaces.
+//!
+//! [`lab`] is the harness: nodes and pods as namespaces, an underlay, processes, all
+//! removed when the test ends.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod lab;
