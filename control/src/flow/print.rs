@@ -1,0 +1,1 @@
+//! The printer of the ovs-ofctl flow text syntax (`Display` impls).
