@@ -1,1 +1,3 @@
 //! Weft's datapath.
+
+pub mod flow_key;
