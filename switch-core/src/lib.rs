@@ -1,3 +1,4 @@
 //! Weft's datapath.
 
+pub mod classifier;
 pub mod flow_key;
