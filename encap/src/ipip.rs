@@ -184,12 +184,11 @@ pub fn decap_ipip(packet: &[u8]) -> Result<Decapsulated<'_>, DropReason> {
     let inner = packet
         .get(hl..usize::from(p.total_len()))
         .ok_or(DropReason::BadIpLength)?;
-    if inner.len() < min {
-        return Err(DropReason::Truncated);
-    }
     let want = if proto == InnerProto::Ipv4 { 4 } else { 6 };
-    if inner[0] >> 4 != want {
-        return Err(DropReason::InnerVersionMismatch);
+    match inner.first() {
+        Some(b) if b >> 4 != want => return Err(DropReason::InnerVersionMismatch),
+        _ if inner.len() < min => return Err(DropReason::Truncated),
+        _ => {}
     }
     Ok(Decapsulated {
         inner,
