@@ -1,4 +1,5 @@
 //! Weft's datapath.
 
 pub mod classifier;
+pub mod emc;
 pub mod flow_key;
