@@ -5,15 +5,19 @@ mod common;
 use common::*;
 use encap::geneve::{self, GeneveOption, Options};
 use encap::{
-    IpipParams, IpipTemplate, OuterIp, TunnelHeader, UdpTunnel, UdpTunnelParams, UdpTunnelTemplate, decap_geneve,
-    decap_ip_udp, decap_ipip, decap_vxlan, ipv4, ipv6, udp, vxlan,
+    IpipParams, IpipTemplate, OuterIp, TunnelHeader, UdpTunnel, UdpTunnelParams, UdpTunnelTemplate,
+    decap_geneve, decap_ip_udp, decap_ipip, decap_vxlan, ipv4, ipv6, udp, vxlan,
 };
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// (class, type, data) of one option; data 0..=5 words.
 fn option_strategy() -> impl Strategy<Value = (u16, u8, Vec<u8>)> {
-    (any::<u16>(), any::<u8>(), (0usize..=5).prop_flat_map(|w| proptest::collection::vec(any::<u8>(), w * 4)))
+    (
+        any::<u16>(),
+        any::<u8>(),
+        (0usize..=5).prop_flat_map(|w| proptest::collection::vec(any::<u8>(), w * 4)),
+    )
 }
 
 fn options_strategy() -> impl Strategy<Value = Vec<(u16, u8, Vec<u8>)>> {
@@ -21,14 +25,25 @@ fn options_strategy() -> impl Strategy<Value = Vec<(u16, u8, Vec<u8>)>> {
 }
 
 fn as_options(v: &[(u16, u8, Vec<u8>)]) -> Vec<GeneveOption<'_>> {
-    v.iter().map(|(c, t, d)| GeneveOption { class: *c, type_: *t, data: d }).collect()
+    v.iter()
+        .map(|(c, t, d)| GeneveOption {
+            class: *c,
+            type_: *t,
+            data: d,
+        })
+        .collect()
 }
 
 fn outer_strategy() -> impl Strategy<Value = OuterIp> {
     prop_oneof![
-        (any::<u8>(), any::<u8>())
-            .prop_map(|(a, b)| OuterIp::V4 { src: Ipv4Addr::new(198, 18, 0, a), dst: Ipv4Addr::new(198, 18, 0, b) }),
-        (any::<u16>(), any::<u16>()).prop_map(|(a, b)| OuterIp::V6 { src: v6(a).into(), dst: v6(b).into() }),
+        (any::<u8>(), any::<u8>()).prop_map(|(a, b)| OuterIp::V4 {
+            src: Ipv4Addr::new(198, 18, 0, a),
+            dst: Ipv4Addr::new(198, 18, 0, b)
+        }),
+        (any::<u16>(), any::<u16>()).prop_map(|(a, b)| OuterIp::V6 {
+            src: v6(a).into(),
+            dst: v6(b).into()
+        }),
     ]
 }
 

@@ -4,8 +4,9 @@ mod common;
 
 use common::*;
 use encap::{
-    DropReason, GeneveOption, InnerProto, IpipParams, IpipTemplate, OuterAddrs, OuterIp, TunnelHeader, UdpTunnel,
-    UdpTunnelParams, UdpTunnelTemplate, decap_geneve, decap_ip_udp, decap_ipip, decap_vxlan,
+    DropReason, GeneveOption, InnerProto, IpipParams, IpipTemplate, OuterAddrs, OuterIp,
+    TunnelHeader, UdpTunnel, UdpTunnelParams, UdpTunnelTemplate, decap_geneve, decap_ip_udp,
+    decap_ipip, decap_vxlan,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -13,7 +14,10 @@ const OUT_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const OUT_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
 fn inner_eth() -> Vec<u8> {
-    ethernet(0x0800, &ipv4_udp([198, 19, 1, 1], [198, 19, 2, 2], 1000, 2000, 64, &[0xab; 8]))
+    ethernet(
+        0x0800,
+        &ipv4_udp([198, 19, 1, 1], [198, 19, 2, 2], 1000, 2000, 64, &[0xab; 8]),
+    )
 }
 
 #[test]
@@ -22,12 +26,17 @@ fn vxlan_ipv4_template_exact_bytes() {
     assert_eq!(inner.len(), 50);
     let t = UdpTunnelTemplate::new(
         &TunnelHeader::vxlan(),
-        OuterIp::V4 { src: OUT_A, dst: OUT_B },
+        OuterIp::V4 {
+            src: OUT_A,
+            dst: OUT_B,
+        },
         UdpTunnelParams::default(),
     );
     assert_eq!(t.headroom(), 36);
     let (mut buf, start) = with_headroom(&inner);
-    let r = t.encapsulate(&mut buf, start, inner.len(), 100, 0xc000).unwrap();
+    let r = t
+        .encapsulate(&mut buf, start, inner.len(), 100, 0xc000)
+        .unwrap();
     assert_eq!(r, start - 36..buf.len());
     // total 86 = 0x56; UDP length 66 = 0x42; checksum computed by hand:
     // 4500+0056+0000+4000+4011+c612+0001+c612+0002 = 0x2518e -> 0x5190 -> ~ = 0xae6f.
@@ -47,7 +56,13 @@ fn vxlan_ipv4_template_exact_bytes() {
     assert_eq!(d.inner_offset, 36);
     assert_eq!(d.vni, 100);
     assert_eq!(d.inner_proto, InnerProto::Ethernet);
-    assert_eq!(d.outer, Some(OuterAddrs { src: IpAddr::V4(OUT_A), dst: IpAddr::V4(OUT_B) }));
+    assert_eq!(
+        d.outer,
+        Some(OuterAddrs {
+            src: IpAddr::V4(OUT_A),
+            dst: IpAddr::V4(OUT_B)
+        })
+    );
     assert_eq!(d.udp_src_port, Some(0xc000));
 }
 
@@ -55,13 +70,23 @@ fn vxlan_ipv4_template_exact_bytes() {
 fn geneve_ipv6_template_exact_bytes_and_checksum() {
     let inner = inner_eth();
     let opt_data = [0x11, 0x22, 0x33, 0x44];
-    let hdr = TunnelHeader::geneve(0x6558, &[GeneveOption { class: 0x0102, type_: 0x80, data: &opt_data }]).unwrap();
+    let hdr = TunnelHeader::geneve(
+        0x6558,
+        &[GeneveOption {
+            class: 0x0102,
+            type_: 0x80,
+            data: &opt_data,
+        }],
+    )
+    .unwrap();
     assert_eq!(hdr.len(), 16);
     let (src, dst) = (Ipv6Addr::from(v6(1)), Ipv6Addr::from(v6(2)));
     let t = UdpTunnelTemplate::new(&hdr, OuterIp::V6 { src, dst }, UdpTunnelParams::default());
     assert_eq!(t.headroom(), 40 + 8 + 16);
     let (mut buf, start) = with_headroom(&inner);
-    let r = t.encapsulate(&mut buf, start, inner.len(), 0x00abcd, 40000).unwrap();
+    let r = t
+        .encapsulate(&mut buf, start, inner.len(), 0x00abcd, 40000)
+        .unwrap();
     let pkt = &buf[r.clone()];
     let udp_len = 8 + 16 + 50u16;
     let mut expected = vec![0x60, 0, 0, 0];
@@ -92,29 +117,62 @@ fn geneve_ipv6_template_exact_bytes_and_checksum() {
     assert_eq!(d.inner, &inner[..]);
     assert_eq!(d.vni, 0xabcd);
     let opts: Vec<_> = d.options.iter().collect();
-    assert_eq!(opts, [GeneveOption { class: 0x0102, type_: 0x80, data: &opt_data }]);
-    assert_eq!(d.outer, Some(OuterAddrs { src: IpAddr::V6(src), dst: IpAddr::V6(dst) }));
+    assert_eq!(
+        opts,
+        [GeneveOption {
+            class: 0x0102,
+            type_: 0x80,
+            data: &opt_data
+        }]
+    );
+    assert_eq!(
+        d.outer,
+        Some(OuterAddrs {
+            src: IpAddr::V6(src),
+            dst: IpAddr::V6(dst)
+        })
+    );
     // A receiver that does not understand the critical option drops.
-    assert_eq!(decap_ip_udp(pkt, UdpTunnel::GENEVE, &[][..]), Err(DropReason::UnknownCriticalOption));
+    assert_eq!(
+        decap_ip_udp(pkt, UdpTunnel::GENEVE, &[][..]),
+        Err(DropReason::UnknownCriticalOption)
+    );
     // A corrupted payload byte fails the UDP checksum.
     let mut bad = pkt.to_vec();
     *bad.last_mut().unwrap() ^= 1;
-    assert_eq!(decap_ip_udp(&bad, UdpTunnel::GENEVE, &[(0x0102, 0x80)][..]), Err(DropReason::BadUdpChecksum));
+    assert_eq!(
+        decap_ip_udp(&bad, UdpTunnel::GENEVE, &[(0x0102, 0x80)][..]),
+        Err(DropReason::BadUdpChecksum)
+    );
 }
 
 #[test]
 fn plain_tunnel_headers_for_udp_sockets() {
     let inner = inner_eth();
     let (mut buf, start) = with_headroom(&inner);
-    let r = TunnelHeader::vxlan().encapsulate(&mut buf, start, inner.len(), 0xfedcba).unwrap();
+    let r = TunnelHeader::vxlan()
+        .encapsulate(&mut buf, start, inner.len(), 0xfedcba)
+        .unwrap();
     assert_eq!(&buf[r.start..start], &[0x08, 0, 0, 0, 0xfe, 0xdc, 0xba, 0]);
     let d = decap_vxlan(&buf[r]).unwrap();
     assert_eq!((d.vni, d.inner, d.outer), (0xfedcba, &inner[..], None));
 
     let opts = [
-        GeneveOption { class: 0x0001, type_: 0x01, data: &[1, 2, 3, 4] },
-        GeneveOption { class: 0x0002, type_: 0x82, data: &[5, 6, 7, 8, 9, 10, 11, 12] },
-        GeneveOption { class: 0x0003, type_: 0x03, data: &[] },
+        GeneveOption {
+            class: 0x0001,
+            type_: 0x01,
+            data: &[1, 2, 3, 4],
+        },
+        GeneveOption {
+            class: 0x0002,
+            type_: 0x82,
+            data: &[5, 6, 7, 8, 9, 10, 11, 12],
+        },
+        GeneveOption {
+            class: 0x0003,
+            type_: 0x03,
+            data: &[],
+        },
     ];
     let h = TunnelHeader::geneve(0x0800, &opts).unwrap();
     let ip = ipv4_icmp_echo([198, 19, 1, 1], [198, 19, 2, 2], 64, 1, 1);
@@ -133,7 +191,10 @@ fn plain_tunnel_headers_for_udp_sockets() {
     assert_eq!(d.inner_proto, InnerProto::Ipv4);
     assert_eq!(d.inner, &ip[..]);
     assert_eq!(d.options.iter().collect::<Vec<_>>(), opts);
-    assert_eq!(decap_geneve(&buf[r], &[][..]), Err(DropReason::UnknownCriticalOption));
+    assert_eq!(
+        decap_geneve(&buf[r], &[][..]),
+        Err(DropReason::UnknownCriticalOption)
+    );
 }
 
 #[test]
@@ -164,7 +225,13 @@ fn ipip_outer_header_exact_bytes_with_hand_computed_checksum() {
     let d = decap_ipip(&buf[r]).unwrap();
     assert_eq!(d.inner_proto, InnerProto::Ipv4);
     assert_eq!(d.inner, &buf[start..]);
-    assert_eq!(d.outer, Some(OuterAddrs { src: IpAddr::V4(OUT_A), dst: IpAddr::V4(OUT_B) }));
+    assert_eq!(
+        d.outer,
+        Some(OuterAddrs {
+            src: IpAddr::V4(OUT_A),
+            dst: IpAddr::V4(OUT_B)
+        })
+    );
 }
 
 #[test]
@@ -180,18 +247,31 @@ fn ipip_ttl_rules() {
             assert_eq!(&buf[start..], &inner[..], "nothing written on drop");
         }
     }
-    let no_dec = IpipTemplate::new(OUT_A, OUT_B, IpipParams { ttl: 64, decrement_inner_ttl: false });
+    let no_dec = IpipTemplate::new(
+        OUT_A,
+        OUT_B,
+        IpipParams {
+            ttl: 64,
+            decrement_inner_ttl: false,
+        },
+    );
     let inner = ipv4_icmp_echo([198, 19, 1, 1], [198, 19, 2, 2], 1, 1, 1);
     let (mut buf, start) = with_headroom(&inner);
     assert!(no_dec.encapsulate(&mut buf, start, inner.len()).is_ok());
     assert_eq!(buf[start + 8], 1);
     let inner = ipv4_icmp_echo([198, 19, 1, 1], [198, 19, 2, 2], 0, 1, 1);
     let (mut buf, start) = with_headroom(&inner);
-    assert_eq!(no_dec.encapsulate(&mut buf, start, inner.len()), Err(DropReason::TtlExpired));
+    assert_eq!(
+        no_dec.encapsulate(&mut buf, start, inner.len()),
+        Err(DropReason::TtlExpired)
+    );
     // IPv6 inner: hop limit 1 expires, protocol 41, traffic class copied, DF set.
     let mut inner6 = ipv6_udp(v6(10), v6(20), 1, 2, 1, b"x");
     let (mut buf, start) = with_headroom(&inner6);
-    assert_eq!(t.encapsulate(&mut buf, start, inner6.len()), Err(DropReason::TtlExpired));
+    assert_eq!(
+        t.encapsulate(&mut buf, start, inner6.len()),
+        Err(DropReason::TtlExpired)
+    );
     inner6[7] = 5;
     inner6[0] = 0x6a;
     inner6[1] = 0xc0; // traffic class 0xac
@@ -208,9 +288,18 @@ fn ipip_ttl_rules() {
 #[test]
 fn decap_drop_reasons() {
     let inner = inner_eth();
-    let t = UdpTunnelTemplate::new(&TunnelHeader::vxlan(), OuterIp::V4 { src: OUT_A, dst: OUT_B }, UdpTunnelParams::default());
+    let t = UdpTunnelTemplate::new(
+        &TunnelHeader::vxlan(),
+        OuterIp::V4 {
+            src: OUT_A,
+            dst: OUT_B,
+        },
+        UdpTunnelParams::default(),
+    );
     let (mut buf, start) = with_headroom(&inner);
-    let r = t.encapsulate(&mut buf, start, inner.len(), 1, 50000).unwrap();
+    let r = t
+        .encapsulate(&mut buf, start, inner.len(), 1, 50000)
+        .unwrap();
     let good = buf[r].to_vec();
     let none: &[(u16, u8)] = &[];
     let dec = |p: &[u8]| decap_ip_udp(p, UdpTunnel::VXLAN, none).map(|d| d.vni);
@@ -243,16 +332,30 @@ fn decap_drop_reasons() {
     // Ethernet padding after the IP packet is ignored.
     let mut padded = good.clone();
     padded.extend_from_slice(&[0; 6]);
-    assert_eq!(decap_ip_udp(&padded, UdpTunnel::VXLAN, none).unwrap().inner, &inner[..]);
+    assert_eq!(
+        decap_ip_udp(&padded, UdpTunnel::VXLAN, none).unwrap().inner,
+        &inner[..]
+    );
     // An inner frame shorter than an Ethernet header.
-    assert_eq!(decap_vxlan(&[0x08, 0, 0, 0, 0, 0, 1, 0, 1, 2, 3]), Err(DropReason::Truncated));
+    assert_eq!(
+        decap_vxlan(&[0x08, 0, 0, 0, 0, 0, 1, 0, 1, 2, 3]),
+        Err(DropReason::Truncated)
+    );
     // Geneve: unknown protocol type, bad version.
-    let g = [0x00, 0x00, 0x12, 0x34, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    assert_eq!(decap_geneve(&g, none), Err(DropReason::UnsupportedInnerProtocol));
+    let g = [
+        0x00, 0x00, 0x12, 0x34, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    assert_eq!(
+        decap_geneve(&g, none),
+        Err(DropReason::UnsupportedInnerProtocol)
+    );
     let g = [0x80, 0x00, 0x65, 0x58, 0, 0, 1, 0];
     assert_eq!(decap_geneve(&g, none), Err(DropReason::BadGeneveVersion));
     let g = [0x01, 0x00, 0x65, 0x58, 0, 0, 1, 0, 0, 1];
-    assert_eq!(decap_geneve(&g, none), Err(DropReason::GeneveOptionsOverrun));
+    assert_eq!(
+        decap_geneve(&g, none),
+        Err(DropReason::GeneveOptionsOverrun)
+    );
     // IP-in-IP: wrong protocol, version mismatch.
     let inner4 = ipv4_icmp_echo([198, 19, 1, 1], [198, 19, 2, 2], 64, 1, 1);
     let ti = IpipTemplate::new(OUT_A, OUT_B, IpipParams::default());
@@ -271,35 +374,91 @@ fn decap_drop_reasons() {
 
 #[test]
 fn encapsulate_drop_reasons() {
-    let t = UdpTunnelTemplate::new(&TunnelHeader::vxlan(), OuterIp::V4 { src: OUT_A, dst: OUT_B }, UdpTunnelParams::default());
+    let t = UdpTunnelTemplate::new(
+        &TunnelHeader::vxlan(),
+        OuterIp::V4 {
+            src: OUT_A,
+            dst: OUT_B,
+        },
+        UdpTunnelParams::default(),
+    );
     let mut buf = vec![0u8; 100];
-    assert_eq!(t.encapsulate(&mut buf, 35, 10, 1, 1), Err(DropReason::NoHeadroom));
-    assert_eq!(t.encapsulate(&mut buf, 36, 65, 1, 1), Err(DropReason::FrameOutOfBounds));
-    assert_eq!(t.encapsulate(&mut buf, 36, usize::MAX, 1, 1), Err(DropReason::FrameOutOfBounds));
-    assert_eq!(t.encapsulate(&mut buf, 36, 64, 0x0100_0000, 1), Err(DropReason::VniOutOfRange));
+    assert_eq!(
+        t.encapsulate(&mut buf, 35, 10, 1, 1),
+        Err(DropReason::NoHeadroom)
+    );
+    assert_eq!(
+        t.encapsulate(&mut buf, 36, 65, 1, 1),
+        Err(DropReason::FrameOutOfBounds)
+    );
+    assert_eq!(
+        t.encapsulate(&mut buf, 36, usize::MAX, 1, 1),
+        Err(DropReason::FrameOutOfBounds)
+    );
+    assert_eq!(
+        t.encapsulate(&mut buf, 36, 64, 0x0100_0000, 1),
+        Err(DropReason::VniOutOfRange)
+    );
     assert!(t.encapsulate(&mut buf, 36, 64, 0x00ff_ffff, 1).is_ok());
     let mut big = vec![0u8; 70000];
-    assert_eq!(t.encapsulate(&mut big, 36, 65500, 1, 1), Err(DropReason::FrameTooLarge));
+    assert_eq!(
+        t.encapsulate(&mut big, 36, 65500, 1, 1),
+        Err(DropReason::FrameTooLarge)
+    );
     let ti = IpipTemplate::new(OUT_A, OUT_B, IpipParams::default());
     assert_eq!(ti.encapsulate(&mut buf, 20, 0), Err(DropReason::Truncated));
     buf[20] = 0x10;
-    assert_eq!(ti.encapsulate(&mut buf, 20, 30), Err(DropReason::UnsupportedInnerProtocol));
+    assert_eq!(
+        ti.encapsulate(&mut buf, 20, 30),
+        Err(DropReason::UnsupportedInnerProtocol)
+    );
     buf[20] = 0x45;
     assert_eq!(ti.encapsulate(&mut buf, 20, 19), Err(DropReason::Truncated));
 }
 
 #[test]
 fn source_port_follows_inner_flow() {
-    let t = UdpTunnelTemplate::new(&TunnelHeader::vxlan(), OuterIp::V4 { src: OUT_A, dst: OUT_B }, UdpTunnelParams::default());
-    let a = ethernet(0x0800, &ipv4_udp([198, 19, 1, 1], [198, 19, 2, 2], 1000, 53, 64, b""));
-    let b = ethernet(0x0800, &ipv4_udp([198, 19, 2, 2], [198, 19, 1, 1], 53, 1000, 64, b"other payload"));
-    assert_eq!(t.source_port(&a), t.source_port(&b), "symmetric, payload-independent");
+    let t = UdpTunnelTemplate::new(
+        &TunnelHeader::vxlan(),
+        OuterIp::V4 {
+            src: OUT_A,
+            dst: OUT_B,
+        },
+        UdpTunnelParams::default(),
+    );
+    let a = ethernet(
+        0x0800,
+        &ipv4_udp([198, 19, 1, 1], [198, 19, 2, 2], 1000, 53, 64, b""),
+    );
+    let b = ethernet(
+        0x0800,
+        &ipv4_udp(
+            [198, 19, 2, 2],
+            [198, 19, 1, 1],
+            53,
+            1000,
+            64,
+            b"other payload",
+        ),
+    );
+    assert_eq!(
+        t.source_port(&a),
+        t.source_port(&b),
+        "symmetric, payload-independent"
+    );
     let mut seen = std::collections::HashSet::new();
     for sport in 0..200u16 {
-        let f = ethernet(0x0800, &ipv4_udp([198, 19, 1, 1], [198, 19, 2, 2], 1000 + sport, 53, 64, b""));
+        let f = ethernet(
+            0x0800,
+            &ipv4_udp([198, 19, 1, 1], [198, 19, 2, 2], 1000 + sport, 53, 64, b""),
+        );
         let p = t.source_port(&f);
         assert!((32768..=60999).contains(&p));
         seen.insert(p);
     }
-    assert!(seen.len() > 150, "flows spread over the range: {}", seen.len());
+    assert!(
+        seen.len() > 150,
+        "flows spread over the range: {}",
+        seen.len()
+    );
 }

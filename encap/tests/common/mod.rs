@@ -10,7 +10,14 @@ pub const MAC_A: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0a];
 pub const MAC_B: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0b];
 
 /// An IPv4 header + UDP datagram (checksums filled) with `payload`.
-pub fn ipv4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, ttl: u8, payload: &[u8]) -> Vec<u8> {
+pub fn ipv4_udp(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let total = 28 + payload.len();
     let mut p = vec![0u8; total];
     p[0] = 0x45;
@@ -55,7 +62,14 @@ pub fn ipv4_icmp_echo(src: [u8; 4], dst: [u8; 4], ttl: u8, id: u16, seq: u16) ->
 }
 
 /// An IPv6 + UDP datagram (UDP checksum filled).
-pub fn ipv6_udp(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, hop: u8, payload: &[u8]) -> Vec<u8> {
+pub fn ipv6_udp(
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    hop: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let ulen = 8 + payload.len();
     let mut p = vec![0u8; 40 + ulen];
     p[0] = 0x60;
@@ -102,7 +116,11 @@ pub fn v6(last: u16) -> [u8; 16] {
 pub fn naive_checksum(data: &[u8]) -> u16 {
     let mut s: u32 = 0;
     for c in data.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0]) << 8
+        };
         s += u32::from(w);
     }
     while s >> 16 != 0 {
