@@ -28,6 +28,10 @@ pub use error::{BundleError, FlowError, ParseError, ParseErrorKind};
 pub use field::{Field, FieldInfo, Prereq, ValueKind};
 pub use matching::Match;
 
+pub use parse::{
+    FlowModCommand, parse_actions, parse_bundle_file, parse_filter, parse_flow, parse_flow_mod,
+    parse_flows_file,
+};
 pub use value::{FieldType, FieldValue, MacAddr, Masked, PortRef};
 
 use serde::{Deserialize, Serialize};
@@ -99,10 +103,21 @@ impl Flow {
 /// fields it touches, writability, `move` widths and ranges, `set_field` value kinds,
 /// port names, and `goto_table` last and forward (when the table is known).
 pub fn validate_actions(actions: &[Action], m: &Match, table: Option<u8>) -> Result<(), FlowError> {
+    check_actions(actions, Some(m), table)
+}
+
+/// [`validate_actions`], without the prerequisite checks when `m` is `None`.
+pub(crate) fn check_actions(
+    actions: &[Action],
+    m: Option<&Match>,
+    table: Option<u8>,
+) -> Result<(), FlowError> {
     for (i, a) in actions.iter().enumerate() {
-        for f in a.fields() {
-            if !f.prereq().is_met(m) {
-                return Err(FlowError::MissingPrereq(f));
+        if let Some(m) = m {
+            for f in a.fields() {
+                if !f.prereq().is_met(m) {
+                    return Err(FlowError::MissingPrereq(f));
+                }
             }
         }
         match a {
