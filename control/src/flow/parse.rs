@@ -209,6 +209,40 @@ impl FromStr for Action {
     }
 }
 
+/// The property the fuzz target and the corpus replay check: if `text` parses as a flow
+/// (or as a filter), its printed form parses back to the same value and prints the same.
+/// Panics otherwise.
+pub fn check_round_trip(text: &str) {
+    if let Ok(f) = parse_flow(text) {
+        let printed = f.to_string();
+        match parse_flow(&printed) {
+            Ok(back) => {
+                assert_eq!(
+                    back, f,
+                    "{text:?} printed as {printed:?} re-parsed differently"
+                );
+                assert_eq!(back.to_string(), printed, "printing is not a fixed point");
+            }
+            Err(e) => panic!("{text:?} printed as {printed:?}, which does not parse: {e}"),
+        }
+        let json = serde_json::to_string(&f).expect("flow to json");
+        let from_json: Flow = serde_json::from_str(&json).expect("flow from json");
+        assert_eq!(from_json, f, "json round trip of {text:?}");
+        assert_eq!(
+            f.validate(),
+            Ok(()),
+            "parsed flow {text:?} does not validate"
+        );
+    }
+    if let Ok(flt) = parse_filter(text) {
+        let printed = flt.to_string();
+        match parse_filter(&printed) {
+            Ok(back) => assert_eq!(back, flt, "filter {text:?} printed as {printed:?}"),
+            Err(e) => panic!("filter {text:?} printed as {printed:?}, which does not parse: {e}"),
+        }
+    }
+}
+
 /// The edit distance between two strings: insertions, deletions, substitutions and
 /// transpositions of neighbours (`tpc` → `tcp`) each cost one (optimal string
 /// alignment distance, by characters).
