@@ -37,25 +37,28 @@ fn files(target: &str) -> Vec<(String, Vec<u8>)> {
 
 const KNOWN: &[(u16, u8)] = &[(0x0102, 0x80)];
 
-/// What each fuzz target does with one input; returns whether any decapsulator accepted it.
-fn vxlan_target(data: &[u8]) -> (Result<u32, DropReason>, Result<u32, DropReason>) {
+/// The results of the payload decapsulator and of the whole-packet one (VNI or reason).
+type Outcome = (Result<u32, DropReason>, Result<u32, DropReason>);
+
+/// What each fuzz target does with one input.
+fn vxlan_target(data: &[u8]) -> Outcome {
     (
         decap_vxlan(data).map(|d| d.vni),
         decap_ip_udp(data, UdpTunnel::VXLAN, &[][..]).map(|d| d.vni),
     )
 }
-fn geneve_target(data: &[u8]) -> (Result<u32, DropReason>, Result<u32, DropReason>) {
+fn geneve_target(data: &[u8]) -> Outcome {
     (
         decap_geneve(data, KNOWN).map(|d| d.vni),
         decap_ip_udp(data, UdpTunnel::GENEVE, KNOWN).map(|d| d.vni),
     )
 }
-fn ipip_target(data: &[u8]) -> (Result<u32, DropReason>, Result<u32, DropReason>) {
+fn ipip_target(data: &[u8]) -> Outcome {
     let r = decap_ipip(data).map(|d| d.vni);
     (r, r)
 }
 
-fn replay(target: &str, f: fn(&[u8]) -> (Result<u32, DropReason>, Result<u32, DropReason>)) {
+fn replay(target: &str, f: fn(&[u8]) -> Outcome) {
     let all = files(target);
     assert!(!all.is_empty(), "empty corpus for {target}");
     let mut valid = 0;
