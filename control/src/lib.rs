@@ -7,5 +7,6 @@
 #![warn(missing_docs)]
 
 pub mod flow;
+pub mod port;
 
 pub use flow::{Action, Bundle, Field, Flow, FlowFilter, FlowMod, Masked, Match, PortRef};
