@@ -5,7 +5,7 @@
 //! strict or not, like OpenFlow's flow_mod commands) and a [`Bundle`] is a list of
 //! changes that the switch validates as a whole and publishes as one new pipeline
 //! version. These types travel as JSON over the control socket; [`parse`] and the
-//! `Display` impls in [`print`] are the text form that `weftctl` reads and writes.
+//! `Display` impls in [`print`](mod@print) are the text form that `weftctl` reads and writes.
 //!
 //! Every field a flow can name is described once in the [field registry](field):
 //! its spelling, NXM name, width, whether it takes a mask and what it requires of the
