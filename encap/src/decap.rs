@@ -141,8 +141,7 @@ pub fn decap_geneve<'a, K: KnownOptions + ?Sized>(
     known: &K,
 ) -> Result<Decapsulated<'a>, DropReason> {
     let packet = geneve::Packet::new_unchecked(udp_payload);
-    let repr = geneve::Repr::parse(&packet)?;
-    repr.options.check_critical(known)?;
+    let repr = geneve::Repr::parse_checking(&packet, known)?;
     let inner_proto = InnerProto::from_ethertype(repr.protocol_type)
         .ok_or(DropReason::UnsupportedInnerProtocol)?;
     let offset = repr.buffer_len();
@@ -173,14 +172,13 @@ pub fn decap_ip_udp<'a, K: KnownOptions + ?Sized>(
     known: &K,
 ) -> Result<Decapsulated<'a>, DropReason> {
     let first = *packet.first().ok_or(DropReason::Truncated)?;
-    let (segment, ip_hl, outer, pseudo) = match first >> 4 {
+    let (segment, ip_hl, outer) = match first >> 4 {
         4 => {
             let p = ipv4::Packet::new_unchecked(packet);
             let r = ipv4::Repr::parse(&p)?;
             if r.protocol != crate::IPPROTO_UDP {
                 return Err(DropReason::WrongIpProtocol);
             }
-            let pseudo = checksum::pseudo_header_v4(r.src_addr, r.dst_addr, crate::IPPROTO_UDP, 0);
             let hl = p.header_len();
             // In bounds: parse checked hl <= total length <= packet length.
             let payload = packet
@@ -193,7 +191,6 @@ pub fn decap_ip_udp<'a, K: KnownOptions + ?Sized>(
                     src: r.src_addr.into(),
                     dst: r.dst_addr.into(),
                 },
-                pseudo,
             )
         }
         6 => {
@@ -202,8 +199,6 @@ pub fn decap_ip_udp<'a, K: KnownOptions + ?Sized>(
             if r.next_header != crate::IPPROTO_UDP {
                 return Err(DropReason::WrongIpProtocol);
             }
-            let pseudo =
-                checksum::pseudo_header_v6(&r.src_addr, &r.dst_addr, crate::IPPROTO_UDP, 0);
             let end = ipv6::HEADER_LEN + usize::from(r.payload_len);
             let payload = packet
                 .get(ipv6::HEADER_LEN..end)
@@ -215,7 +210,6 @@ pub fn decap_ip_udp<'a, K: KnownOptions + ?Sized>(
                     src: r.src_addr.into(),
                     dst: r.dst_addr.into(),
                 },
-                pseudo,
             )
         }
         _ => return Err(DropReason::BadIpVersion),
@@ -226,6 +220,16 @@ pub fn decap_ip_udp<'a, K: KnownOptions + ?Sized>(
     }
     let udp_len = usize::from(u.len());
     if u.checksum() != 0 {
+        // Only now: tunnels over IPv4 send 0, and the pseudo-header is not free.
+        let pseudo = match (outer.src, outer.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                checksum::pseudo_header_v4(s, d, crate::IPPROTO_UDP, 0)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                checksum::pseudo_header_v6(&s, &d, crate::IPPROTO_UDP, 0)
+            }
+            _ => 0,
+        };
         let s = pseudo + udp_len as u64 + checksum::sum(segment.get(..udp_len).unwrap_or_default());
         if checksum::fold(s) != 0xffff {
             return Err(DropReason::BadUdpChecksum);

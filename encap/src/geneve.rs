@@ -427,6 +427,39 @@ impl<'a> Repr<'a> {
         })
     }
 
+    /// [`Repr::parse`] and the critical-option rule in one pass over the options: fails
+    /// with `UnknownCriticalOption` if a critical option is not in `known`.
+    #[inline]
+    pub fn parse_checking<K: KnownOptions + ?Sized>(
+        packet: &Packet<&'a [u8]>,
+        known: &K,
+    ) -> Result<Repr<'a>, DropReason> {
+        let b: &'a [u8] = packet.buffer;
+        if b.len() < HEADER_LEN {
+            return Err(DropReason::Truncated);
+        }
+        if packet.version() != 0 {
+            return Err(DropReason::BadGeneveVersion);
+        }
+        let opts = b
+            .get(field::OPTIONS..packet.header_len())
+            .ok_or(DropReason::GeneveOptionsOverrun)?;
+        for o in OptionIter::new(opts) {
+            let o = o?;
+            if o.is_critical() && !known.understands(o.class, o.type_) {
+                return Err(DropReason::UnknownCriticalOption);
+            }
+        }
+        Ok(Repr {
+            oam: packet.oam(),
+            critical: packet.critical(),
+            protocol_type: packet.protocol_type(),
+            vni: packet.vni(),
+            // Checked just above (the options length is a multiple of 4, at most 252).
+            options: Options { bytes: opts },
+        })
+    }
+
     /// Length of the emitted header, options included.
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN + self.options.len()
