@@ -78,7 +78,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::flow_key::{FlowKey, FlowMask, KEY_WORDS, hash_words};
+use crate::flow_key::{FlowKey, FlowMask, KEY_WORDS, hash_word_iter, hash_words};
 
 /// End of a rule chain.
 const NONE: u32 = u32::MAX;
@@ -173,19 +173,24 @@ impl<T> Subtable<T> {
         self.meta.len()
     }
 
-    /// The key's masked, compacted words and their hash.
+    /// The key's masked words at the subtable's word positions (the compacted form).
+    #[inline(always)]
+    fn masked_words<'k>(&'k self, key: &'k FlowKey) -> impl Iterator<Item = u64> + 'k {
+        let k = self.n_words;
+        self.word_idx[..k]
+            .iter()
+            .zip(&self.mask_words[..k])
+            .map(|(&wi, &m)| key.words[wi as usize % KEY_WORDS] & m)
+    }
+
+    /// The key's masked, compacted words (in a buffer) and their hash.
     #[inline(always)]
     fn compact(&self, key: &FlowKey) -> ([u64; KEY_WORDS], u64) {
         let mut buf = [0u64; KEY_WORDS];
-        let k = self.n_words;
-        for ((b, &wi), &m) in buf[..k]
-            .iter_mut()
-            .zip(&self.word_idx[..k])
-            .zip(&self.mask_words[..k])
-        {
-            *b = key.words[wi as usize % KEY_WORDS] & m;
+        for (b, w) in buf.iter_mut().zip(self.masked_words(key)) {
+            *b = w;
         }
-        let h = hash_words(&buf[..k]);
+        let h = hash_words(&buf[..self.n_words]);
         (buf, h)
     }
 
@@ -195,15 +200,15 @@ impl<T> Subtable<T> {
         &self.values[slot * k..slot * k + k]
     }
 
-    /// The best (highest-priority) rule of this subtable that matches `key`.
+    /// The best (highest-priority) rule of this subtable that matches `key`. Works on
+    /// the key in place: no buffer to fill, `k` words hashed and compared.
     #[inline(always)]
     fn find(&self, key: &FlowKey) -> Option<usize> {
-        let (buf, h) = self.compact(key);
-        let want = &buf[..self.n_words];
+        let h = hash_word_iter(self.masked_words(key));
         let mut slot = *self.heads.get(&h)?;
         loop {
             let s = slot as usize;
-            if self.value_of(s) == want {
+            if self.value_of(s).iter().copied().eq(self.masked_words(key)) {
                 return Some(s);
             }
             slot = self.meta[s].next;
