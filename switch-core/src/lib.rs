@@ -3,3 +3,4 @@
 pub mod classifier;
 pub mod emc;
 pub mod flow_key;
+pub mod port;

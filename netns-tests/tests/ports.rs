@@ -1,0 +1,122 @@
+//! The port layer on real devices: TAP devices inside a pod's namespace.
+
+use std::time::{Duration, Instant};
+
+use control::port::TapOptions;
+use netns_tests::lab::{Lab, privileged};
+use switch_core::port::Tap;
+
+const POD_MAC: &str = "02:00:00:00:01:02";
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 1];
+
+fn arp_reply(to_mac: [u8; 6], to_ip: [u8; 4], from_ip: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&to_mac);
+    f.extend_from_slice(&GW_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    f.extend_from_slice(&GW_MAC);
+    f.extend_from_slice(&from_ip);
+    f.extend_from_slice(&to_mac);
+    f.extend_from_slice(&to_ip);
+    f
+}
+
+#[test]
+fn tap_in_a_namespace_is_created_configured_persistent_and_removed() {
+    if !privileged("tap_in_a_namespace_is_created_configured_persistent_and_removed") {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.netns("pod").unwrap();
+    let opts = TapOptions {
+        netns: Some(pod.name().to_string()),
+        ifname: None,
+        mtu: Some(1400),
+        mac: Some(POD_MAC.parse().unwrap()),
+    };
+    let tap = Tap::open("tap0", &opts, 2).unwrap();
+    assert!(!tap.reattached());
+    assert_eq!(tap.queue_count(), 2);
+    let link = pod.ip("link show tap0").unwrap();
+    assert!(link.contains("mtu 1400"), "{link}");
+    assert!(link.contains(POD_MAC), "{link}");
+    assert!(link.contains(",UP"), "device is up: {link}");
+    pod.ip("addr add 198.19.1.2/24 dev tap0").unwrap();
+
+    // Receive: the pod's ARP request for its gateway arrives on one of the queues.
+    let mut ping = pod.command("ping");
+    ping.args(["-c", "3", "-i", "0.2", "-W", "1", "198.19.1.1"]);
+    let pinger = lab.spawn("ping", ping).unwrap();
+    let mut buf = [0u8; 2048];
+    let start = Instant::now();
+    let request = 'found: loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "no ARP request arrived"
+        );
+        for q in 0..tap.queue_count() {
+            if let Ok(n) = tap.recv(q, &mut buf) {
+                let f = &buf[..n];
+                if n >= 42 && f[12..14] == [0x08, 0x06] && f[38..42] == [198, 19, 1, 1] {
+                    break 'found f.to_vec();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(&request[6..12], &opts.mac.unwrap().0, "sent by the pod's MAC");
+    let _ = lab.stop(pinger, Duration::from_secs(1));
+
+    // Send: an ARP reply written to the TAP reaches the pod's neighbour table.
+    let n = tap
+        .send(0, &arp_reply(opts.mac.unwrap().0, [198, 19, 1, 2], [198, 19, 1, 1]))
+        .unwrap();
+    assert_eq!(n, 42);
+    let start = Instant::now();
+    loop {
+        let neigh = pod.ip("neigh show 198.19.1.1").unwrap();
+        if neigh.contains("02:00:00:00:01:01") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(2), "{neigh}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Persistence: closing every queue leaves the device and the pod's address.
+    drop(tap);
+    let addr = pod.ip("addr show dev tap0").unwrap();
+    assert!(addr.contains("198.19.1.2/24"), "{addr}");
+    let tap = Tap::open("tap0", &opts, 1).unwrap();
+    assert!(tap.reattached(), "second open re-attaches");
+    let addr = pod.ip("addr show dev tap0").unwrap();
+    assert!(addr.contains("198.19.1.2/24"), "address kept: {addr}");
+
+    // Removal: the device is gone once persistence is cleared and the queue closed.
+    tap.remove().unwrap();
+    assert!(pod.ip("link show tap0").is_err(), "device removed");
+}
+
+#[test]
+fn tap_errors_are_clear() {
+    if !privileged("tap_errors_are_clear") {
+        return;
+    }
+    let opts = TapOptions {
+        netns: Some("weft-no-such-ns".into()),
+        ..TapOptions::default()
+    };
+    let err = Tap::open("tap0", &opts, 1).unwrap_err().to_string();
+    assert!(err.contains("weft-no-such-ns"), "{err}");
+
+    // A name taken by a device that is not a TAP.
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.netns("pod").unwrap();
+    let other = lab.netns("other").unwrap();
+    lab.veth(&pod, "eth0", &other, "eth0").unwrap();
+    let opts = TapOptions {
+        netns: Some(pod.name().to_string()),
+        ..TapOptions::default()
+    };
+    let err = Tap::open("eth0", &opts, 1).unwrap_err().to_string();
+    assert!(err.contains("tap 'eth0'"), "{err}");
+}

@@ -1,0 +1,71 @@
+//! Running setup code inside a named network namespace.
+//!
+//! A network namespace is a property of a thread, and a TAP device or a socket belongs
+//! to the namespace of the thread that created it, for good. So a port that lives in a
+//! pod's namespace is opened from a short-lived thread that has entered
+//! `/var/run/netns/NAME` (the place `ip netns add` puts them); the file descriptors it
+//! returns keep working from any thread afterwards.
+
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+
+use nix::sched::{CloneFlags, setns};
+
+/// Where `ip netns` keeps named namespaces.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// The path of a named namespace.
+pub fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(name)
+}
+
+/// Runs `f` on a thread inside namespace `name` (or on the calling thread when `name`
+/// is `None`) and returns its result.
+pub fn in_netns<T, F>(name: Option<&str>, f: F) -> io::Result<T>
+where
+    T: Send,
+    F: FnOnce() -> io::Result<T> + Send,
+{
+    let Some(name) = name else {
+        return f();
+    };
+    let path = netns_path(name);
+    let ns = File::open(&path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("network namespace '{name}' ({}): {e}", path.display()),
+        )
+    })?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                io::Error::other(format!("entering network namespace '{name}': {e}"))
+            })?;
+            f()
+        })
+        .join()
+        .map_err(|_| io::Error::other("namespace thread panicked"))?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_namespace_is_a_clear_error() {
+        let err = in_netns(Some("weft-no-such-namespace"), || Ok(())).unwrap_err();
+        assert!(
+            err.to_string().contains("weft-no-such-namespace"),
+            "error names the namespace: {err}"
+        );
+    }
+
+    #[test]
+    fn no_namespace_runs_here() {
+        let here = std::thread::current().id();
+        let ran = in_netns(None, || Ok(std::thread::current().id())).unwrap();
+        assert_eq!(ran, here);
+    }
+}

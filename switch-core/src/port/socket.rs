@@ -1,0 +1,233 @@
+//! Underlay sockets of the tunnel ports.
+//!
+//! - VXLAN and Geneve: a UDP socket bound to `local:dst_port`, one per worker with
+//!   SO_REUSEPORT so the kernel spreads the peers' flows over the workers (a flow always
+//!   lands on the same socket, so it stays in order). The kernel adds the outer IP and
+//!   UDP headers; Weft writes the tunnel header in front of the inner frame.
+//! - IP-in-IP: raw IPv4 sockets for protocols 4 (IPv4 inner) and 41 (IPv6 inner), with
+//!   IP_HDRINCL on send so that Weft writes the outer header itself (TTL, DF and TOS as
+//!   RFC 2003 says). A raw socket receives a copy of every matching packet, so each
+//!   protocol has exactly one receiving socket; every worker sends through it.
+//!
+//! All sockets are non-blocking, with large buffers, and never linger.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Socket buffer size asked for (the kernel caps it at `net.core.[rw]mem_max`).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// IP protocol number of IP-in-IP (IPv4 in IPv4).
+pub const IPPROTO_IPIP: i32 = 4;
+/// IP protocol number of IPv6 in IPv4.
+pub const IPPROTO_IPV6: i32 = 41;
+
+fn unspecified(v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
+}
+
+fn context(e: io::Error, what: String) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// The UDP socket of a VXLAN or Geneve port (one per worker).
+#[derive(Debug)]
+pub struct UdpTunnelSocket {
+    socket: Socket,
+    local: SocketAddr,
+}
+
+impl UdpTunnelSocket {
+    /// Binds `local` (address, or the unspecified address of `remote_is_v6`'s family,
+    /// and `port`). `reuse_port` lets several workers bind the same address.
+    pub fn bind(
+        local: Option<IpAddr>,
+        port: u16,
+        remote_is_v6: bool,
+        reuse_port: bool,
+    ) -> io::Result<UdpTunnelSocket> {
+        let ip = local.unwrap_or_else(|| unspecified(remote_is_v6));
+        let addr = SocketAddr::new(ip, port);
+        let what = || format!("udp tunnel socket {addr}");
+        let domain = if ip.is_ipv6() {
+            Domain::IPV6
+        } else {
+            Domain::IPV4
+        };
+        let socket =
+            Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| context(e, what()))?;
+        if reuse_port {
+            socket.set_reuse_port(true).map_err(|e| context(e, what()))?;
+        }
+        if ip.is_ipv6() {
+            socket.set_only_v6(true).map_err(|e| context(e, what()))?;
+        } else {
+            // Like the kernel's VXLAN device by default: no DF on the outer header. Weft
+            // never sends an inner frame larger than the tunnel MTU, so this only matters
+            // when the underlay's path MTU is smaller than configured.
+            set_pmtudisc_dont(&socket).map_err(|e| context(e, what()))?;
+        }
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+        socket.set_nonblocking(true).map_err(|e| context(e, what()))?;
+        socket.bind(&addr.into()).map_err(|e| context(e, what()))?;
+        let local = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("udp socket without an address"))?;
+        Ok(UdpTunnelSocket { socket, local })
+    }
+
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The descriptor, to register with a poller.
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Receives one datagram; `WouldBlock` when there is none.
+    #[inline]
+    pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (n, from) = self.socket.recv_from(as_uninit(buf))?;
+        let from = from
+            .as_socket()
+            .ok_or_else(|| io::Error::other("datagram from a non-IP address"))?;
+        Ok((n, from))
+    }
+
+    /// Sends one datagram.
+    #[inline]
+    pub fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.socket.send_to(datagram, &SockAddr::from(to))
+    }
+}
+
+/// A raw IPv4 socket for one IP-in-IP protocol (4 or 41): receives whole IPv4 packets
+/// (outer header included) and sends whole packets that carry their own outer header.
+#[derive(Debug)]
+pub struct RawIpSocket {
+    socket: Socket,
+    protocol: i32,
+}
+
+impl RawIpSocket {
+    /// Opens a raw socket for `protocol`, bound to `local` if given (then only packets
+    /// to that address are received).
+    pub fn open(protocol: i32, local: Option<Ipv4Addr>) -> io::Result<RawIpSocket> {
+        let what = || format!("raw socket for ip protocol {protocol}");
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(protocol)))
+            .map_err(|e| context(e, what()))?;
+        socket.set_header_included_v4(true).map_err(|e| context(e, what()))?;
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+        socket.set_nonblocking(true).map_err(|e| context(e, what()))?;
+        if let Some(ip) = local {
+            socket
+                .bind(&SocketAddr::new(IpAddr::V4(ip), 0).into())
+                .map_err(|e| context(e, what()))?;
+        }
+        Ok(RawIpSocket { socket, protocol })
+    }
+
+    /// The protocol number.
+    pub fn protocol(&self) -> i32 {
+        self.protocol
+    }
+
+    /// The descriptor, to register with a poller.
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Receives one packet (outer IPv4 header included); `WouldBlock` when none.
+    #[inline]
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket.recv(as_uninit(buf))
+    }
+
+    /// Sends one packet whose outer IPv4 header (destination `to`) is already written.
+    #[inline]
+    pub fn send_to(&self, packet: &[u8], to: Ipv4Addr) -> io::Result<usize> {
+        self.socket
+            .send_to(packet, &SockAddr::from(SocketAddr::new(IpAddr::V4(to), 0)))
+    }
+}
+
+fn as_uninit(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and initialised bytes are valid
+    // `MaybeUninit`s; the socket only writes into the slice.
+    unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) }
+}
+
+fn set_pmtudisc_dont(socket: &Socket) -> io::Result<()> {
+    let mode: libc::c_int = libc::IP_PMTUDISC_DONT;
+    // SAFETY: a valid socket descriptor, and a pointer to a c_int with its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&mode as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_tunnel_sockets_share_a_port_and_carry_datagrams() {
+        let a = UdpTunnelSocket::bind(Some("127.0.0.1".parse().unwrap()), 0, false, true).unwrap();
+        let port = a.local_addr().port();
+        let b = UdpTunnelSocket::bind(Some("127.0.0.1".parse().unwrap()), port, false, true)
+            .expect("SO_REUSEPORT lets a second worker bind the same port");
+        let c = UdpTunnelSocket::bind(Some("127.0.0.1".parse().unwrap()), 0, false, false).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            c.recv_from(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        c.send_to(b"hello", a.local_addr()).unwrap();
+        let start = std::time::Instant::now();
+        let got = loop {
+            let r = a.recv_from(&mut buf).or_else(|_| b.recv_from(&mut buf));
+            if let Ok(r) = r {
+                break r;
+            }
+            assert!(start.elapsed().as_secs() < 2, "datagram never arrived");
+        };
+        assert_eq!(&buf[..got.0], b"hello");
+        assert_eq!(got.1, c.local_addr());
+    }
+
+    #[test]
+    fn bind_errors_name_the_address() {
+        let a = UdpTunnelSocket::bind(Some("127.0.0.1".parse().unwrap()), 0, false, false).unwrap();
+        let err = UdpTunnelSocket::bind(
+            Some("127.0.0.1".parse().unwrap()),
+            a.local_addr().port(),
+            false,
+            false,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("127.0.0.1"), "{err}");
+    }
+}
