@@ -1,6 +1,8 @@
 //! Weft's datapath.
 
 pub mod classifier;
+pub mod drop;
 pub mod emc;
 pub mod flow_key;
+pub mod pipeline;
 pub mod port;

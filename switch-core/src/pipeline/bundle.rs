@@ -1,0 +1,389 @@
+//! Building the next version: applying a bundle, expiring flows, and reading flows back
+//! (dump-flows). See the module docs of [`pipeline`](super) for the publication model.
+
+use std::fmt;
+use std::sync::Arc;
+
+use control::flow::{Bundle, DEFAULT_PRIORITY, Flow, FlowFilter, FlowMod, PortRef};
+
+use crate::classifier::RuleRef;
+use crate::flow_key::{FlowKey, FlowMask};
+
+use super::error::{InstallError, InstallErrorKind};
+use super::ports::PortMap;
+use super::translate::{
+    Op, compile_actions, compile_match, rebuild_action, rebuild_match, writes_something,
+};
+use super::{FlowSlot, FlowStats, Millis, Pipeline, Table};
+
+/// What a bundle did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BundleOutcome {
+    /// The version it was published as.
+    pub version: u64,
+    /// Flows added (new identities).
+    pub added: usize,
+    /// Flows replaced by an add with the same identity.
+    pub replaced: usize,
+    /// Flows whose actions a modify replaced.
+    pub modified: usize,
+    /// Flows deleted.
+    pub deleted: usize,
+}
+
+/// One flow as dump-flows shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowDump {
+    /// The flow (match and actions rebuilt from the compiled form; ports as numbers,
+    /// `mod_*` actions as the equivalent `set_field`).
+    pub flow: Flow,
+    /// Packets that matched it.
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+    /// Milliseconds since it was installed.
+    pub duration_ms: u64,
+    /// Milliseconds since it last matched a packet (since installed, if never).
+    pub idle_age_ms: u64,
+}
+
+impl fmt::Display for FlowDump {
+    /// The `ovs-ofctl dump-flows` line: counters, then the flow in canonical text.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "duration={}.{:03}s, n_packets={}, n_bytes={}, idle_age={}, {}",
+            self.duration_ms / 1000,
+            self.duration_ms % 1000,
+            self.packets,
+            self.bytes,
+            self.idle_age_ms / 1000,
+            self.flow
+        )
+    }
+}
+
+/// Why a flow expired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpireReason {
+    /// No packet matched it for `idle_timeout` seconds.
+    Idle,
+    /// `hard_timeout` seconds passed since it was installed.
+    Hard,
+}
+
+/// A flow removed by [`Pipeline::expire`], with its final counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiredFlow {
+    /// The flow and its final counters.
+    pub flow: FlowDump,
+    /// Which timeout removed it.
+    pub reason: ExpireReason,
+}
+
+/// Rebuilds a `control::Flow` from a rule.
+pub(crate) fn rule_flow(table: u8, r: RuleRef<'_, FlowSlot>, with_actions: bool) -> Flow {
+    let s = r.payload();
+    Flow {
+        cookie: s.cookie,
+        table,
+        priority: r.priority(),
+        idle_timeout: s.idle_timeout,
+        hard_timeout: s.hard_timeout,
+        matches: rebuild_match(&r.value(), r.mask(), s.present),
+        actions: if with_actions {
+            s.ops.iter().map(rebuild_action).collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+fn dump_of(table: u8, r: RuleRef<'_, FlowSlot>, now: Millis) -> FlowDump {
+    let st = &r.payload().stats;
+    FlowDump {
+        flow: rule_flow(table, r, true),
+        packets: st.packets(),
+        bytes: st.bytes(),
+        duration_ms: now.saturating_sub(st.created()),
+        idle_age_ms: now.saturating_sub(st.last_used()),
+    }
+}
+
+/// Install-time loop check: a resubmit into the flow's own table before anything was
+/// written (and without a different ingress port) looks the same key up again and finds
+/// this same flow, forever.
+fn check_loop(table: u8, in_port: Option<u32>, ops: &[Op]) -> Result<(), InstallErrorKind> {
+    for op in ops {
+        match op {
+            Op::Resubmit { port, table: t } => {
+                let same_key = port.is_none() || (in_port.is_some() && *port == in_port);
+                if t.unwrap_or(table) == table && same_key {
+                    return Err(InstallErrorKind::ResubmitLoop { table });
+                }
+                // What the resubmitted flows do is not known here.
+                return Ok(());
+            }
+            op if writes_something(op) => return Ok(()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A filter's `in_port` as a number (rebuilt matches carry numbers).
+fn resolve_filter(filter: &FlowFilter, ports: &PortMap) -> Result<FlowFilter, InstallErrorKind> {
+    let mut f = filter.clone();
+    if let Some(p) = &f.matches.in_port {
+        f.matches.in_port = Some(PortRef::Number(ports.resolve(p)?));
+    }
+    Ok(f)
+}
+
+/// The tables a filter looks at.
+fn tables_of(filter: &FlowFilter) -> std::ops::RangeInclusive<u8> {
+    match filter.table {
+        Some(t) => t..=t,
+        None => 0..=control::flow::MAX_TABLE,
+    }
+}
+
+/// The rules of `table` a change selects: (value, mask, priority, in_port).
+fn select(
+    table: &Table,
+    t: u8,
+    filter: &FlowFilter,
+    strict: bool,
+    ports: &PortMap,
+) -> Result<Vec<(FlowKey, FlowMask, u16)>, InstallErrorKind> {
+    if strict {
+        let (key, mask, _) = compile_match(&filter.matches, ports)?;
+        let prio = filter.priority.unwrap_or(DEFAULT_PRIORITY);
+        return Ok(match table.cls.get(&key, &mask, prio) {
+            Some(s) if filter.cookie.is_none_or(|c| c.matches(s.cookie)) => {
+                vec![(key, mask, prio)]
+            }
+            _ => Vec::new(),
+        });
+    }
+    let catch_all = filter.matches.is_catchall() && filter.cookie.is_none();
+    Ok(table
+        .cls
+        .iter()
+        .filter(|r| catch_all || filter.selects(&rule_flow(t, *r, false), false))
+        .map(|r| (r.value(), *r.mask(), r.priority()))
+        .collect())
+}
+
+fn has_timeouts(s: &FlowSlot) -> bool {
+    s.idle_timeout != 0 || s.hard_timeout != 0
+}
+
+fn apply_one(
+    tables: &mut [Arc<Table>],
+    ports: &PortMap,
+    change: &FlowMod,
+    now: Millis,
+    out: &mut BundleOutcome,
+) -> Result<(), InstallErrorKind> {
+    match change {
+        FlowMod::Add { flow } => {
+            let (key, mask, present) = compile_match(&flow.matches, ports)?;
+            let ops = compile_actions(&flow.actions, ports)?;
+            let in_port = flow.matches.in_port.is_some().then(|| key.in_port());
+            check_loop(flow.table, in_port, &ops)?;
+            let t = Arc::make_mut(&mut tables[usize::from(flow.table)]);
+            let new_timeouts = flow.idle_timeout != 0 || flow.hard_timeout != 0;
+            if let Some(old) = t.cls.get_mut(&key, &mask, flow.priority) {
+                // Same identity: replace; counters survive only unchanged actions.
+                if old.ops != ops {
+                    old.stats = Arc::new(FlowStats::new(now));
+                }
+                let delta = isize::from(new_timeouts) - isize::from(has_timeouts(old));
+                old.ops = ops;
+                old.cookie = flow.cookie;
+                old.idle_timeout = flow.idle_timeout;
+                old.hard_timeout = flow.hard_timeout;
+                old.present = present;
+                t.n_timeouts = t.n_timeouts.saturating_add_signed(delta);
+                out.replaced += 1;
+            } else {
+                let slot = FlowSlot {
+                    stats: Arc::new(FlowStats::new(now)),
+                    ops,
+                    cookie: flow.cookie,
+                    idle_timeout: flow.idle_timeout,
+                    hard_timeout: flow.hard_timeout,
+                    present,
+                };
+                t.cls.insert(&key, &mask, flow.priority, slot);
+                t.n_timeouts += usize::from(new_timeouts);
+                out.added += 1;
+            }
+        }
+        FlowMod::Modify { filter, actions } | FlowMod::ModifyStrict { filter, actions } => {
+            let strict = change.is_strict();
+            let filter = resolve_filter(filter, ports)?;
+            let ops = compile_actions(actions, ports)?;
+            for t in tables_of(&filter) {
+                let sel = select(&tables[usize::from(t)], t, &filter, strict, ports)?;
+                if sel.is_empty() {
+                    continue;
+                }
+                for (k, m, _) in &sel {
+                    let in_port = (m.get(crate::flow_key::Field::InPort) != 0).then(|| k.in_port());
+                    check_loop(t, in_port, &ops)?;
+                }
+                let table = Arc::make_mut(&mut tables[usize::from(t)]);
+                for (k, m, p) in &sel {
+                    if let Some(s) = table.cls.get_mut(k, m, *p) {
+                        s.ops = ops.clone();
+                        out.modified += 1;
+                    }
+                }
+            }
+        }
+        FlowMod::Delete { filter } | FlowMod::DeleteStrict { filter } => {
+            let strict = change.is_strict();
+            let filter = resolve_filter(filter, ports)?;
+            let everything = !strict && filter.matches.is_catchall() && filter.cookie.is_none();
+            for t in tables_of(&filter) {
+                let ti = usize::from(t);
+                if tables[ti].cls.is_empty() {
+                    continue;
+                }
+                if everything {
+                    out.deleted += tables[ti].cls.len();
+                    tables[ti] = Arc::new(Table::default());
+                    continue;
+                }
+                let sel = select(&tables[ti], t, &filter, strict, ports)?;
+                if sel.is_empty() {
+                    continue;
+                }
+                let table = Arc::make_mut(&mut tables[ti]);
+                for (k, m, p) in &sel {
+                    if let Some(s) = table.cls.remove(k, m, *p) {
+                        table.n_timeouts -= usize::from(has_timeouts(&s));
+                        out.deleted += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn apply(
+    p: &Pipeline,
+    bundle: &Bundle,
+    now: Millis,
+) -> Result<(Pipeline, BundleOutcome), InstallError> {
+    bundle.validate().map_err(|e| InstallError {
+        index: e.index,
+        line: e.line,
+        kind: InstallErrorKind::Invalid(e.error),
+    })?;
+    let mut tables = p.tables.clone();
+    let mut out = BundleOutcome {
+        version: p.version() + 1,
+        ..BundleOutcome::default()
+    };
+    for (index, change) in bundle.changes.iter().enumerate() {
+        apply_one(&mut tables, &p.ports, change, now, &mut out).map_err(|kind| InstallError {
+            index,
+            line: bundle.line_of(index),
+            kind,
+        })?;
+    }
+    let next = Pipeline {
+        version: p.version() + 1,
+        tables,
+        ..p.clone_shallow()
+    };
+    Ok((next, out))
+}
+
+impl Pipeline {
+    /// A copy sharing everything (tables included); callers override fields.
+    fn clone_shallow(&self) -> Pipeline {
+        Pipeline {
+            version: self.version(),
+            tables: self.tables.clone(),
+            ports: self.ports.clone(),
+            table_stats: self.table_stats.clone(),
+            drops: self.drops.clone(),
+        }
+    }
+
+    /// The next version without the flows whose idle or hard timeout has passed at
+    /// `now`, and what was removed; `None` when nothing expired.
+    pub fn expire(&self, now: Millis) -> Option<(Pipeline, Vec<ExpiredFlow>)> {
+        let mut doomed: Vec<(usize, FlowKey, FlowMask, u16, ExpiredFlow)> = Vec::new();
+        for (ti, t) in self.tables.iter().enumerate() {
+            if t.n_timeouts == 0 {
+                continue;
+            }
+            for r in t.cls.iter() {
+                let s = r.payload();
+                let hard = s.hard_timeout != 0
+                    && now.saturating_sub(s.stats.created()) >= u64::from(s.hard_timeout) * 1000;
+                let idle = s.idle_timeout != 0
+                    && now.saturating_sub(s.stats.last_used()) >= u64::from(s.idle_timeout) * 1000;
+                if hard || idle {
+                    let reason = if hard {
+                        ExpireReason::Hard
+                    } else {
+                        ExpireReason::Idle
+                    };
+                    let flow = dump_of(ti as u8, r, now);
+                    doomed.push((
+                        ti,
+                        r.value(),
+                        *r.mask(),
+                        r.priority(),
+                        ExpiredFlow { flow, reason },
+                    ));
+                }
+            }
+        }
+        if doomed.is_empty() {
+            return None;
+        }
+        let mut next = self.clone_shallow();
+        next.version += 1;
+        let mut gone = Vec::with_capacity(doomed.len());
+        for (ti, k, m, p, e) in doomed {
+            let t = Arc::make_mut(&mut next.tables[ti]);
+            if let Some(s) = t.cls.remove(&k, &m, p) {
+                t.n_timeouts -= usize::from(has_timeouts(&s));
+                gone.push(e);
+            }
+        }
+        Some((next, gone))
+    }
+
+    /// The flows `filter` selects (non-strict, as `dump-flows`), with counters at
+    /// `now`, by table and descending priority. Fails only on an unknown port name in
+    /// the filter.
+    pub fn dump(
+        &self,
+        filter: &FlowFilter,
+        now: Millis,
+    ) -> Result<Vec<FlowDump>, InstallErrorKind> {
+        let filter = resolve_filter(filter, &self.ports)?;
+        let mut out = Vec::new();
+        for t in tables_of(&filter) {
+            let table = &self.tables[usize::from(t)];
+            let start = out.len();
+            for r in table.cls.iter() {
+                let d = dump_of(t, r, now);
+                if filter.selects(&d.flow, false) {
+                    out.push(d);
+                }
+            }
+            out[start..].sort_by_key(|d| std::cmp::Reverse(d.flow.priority));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,388 @@
+//! The flow pipeline: up to 254 tables of flows, walked from table 0, that turn a
+//! packet's [`FlowKey`] into datapath actions.
+//!
+//! # What it is
+//!
+//! A [`Pipeline`] is an immutable snapshot: 254 tables (each a
+//! [`Classifier`](crate::classifier::Classifier) of compiled flows), the port map the
+//! flows were resolved against, and a version number. Processing starts in table 0; the
+//! highest-priority matching flow's actions run in order; `goto_table` continues in a
+//! later table, `resubmit` looks up another (or the same) table and comes back. A miss
+//! ends the walk (a miss in table 0, or in a `goto_table` target, with nothing output
+//! drops the packet as `table_miss`; a miss in a resubmitted table is a no-op, as in
+//! OVS). The walk is bounded: `resubmit` nesting deeper than [`MAX_DEPTH`] (64, as OVS)
+//! or more than [`MAX_LOOKUPS`] lookups drops the packet as `resubmit_loop`; a flow
+//! that resubmits into its own table without writing anything first is refused at
+//! install time, since it would match itself again forever.
+//!
+//! # Versions and bundles (how a bundle becomes visible at once)
+//!
+//! The switch holds the current snapshot in an [`ArcSwap`] ([`SharedPipeline`]).
+//! Workers `load()` it once per batch of packets — no lock, no reference-count
+//! contention — and walk that snapshot for the whole batch, so a packet sees either
+//! the old flows or the new ones, never a mix. A [`Bundle`] is applied by the control
+//! thread (one writer at a time; readers never wait for it): every change is validated
+//! (`control`'s checks, then port names, install-time loops), and the changes are
+//! applied in order to a *copy* of the tables. Tables are `Arc`-shared between
+//! versions and only the tables a bundle touches are cloned (`Arc::make_mut`), so a
+//! bundle that adds one flow to one table costs a clone of that table, not of the
+//! pipeline. On any error the copy is dropped and the error names the change (index,
+//! and line when the bundle came from a file); the published snapshot was never
+//! touched. On success the copy becomes the next version with one pointer swap.
+//!
+//! A new port map (a port added or removed) is published the same way, sharing every
+//! table. Flows keep the port numbers they were resolved to; output to a number that
+//! is no longer in the map is skipped and counted as `no_such_port`.
+//!
+//! # Flows and counters
+//!
+//! A flow is kept compiled: its match as the classifier's value/mask (plus a bitmap of
+//! which control fields it named, enough to rebuild the `control::Flow` for dumps and
+//! traces), its actions as a shared list of 24-byte [`Op`](translate::Op)s, and its
+//! counters in an `Arc<FlowStats>` of relaxed atomics (packets, bytes, last used;
+//! created is fixed). Counters are shared by every version the flow lives in, so a
+//! packet counted against an old snapshot is not lost. Adding a flow with the identity
+//! of an installed one replaces it and keeps its counters only when its actions are
+//! unchanged (as `ovs-ofctl replace-flows`); `modify` replaces the actions and keeps
+//! the counters. Per-table counters (lookups, matches; misses = lookups − matches) and
+//! drop counters per [`DropReason`] live outside the versions and are shared by all.
+//!
+//! # The resolved-action cache
+//!
+//! The walk's result depends on the key and the snapshot only, so each worker caches it
+//! per key in a [`FlowCache`]: an [`Emc`](crate::emc::Emc) probe, tagged with the
+//! snapshot version (a new version invalidates every entry at once, with nothing to
+//! flush across threads), pointing into the worker's preallocated array of
+//! [`Resolved`] lists. A resolved list is fixed-size: up to [`MAX_OUTPUTS`] datapath
+//! actions, each naming the packet state (the full [`FlowKey`] at that output, at most
+//! [`MAX_STATES`] distinct ones; the datapath writes the difference between it and the
+//! ingress key into the frame with [`commit::commit`]), the drop reason when nothing is
+//! output, and the flows and tables whose counters a hit must bump (up to
+//! [`MAX_VISITS`]; a longer walk is not cached). `normal` and `flood` stay symbolic
+//! ([`DpAction::Normal`], [`DpAction::Flood`]) because they depend on the MAC table and
+//! MAC learning is a per-packet side effect; the datapath evaluates them with
+//! [`normal`](normal::normal) against its [`MacTable`]. A hit costs one EMC probe and
+//! the counter bumps, and never allocates. A walk that would need more outputs or
+//! states than fit drops the packet as `too_many_outputs` (no truncation: a partial
+//! action list would be a silent misforwarding).
+//!
+//! # Trace
+//!
+//! [`Pipeline::trace`] runs the very same walk (`exec::Walk`) with a recorder that
+//! notes each table visited, the flow matched (or the miss), each action with the key
+//! it saw, and the final datapath actions. Forwarding passes a recorder whose methods
+//! are empty and inline away. Trace never bumps counters and never learns MACs (like
+//! `ofproto/trace`).
+//!
+//! # Timeouts and dumps
+//!
+//! [`Pipeline::expire`] takes `now` (milliseconds on any monotonic clock the caller
+//! chooses; the pipeline has no clock) and returns the next version without the flows
+//! whose idle or hard timeout passed, with a report of what it removed. Only tables
+//! that hold flows with timeouts are scanned. [`Pipeline::dump`] lists flows with their
+//! counters, selected by a `control::FlowFilter`, as `control::Flow`s that print with
+//! control's printer.
+
+pub mod cache;
+pub mod commit;
+pub mod error;
+pub mod exec;
+pub mod normal;
+pub mod ports;
+pub mod trace;
+pub(crate) mod translate;
+
+mod bundle;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
+use control::flow::{Bundle, Flow};
+
+use crate::classifier::Classifier;
+use crate::drop::{DropCounters, DropReason};
+use crate::flow_key::FlowKey;
+
+pub use bundle::{BundleOutcome, ExpireReason, ExpiredFlow, FlowDump};
+pub use cache::FlowCache;
+pub use error::{InstallError, InstallErrorKind};
+pub use exec::{DpAction, MAX_DEPTH, MAX_LOOKUPS, MAX_OUTPUTS, MAX_STATES, MAX_VISITS, Resolved};
+pub use normal::{Forward, MacTable};
+pub use ports::{PortInfo, PortKind, PortMap, PortMapError};
+pub use trace::{Trace, TraceStep};
+
+use exec::{Count, NoRecord, Walk};
+use translate::{Op, Presence};
+
+/// Number of tables (0..=253).
+pub const N_TABLES: usize = control::flow::MAX_TABLE as usize + 1;
+
+/// Milliseconds on the caller's monotonic clock (the pipeline never reads a clock).
+pub type Millis = u64;
+
+/// Counters of one flow: relaxed atomics, bumped by every worker without locks.
+#[derive(Debug)]
+pub struct FlowStats {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    last_used: AtomicU64,
+    created: Millis,
+}
+
+impl FlowStats {
+    fn new(now: Millis) -> FlowStats {
+        FlowStats {
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            last_used: AtomicU64::new(now),
+            created: now,
+        }
+    }
+
+    /// Packets that matched the flow.
+    pub fn packets(&self) -> u64 {
+        self.packets.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of those packets.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// When the flow last matched a packet (its install time if never).
+    pub fn last_used(&self) -> Millis {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    /// When the flow was installed.
+    pub fn created(&self) -> Millis {
+        self.created
+    }
+}
+
+/// Counters of one table (shared by every version).
+#[derive(Debug, Default)]
+pub struct TableStats {
+    lookups: AtomicU64,
+    matches: AtomicU64,
+}
+
+impl TableStats {
+    /// Lookups in the table.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+
+    /// Lookups that matched a flow.
+    pub fn matches(&self) -> u64 {
+        self.matches.load(Ordering::Relaxed)
+    }
+
+    /// Lookups that matched nothing.
+    pub fn misses(&self) -> u64 {
+        self.lookups().saturating_sub(self.matches())
+    }
+}
+
+/// A compiled flow: the classifier's payload. Its match is the classifier's
+/// value/mask/priority; everything else is here.
+#[derive(Clone, Debug)]
+pub(crate) struct FlowSlot {
+    pub(crate) stats: Arc<FlowStats>,
+    pub(crate) ops: Arc<[Op]>,
+    pub(crate) cookie: u64,
+    pub(crate) idle_timeout: u16,
+    pub(crate) hard_timeout: u16,
+    pub(crate) present: Presence,
+}
+
+/// One table of a snapshot.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Table {
+    pub(crate) cls: Classifier<FlowSlot>,
+    /// Flows with an idle or hard timeout (tables without any are not scanned).
+    pub(crate) n_timeouts: usize,
+}
+
+/// An immutable snapshot of the flow tables and the port map. See the module docs.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    version: u64,
+    pub(crate) tables: Vec<Arc<Table>>,
+    pub(crate) ports: Arc<PortMap>,
+    pub(crate) table_stats: Arc<[TableStats]>,
+    pub(crate) drops: Arc<DropCounters>,
+}
+
+impl Pipeline {
+    /// An empty pipeline (every packet misses table 0) over `ports`, version 1.
+    pub fn new(ports: PortMap) -> Pipeline {
+        let empty = Arc::new(Table::default());
+        Pipeline {
+            version: 1,
+            tables: vec![empty; N_TABLES],
+            ports: Arc::new(ports),
+            table_stats: (0..N_TABLES).map(|_| TableStats::default()).collect(),
+            drops: Arc::new(DropCounters::default()),
+        }
+    }
+
+    /// This snapshot's version (increases by one per published change).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The port map flows were resolved against.
+    pub fn ports(&self) -> &PortMap {
+        &self.ports
+    }
+
+    /// Counters of table `t`.
+    pub fn table_stats(&self, t: u8) -> &TableStats {
+        &self.table_stats[usize::from(t)]
+    }
+
+    /// Drop counters (shared by all versions).
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    /// Number of flows in table `t`.
+    pub fn table_len(&self, t: u8) -> usize {
+        self.tables.get(usize::from(t)).map_or(0, |x| x.cls.len())
+    }
+
+    /// Number of flows in all tables.
+    pub fn len(&self) -> usize {
+        self.tables.iter().map(|t| t.cls.len()).sum()
+    }
+
+    /// Whether no table has a flow.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next version with a different port map (every table shared).
+    pub fn with_ports(&self, ports: PortMap) -> Pipeline {
+        Pipeline {
+            version: self.version + 1,
+            ports: Arc::new(ports),
+            ..self.clone()
+        }
+    }
+
+    /// Walks `key` through the pipeline into `out` without touching any counter (the
+    /// uncached slow path; [`Pipeline::process`] is what workers call).
+    pub fn resolve(&self, key: &FlowKey, out: &mut Resolved) {
+        out.clear();
+        Walk::run(self, key, out, &mut NoRecord, Count::No);
+    }
+
+    /// The forwarding path: the resolved actions for `key` (a packet of `bytes` bytes
+    /// seen at `now`), from the worker's cache or from a walk that is then cached, with
+    /// flow, table and drop counters bumped. Never allocates.
+    ///
+    /// The caller then, for each [`DpAction`]: writes the state's header changes into
+    /// the frame ([`commit::commit`]), and sends it, running [`normal::normal`] /
+    /// [`PortMap::flood_ports`] for `normal` and `flood`.
+    #[inline]
+    pub fn process<'c>(
+        &self,
+        key: &FlowKey,
+        bytes: u64,
+        now: Millis,
+        cache: &'c mut FlowCache,
+    ) -> &'c Resolved {
+        cache.process(self, key, bytes, now)
+    }
+
+    /// A drop before the pipeline (the frame did not parse), counted.
+    pub fn count_drop(&self, reason: DropReason) {
+        self.drops.bump(reason);
+    }
+
+    /// Applies a bundle to a copy of this snapshot: the next version, or an error naming
+    /// the first bad change (this snapshot is never modified). `now` stamps new flows.
+    pub fn apply(
+        &self,
+        bundle: &Bundle,
+        now: Millis,
+    ) -> Result<(Pipeline, BundleOutcome), InstallError> {
+        bundle::apply(self, bundle, now)
+    }
+
+    /// Every installed flow as a `control::Flow` (ports as numbers), in table order.
+    pub fn flows(&self) -> Vec<Flow> {
+        self.dump(&control::flow::FlowFilter::all(), 0)
+            .map(|v| v.into_iter().map(|d| d.flow).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The switch's current pipeline, published with [`ArcSwap`]: readers never block and
+/// never see half a bundle; writers (the control thread) are serialised.
+#[derive(Debug)]
+pub struct SharedPipeline {
+    current: ArcSwap<Pipeline>,
+    writer: Mutex<()>,
+}
+
+impl SharedPipeline {
+    /// Publishes `p` as the first version.
+    pub fn new(p: Pipeline) -> SharedPipeline {
+        SharedPipeline {
+            current: ArcSwap::from_pointee(p),
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// The current snapshot, for a worker's batch (cheap, wait-free).
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Pipeline>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc` (for the control side).
+    pub fn load_full(&self) -> Arc<Pipeline> {
+        self.current.load_full()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Validates and applies a bundle, publishing it as one new version; on error
+    /// nothing changes and the error names the change.
+    pub fn apply(&self, bundle: &Bundle, now: Millis) -> Result<BundleOutcome, InstallError> {
+        let _w = self.lock();
+        let (next, outcome) = self.current.load().apply(bundle, now)?;
+        self.current.store(Arc::new(next));
+        Ok(outcome)
+    }
+
+    /// Publishes a new port map (a new version sharing every table). Returns the version.
+    pub fn set_ports(&self, ports: PortMap) -> u64 {
+        let _w = self.lock();
+        let next = self.current.load().with_ports(ports);
+        let v = next.version();
+        self.current.store(Arc::new(next));
+        v
+    }
+
+    /// Removes flows whose idle or hard timeout passed at `now`, publishing a new
+    /// version if any did; returns what was removed.
+    pub fn expire(&self, now: Millis) -> Vec<ExpiredFlow> {
+        let _w = self.lock();
+        match self.current.load().expire(now) {
+            Some((next, gone)) => {
+                self.current.store(Arc::new(next));
+                gone
+            }
+            None => Vec::new(),
+        }
+    }
+}

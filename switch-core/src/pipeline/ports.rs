@@ -1,0 +1,162 @@
+//! The switch's port map as the pipeline sees it: number ↔ name, and the kind of each
+//! port (tap or tunnel), which `flood` and `normal` need for split horizon.
+//!
+//! The map is part of the published [`Pipeline`](super::Pipeline) snapshot: flows name
+//! ports by name and are resolved against it at install time, and a new map (a port
+//! added or deleted) is published as a new pipeline version, so a worker's cached
+//! results never refer to a port map other than the one they were computed with.
+
+use std::collections::HashMap;
+
+use control::flow::PortRef;
+
+use super::error::InstallErrorKind;
+
+/// What kind of port a port is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PortKind {
+    /// A local TAP device (a pod, VM or namespace).
+    Tap,
+    /// A tunnel (VXLAN, Geneve, IP-in-IP) toward other nodes.
+    Tunnel,
+}
+
+/// One port of the map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortInfo {
+    /// OpenFlow-style port number (`ofport`), never 0.
+    pub number: u32,
+    /// Unique name.
+    pub name: String,
+    /// Tap or tunnel.
+    pub kind: PortKind,
+}
+
+/// Why a port could not be added to a [`PortMap`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortMapError {
+    /// The number is taken.
+    #[error("port number {0} is already in use")]
+    NumberInUse(u32),
+    /// The name is taken.
+    #[error("port name '{0}' is already in use")]
+    NameInUse(String),
+    /// Port number 0 is reserved.
+    #[error("port number 0 is reserved")]
+    ZeroNumber,
+}
+
+/// Ports by number (sorted, for binary search and ordered flooding) and by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortMap {
+    ports: Vec<PortInfo>,
+    by_name: HashMap<String, u32>,
+}
+
+impl PortMap {
+    /// An empty map.
+    pub fn new() -> PortMap {
+        PortMap::default()
+    }
+
+    /// Adds a port.
+    pub fn insert(&mut self, number: u32, name: &str, kind: PortKind) -> Result<(), PortMapError> {
+        if number == 0 {
+            return Err(PortMapError::ZeroNumber);
+        }
+        if self.by_name.contains_key(name) {
+            return Err(PortMapError::NameInUse(name.to_string()));
+        }
+        let at = match self.ports.binary_search_by_key(&number, |p| p.number) {
+            Ok(_) => return Err(PortMapError::NumberInUse(number)),
+            Err(at) => at,
+        };
+        self.ports.insert(
+            at,
+            PortInfo {
+                number,
+                name: name.to_string(),
+                kind,
+            },
+        );
+        self.by_name.insert(name.to_string(), number);
+        Ok(())
+    }
+
+    /// Builder form of [`PortMap::insert`].
+    pub fn with(
+        mut self,
+        number: u32,
+        name: &str,
+        kind: PortKind,
+    ) -> Result<PortMap, PortMapError> {
+        self.insert(number, name, kind)?;
+        Ok(self)
+    }
+
+    /// Removes a port by number; returns it.
+    pub fn remove(&mut self, number: u32) -> Option<PortInfo> {
+        let at = self
+            .ports
+            .binary_search_by_key(&number, |p| p.number)
+            .ok()?;
+        let p = self.ports.remove(at);
+        self.by_name.remove(&p.name);
+        Some(p)
+    }
+
+    /// The port with this number.
+    #[inline]
+    pub fn get(&self, number: u32) -> Option<&PortInfo> {
+        self.ports
+            .binary_search_by_key(&number, |p| p.number)
+            .ok()
+            .map(|i| &self.ports[i])
+    }
+
+    /// The kind of the port with this number.
+    #[inline]
+    pub fn kind(&self, number: u32) -> Option<PortKind> {
+        self.get(number).map(|p| p.kind)
+    }
+
+    /// The number of the port with this name.
+    pub fn number(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Every port, by ascending number.
+    pub fn iter(&self) -> impl Iterator<Item = &PortInfo> + '_ {
+        self.ports.iter()
+    }
+
+    /// Number of ports.
+    pub fn len(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+
+    /// The ports a flood from `in_port` reaches: every port but `in_port`, and no tunnel
+    /// port when `in_port` is a tunnel (split horizon). By ascending number.
+    pub fn flood_ports(&self, in_port: u32) -> impl Iterator<Item = &PortInfo> + '_ {
+        let from_tunnel = self.kind(in_port) == Some(PortKind::Tunnel);
+        self.ports
+            .iter()
+            .filter(move |p| p.number != in_port && !(from_tunnel && p.kind == PortKind::Tunnel))
+    }
+
+    /// A flow's port reference as a number. Numbers are taken as they are (output to a
+    /// number that is not in the map is a counted drop at run time); names must exist.
+    pub(crate) fn resolve(&self, p: &PortRef) -> Result<u32, InstallErrorKind> {
+        match p {
+            PortRef::Number(n) => Ok(*n),
+            PortRef::Name(n) => self
+                .number(n)
+                .ok_or_else(|| InstallErrorKind::UnknownPort(n.clone())),
+        }
+    }
+}
