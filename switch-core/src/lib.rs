@@ -6,3 +6,4 @@ pub mod emc;
 pub mod flow_key;
 pub mod pipeline;
 pub mod port;
+pub mod service;

@@ -1,0 +1,48 @@
+//! The host service around the switch: what `weftd` needs besides the datapath.
+//!
+//! - [`config`]: the TOML file and the flags that override it ([`Config::load`]), and
+//!   the diff of two configurations for `SIGHUP` ([`Config::changes`]).
+//! - [`state`]: the ports and flows saved atomically in `<state_dir>/state.json` and
+//!   restored at start, so forwarding resumes before any controller reconnects.
+//! - [`metrics`]: Prometheus text at `http://ADDR/metrics`, rendered per scrape from a
+//!   plain [`StatsSnapshot`] that the switch fills.
+//! - [`signals`]: `SIGTERM`/`SIGINT` (stop) and `SIGHUP` (reload) as a channel.
+//! - [`notify`]: systemd's `sd_notify` (`READY=1`, `RELOADING=1`, `STOPPING=1`).
+//!
+//! None of this touches packets. The switch joins the service through one trait,
+//! [`Node`]: the `weftd` binary builds one node at start and talks to it only through
+//! that trait.
+
+pub mod config;
+pub mod metrics;
+pub mod notify;
+pub mod signals;
+pub mod state;
+
+pub use config::{Args, Config, ConfigChanges, ConfigError, PortDiff, diff_ports};
+pub use metrics::{MetricsServer, StatsSnapshot};
+pub use signals::{Signal, SignalListener};
+pub use state::{SavedState, StateError};
+
+/// What `weftd` needs from the switch. The switch (ports + pipeline + counters)
+/// implements it; the binary calls nothing else.
+///
+/// Order of calls in `weftd`: the node is built from the configuration and the saved
+/// state; then [`Node::apply_config`] once at start and once per successful reload;
+/// [`Node::stats`] from the metrics thread at every scrape; [`Node::saved_state`]
+/// whenever the binary persists state (after a reload and at stop); [`Node::shutdown`]
+/// once, at stop. The node itself should also save state after each change it makes
+/// on behalf of the control socket (see [`state::save`]).
+pub trait Node: Send + Sync {
+    /// Makes the node match `cfg`: create the ports it lists (keeping the numbers
+    /// of saved ports), install its flows file, and so on. Called at start and again
+    /// on every `SIGHUP` with the re-read configuration. An error is logged; at start
+    /// it stops `weftd`, on reload the old configuration stays in force.
+    fn apply_config(&self, cfg: &Config) -> anyhow::Result<()>;
+    /// The ports (with their `ofport`s) and flows to persist.
+    fn saved_state(&self) -> SavedState;
+    /// The counters, for one metrics scrape. Called from the metrics thread.
+    fn stats(&self) -> StatsSnapshot;
+    /// Stops the workers and closes the ports (TAP devices stay: they are persistent).
+    fn shutdown(&self);
+}
