@@ -1,0 +1,220 @@
+//! `weftd`: the per-node Weft daemon.
+//!
+//! Start-up: flags → configuration (`--config FILE`, flags on top; a bad configuration
+//! is one line on stderr and exit status 2) → logging (`RUST_LOG`, default `info`) →
+//! signal handlers → saved state (`<state_dir>/state.json`; a corrupt file stops
+//! `weftd` with exit status 1 rather than drop the node's flows) → the node (see
+//! [`start_node`]) → the metrics server → `READY=1` to systemd.
+//!
+//! Then the main thread waits for signals: `SIGHUP` re-reads the configuration and
+//! hands it to the node (on any error the running configuration stays), `SIGTERM` or
+//! `SIGINT` stops the node, saves its state and exits 0.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use clap::Parser;
+use switch_core::service::notify::{self, READY, RELOADING, STOPPING};
+use switch_core::service::{
+    Args, Config, MetricsServer, Node, SavedState, Signal, SignalListener, StatsSnapshot, state,
+};
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match Config::load(&args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("weftd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    match run(&args, cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weftd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// THE place where the switch plugs in: build the node from the configuration and the
+/// state saved by the previous run (`None` on a first start).
+///
+/// Until the datapath exists this returns a [`NoDatapath`], which forwards nothing.
+/// The lead replaces the body with something like
+/// `Ok(Arc::new(switch_core::Switch::start(cfg, saved)?))`.
+fn start_node(cfg: &Config, saved: Option<SavedState>) -> anyhow::Result<Arc<dyn Node>> {
+    let _ = cfg;
+    Ok(Arc::new(NoDatapath::new(saved)))
+}
+
+/// A stand-in [`Node`] for builds without the datapath: it forwards nothing, creates
+/// no ports, reports no counters, and keeps the saved state as it was loaded so that
+/// running it never loses a node's ports and flows.
+struct NoDatapath {
+    saved: Mutex<SavedState>,
+}
+
+impl NoDatapath {
+    fn new(saved: Option<SavedState>) -> NoDatapath {
+        NoDatapath {
+            saved: Mutex::new(saved.unwrap_or_default()),
+        }
+    }
+}
+
+impl Node for NoDatapath {
+    fn apply_config(&self, cfg: &Config) -> anyhow::Result<()> {
+        warn!(
+            ports = cfg.ports.len(),
+            flows = cfg.flows.len(),
+            "this build has no datapath: ports are not created and nothing is forwarded"
+        );
+        Ok(())
+    }
+
+    fn saved_state(&self) -> SavedState {
+        self.saved
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot::default()
+    }
+
+    fn shutdown(&self) {}
+}
+
+fn init_logging() {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("weftd: ignoring RUST_LOG={spec:?} ({e}); logging at info");
+            EnvFilter::new("info")
+        }),
+        Err(_) => EnvFilter::new("info"),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn sd_notify(state: &str) {
+    if let Err(e) = notify::notify(state) {
+        warn!("cannot notify systemd ({state}): {e}");
+    }
+}
+
+fn run(args: &Args, mut cfg: Config) -> anyhow::Result<()> {
+    // Before anything slow, so that a SIGTERM during start-up is a clean stop.
+    let signals = SignalListener::install().context("cannot install signal handlers")?;
+    info!(
+        config = %cfg.file.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
+        workers = cfg.workers,
+        state_dir = %cfg.state_dir.display(),
+        control = %cfg.control.display(),
+        ports = cfg.ports.len(),
+        flows = cfg.flows.len(),
+        "weftd {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    let saved = state::load(&cfg.state_dir)?;
+    match &saved {
+        Some(s) => info!(
+            ports = s.ports.len(),
+            flows = s.flows.len(),
+            "restored state from {}",
+            state::state_path(&cfg.state_dir).display()
+        ),
+        None => info!("no saved state in {}: first start", cfg.state_dir.display()),
+    }
+    let node = start_node(&cfg, saved)?;
+    node.apply_config(&cfg)
+        .context("cannot apply the configuration")?;
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            let n = Arc::clone(&node);
+            let server = MetricsServer::start(addr, move || n.stats())
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            info!("metrics at http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
+    sd_notify(READY);
+    info!("running");
+
+    loop {
+        match signals.recv() {
+            Some(Signal::Reload) => reload(args, &mut cfg, node.as_ref()),
+            Some(Signal::Stop(name)) => {
+                info!("{name}: stopping");
+                break;
+            }
+            None => {
+                warn!("signal thread ended: stopping");
+                break;
+            }
+        }
+    }
+
+    sd_notify(STOPPING);
+    if let Some(m) = metrics {
+        m.stop();
+    }
+    node.shutdown();
+    state::save(&cfg.state_dir, &node.saved_state())?;
+    info!("stopped");
+    Ok(())
+}
+
+/// `SIGHUP`: read the configuration again and hand it to the node. Settings that only
+/// take effect at start stay as they are (and are reported); on any error the running
+/// configuration stays in force.
+fn reload(args: &Args, cfg: &mut Config, node: &dyn Node) {
+    sd_notify(RELOADING);
+    match &cfg.file {
+        Some(f) => info!("SIGHUP: reloading {}", f.display()),
+        None => info!("SIGHUP: no config file; re-reading the flows file only"),
+    }
+    match Config::load(args) {
+        Err(e) => error!("reload failed, the running configuration stays: {e}"),
+        Ok(mut new) => {
+            let changes = cfg.changes(&new);
+            for setting in &changes.needs_restart {
+                warn!("{setting} changed: takes effect at the next start");
+            }
+            new.workers = cfg.workers;
+            new.state_dir = cfg.state_dir.clone();
+            new.metrics = cfg.metrics;
+            new.control = cfg.control.clone();
+            new.control_group = cfg.control_group.clone();
+            if changes.ports.is_empty() && !changes.flows_changed {
+                info!("reload: no port or flow changes");
+            } else {
+                info!(
+                    flows_changed = changes.flows_changed,
+                    "reload: {}", changes.ports
+                );
+            }
+            match node.apply_config(&new) {
+                Ok(()) => {
+                    *cfg = new;
+                    if let Err(e) = state::save(&cfg.state_dir, &node.saved_state()) {
+                        error!("{e}");
+                    }
+                }
+                Err(e) => error!("reload failed, the running configuration stays: {e:#}"),
+            }
+        }
+    }
+    sd_notify(READY);
+}
