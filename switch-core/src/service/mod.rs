@@ -39,7 +39,8 @@ pub trait Node: Send + Sync {
     /// on every `SIGHUP` with the re-read configuration. An error is logged; at start
     /// it stops `weftd`, on reload the old configuration stays in force.
     fn apply_config(&self, cfg: &Config) -> anyhow::Result<()>;
-    /// The ports (with their `ofport`s) and flows to persist.
+    /// The ports (with their `ofport`s) and flows to persist. Also called after
+    /// [`Node::shutdown`], for the final save.
     fn saved_state(&self) -> SavedState;
     /// The counters, for one metrics scrape. Called from the metrics thread.
     fn stats(&self) -> StatsSnapshot;
