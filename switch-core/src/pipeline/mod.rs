@@ -111,7 +111,7 @@ pub use bundle::{BundleOutcome, ExpireReason, ExpiredFlow, FlowDump};
 pub use cache::FlowCache;
 pub use error::{InstallError, InstallErrorKind};
 pub use exec::{DpAction, MAX_DEPTH, MAX_LOOKUPS, MAX_OUTPUTS, MAX_STATES, MAX_VISITS, Resolved};
-pub use normal::{Forward, MacTable};
+pub use normal::{Forward, Learned, MacEntry, MacTable, Send, for_each_send};
 pub use ports::{PortInfo, PortKind, PortMap, PortMapError};
 pub use trace::{Trace, TraceStep};
 

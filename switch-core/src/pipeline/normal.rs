@@ -280,3 +280,74 @@ pub fn normal(macs: &MacTable, ports: &PortMap, key: &FlowKey, now: Millis) -> F
         },
     }
 }
+
+/// One copy of a packet to send: the port, the packet state to commit
+/// ([`commit`](super::commit::commit)) and, when `normal` chose a tunnel peer it
+/// learned, the tunnel destination to use instead of the state's `tun_dst` (0 = none).
+#[derive(Clone, Copy, Debug)]
+pub struct Send<'a> {
+    /// Egress port.
+    pub port: u32,
+    /// The packet as it must leave (headers and tunnel metadata).
+    pub state: &'a FlowKey,
+    /// Learned tunnel peer (IPv4 mapped), or 0.
+    pub tun_dst: u128,
+}
+
+/// Expands a resolved action list into sends: explicit outputs as they are, `flood` to
+/// [`PortMap::flood_ports`], `normal` through the MAC table (learning the source once
+/// per packet when `learn_src`; trace-like callers pass false). Drops decided here
+/// (`normal` to the ingress port, split horizon) are counted in `drops`. No allocation.
+pub fn for_each_send<'r>(
+    r: &'r super::Resolved,
+    ports: &PortMap,
+    macs: &mut MacTable,
+    now: Millis,
+    learn_src: bool,
+    drops: &crate::drop::DropCounters,
+    mut send: impl FnMut(Send<'r>),
+) {
+    let mut learned = !learn_src;
+    for a in r.actions() {
+        let state = r.state_of(a);
+        match *a {
+            super::DpAction::Output { port, .. } => send(Send {
+                port,
+                state,
+                tun_dst: 0,
+            }),
+            super::DpAction::Flood { .. } => {
+                for p in ports.flood_ports(state.in_port()) {
+                    send(Send {
+                        port: p.number,
+                        state,
+                        tun_dst: 0,
+                    });
+                }
+            }
+            super::DpAction::Normal { .. } => {
+                if !learned {
+                    learn(macs, ports, state, now);
+                    learned = true;
+                }
+                match normal(macs, ports, state, now) {
+                    Forward::Port { port, tun_dst } => send(Send {
+                        port,
+                        state,
+                        tun_dst,
+                    }),
+                    Forward::Flood => {
+                        for p in ports.flood_ports(state.in_port()) {
+                            send(Send {
+                                port: p.number,
+                                state,
+                                tun_dst: 0,
+                            });
+                        }
+                    }
+                    Forward::Drop(reason) => drops.bump(reason),
+                }
+            }
+        }
+    }
+}

@@ -1437,3 +1437,34 @@ fn control_field_mapping_round_trips_through_key() {
     }
     let _ = Field::TunSrc;
 }
+
+#[test]
+fn for_each_send_expands_normal_and_flood_with_learning() {
+    use super::normal::for_each_send;
+    let p = pipe(&[
+        "priority=1,in_port=1 actions=normal",
+        "priority=1,in_port=2 actions=normal",
+        "priority=1,in_port=10 actions=flood",
+    ]);
+    let mut macs = MacTable::default();
+    let mut cache = FlowCache::new(16);
+    let sends = |r: &Resolved, macs: &mut MacTable| {
+        let mut v = Vec::new();
+        for_each_send(r, p.ports(), macs, 0, true, p.drops(), |s| v.push(s.port));
+        v
+    };
+    // Unknown destination: flood (no tunnel exclusion from a tap).
+    let r = p.process(&tcp_key(1), 60, 0, &mut cache).clone();
+    assert_eq!(sends(&r, &mut macs), vec![2, 3, 10, 11]);
+    // The reply is unicast to the learned port, and teaches the table its source.
+    let mut reply = tcp_key(2);
+    reply.set_dl_src(MAC_B);
+    reply.set_dl_dst(MAC_A);
+    let r = p.process(&reply, 60, 0, &mut cache).clone();
+    assert_eq!(sends(&r, &mut macs), vec![1]);
+    let r = p.process(&tcp_key(1), 60, 0, &mut cache).clone();
+    assert_eq!(sends(&r, &mut macs), vec![2]);
+    // Flood from a tunnel: taps only.
+    let r = p.process(&tcp_key(10), 60, 0, &mut cache).clone();
+    assert_eq!(sends(&r, &mut macs), vec![1, 2, 3]);
+}

@@ -1,0 +1,101 @@
+//! Resource properties of the pipeline, measured with a counting global allocator: the
+//! forwarding path (cache hit and miss) never allocates, and installed flows stay under
+//! the memory budget (300 bytes per flow). One test, so no other test thread allocates
+//! while it counts.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use control::flow::{Bundle, FlowMod, parse_flow};
+use switch_core::flow_key::FlowKey;
+use switch_core::pipeline::{FlowCache, Pipeline, PortKind, PortMap, SharedPipeline};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), Ordering::Relaxed);
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        LIVE.fetch_add(new, Ordering::Relaxed);
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn key(i: usize) -> FlowKey {
+    let mut k = FlowKey::ZERO;
+    k.set_in_port(9); // not an output port, so no output is skipped
+    k.set_dl_type(0x0800);
+    k.set_nw_dst(std::net::Ipv4Addr::new(
+        10,
+        (i >> 16) as u8,
+        (i >> 8) as u8,
+        i as u8,
+    ));
+    k.set_nw_proto(17);
+    k.set_nw_ttl(64);
+    k
+}
+
+#[test]
+fn forwarding_never_allocates_and_flows_stay_under_budget() {
+    let n = 100_000;
+    let mut ports = PortMap::new();
+    for p in 1..=8 {
+        ports.insert(p, &format!("pod{p}"), PortKind::Tap).unwrap();
+    }
+    let mut changes = vec![FlowMod::Add {
+        flow: parse_flow("priority=1,ip actions=dec_ttl,goto_table:1").unwrap(),
+    }];
+    for i in 0..n - 1 {
+        let (a, b, c) = ((i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+        let text = format!(
+            "table=1,priority=10,ip,nw_dst=10.{a}.{b}.{c} actions=mod_dl_dst:0a:00:00:{a:02x}:{b:02x}:{c:02x},output:{}",
+            i % 8 + 1
+        );
+        changes.push(FlowMod::Add {
+            flow: parse_flow(&text).unwrap(),
+        });
+    }
+    let bundle = Bundle::new(changes);
+    let before = LIVE.load(Ordering::Relaxed);
+    let shared = SharedPipeline::new(Pipeline::new(ports));
+    shared.apply(&bundle, 0).unwrap();
+    let per_flow = (LIVE.load(Ordering::Relaxed) - before) / n;
+    println!("pipeline: {per_flow} bytes per flow at {n} flows");
+    assert!(per_flow < 300, "{per_flow} bytes per flow");
+
+    let p = shared.load_full();
+    let mut cache = FlowCache::new(8192);
+    let keys: Vec<FlowKey> = (0..4096).map(key).collect();
+    let allocs = ALLOCS.load(Ordering::Relaxed);
+    let mut outputs = 0;
+    for round in 0..3 {
+        for k in &keys[..if round == 0 { 4096 } else { 512 }] {
+            outputs += p.process(k, 100, 1, &mut cache).actions().len();
+        }
+    }
+    assert_eq!(
+        ALLOCS.load(Ordering::Relaxed),
+        allocs,
+        "the packet path allocated"
+    );
+    assert_eq!(outputs, 4096 + 2 * 512);
+    assert!(cache.hits() >= 900, "hits {}", cache.hits());
+}
