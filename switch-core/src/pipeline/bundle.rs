@@ -285,8 +285,9 @@ pub(crate) fn apply(
         kind: InstallErrorKind::Invalid(e.error),
     })?;
     let mut tables = p.tables.clone();
+    let version = super::next_version();
     let mut out = BundleOutcome {
-        version: p.version() + 1,
+        version,
         ..BundleOutcome::default()
     };
     for (index, change) in bundle.changes.iter().enumerate() {
@@ -297,7 +298,7 @@ pub(crate) fn apply(
         })?;
     }
     let next = Pipeline {
-        version: p.version() + 1,
+        version,
         tables,
         ..p.clone_shallow()
     };
@@ -351,7 +352,7 @@ impl Pipeline {
             return None;
         }
         let mut next = self.clone_shallow();
-        next.version += 1;
+        next.version = super::next_version();
         let mut gone = Vec::with_capacity(doomed.len());
         for (ti, k, m, p, e) in doomed {
             let t = Arc::make_mut(&mut next.tables[ti]);

@@ -124,6 +124,14 @@ pub const N_TABLES: usize = control::flow::MAX_TABLE as usize + 1;
 /// Milliseconds on the caller's monotonic clock (the pipeline never reads a clock).
 pub type Millis = u64;
 
+/// A version number never used before in this process: cache entries are tagged with
+/// it, so two snapshots built from the same base (say, by two `Pipeline::apply` calls)
+/// can never be confused by a worker's cache.
+pub(crate) fn next_version() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Counters of one flow: relaxed atomics, bumped by every worker without locks.
 #[derive(Debug)]
 pub struct FlowStats {
@@ -219,11 +227,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// An empty pipeline (every packet misses table 0) over `ports`, version 1.
+    /// An empty pipeline (every packet misses table 0) over `ports`.
     pub fn new(ports: PortMap) -> Pipeline {
         let empty = Arc::new(Table::default());
         Pipeline {
-            version: 1,
+            version: next_version(),
             tables: vec![empty; N_TABLES],
             ports: Arc::new(ports),
             table_stats: (0..N_TABLES).map(|_| TableStats::default()).collect(),
@@ -231,7 +239,8 @@ impl Pipeline {
         }
     }
 
-    /// This snapshot's version (increases by one per published change).
+    /// This snapshot's version: unique in the process, and increasing along the
+    /// history of a [`SharedPipeline`].
     pub fn version(&self) -> u64 {
         self.version
     }
@@ -269,7 +278,7 @@ impl Pipeline {
     /// The next version with a different port map (every table shared).
     pub fn with_ports(&self, ports: PortMap) -> Pipeline {
         Pipeline {
-            version: self.version + 1,
+            version: next_version(),
             ports: Arc::new(ports),
             ..self.clone()
         }
