@@ -1,9 +1,12 @@
 //! Weft's datapath.
 
 pub mod classifier;
+pub mod datapath;
 pub mod drop;
 pub mod emc;
 pub mod flow_key;
 pub mod pipeline;
 pub mod port;
 pub mod service;
+
+pub use datapath::{Switch, SwitchError, SwitchOptions};

@@ -184,11 +184,16 @@ fn serves_metrics_reloads_and_stops_on_sigterm() {
         &dir.path().join("flows.txt"),
         "table=0,priority=0 actions=normal\n",
     );
+    // A tunnel port on loopback needs no privileges (a TAP would).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    drop(udp);
     write(
         &cfg,
         &format!(
             "workers = 1\nstate_dir = \"{}\"\ncontrol = \"{}\"\nflows = \"flows.txt\"\n\
-             metrics = \"127.0.0.1:1\"\n\n[[port]]\nname = \"pod1\"\ntype = \"tap\"\nnetns = \"pod1\"\n",
+             metrics = \"127.0.0.1:1\"\n\n[[port]]\nname = \"vx0\"\ntype = \"vxlan\"\n\
+             local = \"127.0.0.1\"\ndst_port = {udp_port}\n",
             state.display(),
             dir.path().join("weftd.sock").display()
         ),
@@ -203,7 +208,15 @@ fn serves_metrics_reloads_and_stops_on_sigterm() {
         resp.contains("Content-Type: text/plain; version=0.0.4"),
         "{resp}"
     );
-    assert!(resp.contains("\nweft_pipeline_version 0\n"), "{resp}");
+    assert!(resp.contains("\nweft_pipeline_version "), "{resp}");
+    assert!(
+        resp.contains("\nweft_table_flows{table=\"0\"} 1\n"),
+        "{resp}"
+    );
+    assert!(
+        resp.contains("weft_port_rx_packets_total{port=\"vx0\",ofport=\"1\",type=\"vxlan\"} 0"),
+        "{resp}"
+    );
     assert!(
         resp.contains("# TYPE weft_cache_hits_total counter"),
         "{resp}"
@@ -230,8 +243,10 @@ fn serves_metrics_reloads_and_stops_on_sigterm() {
     );
     assert!(err.contains("bad value 'x' for workers"), "{err}");
     assert!(err.contains("SIGTERM: stopping"), "{err}");
-    // State was saved (atomically: no temporary file left).
-    assert!(state.join("state.json").exists(), "{err}");
+    // State was saved (atomically: no temporary file left), with the port and flow.
+    let saved = std::fs::read_to_string(state.join("state.json")).unwrap();
+    assert!(saved.contains("\"vx0\""), "{saved}");
+    assert!(saved.contains("\"normal\""), "{saved}");
     assert!(!state.join("state.json.tmp").exists());
 }
 

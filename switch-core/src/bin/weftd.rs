@@ -12,14 +12,15 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use switch_core::service::notify::{self, READY, RELOADING, STOPPING};
 use switch_core::service::{
-    Args, Config, MetricsServer, Node, SavedState, Signal, SignalListener, StatsSnapshot, state,
+    Args, Config, MetricsServer, Node, SavedState, Signal, SignalListener, state,
 };
+use switch_core::{Switch, SwitchOptions};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -42,54 +43,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// THE place where the switch plugs in: build the node from the configuration and the
-/// state saved by the previous run (`None` on a first start).
-///
-/// Until the datapath exists this returns a [`NoDatapath`], which forwards nothing.
-/// The lead replaces the body with something like
-/// `Ok(Arc::new(switch_core::Switch::start(cfg, saved)?))`.
+/// Builds the node's datapath from the configuration and the state saved by the
+/// previous run (`None` on a first start): ports re-attached and flows installed before
+/// the workers start.
 fn start_node(cfg: &Config, saved: Option<SavedState>) -> anyhow::Result<Arc<dyn Node>> {
-    let _ = cfg;
-    Ok(Arc::new(NoDatapath::new(saved)))
-}
-
-/// A stand-in [`Node`] for builds without the datapath: it forwards nothing, creates
-/// no ports, reports no counters, and keeps the saved state as it was loaded so that
-/// running it never loses a node's ports and flows.
-struct NoDatapath {
-    saved: Mutex<SavedState>,
-}
-
-impl NoDatapath {
-    fn new(saved: Option<SavedState>) -> NoDatapath {
-        NoDatapath {
-            saved: Mutex::new(saved.unwrap_or_default()),
-        }
-    }
-}
-
-impl Node for NoDatapath {
-    fn apply_config(&self, cfg: &Config) -> anyhow::Result<()> {
-        warn!(
-            ports = cfg.ports.len(),
-            flows = cfg.flows.len(),
-            "this build has no datapath: ports are not created and nothing is forwarded"
-        );
-        Ok(())
-    }
-
-    fn saved_state(&self) -> SavedState {
-        self.saved
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    fn stats(&self) -> StatsSnapshot {
-        StatsSnapshot::default()
-    }
-
-    fn shutdown(&self) {}
+    let options = SwitchOptions {
+        workers: cfg.workers,
+        state_dir: Some(cfg.state_dir.clone()),
+        ..SwitchOptions::default()
+    };
+    let sw = Switch::start(options, saved).context("cannot start the datapath")?;
+    Ok(Arc::new(sw))
 }
 
 fn init_logging() {

@@ -62,10 +62,12 @@ impl UdpTunnelSocket {
         } else {
             Domain::IPV4
         };
-        let socket =
-            Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| context(e, what()))?;
+        let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+            .map_err(|e| context(e, what()))?;
         if reuse_port {
-            socket.set_reuse_port(true).map_err(|e| context(e, what()))?;
+            socket
+                .set_reuse_port(true)
+                .map_err(|e| context(e, what()))?;
         }
         if ip.is_ipv6() {
             socket.set_only_v6(true).map_err(|e| context(e, what()))?;
@@ -77,7 +79,9 @@ impl UdpTunnelSocket {
         }
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-        socket.set_nonblocking(true).map_err(|e| context(e, what()))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| context(e, what()))?;
         socket.bind(&addr.into()).map_err(|e| context(e, what()))?;
         let local = socket
             .local_addr()?
@@ -128,10 +132,14 @@ impl RawIpSocket {
         let what = || format!("raw socket for ip protocol {protocol}");
         let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(protocol)))
             .map_err(|e| context(e, what()))?;
-        socket.set_header_included_v4(true).map_err(|e| context(e, what()))?;
+        socket
+            .set_header_included_v4(true)
+            .map_err(|e| context(e, what()))?;
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-        socket.set_nonblocking(true).map_err(|e| context(e, what()))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| context(e, what()))?;
         if let Some(ip) = local {
             socket
                 .bind(&SocketAddr::new(IpAddr::V4(ip), 0).into())

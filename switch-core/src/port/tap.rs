@@ -134,13 +134,18 @@ impl Tap {
         self.queue(i).send(frame)
     }
 
-    /// Clears persistence and closes every queue: the kernel then deletes the device.
-    pub fn remove(self) -> io::Result<()> {
+    /// Clears persistence: the kernel deletes the device when its last queue closes
+    /// (when every holder of this `Tap` has dropped it).
+    pub fn unpersist(&self) -> io::Result<()> {
         // SAFETY: the descriptor is an open TUN queue owned by `self.queues[0]`, and
         // TUNSETPERSIST takes its argument by value.
         unsafe { tunsetpersist(self.queues[0].as_raw_fd(), 0) }
-            .map_err(|e| io::Error::other(format!("tap '{}': unpersist: {e}", self.ifname)))?;
-        drop(self.queues);
-        Ok(())
+            .map(drop)
+            .map_err(|e| io::Error::other(format!("tap '{}': unpersist: {e}", self.ifname)))
+    }
+
+    /// Clears persistence and closes every queue: the kernel then deletes the device.
+    pub fn remove(self) -> io::Result<()> {
+        self.unpersist()
     }
 }

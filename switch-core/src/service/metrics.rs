@@ -53,7 +53,7 @@ pub struct PortStats {
     /// Bytes sent to the port.
     pub tx_bytes: u64,
     /// Frames dropped at this port, by reason.
-    pub drops: Vec<(&'static str, u64)>,
+    pub drops: Vec<(String, u64)>,
 }
 
 /// The counters of one flow table.
@@ -83,7 +83,7 @@ pub struct StatsSnapshot {
     /// Exact-match cache misses (all workers).
     pub cache_misses: u64,
     /// Datapath drops by reason (all workers).
-    pub drops: Vec<(&'static str, u64)>,
+    pub drops: Vec<(String, u64)>,
     /// The published pipeline version.
     pub pipeline_version: u64,
 }
@@ -480,7 +480,7 @@ mod tests {
                     rx_bytes: 1000,
                     tx_packets: 20,
                     tx_bytes: 2000,
-                    drops: vec![("tx_queue_full", 3)],
+                    drops: vec![("tx_queue_full".into(), 3)],
                 },
                 PortStats {
                     name: "vx0".into(),
@@ -490,7 +490,7 @@ mod tests {
                     rx_bytes: 500,
                     tx_packets: 6,
                     tx_bytes: 600,
-                    drops: vec![("bad_vni", 1), ("not_allowed_remote", 2)],
+                    drops: vec![("bad_vni".into(), 1), ("not_allowed_remote".into(), 2)],
                 },
             ],
             tables: vec![
@@ -511,7 +511,7 @@ mod tests {
             ],
             cache_hits: 70,
             cache_misses: 30,
-            drops: vec![("table_miss", 10), ("ttl_expired", 4)],
+            drops: vec![("table_miss".into(), 10), ("ttl_expired".into(), 4)],
             pipeline_version: 7,
         }
     }

@@ -1,0 +1,463 @@
+//! Opened ports: the file descriptors behind each port, and its counters.
+//!
+//! [`PortIo`] is what a port is at run time: a TAP device with one queue per worker,
+//! a VXLAN/Geneve tunnel with one UDP socket per worker, or an IP-in-IP tunnel with its
+//! two raw sockets. The set of opened ports is published as an immutable [`PortSet`]
+//! (like the pipeline), so workers read it without locks and pick up a new one between
+//! batches; a port's descriptors close when the last worker lets go of its `Arc`.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use control::port::{Key, PortKind as SpecKind, PortSpec, Remote};
+use encap::TunnelHeader;
+use ipnet::IpNet;
+
+use crate::drop::DropReason;
+use crate::pipeline::{PortKind, PortMap};
+use crate::port::socket::{IPPROTO_IPIP, IPPROTO_IPV6};
+use crate::port::{RawIpSocket, Tap, UdpTunnelSocket};
+
+/// Why the datapath dropped a packet at a port (beyond the pipeline's reasons and
+/// `encap`'s decapsulation reasons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum IoDrop {
+    /// Larger than the tunnel's MTU (the sender got an ICMP "too big" if it was due).
+    TooBig = 0,
+    /// Output to a `remote=flow` tunnel without a `tun_dst`.
+    NoTunnelDst,
+    /// `tun_dst` of the other address family than the tunnel's socket.
+    TunnelFamily,
+    /// A tunnel packet from a source outside `allowed_remotes`.
+    RemoteNotAllowed,
+    /// The device or socket refused the packet (queue full, link down, ...).
+    TxError,
+    /// A Geneve OAM packet (for a control plane Weft does not have).
+    GeneveOam,
+    /// The inner frame is of a kind the port cannot carry (IP-in-IP carries only IP).
+    NotIp,
+}
+
+impl IoDrop {
+    /// Every reason, in counter order.
+    pub const ALL: [IoDrop; 7] = [
+        IoDrop::TooBig,
+        IoDrop::NoTunnelDst,
+        IoDrop::TunnelFamily,
+        IoDrop::RemoteNotAllowed,
+        IoDrop::TxError,
+        IoDrop::GeneveOam,
+        IoDrop::NotIp,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IoDrop::TooBig => "too_big",
+            IoDrop::NoTunnelDst => "no_tunnel_dst",
+            IoDrop::TunnelFamily => "tunnel_family",
+            IoDrop::RemoteNotAllowed => "remote_not_allowed",
+            IoDrop::TxError => "tx_error",
+            IoDrop::GeneveOam => "geneve_oam",
+            IoDrop::NotIp => "not_ip",
+        }
+    }
+}
+
+const PIPE_DROPS: usize = DropReason::COUNT;
+const DECAP_DROPS: usize = encap::DropReason::COUNT;
+const IO_DROPS: usize = IoDrop::ALL.len();
+/// Number of per-port drop counters.
+pub const PORT_DROPS: usize = PIPE_DROPS + DECAP_DROPS + IO_DROPS;
+
+/// One drop counter slot of a port: a pipeline reason (for packets received on the
+/// port), a decapsulation reason, or a port reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortDrop {
+    /// The pipeline dropped a packet that came in on this port.
+    Pipeline(DropReason),
+    /// `encap` refused a tunnel packet received on this port.
+    Decap(encap::DropReason),
+    /// The port itself dropped it.
+    Io(IoDrop),
+}
+
+impl PortDrop {
+    #[inline]
+    fn index(self) -> usize {
+        match self {
+            PortDrop::Pipeline(r) => r.index(),
+            PortDrop::Decap(r) => PIPE_DROPS + r as usize,
+            PortDrop::Io(r) => PIPE_DROPS + DECAP_DROPS + r as usize,
+        }
+    }
+
+    fn from_index(i: usize) -> PortDrop {
+        if i < PIPE_DROPS {
+            PortDrop::Pipeline(DropReason::ALL[i])
+        } else if i < PIPE_DROPS + DECAP_DROPS {
+            PortDrop::Decap(encap::DropReason::ALL[i - PIPE_DROPS])
+        } else {
+            PortDrop::Io(IoDrop::ALL[i - PIPE_DROPS - DECAP_DROPS])
+        }
+    }
+
+    /// The Prometheus label value (decapsulation reasons carry a `decap_` prefix).
+    pub fn label(self) -> String {
+        match self {
+            PortDrop::Pipeline(r) => r.as_str().to_string(),
+            PortDrop::Decap(r) => format!("decap_{}", r.as_str()),
+            PortDrop::Io(r) => r.as_str().to_string(),
+        }
+    }
+}
+
+/// A port's counters: relaxed atomics, bumped by every worker.
+#[derive(Debug)]
+pub struct PortCounters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    drops: [AtomicU64; PORT_DROPS],
+}
+
+impl Default for PortCounters {
+    fn default() -> Self {
+        PortCounters {
+            rx_packets: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl PortCounters {
+    /// Counts a received packet.
+    #[inline]
+    pub fn rx(&self, bytes: usize) {
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a sent packet.
+    #[inline]
+    pub fn tx(&self, bytes: usize) {
+        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a drop.
+    #[inline]
+    pub fn drop(&self, why: PortDrop) {
+        self.drops[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(rx_packets, rx_bytes, tx_packets, tx_bytes)`.
+    pub fn totals(&self) -> (u64, u64, u64, u64) {
+        (
+            self.rx_packets.load(Ordering::Relaxed),
+            self.rx_bytes.load(Ordering::Relaxed),
+            self.tx_packets.load(Ordering::Relaxed),
+            self.tx_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Every non-zero drop counter.
+    pub fn drops(&self) -> Vec<(PortDrop, u64)> {
+        self.drops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let n = c.load(Ordering::Relaxed);
+                (n > 0).then(|| (PortDrop::from_index(i), n))
+            })
+            .collect()
+    }
+
+    /// The count of one drop reason.
+    pub fn drop_count(&self, why: PortDrop) -> u64 {
+        self.drops[why.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// VXLAN or Geneve: one UDP socket per worker.
+#[derive(Debug)]
+pub struct UdpTunnel {
+    /// Sockets, indexed by worker.
+    pub sockets: Vec<UdpTunnelSocket>,
+    /// The tunnel header (VXLAN, or Geneve with Ethernet payload and no options).
+    pub header: TunnelHeader,
+    /// Destination UDP port.
+    pub dst_port: u16,
+}
+
+/// IP-in-IP: one raw socket per inner protocol, read by worker 0, sent on by all.
+#[derive(Debug)]
+pub struct IpipTunnel {
+    /// Protocol 4 (IPv4 in IPv4).
+    pub v4: RawIpSocket,
+    /// Protocol 41 (IPv6 in IPv4).
+    pub v6: RawIpSocket,
+    /// Outer source address.
+    pub local: Ipv4Addr,
+}
+
+/// What a port is, with its open descriptors (one per port: size does not matter).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum PortDev {
+    /// A TAP device.
+    Tap(Tap),
+    /// A VXLAN or Geneve tunnel.
+    Udp(UdpTunnel),
+    /// An IP-in-IP tunnel.
+    Ipip(IpipTunnel),
+}
+
+/// Settings of a tunnel port that the packet path needs.
+#[derive(Clone, Debug)]
+pub struct TunnelConf {
+    /// Fixed peer, if any.
+    pub remote: Option<IpAddr>,
+    /// Fixed VNI, if any.
+    pub key: Option<u32>,
+    /// Accepted sources (empty: all).
+    pub allowed: Vec<IpNet>,
+    /// Largest inner IP packet (the frame less its Ethernet header).
+    pub mtu: u16,
+    /// Outer TTL.
+    pub ttl: u8,
+}
+
+impl TunnelConf {
+    /// Whether a packet from `src` is accepted.
+    #[inline]
+    pub fn allows(&self, src: IpAddr) -> bool {
+        self.allowed.is_empty() || self.allowed.iter().any(|n| n.contains(&src))
+    }
+}
+
+/// One opened port.
+#[derive(Debug)]
+pub struct PortIo {
+    /// OpenFlow-style port number.
+    pub ofport: u32,
+    /// What the operator asked for (with `ofport` filled in).
+    pub spec: PortSpec,
+    /// Devices and sockets.
+    pub dev: PortDev,
+    /// Tunnel settings (tunnels only).
+    pub tunnel: Option<TunnelConf>,
+    /// Counters.
+    pub counters: PortCounters,
+}
+
+/// Outer overhead of each encapsulation over an IPv4 underlay, from the inner IP packet:
+/// inner Ethernet 14 + VXLAN/Geneve 8 + UDP 8 + IPv4 20 (IPv6 adds 20 more); IP-in-IP
+/// carries the IP packet itself under a 20-byte header.
+fn overhead(spec: &PortSpec, v6_underlay: bool) -> u16 {
+    let ip = if v6_underlay { 40 } else { 20 };
+    match spec.kind {
+        SpecKind::Ipip(_) => 20,
+        _ => 14 + 8 + 8 + ip,
+    }
+}
+
+/// The MTU of the interface that holds `addr` (in the calling thread's namespace).
+fn underlay_mtu(addr: Option<IpAddr>) -> u16 {
+    const DEFAULT: u16 = 1500;
+    let Some(addr) = addr else { return DEFAULT };
+    let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() else {
+        return DEFAULT;
+    };
+    for ifa in ifaddrs {
+        let Some(a) = ifa.address else { continue };
+        let matches = a
+            .as_sockaddr_in()
+            .map(|s| IpAddr::V4(s.ip()) == addr)
+            .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip()) == addr))
+            .unwrap_or(false);
+        if matches {
+            let path = format!("/sys/class/net/{}/mtu", ifa.interface_name);
+            if let Some(m) = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return m;
+            }
+            return mtu_by_ioctl(&ifa.interface_name).unwrap_or(DEFAULT);
+        }
+    }
+    DEFAULT
+}
+
+/// SIOCGIFMTU, which asks the calling thread's namespace (sysfs may show another one).
+fn mtu_by_ioctl(ifname: &str) -> Option<u16> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).ok()?;
+    // SAFETY: `ifreq` is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = ifname.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket and a properly initialised `ifreq` that outlives the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFMTU filled the `ifru_mtu` member of the union.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    u16::try_from(mtu).ok()
+}
+
+impl PortIo {
+    /// Opens a port for `workers` workers: creates or re-attaches the TAP device, or
+    /// binds the tunnel's sockets. `spec.ofport` must be set.
+    pub fn open(spec: &PortSpec, workers: usize) -> io::Result<PortIo> {
+        let ofport = spec
+            .ofport
+            .ok_or_else(|| io::Error::other("port without a number"))?;
+        let (dev, tunnel) = match &spec.kind {
+            SpecKind::Tap(t) => {
+                let ifname = t.ifname.as_deref().unwrap_or(&spec.name);
+                (PortDev::Tap(Tap::open(ifname, t, workers)?), None)
+            }
+            SpecKind::Vxlan(t) | SpecKind::Geneve(t) => {
+                let remote_v6 = matches!(t.remote, Remote::Fixed(IpAddr::V6(_)));
+                let dst_port = spec.udp_port().unwrap_or(0);
+                let mut sockets = Vec::with_capacity(workers);
+                for _ in 0..workers.max(1) {
+                    sockets.push(UdpTunnelSocket::bind(t.local, dst_port, remote_v6, true)?);
+                }
+                let header = if matches!(spec.kind, SpecKind::Vxlan(_)) {
+                    TunnelHeader::vxlan()
+                } else {
+                    TunnelHeader::geneve(0x6558, &[])
+                        .map_err(|e| io::Error::other(format!("geneve header: {e}")))?
+                };
+                let v6 = sockets[0].local_addr().is_ipv6();
+                (
+                    PortDev::Udp(UdpTunnel {
+                        sockets,
+                        header,
+                        dst_port,
+                    }),
+                    Some(tunnel_conf(spec, t, v6)),
+                )
+            }
+            SpecKind::Ipip(t) => {
+                let local = match t.local {
+                    Some(IpAddr::V4(a)) => a,
+                    _ => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "ipip port '{}' needs local=IPV4 (the outer source address)",
+                                spec.name
+                            ),
+                        ));
+                    }
+                };
+                let v4 = RawIpSocket::open(IPPROTO_IPIP, Some(local))?;
+                let v6 = RawIpSocket::open(IPPROTO_IPV6, Some(local))?;
+                (
+                    PortDev::Ipip(IpipTunnel { v4, v6, local }),
+                    Some(tunnel_conf(spec, t, false)),
+                )
+            }
+        };
+        Ok(PortIo {
+            ofport,
+            spec: spec.clone(),
+            dev,
+            tunnel,
+            counters: PortCounters::default(),
+        })
+    }
+
+    /// The pipeline's view of the port kind.
+    pub fn kind(&self) -> PortKind {
+        match self.dev {
+            PortDev::Tap(_) => PortKind::Tap,
+            _ => PortKind::Tunnel,
+        }
+    }
+}
+
+fn tunnel_conf(spec: &PortSpec, t: &control::port::TunnelOptions, v6: bool) -> TunnelConf {
+    let mtu = t
+        .mtu
+        .unwrap_or_else(|| underlay_mtu(t.local).saturating_sub(overhead(spec, v6)));
+    TunnelConf {
+        remote: match t.remote {
+            Remote::Fixed(ip) => Some(ip),
+            Remote::Flow => None,
+        },
+        key: match t.key {
+            Key::Fixed(k) => Some(k),
+            Key::Flow => None,
+        },
+        allowed: t.allowed_remotes.clone(),
+        mtu,
+        ttl: t.ttl.unwrap_or(64),
+    }
+}
+
+/// An immutable set of opened ports, indexed by number, published to the workers.
+#[derive(Debug, Default)]
+pub struct PortSet {
+    /// Changes with every add or delete.
+    pub version: u64,
+    ports: Vec<Arc<PortIo>>,
+    /// Index by ofport (dense: port numbers are small).
+    by_number: Vec<Option<usize>>,
+}
+
+impl PortSet {
+    /// A set holding `ports`.
+    pub fn new(version: u64, mut ports: Vec<Arc<PortIo>>) -> PortSet {
+        ports.sort_by_key(|p| p.ofport);
+        let max = ports.iter().map(|p| p.ofport as usize).max().unwrap_or(0);
+        let mut by_number = vec![None; max + 1];
+        for (i, p) in ports.iter().enumerate() {
+            by_number[p.ofport as usize] = Some(i);
+        }
+        PortSet {
+            version,
+            ports,
+            by_number,
+        }
+    }
+
+    /// The port with this number.
+    #[inline]
+    pub fn get(&self, ofport: u32) -> Option<&Arc<PortIo>> {
+        let i = (*self.by_number.get(ofport as usize)?)?;
+        self.ports.get(i)
+    }
+
+    /// Every port, by number.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<PortIo>> + '_ {
+        self.ports.iter()
+    }
+
+    /// The pipeline's port map for this set.
+    pub fn port_map(&self) -> PortMap {
+        let mut m = PortMap::new();
+        for p in &self.ports {
+            // Names and numbers are unique in a set; the switch checked them.
+            let _ = m.insert(p.ofport, &p.spec.name, p.kind());
+        }
+        m
+    }
+}
