@@ -256,6 +256,18 @@ pub struct PortIo {
     pub tunnel: Option<TunnelConf>,
     /// Counters.
     pub counters: PortCounters,
+    /// A running `weftctl capture`, if any.
+    pub capture: arc_swap::ArcSwapOption<super::capture::Capture>,
+}
+
+impl PortIo {
+    /// Copies a frame into the running capture, if any (a relaxed load otherwise).
+    #[inline]
+    pub fn capture(&self, frame: &[u8], direction: super::capture::Direction) {
+        if let Some(c) = self.capture.load().as_ref() {
+            c.record(frame, direction);
+        }
+    }
 }
 
 /// Outer overhead of each encapsulation over an IPv4 underlay, from the inner IP packet:
@@ -382,6 +394,7 @@ impl PortIo {
             dev,
             tunnel,
             counters: PortCounters::default(),
+            capture: arc_swap::ArcSwapOption::empty(),
         })
     }
 

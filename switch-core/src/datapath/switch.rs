@@ -94,6 +94,9 @@ pub enum SwitchError {
     /// A dump filter was refused.
     #[error("{0}")]
     Filter(#[from] crate::pipeline::InstallErrorKind),
+    /// A capture is running on the port already.
+    #[error("a capture is already running on port '{0}'")]
+    CaptureBusy(String),
     /// Saving the state failed (the change itself was made).
     #[error("saving state: {0}")]
     Save(String),
@@ -400,6 +403,45 @@ impl Switch {
                 }
             })
             .collect()
+    }
+
+    /// Starts capturing the frames a port receives and sends (at most `snaplen` bytes
+    /// of each); one capture per port at a time. Stop it with [`Switch::stop_capture`].
+    pub fn start_capture(
+        &self,
+        port: &str,
+        snaplen: usize,
+    ) -> Result<Arc<super::capture::Capture>, SwitchError> {
+        let ports = self.shared.ports.load();
+        let p = ports
+            .iter()
+            .find(|p| p.spec.name == port)
+            .ok_or_else(|| SwitchError::NoSuchPort(port.to_string()))?;
+        let cap = Arc::new(super::capture::Capture::new(snaplen));
+        let prev = p.capture.compare_and_swap(
+            &None::<Arc<super::capture::Capture>>,
+            Some(Arc::clone(&cap)),
+        );
+        if prev.is_some() {
+            return Err(SwitchError::CaptureBusy(port.to_string()));
+        }
+        Ok(cap)
+    }
+
+    /// Stops a capture started by [`Switch::start_capture`] (if the port still exists).
+    pub fn stop_capture(&self, port: &str, cap: &Arc<super::capture::Capture>) {
+        if let Some(p) = self
+            .shared
+            .ports
+            .load()
+            .iter()
+            .find(|p| p.spec.name == port)
+        {
+            let cur = p.capture.load_full();
+            if cur.as_ref().is_some_and(|c| Arc::ptr_eq(c, cap)) {
+                p.capture.store(None);
+            }
+        }
     }
 
     /// The learned MAC addresses.

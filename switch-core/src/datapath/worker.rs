@@ -26,6 +26,7 @@ use crate::drop::DropReason;
 use crate::flow_key::{FlowKey, TunnelMeta, u128_to_ip};
 use crate::pipeline::{DpAction, FlowCache, Forward, Pipeline};
 
+use super::capture::Direction;
 use super::icmp::too_big_reply;
 use super::io::{IoDrop, PortDev, PortDrop, PortIo, PortSet};
 use super::{Shared, WorkerStats};
@@ -317,6 +318,7 @@ impl Worker {
         pipe: &Pipeline,
         now: u64,
     ) {
+        in_port.capture(&self.rx[start..start + len], Direction::Rx);
         let key = match FlowKey::extract(&self.rx[start..start + len], in_port.ofport, tun) {
             Ok(k) => k,
             Err(e) => {
