@@ -4,11 +4,12 @@
 //! is one line on stderr and exit status 2) → logging (`RUST_LOG`, default `info`) →
 //! signal handlers → saved state (`<state_dir>/state.json`; a corrupt file stops
 //! `weftd` with exit status 1 rather than drop the node's flows) → the node (see
-//! [`start_node`]) → the metrics server → `READY=1` to systemd.
+//! [`start_node`]) → the control socket (`--control`, see
+//! `switch_core::service::control_server`) → the metrics server → `READY=1` to systemd.
 //!
 //! Then the main thread waits for signals: `SIGHUP` re-reads the configuration and
 //! hands it to the node (on any error the running configuration stays), `SIGTERM` or
-//! `SIGINT` stops the node, saves its state and exits 0.
+//! `SIGINT` closes the control socket, stops the node, saves its state and exits 0.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use switch_core::service::control_server::{ControlOptions, ControlServer};
 use switch_core::service::notify::{self, READY, RELOADING, STOPPING};
 use switch_core::service::{
     Args, Config, MetricsServer, Node, SavedState, Signal, SignalListener, state,
@@ -46,7 +48,7 @@ fn main() -> ExitCode {
 /// Builds the node's datapath from the configuration and the state saved by the
 /// previous run (`None` on a first start): ports re-attached and flows installed before
 /// the workers start.
-fn start_node(cfg: &Config, saved: Option<SavedState>) -> anyhow::Result<Arc<dyn Node>> {
+fn start_node(cfg: &Config, saved: Option<SavedState>) -> anyhow::Result<Arc<Switch>> {
     let options = SwitchOptions {
         workers: cfg.workers,
         state_dir: Some(cfg.state_dir.clone()),
@@ -100,9 +102,18 @@ fn run(args: &Args, mut cfg: Config) -> anyhow::Result<()> {
         ),
         None => info!("no saved state in {}: first start", cfg.state_dir.display()),
     }
-    let node = start_node(&cfg, saved)?;
+    let switch = start_node(&cfg, saved)?;
+    let node: Arc<dyn Node> = Arc::clone(&switch) as Arc<dyn Node>;
     node.apply_config(&cfg)
         .context("cannot apply the configuration")?;
+    let control = ControlServer::start(
+        ControlOptions {
+            group: cfg.control_group.clone(),
+            ..ControlOptions::new(&cfg.control)
+        },
+        switch,
+    )
+    .context("cannot open the control socket")?;
     let metrics = match cfg.metrics {
         Some(addr) => {
             let n = Arc::clone(&node);
@@ -131,6 +142,7 @@ fn run(args: &Args, mut cfg: Config) -> anyhow::Result<()> {
     }
 
     sd_notify(STOPPING);
+    control.stop();
     if let Some(m) = metrics {
         m.stop();
     }

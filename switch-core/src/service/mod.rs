@@ -7,6 +7,8 @@
 //! - [`metrics`]: Prometheus text at `http://ADDR/metrics`, rendered per scrape from a
 //!   plain [`StatsSnapshot`] that the switch fills.
 //! - [`signals`]: `SIGTERM`/`SIGINT` (stop) and `SIGHUP` (reload) as a channel.
+//! - [`control_server`]: the control socket that `weftctl` talks to (one JSON request
+//!   per line, see `control::proto`), checked with `SO_PEERCRED`.
 //! - [`notify`]: systemd's `sd_notify` (`READY=1`, `RELOADING=1`, `STOPPING=1`).
 //!
 //! None of this touches packets. The switch joins the service through one trait,
@@ -14,6 +16,7 @@
 //! that trait.
 
 pub mod config;
+pub mod control_server;
 pub mod metrics;
 pub mod notify;
 pub mod signals;

@@ -1,0 +1,321 @@
+//! `weftctl`: the command-line client of `weftd`'s control socket, in the manner of
+//! `ovs-ofctl` / `ovs-appctl`.
+//!
+//! Every command parses its arguments locally with the flow language's parser (so a
+//! typo is reported with its line and column before anything is sent), sends one
+//! request (see `control::proto`) and prints the reply like the OVS tool would; `-o
+//! json` prints the raw JSON result instead. Any error is one line on stderr
+//! (`weftctl: ...`) and exit status 1 (2 for a command line that does not parse).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use control::client::{Client, DEFAULT_SOCKET};
+use control::flow::parse_flows_file;
+use control::flow::{Bundle, FlowModCommand, parse_bundle_file, parse_filter, parse_flow_mod};
+use control::port::PortSpec;
+use control::proto::{self, CaptureArgs, NoArgs, Op};
+use control::proto_text;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weftctl",
+    version,
+    about = "Control a running weftd: ports, flows, counters, MAC table, traces",
+    after_help = "Examples:\n  weftctl show\n  weftctl add-flow 'priority=100,ip,nw_dst=198.19.2.0/24 actions=output:tun0'\n  weftctl -o json dump-flows table=0"
+)]
+struct Cli {
+    /// The control socket.
+    #[arg(short = 's', long = "socket", value_name = "SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    socket: PathBuf,
+    /// Output format: text (like ovs-ofctl) or json (the raw result, for scripts).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text, global = true)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show the switch: ports with numbers, types and options; flow count; pipeline
+    /// version.
+    #[command(after_help = "Example:\n  weftctl show")]
+    Show,
+    /// Add a port: NAME type=tap|vxlan|geneve|ipip [OPTION=VALUE ...].
+    #[command(
+        name = "add-port",
+        after_help = "Examples:\n  weftctl add-port pod1 type=tap netns=pod1 mtu=1450\n  weftctl add-port tun0 type=vxlan local=198.18.0.1 remote=flow key=flow"
+    )]
+    AddPort {
+        /// The port's name.
+        name: String,
+        /// type=... and the type's options.
+        #[arg(required = true, value_name = "OPTION=VALUE")]
+        options: Vec<String>,
+    },
+    /// Delete a port.
+    #[command(name = "del-port", after_help = "Example:\n  weftctl del-port pod1")]
+    DelPort {
+        /// The port's name.
+        name: String,
+    },
+    /// Add one flow (a flow with the same table, priority and match is replaced).
+    #[command(
+        name = "add-flow",
+        after_help = "Example:\n  weftctl add-flow 'table=0,priority=100,ip,nw_dst=198.19.2.0/24 actions=set_field:198.18.0.2->tun_dst,output:tun0'"
+    )]
+    AddFlow {
+        /// The flow, in ovs-ofctl syntax (may be split over several arguments).
+        #[arg(required = true, num_args = 1.., value_name = "FLOW")]
+        flow: Vec<String>,
+    },
+    /// Add every flow of a file (or stdin) as one atomic bundle.
+    #[command(
+        name = "add-flows",
+        after_help = "Examples:\n  weftctl add-flows flows.txt\n  printf 'priority=0 actions=normal\\n' | weftctl add-flows -"
+    )]
+    AddFlows {
+        /// A flows file (one flow per line, # comments), or - for stdin.
+        file: String,
+    },
+    /// Replace the actions of the flows a match selects.
+    #[command(
+        name = "mod-flows",
+        after_help = "Examples:\n  weftctl mod-flows 'table=0,ip actions=drop'\n  weftctl mod-flows --strict 'priority=100,ip,nw_dst=198.19.2.0/24 actions=output:2'"
+    )]
+    ModFlows {
+        /// Only the flow with exactly this match and priority.
+        #[arg(long)]
+        strict: bool,
+        /// A match (with table=, cookie=, priority= for --strict) and actions=.
+        #[arg(required = true, num_args = 1.., value_name = "FLOW")]
+        flow: Vec<String>,
+    },
+    /// Delete the flows a match selects (all flows without a match).
+    #[command(
+        name = "del-flows",
+        after_help = "Examples:\n  weftctl del-flows\n  weftctl del-flows table=1\n  weftctl del-flows --strict 'priority=100,ip,nw_dst=198.19.2.0/24'"
+    )]
+    DelFlows {
+        /// Only the flow with exactly this match and priority.
+        #[arg(long)]
+        strict: bool,
+        /// A match (with table=, cookie=, priority= for --strict).
+        #[arg(num_args = 0.., value_name = "MATCH")]
+        matches: Vec<String>,
+    },
+    /// Make the flows equal to a file's, changing only what differs (one atomic
+    /// bundle; unchanged flows keep their counters).
+    #[command(
+        name = "replace-flows",
+        after_help = "Example:\n  weftctl replace-flows flows.txt"
+    )]
+    ReplaceFlows {
+        /// A flows file, or - for stdin.
+        file: String,
+    },
+    /// List flows with their counters, optionally those a match selects.
+    #[command(
+        name = "dump-flows",
+        after_help = "Examples:\n  weftctl dump-flows\n  weftctl dump-flows table=0,ip\n  weftctl dump-flows cookie=0x10/0xf0"
+    )]
+    DumpFlows {
+        /// A match (with table= and cookie=C/MASK).
+        #[arg(num_args = 0.., value_name = "MATCH")]
+        matches: Vec<String>,
+    },
+    /// Port counters: received, sent, dropped (and why); datapath drops and cache.
+    #[command(name = "dump-ports", after_help = "Example:\n  weftctl dump-ports")]
+    DumpPorts,
+    /// Table counters: flows, lookups, matches.
+    #[command(name = "dump-tables", after_help = "Example:\n  weftctl dump-tables")]
+    DumpTables,
+    /// The MAC table of the normal action (port, VNI, MAC, age).
+    #[command(name = "fdb-show", after_help = "Example:\n  weftctl fdb-show")]
+    FdbShow,
+    /// Trace a packet through the pipeline, like ovs-appctl ofproto/trace.
+    #[command(
+        after_help = "Example:\n  weftctl trace in_port=pod1,tcp,nw_src=198.19.1.2,nw_dst=198.19.2.2,tp_dst=80"
+    )]
+    Trace {
+        /// The packet's header fields, in flow syntax (fields not given are zero).
+        #[arg(required = true, num_args = 1.., value_name = "PACKET")]
+        packet: Vec<String>,
+    },
+    /// Capture packets on a port into a pcap file (not yet implemented).
+    #[command(
+        after_help = "Example:\n  weftctl capture pod1 -w pod1.pcap -c 100\n\nNot yet implemented: weftd answers with an error."
+    )]
+    Capture {
+        /// The port.
+        port: String,
+        /// The pcap file to write (default: stdout).
+        #[arg(short = 'w', value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Stop after N packets.
+        #[arg(short = 'c', value_name = "N")]
+        count: Option<u64>,
+    },
+}
+
+/// One line, the `weftctl: ` prefix added by main.
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+fn read_input(file: &str) -> Result<String, Failure> {
+    if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Failure(format!("reading stdin: {}", control::client::io_text(&e))))?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| Failure(format!("{file}: {}", control::client::io_text(&e))))
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|e| Failure(format!("unexpected reply from weftd: {e}")))
+}
+
+fn bundle_op(b: Bundle) -> Op {
+    Op::Bundle(proto::BundleArgs {
+        changes: b.changes,
+        lines: b.lines,
+        text: None,
+    })
+}
+
+/// Builds the request (parsing everything locally first), sends it, prints the reply.
+fn run(cli: Cli) -> Result<(), Failure> {
+    let op = match &cli.command {
+        Command::Show => Op::Show(NoArgs {}),
+        Command::AddPort { name, options } => {
+            let args: Vec<&str> = options.iter().map(String::as_str).collect();
+            Op::AddPort(proto::AddPort {
+                port: Some(PortSpec::parse(name, &args)?),
+                text: None,
+            })
+        }
+        Command::DelPort { name } => Op::DelPort(proto::DelPort { name: name.clone() }),
+        Command::AddFlow { flow } => bundle_op(Bundle::new(vec![parse_flow_mod(
+            FlowModCommand::Add,
+            &flow.join(" "),
+        )?])),
+        Command::AddFlows { file } => bundle_op(parse_bundle_file(&read_input(file)?)?),
+        Command::ModFlows { strict, flow } => {
+            let cmd = if *strict {
+                FlowModCommand::ModifyStrict
+            } else {
+                FlowModCommand::Modify
+            };
+            bundle_op(Bundle::new(vec![parse_flow_mod(cmd, &flow.join(" "))?]))
+        }
+        Command::DelFlows { strict, matches } => {
+            let cmd = if *strict {
+                FlowModCommand::DeleteStrict
+            } else {
+                FlowModCommand::Delete
+            };
+            bundle_op(Bundle::new(vec![parse_flow_mod(cmd, &matches.join(" "))?]))
+        }
+        Command::ReplaceFlows { file } => {
+            let (lines, flows) = parse_flows_file(&read_input(file)?)?.into_iter().unzip();
+            Op::ReplaceFlows(proto::ReplaceArgs {
+                flows,
+                lines,
+                text: None,
+            })
+        }
+        Command::DumpFlows { matches } => Op::DumpFlows(proto::DumpFlowsArgs {
+            filter: parse_filter(&matches.join(" "))?,
+            text: None,
+        }),
+        Command::DumpPorts | Command::DumpTables => Op::Stats(NoArgs {}),
+        Command::FdbShow => Op::Fdb(NoArgs {}),
+        Command::Trace { packet } => {
+            let packet = packet.join(",");
+            proto::trace_packet(&packet)?;
+            Op::Trace(proto::TraceArgs { packet })
+        }
+        Command::Capture { port, count, .. } => Op::Capture(CaptureArgs {
+            port: port.clone(),
+            count: *count,
+        }),
+    };
+    let mut client = Client::connect(&cli.socket)?;
+    let result = client.call(op)?;
+    if cli.output == Format::Json {
+        print_json(&result);
+        return Ok(());
+    }
+    let text = match &cli.command {
+        Command::Show => proto_text::show(&typed(result)?),
+        Command::DumpFlows { .. } => proto_text::dump_flows(&typed(result)?),
+        Command::DumpPorts => proto_text::dump_ports(&typed(result)?),
+        Command::DumpTables => proto_text::dump_tables(&typed(result)?),
+        Command::FdbShow => proto_text::fdb_show(&typed(result)?),
+        Command::Trace { .. } => typed::<proto::TraceReply>(result)?.text,
+        Command::AddPort { name, .. } => {
+            let r: proto::AddPortReply = typed(result)?;
+            format!("{name}: port {}\n", r.ofport)
+        }
+        // Like ovs-ofctl: flow changes print nothing on success.
+        _ => String::new(),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                eprintln!("weftctl: a command is required (see weftctl --help)");
+                return ExitCode::from(2);
+            }
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("bad command line")
+                .trim_start_matches("error: ");
+            eprintln!("weftctl: {first} (see weftctl --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg)) => {
+            eprintln!("weftctl: {}", msg.lines().next().unwrap_or_default());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1215 @@
+//! The control protocol between `weftctl` (or any client) and `weftd`.
+//!
+//! A Unix stream socket carrying one JSON object per line (at most [`MAX_LINE`] bytes,
+//! newline included). Every request is an object with a numeric `id` and exactly one
+//! more member, named after the operation, whose value holds its arguments:
+//!
+//! ```text
+//! {"id":1,"hello":{"version":1}}
+//! {"id":2,"bundle":{"text":"priority=100,ip,nw_dst=198.19.2.0/24 actions=output:tun0"}}
+//! ```
+//!
+//! The response echoes the `id` and carries either `ok` (the operation's result, see the
+//! `*Reply` types) or `error` ([`ErrorBody`]: a message, and for flows the source line
+//! and the change index):
+//!
+//! ```text
+//! {"id":1,"ok":{"version":1,"name":"weftd","software":"0.1.0"}}
+//! {"id":2,"error":{"message":"flow line 3: unknown field 'nw_sorc' (did you mean nw_src?)","line":3,"index":2}}
+//! ```
+//!
+//! The first request on a connection must be `hello` with [`VERSION`]. `docs/
+//! control-protocol.md` has an example of every request.
+//!
+//! [`parse_request`] is the whole server-side reading of a line: JSON syntax, the
+//! envelope, the operation's fields (unknown fields are refused everywhere), text forms
+//! (flows text, filters, trace packets) parsed with the flow language's parser, and
+//! every flow, change and port validated. A request that comes out of it is safe to
+//! act on as a whole; a request that does not gets an [`ErrorBody`] that says what and
+//! where. It never panics, whatever the bytes (a fuzz target checks that).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::flow::{
+    Bundle, BundleError, Flow, FlowFilter, FlowMod, Match, ParseError, parse_filter,
+    parse_flows_file,
+};
+use crate::port::PortSpec;
+
+/// The protocol version this crate speaks.
+pub const VERSION: u32 = 1;
+
+/// The longest request line the server reads (16 MiB, enough for a bundle of about
+/// 100,000 flows in text form); a longer line gets an error and the connection is
+/// closed.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// The server's name in the `hello` reply.
+pub const SERVER_NAME: &str = "weftd";
+
+/// Why a request was refused, or an operation failed: what the response's `error`
+/// member holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// One line, lower case, saying what was wrong and where.
+    pub message: String,
+    /// The source line of the offending flow (flows text or file), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// The index (0-based) of the offending change or flow in the request, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+}
+
+impl ErrorBody {
+    /// An error with only a message.
+    pub fn new(message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            message: message.into(),
+            line: None,
+            index: None,
+        }
+    }
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ErrorBody {}
+
+impl From<ParseError> for ErrorBody {
+    fn from(e: ParseError) -> Self {
+        ErrorBody {
+            message: e.to_string(),
+            line: e.line,
+            index: None,
+        }
+    }
+}
+
+impl From<BundleError> for ErrorBody {
+    fn from(e: BundleError) -> Self {
+        ErrorBody {
+            message: e.to_string(),
+            line: e.line,
+            index: Some(e.index),
+        }
+    }
+}
+
+/// `hello`: the version handshake, first on every connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// The protocol version the client speaks; must equal [`VERSION`].
+    pub version: u32,
+    /// The client's name, for the server's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+}
+
+/// An operation without arguments: `{}` on the wire.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}
+
+/// `add_port`: create a port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddPort {
+    /// The port as JSON; exactly one of `port` and `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortSpec>,
+    /// The port in `add-port` words (`pod1 type=tap netns=pod1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// `del_port`: delete a port by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelPort {
+    /// The port's name.
+    pub name: String,
+}
+
+/// `bundle`: flow changes applied as one (all or nothing).
+///
+/// Either `changes` (with optional `lines`, the source line of each change) or `text`,
+/// a flows file whose every line is added.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleArgs {
+    /// The changes, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<FlowMod>,
+    /// Source line of each change (empty, or as long as `changes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<usize>,
+    /// A flows file (one flow per line, `#` comments), every flow added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// `replace_flows`: make the switch's flows equal to this list, changing only what
+/// differs (one bundle; flows that stay keep their counters).
+///
+/// Either `flows` (with optional `lines`) or `text`, a flows file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceArgs {
+    /// The wanted flows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flows: Vec<Flow>,
+    /// Source line of each flow (empty, or as long as `flows`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<usize>,
+    /// A flows file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// `dump_flows`: list flows with their counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DumpFlowsArgs {
+    /// Which flows (default: all).
+    #[serde(default, skip_serializing_if = "is_all")]
+    pub filter: FlowFilter,
+    /// The filter in `dump-flows` text form (`table=0,ip`), instead of `filter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+fn is_all(f: &FlowFilter) -> bool {
+    *f == FlowFilter::all()
+}
+
+/// `trace`: run a packet, described in flow syntax, through the pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceArgs {
+    /// The packet: match fields in flow syntax
+    /// (`in_port=pod1,tcp,nw_src=198.19.1.2,nw_dst=198.19.2.2,tp_dst=80`); fields not
+    /// given are zero.
+    pub packet: String,
+}
+
+/// `capture`: not yet implemented (the server answers with an error).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureArgs {
+    /// The port to capture on.
+    pub port: String,
+    /// Stop after this many packets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// The operations, each with its arguments. On the wire the variant's name (snake
+/// case) is the request's second member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+// One per request line, never in bulk: boxing the filter would only cost clarity.
+#[allow(clippy::large_enum_variant)]
+pub enum Op {
+    /// Version handshake → [`HelloReply`].
+    Hello(Hello),
+    /// Ports, flow count, pipeline version → [`ShowReply`].
+    Show(NoArgs),
+    /// Ports with numbers and options → [`PortsReply`].
+    Ports(NoArgs),
+    /// Create a port → [`AddPortReply`].
+    AddPort(AddPort),
+    /// Delete a port → [`Empty`].
+    DelPort(DelPort),
+    /// Apply flow changes atomically → [`BundleReply`].
+    Bundle(BundleArgs),
+    /// Replace all flows, changing only what differs → [`BundleReply`].
+    ReplaceFlows(ReplaceArgs),
+    /// Flows with counters → [`DumpFlowsReply`].
+    DumpFlows(DumpFlowsArgs),
+    /// Counters → [`StatsReply`].
+    Stats(NoArgs),
+    /// The MAC table of `normal` → [`FdbReply`].
+    Fdb(NoArgs),
+    /// Trace a packet → [`TraceReply`].
+    Trace(TraceArgs),
+    /// Packet capture (not yet implemented: always an error).
+    Capture(CaptureArgs),
+}
+
+impl Op {
+    /// The operation's wire name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Hello(_) => "hello",
+            Op::Show(_) => "show",
+            Op::Ports(_) => "ports",
+            Op::AddPort(_) => "add_port",
+            Op::DelPort(_) => "del_port",
+            Op::Bundle(_) => "bundle",
+            Op::ReplaceFlows(_) => "replace_flows",
+            Op::DumpFlows(_) => "dump_flows",
+            Op::Stats(_) => "stats",
+            Op::Fdb(_) => "fdb",
+            Op::Trace(_) => "trace",
+            Op::Capture(_) => "capture",
+        }
+    }
+
+    /// True for operations that change the switch.
+    pub fn changes_state(&self) -> bool {
+        matches!(
+            self,
+            Op::AddPort(_) | Op::DelPort(_) | Op::Bundle(_) | Op::ReplaceFlows(_)
+        )
+    }
+}
+
+/// A request: its `id` and operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Chosen by the client, echoed in the response.
+    pub id: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+impl Request {
+    /// The request as one JSON line (without the newline).
+    pub fn to_line(&self) -> String {
+        let mut obj = Map::new();
+        obj.insert("id".into(), Value::from(self.id));
+        if let Ok(Value::Object(op)) = serde_json::to_value(&self.op) {
+            obj.extend(op);
+        }
+        Value::Object(obj).to_string()
+    }
+}
+
+/// A request that was refused before anything was done: the `id` when it could be
+/// read, and what was wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestError {
+    /// The request's `id`, if the line had a readable one.
+    pub id: Option<u64>,
+    /// What was wrong.
+    pub error: ErrorBody,
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.error.message)
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// Reads and checks one request line (without its newline): JSON syntax, the envelope
+/// (`id`, exactly one operation), the operation's fields, text forms (parsed with the
+/// flow language), and every flow, change, filter and port. The returned request has
+/// its text forms replaced by structured ones (`text` fields are `None`), so
+/// `parse_request(req.to_line())` gives it back unchanged.
+pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
+    let fail = |id, message: String| RequestError {
+        id,
+        error: ErrorBody::new(message),
+    };
+    if line.len() > MAX_LINE {
+        return Err(fail(None, format!("request longer than {MAX_LINE} bytes")));
+    }
+    let text =
+        std::str::from_utf8(line).map_err(|e| fail(None, format!("request is not utf-8 ({e})")))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| fail(None, format!("request is not json: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(fail(None, "request is not a json object".into()));
+    };
+    let id = match obj.remove("id") {
+        None => return Err(fail(None, "request has no 'id'".into())),
+        Some(v) => v.as_u64().ok_or_else(|| {
+            fail(
+                None,
+                format!("'id' must be a non-negative integer, got {v}"),
+            )
+        })?,
+    };
+    if obj.len() != 1 {
+        let names: Vec<&str> = obj.keys().map(String::as_str).collect();
+        let msg = if names.is_empty() {
+            "request names no operation".to_string()
+        } else {
+            format!(
+                "request must name exactly one operation, got {}",
+                names.join(", ")
+            )
+        };
+        return Err(fail(Some(id), msg));
+    }
+    let op: Op = serde_json::from_value(Value::Object(obj)).map_err(|e| {
+        fail(
+            Some(id),
+            format!("bad request: {}", clean_serde(&e.to_string())),
+        )
+    })?;
+    let op = resolve(op).map_err(|error| RequestError {
+        id: Some(id),
+        error,
+    })?;
+    Ok(Request { id, op })
+}
+
+/// serde_json appends "at line 1 column N" of the re-serialised value, which means
+/// nothing to the client; drop it.
+fn clean_serde(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn both(what: &str) -> ErrorBody {
+    ErrorBody::new(format!(
+        "{what}: give either the json form or 'text', not both"
+    ))
+}
+
+fn check_lines(n: usize, lines: &[usize], what: &str) -> Result<(), ErrorBody> {
+    if !lines.is_empty() && lines.len() != n {
+        return Err(ErrorBody::new(format!(
+            "{what}: 'lines' has {} entries for {n} items",
+            lines.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Replaces text forms by structured ones and validates everything.
+fn resolve(op: Op) -> Result<Op, ErrorBody> {
+    Ok(match op {
+        Op::AddPort(a) => {
+            let spec = match (a.port, a.text) {
+                (Some(_), Some(_)) => return Err(both("add_port")),
+                (None, None) => return Err(ErrorBody::new("add_port needs 'port' or 'text'")),
+                (Some(p), None) => p,
+                (None, Some(t)) => {
+                    let words: Vec<&str> = t.split_whitespace().collect();
+                    let Some((name, args)) = words.split_first() else {
+                        return Err(ErrorBody::new("add_port: empty port description"));
+                    };
+                    PortSpec::parse(name, args).map_err(|e| ErrorBody::new(e.to_string()))?
+                }
+            };
+            spec.validate().map_err(|e| ErrorBody::new(e.to_string()))?;
+            Op::AddPort(AddPort {
+                port: Some(spec),
+                text: None,
+            })
+        }
+        Op::DelPort(d) => {
+            crate::port::validate_name(&d.name).map_err(|e| ErrorBody::new(e.to_string()))?;
+            Op::DelPort(d)
+        }
+        Op::Bundle(b) => {
+            let bundle = match b.text {
+                Some(_) if !b.changes.is_empty() || !b.lines.is_empty() => {
+                    return Err(both("bundle"));
+                }
+                Some(t) => crate::flow::parse_bundle_file(&t)?,
+                None => {
+                    check_lines(b.changes.len(), &b.lines, "bundle")?;
+                    Bundle {
+                        changes: b.changes,
+                        lines: b.lines,
+                    }
+                }
+            };
+            bundle.validate()?;
+            Op::Bundle(BundleArgs {
+                changes: bundle.changes,
+                lines: bundle.lines,
+                text: None,
+            })
+        }
+        Op::ReplaceFlows(r) => {
+            let (flows, lines) = match r.text {
+                Some(_) if !r.flows.is_empty() || !r.lines.is_empty() => {
+                    return Err(both("replace_flows"));
+                }
+                Some(t) => {
+                    let (lines, flows) = parse_flows_file(&t)?.into_iter().unzip();
+                    (flows, lines)
+                }
+                None => {
+                    check_lines(r.flows.len(), &r.lines, "replace_flows")?;
+                    (r.flows, r.lines)
+                }
+            };
+            for (i, f) in flows.iter().enumerate() {
+                f.validate().map_err(|error| {
+                    ErrorBody::from(BundleError {
+                        index: i,
+                        line: lines.get(i).copied(),
+                        error,
+                    })
+                })?;
+            }
+            Op::ReplaceFlows(ReplaceArgs {
+                flows,
+                lines,
+                text: None,
+            })
+        }
+        Op::DumpFlows(d) => {
+            let filter = match d.text {
+                Some(_) if !is_all(&d.filter) => return Err(both("dump_flows")),
+                Some(t) => parse_filter(&t)?,
+                None => d.filter,
+            };
+            filter
+                .validate()
+                .map_err(|e| ErrorBody::new(format!("filter: {e}")))?;
+            Op::DumpFlows(DumpFlowsArgs { filter, text: None })
+        }
+        Op::Trace(t) => {
+            trace_packet(&t.packet)?;
+            Op::Trace(t)
+        }
+        other => other,
+    })
+}
+
+/// Reads a trace packet: match fields in flow syntax, nothing else (no `table`,
+/// `cookie` or `priority`, no actions).
+pub fn trace_packet(text: &str) -> Result<Match, ErrorBody> {
+    let f = parse_filter(text).map_err(|e| ErrorBody::new(format!("packet: {}", e.kind)))?;
+    if f.table.is_some() || f.cookie.is_some() || f.priority.is_some() {
+        return Err(ErrorBody::new(
+            "packet: only header fields (no table, cookie or priority)",
+        ));
+    }
+    Ok(f.matches)
+}
+
+/// A response as it travels: the echoed `id` (`null` when the request had none that
+/// could be read) and either `ok` or `error`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    /// The request's `id`.
+    pub id: Option<u64>,
+    /// The result, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<Value>,
+    /// What went wrong, on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Response {
+    /// A success carrying `result`.
+    pub fn ok<T: Serialize>(id: u64, result: &T) -> Response {
+        match serde_json::to_value(result) {
+            Ok(v) => Response {
+                id: Some(id),
+                ok: Some(v),
+                error: None,
+            },
+            Err(e) => Response::error(Some(id), ErrorBody::new(format!("internal: {e}"))),
+        }
+    }
+
+    /// A failure.
+    pub fn error(id: Option<u64>, error: ErrorBody) -> Response {
+        Response {
+            id,
+            ok: None,
+            error: Some(error),
+        }
+    }
+
+    /// The response as one JSON line (without the newline).
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!("{{\"id\":null,\"error\":{{\"message\":\"internal: {e}\"}}}}")
+        })
+    }
+
+    /// The result as `T`, or the error.
+    pub fn into_result<T: DeserializeOwned>(self) -> Result<T, ErrorBody> {
+        match (self.ok, self.error) {
+            (_, Some(e)) => Err(e),
+            (Some(v), None) => serde_json::from_value(v)
+                .map_err(|e| ErrorBody::new(format!("unexpected reply: {e}"))),
+            (None, None) => Err(ErrorBody::new("reply has neither 'ok' nor 'error'")),
+        }
+    }
+}
+
+/// An empty result (`{}`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// The result of `hello`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// The server's protocol version.
+    pub version: u32,
+    /// The server's name (`weftd`).
+    pub name: String,
+    /// The server's software version.
+    pub software: String,
+}
+
+/// A port with its number and options.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    /// The port's number.
+    pub ofport: u32,
+    /// The port's name.
+    pub name: String,
+    /// `tap`, `vxlan`, `geneve` or `ipip`.
+    #[serde(rename = "type")]
+    pub port_type: String,
+    /// The options in `add-port` form (`remote=flow key=flow dst_port=4789`), without
+    /// name, type and number.
+    pub options: String,
+    /// The full description.
+    pub spec: PortSpec,
+    /// For tunnels: the inner MTU in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+}
+
+impl PortInfo {
+    /// Describes a port that has its number.
+    pub fn from_spec(spec: &PortSpec, mtu: Option<u16>) -> PortInfo {
+        let words = spec.to_string();
+        let options: Vec<&str> = words
+            .split_whitespace()
+            .skip(1)
+            .filter(|w| !w.starts_with("type=") && !w.starts_with("ofport="))
+            .collect();
+        PortInfo {
+            ofport: spec.ofport.unwrap_or(0),
+            name: spec.name.clone(),
+            port_type: spec.port_type().to_string(),
+            options: options.join(" "),
+            spec: spec.clone(),
+            mtu,
+        }
+    }
+}
+
+/// The result of `ports`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortsReply {
+    /// Every port, by number.
+    pub ports: Vec<PortInfo>,
+}
+
+/// The result of `show`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShowReply {
+    /// The server's software version.
+    pub software: String,
+    /// Every port, by number.
+    pub ports: Vec<PortInfo>,
+    /// Number of flows installed.
+    pub flows: usize,
+    /// Flows per table in use (table, flows).
+    pub tables: Vec<(u8, usize)>,
+    /// The published pipeline version.
+    pub pipeline_version: u64,
+}
+
+/// The result of `add_port`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddPortReply {
+    /// The number the port got.
+    pub ofport: u32,
+}
+
+/// The result of `bundle` and `replace_flows`: what changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleReply {
+    /// The pipeline version published (the current one when nothing changed).
+    pub version: u64,
+    /// Flows added.
+    pub added: usize,
+    /// Flows replaced by an add of the same identity.
+    pub replaced: usize,
+    /// Flows whose actions a modify changed.
+    pub modified: usize,
+    /// Flows deleted.
+    pub deleted: usize,
+    /// `replace_flows` only: flows left alone because they did not change.
+    #[serde(default)]
+    pub unchanged: usize,
+}
+
+/// One flow with its counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowStats {
+    /// The flow (ports as numbers).
+    pub flow: Flow,
+    /// Packets that matched it.
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+    /// Milliseconds since it was installed.
+    pub duration_ms: u64,
+    /// Milliseconds since a packet last matched it (since installed, if none).
+    pub idle_age_ms: u64,
+}
+
+/// The result of `dump_flows`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpFlowsReply {
+    /// The selected flows, by table, then priority (highest first).
+    pub flows: Vec<FlowStats>,
+}
+
+/// The counters of one port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortCounters {
+    /// The port's number.
+    pub ofport: u32,
+    /// The port's name.
+    pub name: String,
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames received and dropped (every reason that is not a transmit reason).
+    pub rx_dropped: u64,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Frames that could not be sent (see [`is_tx_drop`]).
+    pub tx_dropped: u64,
+    /// Every non-zero drop counter of the port, by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// True for the port drop reasons that happen on transmit (the frame was on its way
+/// out of the port); the others happen on receive.
+pub fn is_tx_drop(reason: &str) -> bool {
+    matches!(
+        reason,
+        "too_big" | "no_tunnel_dst" | "tunnel_family" | "tx_error" | "not_ip"
+    )
+}
+
+impl PortCounters {
+    /// Builds the counters, splitting the drops into receive and transmit.
+    pub fn new(
+        ofport: u32,
+        name: &str,
+        rx: (u64, u64),
+        tx: (u64, u64),
+        drops: impl IntoIterator<Item = (String, u64)>,
+    ) -> PortCounters {
+        let drops: BTreeMap<String, u64> = drops.into_iter().collect();
+        let tx_dropped = drops
+            .iter()
+            .filter(|(r, _)| is_tx_drop(r))
+            .map(|(_, n)| n)
+            .sum();
+        let rx_dropped = drops
+            .iter()
+            .filter(|(r, _)| !is_tx_drop(r))
+            .map(|(_, n)| n)
+            .sum();
+        PortCounters {
+            ofport,
+            name: name.to_string(),
+            rx_packets: rx.0,
+            rx_bytes: rx.1,
+            rx_dropped,
+            tx_packets: tx.0,
+            tx_bytes: tx.1,
+            tx_dropped,
+            drops,
+        }
+    }
+}
+
+/// The counters of one table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCounters {
+    /// The table's number.
+    pub table: u8,
+    /// Flows installed.
+    pub flows: u64,
+    /// Lookups.
+    pub lookups: u64,
+    /// Lookups that matched.
+    pub matches: u64,
+    /// Lookups that missed.
+    pub misses: u64,
+}
+
+/// The result of `stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// Per port, by number.
+    pub ports: Vec<PortCounters>,
+    /// Per table in use.
+    pub tables: Vec<TableCounters>,
+    /// Datapath drops by reason (non-zero only).
+    pub drops: BTreeMap<String, u64>,
+    /// Flow cache hits (all workers).
+    pub cache_hits: u64,
+    /// Flow cache misses (all workers).
+    pub cache_misses: u64,
+    /// The published pipeline version.
+    pub pipeline_version: u64,
+}
+
+/// One entry of the MAC table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdbEntry {
+    /// The port it was learned on.
+    pub port: u32,
+    /// That port's name, if it still exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_name: Option<String>,
+    /// The VNI (`tun_id`) it is scoped to; the VLAN column of `fdb/show`.
+    pub vni: u64,
+    /// The MAC address.
+    pub mac: crate::flow::MacAddr,
+    /// Milliseconds since it was last seen.
+    pub age_ms: u64,
+    /// The tunnel peer it came from, for entries learned on a tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<std::net::IpAddr>,
+}
+
+/// The result of `fdb`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdbReply {
+    /// The live entries.
+    pub entries: Vec<FdbEntry>,
+}
+
+/// One step of a trace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum TraceStep {
+    /// A table lookup.
+    Table {
+        /// Resubmit nesting depth (0 = the main walk).
+        depth: u32,
+        /// The table.
+        table: u8,
+        /// The matching flow in text form, `None` for a miss.
+        flow: Option<String>,
+    },
+    /// An action of the matched flow.
+    Action {
+        /// Resubmit nesting depth.
+        depth: u32,
+        /// The action in text form.
+        action: String,
+    },
+    /// Processing stopped, or an output was skipped, and why.
+    Note {
+        /// Resubmit nesting depth.
+        depth: u32,
+        /// The drop reason's label.
+        reason: String,
+    },
+}
+
+/// The result of `trace`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceReply {
+    /// The trace as `ofproto/trace` prints it.
+    pub text: String,
+    /// Each table visited, action run and stop.
+    pub steps: Vec<TraceStep>,
+    /// The final datapath actions in text form (`output:2`, `normal: learned port 3`).
+    pub actions: Vec<String>,
+    /// Why the packet is dropped, when there are no actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop: Option<String>,
+}
+
+/// The changes that make the installed flows equal to `wanted`, touching only what
+/// differs: a delete-strict for every installed flow whose identity (table, priority,
+/// match) is not wanted, an add for every wanted flow that is new or differs in
+/// anything else (actions, cookie, timeouts); flows that are equal are left alone
+/// (and so keep their counters). Deletes come first. A wanted flow given twice counts
+/// once (the last one wins, as adds would).
+///
+/// Both lists must be in the same canonical form (the switch compares the flows it
+/// dumps with the wanted flows as it would install them: ports as numbers). `wanted`
+/// carries each flow's source line, kept on its add.
+pub fn replace_diff(current: &[Flow], wanted: &[(usize, Flow)]) -> (Bundle, usize) {
+    type Identity<'a> = (u8, u16, &'a Match);
+    let mut want: HashMap<Identity<'_>, (usize, &Flow)> = HashMap::with_capacity(wanted.len());
+    let mut order: Vec<Identity<'_>> = Vec::with_capacity(wanted.len());
+    for (line, f) in wanted {
+        let id = (f.table, f.priority, &f.matches);
+        if want.insert(id, (*line, f)).is_none() {
+            order.push(id);
+        }
+    }
+    let have: HashMap<Identity<'_>, &Flow> = current
+        .iter()
+        .map(|f| ((f.table, f.priority, &f.matches), f))
+        .collect();
+    let mut bundle = Bundle::default();
+    for f in current {
+        if !want.contains_key(&(f.table, f.priority, &f.matches)) {
+            bundle.changes.push(FlowMod::DeleteStrict {
+                filter: FlowFilter {
+                    table: Some(f.table),
+                    cookie: None,
+                    priority: Some(f.priority),
+                    matches: f.matches.clone(),
+                },
+            });
+            bundle.lines.push(0);
+        }
+    }
+    let mut unchanged = 0;
+    for id in order {
+        let (line, f) = want[&id];
+        if have.get(&id).is_some_and(|h| *h == f) {
+            unchanged += 1;
+            continue;
+        }
+        bundle.changes.push(FlowMod::Add { flow: f.clone() });
+        bundle.lines.push(line);
+    }
+    if bundle.lines.iter().all(|l| *l == 0) {
+        bundle.lines.clear();
+    }
+    (bundle, unchanged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::parse_flow;
+
+    fn err(line: &str) -> RequestError {
+        parse_request(line.as_bytes()).expect_err(line)
+    }
+
+    #[test]
+    fn hello_round_trip() {
+        let r = parse_request(br#"{"id":1,"hello":{"version":1}}"#).unwrap();
+        assert_eq!(
+            r,
+            Request {
+                id: 1,
+                op: Op::Hello(Hello {
+                    version: 1,
+                    client: None
+                })
+            }
+        );
+        assert_eq!(r.to_line(), r#"{"hello":{"version":1},"id":1}"#);
+        assert_eq!(parse_request(r.to_line().as_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn text_forms_resolve_and_round_trip() {
+        let r = parse_request(
+            br##"{"id":7,"bundle":{"text":"# c\npriority=10,ip actions=normal\n\ntable=1 actions=drop\n"}}"##,
+        )
+        .unwrap();
+        let Op::Bundle(b) = &r.op else { panic!() };
+        assert_eq!(b.changes.len(), 2);
+        assert_eq!(b.lines, vec![2, 4]);
+        assert!(b.text.is_none());
+        assert_eq!(parse_request(r.to_line().as_bytes()).unwrap(), r);
+
+        let r = parse_request(br#"{"id":8,"dump_flows":{"text":"table=0,ip"}}"#).unwrap();
+        let Op::DumpFlows(d) = &r.op else { panic!() };
+        assert_eq!(d.filter.table, Some(0));
+        assert_eq!(parse_request(r.to_line().as_bytes()).unwrap(), r);
+
+        let r = parse_request(
+            br#"{"id":9,"add_port":{"text":"vx0 type=vxlan local=127.0.0.1 dst_port=4790"}}"#,
+        )
+        .unwrap();
+        assert_eq!(parse_request(r.to_line().as_bytes()).unwrap(), r);
+
+        let r = parse_request(br#"{"id":10,"replace_flows":{"text":"priority=1 actions=drop\n"}}"#)
+            .unwrap();
+        assert_eq!(parse_request(r.to_line().as_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn every_op_round_trips() {
+        let flow = parse_flow("priority=100,ip,nw_dst=198.19.2.0/24 actions=output:3").unwrap();
+        let ops = vec![
+            Op::Hello(Hello {
+                version: 1,
+                client: Some("weftctl".into()),
+            }),
+            Op::Show(NoArgs {}),
+            Op::Ports(NoArgs {}),
+            Op::AddPort(AddPort {
+                port: Some(PortSpec::parse("pod1", &["type=tap", "netns=pod1"]).unwrap()),
+                text: None,
+            }),
+            Op::DelPort(DelPort {
+                name: "pod1".into(),
+            }),
+            Op::Bundle(BundleArgs {
+                changes: vec![FlowMod::Add { flow: flow.clone() }],
+                lines: vec![3],
+                text: None,
+            }),
+            Op::ReplaceFlows(ReplaceArgs {
+                flows: vec![flow],
+                lines: vec![],
+                text: None,
+            }),
+            Op::DumpFlows(DumpFlowsArgs::default()),
+            Op::Stats(NoArgs {}),
+            Op::Fdb(NoArgs {}),
+            Op::Trace(TraceArgs {
+                packet: "in_port=1,tcp,tp_dst=80".into(),
+            }),
+            Op::Capture(CaptureArgs {
+                port: "pod1".into(),
+                count: Some(3),
+            }),
+        ];
+        for (i, op) in ops.into_iter().enumerate() {
+            let r = Request { id: i as u64, op };
+            let back = parse_request(r.to_line().as_bytes()).unwrap();
+            assert_eq!(back, r, "{}", r.to_line());
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let ok = Response::ok(
+            3,
+            &HelloReply {
+                version: 1,
+                name: "weftd".into(),
+                software: "0.1.0".into(),
+            },
+        );
+        let line = ok.to_line();
+        assert_eq!(
+            line,
+            r#"{"id":3,"ok":{"name":"weftd","software":"0.1.0","version":1}}"#
+        );
+        let back: Response = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.into_result::<HelloReply>().unwrap().version, 1);
+        let e = Response::error(
+            None,
+            ErrorBody {
+                message: "flow line 3: x".into(),
+                line: Some(3),
+                index: Some(2),
+            },
+        );
+        let line = e.to_line();
+        assert_eq!(
+            line,
+            r#"{"id":null,"error":{"message":"flow line 3: x","line":3,"index":2}}"#
+        );
+        let back: Response = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.into_result::<Empty>().unwrap_err().line, Some(3));
+    }
+
+    #[test]
+    fn malformed_requests_are_refused_cleanly() {
+        let e = err("not json");
+        assert!(e.error.message.starts_with("request is not json"), "{e}");
+        assert_eq!(e.id, None);
+        assert!(err("[1,2]").error.message.contains("not a json object"));
+        assert_eq!(err(r#"{"show":{}}"#).error.message, "request has no 'id'");
+        assert!(
+            err(r#"{"id":-1,"show":{}}"#)
+                .error
+                .message
+                .contains("'id' must be")
+        );
+        assert!(
+            err(r#"{"id":"a","show":{}}"#)
+                .error
+                .message
+                .contains("'id' must be")
+        );
+        let e = err(r#"{"id":4,"frobnicate":{}}"#);
+        assert_eq!(e.id, Some(4));
+        assert!(
+            e.error.message.contains("unknown variant `frobnicate`"),
+            "{e}"
+        );
+        assert!(
+            err(r#"{"id":4}"#)
+                .error
+                .message
+                .contains("names no operation")
+        );
+        assert!(
+            err(r#"{"id":4,"show":{},"stats":{}}"#)
+                .error
+                .message
+                .contains("exactly one operation")
+        );
+        let e = err(r#"{"id":4,"show":{"x":1}}"#);
+        assert!(e.error.message.contains("unknown field `x`"), "{e}");
+        let e = err(r#"{"id":4,"hello":{"version":1,"extra":true}}"#);
+        assert!(e.error.message.contains("unknown field `extra`"), "{e}");
+        // Invalid UTF-8.
+        assert!(
+            parse_request(b"{\"id\":1,\xff}")
+                .unwrap_err()
+                .error
+                .message
+                .contains("utf-8")
+        );
+        // Oversized.
+        let big = vec![b' '; MAX_LINE + 1];
+        assert!(
+            parse_request(&big)
+                .unwrap_err()
+                .error
+                .message
+                .contains("longer than")
+        );
+    }
+
+    #[test]
+    fn bad_flows_name_their_line_or_index() {
+        let e = err(
+            r#"{"id":5,"bundle":{"text":"actions=drop\n\npriority=1,nw_sorc=1.2.3.4 actions=drop\n"}}"#,
+        );
+        assert_eq!(e.id, Some(5));
+        assert_eq!(e.error.line, Some(3));
+        assert_eq!(
+            e.error.message,
+            "flow line 3: unknown field 'nw_sorc' (did you mean nw_src?)"
+        );
+        // A JSON flow whose match lacks a prerequisite (tp_dst without tcp).
+        let mut bad = Flow::default();
+        bad.matches.tp_dst = Some(crate::flow::Masked::exact(80));
+        let good = Flow::default();
+        let req = Request {
+            id: 6,
+            op: Op::Bundle(BundleArgs {
+                changes: vec![
+                    FlowMod::Add { flow: good.clone() },
+                    FlowMod::Add { flow: bad.clone() },
+                ],
+                lines: vec![],
+                text: None,
+            }),
+        };
+        let e = parse_request(req.to_line().as_bytes()).unwrap_err();
+        assert_eq!(e.error.index, Some(1));
+        assert!(
+            e.error.message.starts_with("change 2: tp_dst requires"),
+            "{e}"
+        );
+        let req = Request {
+            id: 6,
+            op: Op::ReplaceFlows(ReplaceArgs {
+                flows: vec![good, bad],
+                lines: vec![10, 12],
+                text: None,
+            }),
+        };
+        let e = parse_request(req.to_line().as_bytes()).unwrap_err();
+        assert_eq!((e.error.index, e.error.line), (Some(1), Some(12)));
+        // Mismatched lines.
+        let e = err(r#"{"id":1,"bundle":{"changes":[],"lines":[1]}}"#);
+        assert!(e.error.message.contains("'lines'"), "{e}");
+        // Text and JSON together.
+        let e = err(r#"{"id":1,"dump_flows":{"text":"ip","filter":{"table":1}}}"#);
+        assert!(e.error.message.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn bad_ports_and_packets_are_refused() {
+        let e = err(r#"{"id":1,"add_port":{"text":"pod1 type=tap mtu=1"}}"#);
+        assert!(e.error.message.contains("mtu"), "{e}");
+        let e = err(r#"{"id":1,"add_port":{"port":{"name":"p","type":"tap","bogus":1}}}"#);
+        assert!(e.error.message.contains("bad request"), "{e}");
+        let e = err(r#"{"id":1,"del_port":{"name":"in_port"}}"#);
+        assert!(e.error.message.contains("reserved"), "{e}");
+        let e = err(r#"{"id":1,"trace":{"packet":"tcp,tp_dts=80"}}"#);
+        assert!(e.error.message.contains("did you mean tp_dst"), "{e}");
+        let e = err(r#"{"id":1,"trace":{"packet":"table=1,tcp"}}"#);
+        assert!(e.error.message.contains("only header fields"), "{e}");
+    }
+
+    fn flows(text: &str) -> Vec<(usize, Flow)> {
+        parse_flows_file(text).unwrap()
+    }
+
+    #[test]
+    fn replace_diff_touches_only_what_differs() {
+        let current: Vec<Flow> = flows(
+            "priority=10,ip actions=normal\n\
+             priority=20,arp actions=flood\n\
+             table=1,priority=5 actions=drop\n\
+             cookie=0x1,priority=30,tcp actions=normal\n",
+        )
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
+        let wanted = flows(
+            "priority=10,ip actions=normal\n\
+             priority=20,arp actions=normal\n\
+             cookie=0x2,priority=30,tcp actions=normal\n\
+             table=2 actions=drop\n",
+        );
+        let (b, unchanged) = replace_diff(&current, &wanted);
+        assert_eq!(unchanged, 1);
+        let text = b.to_string();
+        assert_eq!(
+            text,
+            "delete_strict table=1,priority=5\n\
+             add priority=20,arp actions=normal\n\
+             add cookie=0x2,priority=30,tcp actions=normal\n\
+             add table=2 actions=drop\n"
+        );
+        assert_eq!(b.lines, vec![0, 2, 3, 4]);
+        // Equal sets: nothing to do.
+        let (b, unchanged) = replace_diff(
+            &current,
+            &current.iter().cloned().map(|f| (0, f)).collect::<Vec<_>>(),
+        );
+        assert!(b.changes.is_empty());
+        assert!(b.lines.is_empty());
+        assert_eq!(unchanged, 4);
+        // Empty wanted: delete everything.
+        let (b, _) = replace_diff(&current, &[]);
+        assert_eq!(b.changes.len(), 4);
+        assert!(
+            b.changes
+                .iter()
+                .all(|c| matches!(c, FlowMod::DeleteStrict { .. }))
+        );
+        // A duplicate identity counts once, the last one wins.
+        let wanted = flows("priority=10,ip actions=drop\npriority=10,ip actions=normal\n");
+        let (b, unchanged) = replace_diff(&current[..1], &wanted);
+        assert_eq!(unchanged, 1, "{b}");
+        assert!(b.changes.is_empty());
+    }
+}

@@ -1,0 +1,845 @@
+//! The control socket: `weftd`'s side of the [control protocol](control::proto).
+//!
+//! # What it is
+//!
+//! A Unix stream socket (default `/run/weft/weftd.sock`) that `weftctl` and scripts talk
+//! to, one JSON request per line, one JSON response per line. [`ControlServer::start`]
+//! creates the directory if it is missing, removes a stale socket file (but refuses to
+//! steal the socket of a `weftd` that still answers), binds, and sets the mode: `0600`,
+//! or `0660` and the configured group's ownership when a control group is set.
+//!
+//! # Who may talk
+//!
+//! Each connection's peer is checked with `SO_PEERCRED` ([`peer_allowed`]): root, the
+//! socket's owner (the user `weftd` runs as), or, with a control group, a member of it
+//! (primary or supplementary). Anyone else gets one error line and is disconnected.
+//!
+//! # Threads, limits and why nothing can block the datapath
+//!
+//! One accept thread, and one thread per client up to [`ControlOptions::max_clients`]
+//! (a client beyond that gets an error line and is closed). A client thread reads with
+//! a short timeout tick, so it notices shutdown, a client idle for too long, and a
+//! client stuck in the middle of a line ([`ControlOptions::line_timeout`]); it writes
+//! with a timeout too, so a client that does not read its responses is dropped rather
+//! than holding a thread forever. A line longer than [`MAX_LINE`] gets an error and the
+//! connection is closed. A request is only acted on once its whole line has arrived
+//! and [`parse_request`] has checked all of it, so a slow client holds no lock while
+//! it dribbles bytes. Changes are serialised by one mutex here (so `replace_flows`
+//! computes its diff and applies it with no other control change in between) and by
+//! the switch's own lock; the datapath never takes either: workers only load the
+//! published pipeline and port snapshots.
+//!
+//! # Replace-flows
+//!
+//! The wanted flows are first installed into a scratch pipeline with the switch's port
+//! map (which validates them like an add-flows bundle, errors naming their line, and
+//! gives them the exact form the switch dumps: ports as numbers, `mod_*` as
+//! `set_field`), then [`replace_diff`] compares that with the installed flows, and the
+//! difference is applied as one bundle. Unchanged flows are not touched, so they keep
+//! their counters and their age.
+
+use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use control::flow::{Bundle, Flow, FlowFilter, PortRef};
+use control::proto::{
+    self, AddPortReply, BundleReply, DumpFlowsReply, Empty, ErrorBody, FdbEntry, FdbReply,
+    FlowStats, HelloReply, MAX_LINE, Op, PortCounters, PortInfo, PortsReply, Request, Response,
+    ShowReply, StatsReply, TableCounters, TraceReply, TraceStep as WireStep, parse_request,
+    replace_diff,
+};
+
+use crate::datapath::{Switch, SwitchError};
+use crate::pipeline::{DpAction, Forward, MacTable, Pipeline, TraceStep};
+
+/// How the control socket is set up.
+#[derive(Clone, Debug)]
+pub struct ControlOptions {
+    /// The socket's path.
+    pub path: PathBuf,
+    /// A group whose members may also use the socket (mode 0660 instead of 0600).
+    pub group: Option<String>,
+    /// Clients served at once; more are refused.
+    pub max_clients: usize,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// A request line that has started must be complete within this long.
+    pub line_timeout: Duration,
+    /// A response that cannot be written within this long drops the client.
+    pub write_timeout: Duration,
+}
+
+impl ControlOptions {
+    /// Defaults for `path`: no group, 64 clients, 10 minutes idle, 30 s per line, 10 s
+    /// per response.
+    pub fn new(path: impl Into<PathBuf>) -> ControlOptions {
+        ControlOptions {
+            path: path.into(),
+            group: None,
+            max_clients: 64,
+            idle_timeout: Duration::from_secs(600),
+            line_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// A filesystem or socket call failed.
+    #[error("control socket {}: {what}: {error}", .path.display())]
+    Io {
+        /// The socket's path.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// What the system said.
+        error: io::Error,
+    },
+    /// Another process answers on the socket.
+    #[error("control socket {}: another weftd is listening there", .0.display())]
+    InUse(PathBuf),
+    /// The path exists and is not a socket.
+    #[error("control socket {}: the path exists and is not a socket", .0.display())]
+    NotASocket(PathBuf),
+    /// The control group does not exist.
+    #[error("control group '{0}' does not exist")]
+    NoSuchGroup(String),
+}
+
+/// The decision of the `SO_PEERCRED` check: may a peer with user `uid` in groups
+/// `groups` (primary first, then supplementary) use a socket owned by `owner`, with
+/// control group `group`? Root and the owner always may; with a group, its members may.
+pub fn peer_allowed(uid: u32, groups: &[u32], owner: u32, group: Option<u32>) -> bool {
+    uid == 0 || uid == owner || group.is_some_and(|g| groups.contains(&g))
+}
+
+/// The peer's user, and its groups (primary, then supplementary when a group check
+/// needs them).
+fn peer_identity(stream: &UnixStream, need_groups: Option<u32>) -> io::Result<(u32, Vec<u32>)> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let cred = getsockopt(stream, PeerCredentials).map_err(io::Error::from)?;
+    let (uid, gid) = (cred.uid(), cred.gid());
+    let mut groups = vec![gid];
+    if let Some(g) = need_groups
+        && gid != g
+        && let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        && let Ok(name) = std::ffi::CString::new(user.name)
+        && let Ok(list) = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid))
+    {
+        groups.extend(list.into_iter().map(|g| g.as_raw()));
+    }
+    Ok((uid, groups))
+}
+
+/// State shared by the accept thread and the client threads.
+struct Shared {
+    switch: Arc<Switch>,
+    opts: ControlOptions,
+    owner: u32,
+    group: Option<u32>,
+    stop: AtomicBool,
+    active: AtomicUsize,
+    /// One control change at a time (replace-flows reads, diffs, then applies).
+    changes: Mutex<()>,
+    /// Clones of the client streams, to shut them down at stop.
+    clients: Mutex<HashMap<u64, UnixStream>>,
+    next_client: AtomicU64,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The running control socket. [`ControlServer::stop`] (or drop) closes it.
+pub struct ControlServer {
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ControlServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlServer")
+            .field("path", &self.shared.opts.path)
+            .finish()
+    }
+}
+
+fn io_err(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> ControlError + use<> {
+    let path = path.to_path_buf();
+    move |error| ControlError::Io { path, what, error }
+}
+
+/// Binds the socket at `path`: parent directory, stale file, mode and group.
+fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ControlError> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(io_err(path, "creating its directory"))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ControlError::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(io_err(path, "removing the stale socket"))?;
+        }
+        Ok(_) => return Err(ControlError::NotASocket(path.to_path_buf())),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(path, "checking the path")(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io_err(path, "bind"))?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err(path, "chmod"))?;
+    if let Some(g) = group {
+        std::os::unix::fs::chown(path, None, Some(g)).map_err(io_err(path, "chown"))?;
+    }
+    Ok(listener)
+}
+
+impl ControlServer {
+    /// Binds the socket and starts serving `switch`.
+    pub fn start(opts: ControlOptions, switch: Arc<Switch>) -> Result<ControlServer, ControlError> {
+        let group = match &opts.group {
+            None => None,
+            Some(name) => Some(
+                nix::unistd::Group::from_name(name)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| ControlError::NoSuchGroup(name.clone()))?
+                    .gid
+                    .as_raw(),
+            ),
+        };
+        let listener = bind(&opts.path, group)?;
+        let shared = Arc::new(Shared {
+            switch,
+            owner: nix::unistd::geteuid().as_raw(),
+            group,
+            opts,
+            stop: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            changes: Mutex::new(()),
+            clients: Mutex::new(HashMap::new()),
+            next_client: AtomicU64::new(1),
+            threads: Mutex::new(Vec::new()),
+        });
+        let s = Arc::clone(&shared);
+        let accept = std::thread::Builder::new()
+            .name("weft-control".into())
+            .spawn(move || accept_loop(&s, listener))
+            .map_err(io_err(&shared.opts.path, "starting the accept thread"))?;
+        tracing::info!(path = %shared.opts.path.display(), group = ?shared.opts.group, "control socket listening");
+        Ok(ControlServer {
+            shared,
+            accept: Some(accept),
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.shared.opts.path
+    }
+
+    /// Stops accepting, disconnects every client, waits for their threads and removes
+    /// the socket file.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let Some(accept) = self.accept.take() else {
+            return;
+        };
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the accept call.
+        let _ = UnixStream::connect(&self.shared.opts.path);
+        let _ = accept.join();
+        for (_, c) in lock(&self.shared.clients).drain() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        let threads: Vec<_> = lock(&self.shared.threads).drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.shared.opts.path);
+        tracing::info!("control socket closed");
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes one response line; false when the client is gone or too slow.
+fn send(stream: &mut UnixStream, resp: &Response) -> bool {
+    let mut line = resp.to_line();
+    line.push('\n');
+    stream.write_all(line.as_bytes()).is_ok()
+}
+
+fn refuse(mut stream: UnixStream, message: &str) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = send(&mut stream, &Response::error(None, ErrorBody::new(message)));
+}
+
+fn accept_loop(s: &Arc<Shared>, listener: UnixListener) {
+    for conn in listener.incoming() {
+        if s.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("control socket: accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        match peer_identity(&stream, s.group) {
+            Ok((uid, groups)) if peer_allowed(uid, &groups, s.owner, s.group) => {}
+            Ok((uid, _)) => {
+                tracing::warn!(uid, "control socket: peer refused");
+                refuse(
+                    stream,
+                    "permission denied: only root, the owner of weftd or the control group may use this socket",
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("control socket: cannot read the peer's credentials: {e}");
+                refuse(
+                    stream,
+                    "permission denied: cannot read the peer's credentials",
+                );
+                continue;
+            }
+        }
+        if s.active.load(Ordering::SeqCst) >= s.opts.max_clients {
+            refuse(stream, "too many clients; try again later");
+            continue;
+        }
+        let id = s.next_client.fetch_add(1, Ordering::Relaxed);
+        if let Ok(c) = stream.try_clone() {
+            lock(&s.clients).insert(id, c);
+        }
+        s.active.fetch_add(1, Ordering::SeqCst);
+        let sc = Arc::clone(s);
+        let spawned = std::thread::Builder::new()
+            .name(format!("weft-control-{id}"))
+            .spawn(move || {
+                let mut conn = Connection {
+                    s: &sc,
+                    stream,
+                    greeted: false,
+                };
+                conn.serve();
+                lock(&sc.clients).remove(&id);
+                sc.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        match spawned {
+            Ok(t) => {
+                let mut threads = lock(&s.threads);
+                threads.retain(|t| !t.is_finished());
+                threads.push(t);
+            }
+            Err(e) => {
+                tracing::warn!("control socket: cannot start a client thread: {e}");
+                lock(&s.clients).remove(&id);
+                s.active.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// How often a client thread wakes to check for stop and timeouts.
+const TICK: Duration = Duration::from_millis(200);
+
+struct Connection<'a> {
+    s: &'a Shared,
+    stream: UnixStream,
+    greeted: bool,
+}
+
+impl Connection<'_> {
+    fn serve(&mut self) {
+        let _ = self.stream.set_read_timeout(Some(TICK));
+        let _ = self
+            .stream
+            .set_write_timeout(Some(self.s.opts.write_timeout));
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut scanned = 0;
+        let mut last_request = Instant::now();
+        let mut line_started: Option<Instant> = None;
+        loop {
+            if self.s.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    line_started.get_or_insert_with(Instant::now);
+                    while let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
+                        let end = scanned + pos;
+                        let line = &buf[..end];
+                        let line = line.strip_suffix(b"\r").unwrap_or(line);
+                        let keep_going = line.len() > MAX_LINE || self.handle_line(line);
+                        if line.len() > MAX_LINE {
+                            self.too_long();
+                            return;
+                        }
+                        if !keep_going {
+                            return;
+                        }
+                        buf.drain(..=end);
+                        scanned = 0;
+                        last_request = Instant::now();
+                        line_started = (!buf.is_empty()).then(Instant::now);
+                    }
+                    scanned = buf.len();
+                    if buf.len() > MAX_LINE {
+                        self.too_long();
+                        return;
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    let now = Instant::now();
+                    if let Some(t) = line_started
+                        && now - t > self.s.opts.line_timeout
+                    {
+                        let _ = send(
+                            &mut self.stream,
+                            &Response::error(
+                                None,
+                                ErrorBody::new(format!(
+                                    "request line not finished within {} s; closing",
+                                    self.s.opts.line_timeout.as_secs()
+                                )),
+                            ),
+                        );
+                        return;
+                    }
+                    if line_started.is_none() && now - last_request > self.s.opts.idle_timeout {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn too_long(&mut self) {
+        tracing::warn!("control socket: request longer than {MAX_LINE} bytes; client dropped");
+        let _ = send(
+            &mut self.stream,
+            &Response::error(
+                None,
+                ErrorBody::new(format!(
+                    "request longer than {MAX_LINE} bytes; closing the connection"
+                )),
+            ),
+        );
+    }
+
+    /// Handles one complete line; false when the client should be dropped.
+    fn handle_line(&mut self, line: &[u8]) -> bool {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return true;
+        }
+        let resp = match parse_request(line) {
+            Err(e) => Response::error(e.id, e.error),
+            Ok(req) => self.handle(req),
+        };
+        send(&mut self.stream, &resp)
+    }
+
+    fn handle(&mut self, req: Request) -> Response {
+        let id = req.id;
+        if let Op::Hello(h) = &req.op {
+            if h.version != proto::VERSION {
+                return Response::error(
+                    Some(id),
+                    ErrorBody::new(format!(
+                        "protocol version {} is not supported (this weftd speaks version {})",
+                        h.version,
+                        proto::VERSION
+                    )),
+                );
+            }
+            self.greeted = true;
+            tracing::debug!(client = ?h.client, "control client connected");
+            return Response::ok(
+                id,
+                &HelloReply {
+                    version: proto::VERSION,
+                    name: proto::SERVER_NAME.into(),
+                    software: env!("CARGO_PKG_VERSION").into(),
+                },
+            );
+        }
+        if !self.greeted {
+            return Response::error(
+                Some(id),
+                ErrorBody::new(format!(
+                    "the first request must be hello (e.g. {{\"id\":1,\"hello\":{{\"version\":{}}}}})",
+                    proto::VERSION
+                )),
+            );
+        }
+        let name = req.op.name();
+        let result = if req.op.changes_state() {
+            let _g = lock(&self.s.changes);
+            execute(&self.s.switch, req.op)
+        } else {
+            execute(&self.s.switch, req.op)
+        };
+        match result {
+            Ok(v) => Response {
+                id: Some(id),
+                ok: Some(v),
+                error: None,
+            },
+            Err(e) => {
+                tracing::debug!(op = name, "control request failed: {e}");
+                Response::error(Some(id), e)
+            }
+        }
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ErrorBody> {
+    serde_json::to_value(v).map_err(|e| ErrorBody::new(format!("internal: {e}")))
+}
+
+/// A switch error as a response error (flow errors keep their line and index).
+fn switch_error(e: SwitchError) -> ErrorBody {
+    match e {
+        SwitchError::Flows(ie) => ErrorBody {
+            message: ie.to_string(),
+            line: ie.line,
+            index: Some(ie.index),
+        },
+        other => ErrorBody::new(other.to_string()),
+    }
+}
+
+/// Runs one checked operation against the switch (the request passed
+/// [`parse_request`], so its text forms are resolved and everything is valid).
+pub fn execute(sw: &Switch, op: Op) -> Result<serde_json::Value, ErrorBody> {
+    match op {
+        Op::Hello(_) => to_value(&HelloReply {
+            version: proto::VERSION,
+            name: proto::SERVER_NAME.into(),
+            software: env!("CARGO_PKG_VERSION").into(),
+        }),
+        Op::Show(_) => {
+            let pipe = sw.pipeline();
+            to_value(&ShowReply {
+                software: env!("CARGO_PKG_VERSION").into(),
+                ports: port_infos(sw),
+                flows: pipe.len(),
+                tables: (0..=control::flow::MAX_TABLE)
+                    .filter(|t| pipe.table_len(*t) > 0)
+                    .map(|t| (t, pipe.table_len(t)))
+                    .collect(),
+                pipeline_version: pipe.version(),
+            })
+        }
+        Op::Ports(_) => to_value(&PortsReply {
+            ports: port_infos(sw),
+        }),
+        Op::AddPort(a) => {
+            let spec = a
+                .port
+                .ok_or_else(|| ErrorBody::new("add_port needs 'port'"))?;
+            let name = spec.name.clone();
+            let ofport = sw.add_port(spec).map_err(switch_error)?;
+            tracing::info!(port = %name, ofport, "control: port added");
+            to_value(&AddPortReply { ofport })
+        }
+        Op::DelPort(d) => {
+            sw.del_port(&d.name).map_err(switch_error)?;
+            tracing::info!(port = %d.name, "control: port deleted");
+            to_value(&Empty {})
+        }
+        Op::Bundle(b) => {
+            let bundle = Bundle {
+                changes: b.changes,
+                lines: b.lines,
+            };
+            let o = sw.apply(&bundle).map_err(switch_error)?;
+            tracing::info!(
+                changes = bundle.changes.len(),
+                added = o.added,
+                replaced = o.replaced,
+                modified = o.modified,
+                deleted = o.deleted,
+                version = o.version,
+                "control: bundle applied"
+            );
+            to_value(&BundleReply {
+                version: o.version,
+                added: o.added,
+                replaced: o.replaced,
+                modified: o.modified,
+                deleted: o.deleted,
+                unchanged: 0,
+            })
+        }
+        Op::ReplaceFlows(r) => replace_flows(sw, r.flows, r.lines),
+        Op::DumpFlows(d) => {
+            let flows = sw.dump_flows(&d.filter).map_err(switch_error)?;
+            to_value(&DumpFlowsReply {
+                flows: flows
+                    .into_iter()
+                    .map(|d| FlowStats {
+                        flow: d.flow,
+                        packets: d.packets,
+                        bytes: d.bytes,
+                        duration_ms: d.duration_ms,
+                        idle_age_ms: d.idle_age_ms,
+                    })
+                    .collect(),
+            })
+        }
+        Op::Stats(_) => {
+            let st = sw.stats();
+            let mut ports: Vec<PortCounters> = st
+                .ports
+                .into_iter()
+                .map(|p| {
+                    PortCounters::new(
+                        p.ofport,
+                        &p.name,
+                        (p.rx_packets, p.rx_bytes),
+                        (p.tx_packets, p.tx_bytes),
+                        p.drops,
+                    )
+                })
+                .collect();
+            ports.sort_by_key(|p| p.ofport);
+            to_value(&StatsReply {
+                ports,
+                tables: st
+                    .tables
+                    .into_iter()
+                    .map(|t| TableCounters {
+                        table: t.id,
+                        flows: t.flows,
+                        lookups: t.lookups,
+                        matches: t.matches,
+                        misses: t.misses,
+                    })
+                    .collect(),
+                drops: st.drops.into_iter().filter(|(_, n)| *n > 0).collect(),
+                cache_hits: st.cache_hits,
+                cache_misses: st.cache_misses,
+                pipeline_version: st.pipeline_version,
+            })
+        }
+        Op::Fdb(_) => {
+            let names: HashMap<u32, String> = sw
+                .ports()
+                .into_iter()
+                .filter_map(|p| Some((p.spec.ofport?, p.spec.name)))
+                .collect();
+            to_value(&FdbReply {
+                entries: sw
+                    .mac_entries()
+                    .into_iter()
+                    .map(|e| FdbEntry {
+                        port: e.port,
+                        port_name: names.get(&e.port).cloned(),
+                        vni: e.vni,
+                        mac: control::flow::MacAddr(e.mac),
+                        age_ms: e.age_ms,
+                        remote: (e.remote != 0).then(|| crate::flow_key::u128_to_ip(e.remote)),
+                    })
+                    .collect(),
+            })
+        }
+        Op::Trace(t) => to_value(&trace(sw, &t.packet)?),
+        Op::Capture(_) => Err(ErrorBody::new(
+            "capture: not yet implemented in this weftd (use tcpdump on the tap device or the underlay for now)",
+        )),
+    }
+}
+
+fn port_infos(sw: &Switch) -> Vec<PortInfo> {
+    let mut v: Vec<PortInfo> = sw
+        .ports()
+        .iter()
+        .map(|p| PortInfo::from_spec(&p.spec, p.mtu))
+        .collect();
+    v.sort_by_key(|p| p.ofport);
+    v
+}
+
+/// `replace_flows`: see the module docs.
+fn replace_flows(
+    sw: &Switch,
+    flows: Vec<Flow>,
+    lines: Vec<usize>,
+) -> Result<serde_json::Value, ErrorBody> {
+    let current = sw.pipeline();
+    let wanted: Vec<(usize, Flow)> = flows
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| (lines.get(i).copied().unwrap_or(0), f))
+        .collect();
+    // Where each wanted flow's identity came from, with in_port as a number (the form
+    // of the scratch pipeline's dump).
+    let mut line_of: HashMap<(u8, u16, control::flow::Match), usize> = HashMap::new();
+    for (line, f) in &wanted {
+        let mut m = f.matches.clone();
+        if let Some(PortRef::Name(n)) = &m.in_port
+            && let Some(num) = current.ports().number(n)
+        {
+            m.in_port = Some(PortRef::Number(num));
+        }
+        line_of.insert((f.table, f.priority, m), *line);
+    }
+    let scratch = Pipeline::new(current.ports().clone());
+    let (scratch, _) = scratch
+        .apply(&Bundle::add_flows(wanted), sw.now())
+        .map_err(|e| switch_error(SwitchError::Flows(e)))?;
+    let canonical: Vec<(usize, Flow)> = scratch
+        .flows()
+        .into_iter()
+        .map(|f| {
+            let line = line_of
+                .get(&(f.table, f.priority, f.matches.clone()))
+                .copied()
+                .unwrap_or(0);
+            (line, f)
+        })
+        .collect();
+    let installed: Vec<Flow> = sw
+        .dump_flows(&FlowFilter::all())
+        .map_err(switch_error)?
+        .into_iter()
+        .map(|d| d.flow)
+        .collect();
+    let (bundle, unchanged) = replace_diff(&installed, &canonical);
+    if bundle.changes.is_empty() {
+        return to_value(&BundleReply {
+            version: sw.pipeline().version(),
+            unchanged,
+            ..BundleReply::default()
+        });
+    }
+    let o = sw.apply(&bundle).map_err(switch_error)?;
+    tracing::info!(
+        added = o.added,
+        replaced = o.replaced,
+        deleted = o.deleted,
+        unchanged,
+        version = o.version,
+        "control: flows replaced"
+    );
+    to_value(&BundleReply {
+        version: o.version,
+        added: o.added,
+        replaced: o.replaced,
+        modified: o.modified,
+        deleted: o.deleted,
+        unchanged,
+    })
+}
+
+/// `trace`: the packet as a flow key, walked through the current pipeline with the
+/// current MAC table (no counters, no learning).
+fn trace(sw: &Switch, packet: &str) -> Result<TraceReply, ErrorBody> {
+    let m = proto::trace_packet(packet)?;
+    let pipe = sw.pipeline();
+    let (key, _, _) = crate::pipeline::translate::compile_match(&m, pipe.ports())
+        .map_err(|e| ErrorBody::new(format!("packet: {e}")))?;
+    let now = sw.now();
+    let entries = sw.mac_entries();
+    // A private copy of the MAC table as it is now; it never ages during the trace.
+    let mut macs = MacTable::new(
+        (entries.len() * 4).max(crate::pipeline::normal::DEFAULT_CAPACITY),
+        u64::MAX / 4,
+    );
+    for e in &entries {
+        macs.learn(e.vni, e.mac, e.port, e.remote, now.saturating_sub(e.age_ms));
+    }
+    let t = pipe.trace(&key, Some(&macs), now);
+    let shown = t.to_string();
+    let body = shown.split_once('\n').map_or("", |(_, rest)| rest);
+    let text = format!("Flow: {m}\n{body}");
+    let steps = t
+        .steps
+        .iter()
+        .map(|s| match s {
+            TraceStep::Table { depth, table, flow } => WireStep::Table {
+                depth: *depth,
+                table: *table,
+                flow: flow.as_ref().map(|f| f.to_string()),
+            },
+            TraceStep::Action { depth, action } => WireStep::Action {
+                depth: *depth,
+                action: action.to_string(),
+            },
+            TraceStep::Note { depth, reason } => WireStep::Note {
+                depth: *depth,
+                reason: reason.as_str().to_string(),
+            },
+        })
+        .collect();
+    let actions = t
+        .actions
+        .iter()
+        .map(|(a, _, fwd)| match a {
+            DpAction::Output { port, .. } => format!("output:{port}"),
+            DpAction::Flood { .. } => "flood".to_string(),
+            DpAction::Normal { .. } => match fwd {
+                Some(Forward::Port { port, .. }) => format!("normal: learned port {port}"),
+                Some(Forward::Flood) => "normal: flood".to_string(),
+                Some(Forward::Drop(r)) => format!("normal: drop ({})", r.as_str()),
+                None => "normal".to_string(),
+            },
+        })
+        .collect();
+    Ok(TraceReply {
+        text,
+        steps,
+        actions,
+        drop: t.drop.map(|r| r.as_str().to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_allowed;
+
+    #[test]
+    fn peer_decision() {
+        // Root always, the owner always.
+        assert!(peer_allowed(0, &[0], 1000, None));
+        assert!(peer_allowed(1000, &[1000], 1000, None));
+        // Someone else: only through the group.
+        assert!(!peer_allowed(1001, &[1001], 1000, None));
+        assert!(!peer_allowed(1001, &[1001, 27], 1000, Some(50)));
+        assert!(peer_allowed(1001, &[50], 1000, Some(50)));
+        assert!(peer_allowed(1001, &[1001, 4, 50], 1000, Some(50)));
+        // A root-owned socket: other users need the group.
+        assert!(!peer_allowed(1000, &[1000], 0, None));
+        assert!(peer_allowed(1000, &[1000, 60], 0, Some(60)));
+    }
+}
