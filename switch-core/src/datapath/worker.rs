@@ -192,6 +192,7 @@ impl Worker {
         let Some(port) = self.ports.get(ofport).cloned() else {
             return false;
         };
+        let mut errors = 0;
         for _ in 0..BATCH {
             let got = match (&port.dev, sub) {
                 (PortDev::Tap(t), _) => t
@@ -230,6 +231,12 @@ impl Worker {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A socket reports an ICMP error that came back for an earlier packet
+                // (e.g. a raw IP-in-IP socket after a peer's "protocol unreachable")
+                // once, on the next receive, even when packets are queued behind it.
+                // Polling is edge-triggered: giving up now would leave those packets
+                // until the next one arrives. Read on; a second error ends the turn.
+                Err(_) if errors == 0 => errors += 1,
                 Err(_) => return false,
             }
         }
