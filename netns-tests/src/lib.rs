@@ -1,8 +1,9 @@
 //! End-to-end tests of Weft in network namespaces.
 //!
 //! [`lab`] is the harness: nodes and pods as namespaces, an underlay, processes, all
-//! removed when the test ends.
+//! removed when the test ends. [`node`] puts `weftd` nodes and pods on an underlay.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod lab;
+pub mod node;

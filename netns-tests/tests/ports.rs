@@ -64,12 +64,19 @@ fn tap_in_a_namespace_is_created_configured_persistent_and_removed() {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    assert_eq!(&request[6..12], &opts.mac.unwrap().0, "sent by the pod's MAC");
+    assert_eq!(
+        &request[6..12],
+        &opts.mac.unwrap().0,
+        "sent by the pod's MAC"
+    );
     let _ = lab.stop(pinger, Duration::from_secs(1));
 
     // Send: an ARP reply written to the TAP reaches the pod's neighbour table.
     let n = tap
-        .send(0, &arp_reply(opts.mac.unwrap().0, [198, 19, 1, 2], [198, 19, 1, 1]))
+        .send(
+            0,
+            &arp_reply(opts.mac.unwrap().0, [198, 19, 1, 2], [198, 19, 1, 1]),
+        )
         .unwrap();
     assert_eq!(n, 42);
     let start = Instant::now();
