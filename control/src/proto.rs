@@ -369,6 +369,19 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     Ok(Request { id, op })
 }
 
+/// The property the fuzz target and the corpus replay check: any bytes either give a
+/// [`RequestError`] or a request whose line reads back to the same request. Panics
+/// otherwise.
+pub fn check_request(line: &[u8]) {
+    if let Ok(req) = parse_request(line) {
+        let again = req.to_line();
+        match parse_request(again.as_bytes()) {
+            Ok(back) => assert_eq!(back, req, "{again}"),
+            Err(e) => panic!("{again} does not read back: {e}"),
+        }
+    }
+}
+
 /// serde_json appends "at line 1 column N" of the re-serialised value, which means
 /// nothing to the client; drop it.
 fn clean_serde(msg: &str) -> String {

@@ -1,5 +1,6 @@
-//! Replays every file of the fuzz corpus (`control/fuzz/corpus/flow_parse/`) through the
-//! fuzz target's check, so what the fuzzer found stays fixed.
+//! Replays every file of the fuzz corpora (`control/fuzz/corpus/flow_parse/` and
+//! `request_parse/`) through the fuzz targets' checks, so what the fuzzer found stays
+//! fixed.
 
 use std::path::Path;
 
@@ -18,6 +19,20 @@ fn replay_flow_parse_corpus() {
                 path.display()
             );
         }
+        n += 1;
+    }
+    assert!(n >= 20, "expected at least 20 corpus files, found {n}");
+}
+
+#[test]
+fn replay_request_parse_corpus() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/request_parse");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("corpus directory") {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let r = std::panic::catch_unwind(|| control::proto::check_request(&data));
+        assert!(r.is_ok(), "corpus file {} fails the check", path.display());
         n += 1;
     }
     assert!(n >= 20, "expected at least 20 corpus files, found {n}");

@@ -1,0 +1,214 @@
+//! Runs the built `weftctl`: one-line errors and exit codes, `--help` with an example
+//! on every command, and requests and printed output against a scripted fake `weftd`
+//! on a socket in a temporary directory.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+
+use serde_json::{Value, json};
+
+const WEFTCTL: &str = env!("CARGO_BIN_EXE_weftctl");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(WEFTCTL)
+        .args(args)
+        .output()
+        .expect("run weftctl")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A fake weftd that answers `hello`, then answers the next request with `reply`
+/// (as `ok`, or as `error` when `error` is set) and reports the request it got.
+fn fake_server(path: &Path, reply: Value, error: bool) -> mpsc::Receiver<Value> {
+    let listener = UnixListener::bind(path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let hello: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(hello["hello"]["version"], 1);
+        let resp =
+            json!({"id": hello["id"], "ok": {"version": 1, "name": "weftd", "software": "0.1.0"}});
+        writeln!(w, "{resp}").unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let req: Value = serde_json::from_str(&line).unwrap();
+        let resp = if error {
+            json!({"id": req["id"], "error": reply})
+        } else {
+            json!({"id": req["id"], "ok": reply})
+        };
+        writeln!(w, "{resp}").unwrap();
+        let _ = tx.send(req);
+    });
+    rx
+}
+
+#[test]
+fn cannot_connect_is_one_line() {
+    let o = run(&["-s", "/nonexistent/weft.sock", "show"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "weftctl: cannot connect to /nonexistent/weft.sock: No such file or directory (is weftd running?)\n"
+    );
+}
+
+#[test]
+fn bad_flows_are_refused_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flows.txt");
+    std::fs::write(
+        &file,
+        "priority=1 actions=drop\n# comment\npriority=2,nw_sorc=1.2.3.4 actions=drop\n",
+    )
+    .unwrap();
+    let o = run(&["-s", "/nonexistent", "add-flows", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "weftctl: flow line 3: unknown field 'nw_sorc' (did you mean nw_src?)\n"
+    );
+    let o = run(&[
+        "-s",
+        "/nonexistent",
+        "replace-flows",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        stderr(&o),
+        "weftctl: flow line 3: unknown field 'nw_sorc' (did you mean nw_src?)\n"
+    );
+    let o = run(&["-s", "/nonexistent", "add-flow", "tcp,tp_dst=80"]);
+    assert_eq!(
+        stderr(&o),
+        "weftctl: flow: missing 'actions=' (use 'actions=drop' to drop)\n"
+    );
+    let o = run(&["-s", "/nonexistent", "add-port", "p0", "type=tap", "mtu=9"]);
+    assert_eq!(
+        stderr(&o),
+        "weftctl: bad value '9' for mtu: expected an MTU from 68 to 65535\n"
+    );
+    let o = run(&["-s", "/nonexistent", "add-flows", "/nonexistent/flows"]);
+    assert_eq!(
+        stderr(&o),
+        "weftctl: /nonexistent/flows: No such file or directory\n"
+    );
+}
+
+#[test]
+fn command_line_errors_are_one_line() {
+    for args in [
+        &[][..],
+        &["frobnicate"],
+        &["del-port"],
+        &["show", "--bogus"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let e = stderr(&o);
+        assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+        assert!(e.starts_with("weftctl: "), "{e}");
+    }
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for cmd in [
+        "show",
+        "add-port",
+        "del-port",
+        "add-flow",
+        "add-flows",
+        "mod-flows",
+        "del-flows",
+        "replace-flows",
+        "dump-flows",
+        "dump-ports",
+        "dump-tables",
+        "fdb-show",
+        "trace",
+        "capture",
+    ] {
+        let o = run(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd}");
+        let out = stdout(&o);
+        assert!(out.contains("Example"), "{cmd}: {out}");
+        assert!(out.contains(&format!("weftctl {cmd}")), "{cmd}: {out}");
+    }
+}
+
+#[test]
+fn dump_flows_sends_the_filter_and_prints_like_ovs_ofctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s");
+    let flow = serde_json::to_value(
+        control::flow::parse_flow("priority=100,ip,nw_dst=198.19.2.0/24 actions=output:2").unwrap(),
+    )
+    .unwrap();
+    let reply = json!({"flows": [{"flow": flow, "packets": 10, "bytes": 980, "duration_ms": 12345, "idle_age_ms": 3000}]});
+    let rx = fake_server(&sock, reply.clone(), false);
+    let o = run(&["-s", sock.to_str().unwrap(), "dump-flows", "table=0,ip"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        " cookie=0x0, duration=12.345s, table=0, n_packets=10, n_bytes=980, idle_age=3, priority=100,ip,nw_dst=198.19.2.0/24 actions=output:2\n"
+    );
+    let req = rx.recv().unwrap();
+    assert_eq!(req["dump_flows"]["filter"]["table"], 0, "{req}");
+
+    // -o json prints the raw result.
+    let sock2 = dir.path().join("s2");
+    let _rx = fake_server(&sock2, reply.clone(), false);
+    let o = run(&["-s", sock2.to_str().unwrap(), "-o", "json", "dump-flows"]);
+    let printed: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(printed, reply);
+}
+
+#[test]
+fn server_errors_are_one_line_with_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s");
+    let file = dir.path().join("flows");
+    std::fs::write(
+        &file,
+        "priority=1 actions=drop\n\npriority=2,ip actions=output:nosuch\n",
+    )
+    .unwrap();
+    let rx = fake_server(
+        &sock,
+        json!({"message": "flow line 3: unknown port 'nosuch'", "line": 3, "index": 1}),
+        true,
+    );
+    let mut child = Command::new(WEFTCTL)
+        .args(["-s", sock.to_str().unwrap(), "add-flows", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(&file).unwrap())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), "weftctl: flow line 3: unknown port 'nosuch'\n");
+    // The bundle carried the file's line numbers.
+    let req = rx.recv().unwrap();
+    assert_eq!(req["bundle"]["lines"], json!([1, 3]), "{req}");
+}

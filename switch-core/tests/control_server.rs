@@ -1,0 +1,544 @@
+//! The control socket against a real `Switch`, without privileges: tunnel ports on
+//! 127.0.0.1 (no TAP devices), a socket in a temporary directory, driven with the
+//! client library and with raw JSON lines.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::UdpSocket;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use control::client::{Client, ClientError};
+use control::flow::{FlowFilter, parse_bundle_file, parse_flows_file};
+use control::port::PortSpec;
+use control::proto::FlowStats;
+use switch_core::service::control_server::{ControlError, ControlOptions, ControlServer};
+use switch_core::{Switch, SwitchOptions};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    switch: Arc<Switch>,
+    server: Option<ControlServer>,
+    /// The UDP port of the VXLAN port `vx0` (on 127.0.0.1).
+    vx_port: u16,
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture::with(|o| o)
+    }
+
+    fn with(f: impl FnOnce(ControlOptions) -> ControlOptions) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory that does not exist yet: the server creates it.
+        let path = dir.path().join("run/weft/weftd.sock");
+        let switch = Arc::new(
+            Switch::start(
+                SwitchOptions {
+                    state_dir: Some(dir.path().join("state")),
+                    ..SwitchOptions::default()
+                },
+                None,
+            )
+            .unwrap(),
+        );
+        let vx_port = free_udp_port();
+        switch
+            .add_port(
+                PortSpec::parse(
+                    "vx0",
+                    &[
+                        "type=vxlan",
+                        "local=127.0.0.1",
+                        &format!("dst_port={vx_port}"),
+                    ],
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let server =
+            ControlServer::start(f(ControlOptions::new(&path)), Arc::clone(&switch)).unwrap();
+        Fixture {
+            _dir: dir,
+            path,
+            switch,
+            server: Some(server),
+            vx_port,
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.path).unwrap()
+    }
+
+    fn raw(&self) -> Raw {
+        Raw::connect(&self.path)
+    }
+
+    fn flows(&self) -> Vec<FlowStats> {
+        self.client().dump_flows(FlowFilter::all()).unwrap().flows
+    }
+
+    /// Sends `n` VXLAN packets (VNI 5) carrying an IPv4/UDP frame to `vx0`.
+    fn send_vxlan(&self, n: usize) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut pkt = vec![0x08, 0, 0, 0, 0, 0, 5, 0];
+        // Ethernet.
+        pkt.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        // IPv4 198.19.1.2 -> 198.19.2.2, UDP 1000 -> 2000, 4 bytes of payload.
+        let mut ip = vec![
+            0x45, 0, 0, 32, 0, 1, 0, 0, 64, 17, 0, 0, 198, 19, 1, 2, 198, 19, 2, 2,
+        ];
+        let sum = ip
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum::<u32>();
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        pkt.extend_from_slice(&ip);
+        pkt.extend_from_slice(&[0x03, 0xe8, 0x07, 0xd0, 0, 12, 0, 0, 1, 2, 3, 4]);
+        for _ in 0..n {
+            sock.send_to(&pkt, ("127.0.0.1", self.vx_port)).unwrap();
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+        self.switch.stop();
+    }
+}
+
+/// A raw connection: JSON lines in, JSON values out.
+struct Raw {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl Raw {
+    fn connect(path: &Path) -> Raw {
+        let w = UnixStream::connect(path).unwrap();
+        w.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let r = BufReader::new(w.try_clone().unwrap());
+        Raw { w, r }
+    }
+
+    fn send(&mut self, line: &str) -> serde_json::Value {
+        self.w.write_all(line.as_bytes()).unwrap();
+        self.w.write_all(b"\n").unwrap();
+        self.recv()
+    }
+
+    fn recv(&mut self) -> serde_json::Value {
+        let mut s = String::new();
+        self.r.read_line(&mut s).unwrap();
+        serde_json::from_str(&s).unwrap_or_else(|e| panic!("{e}: {s:?}"))
+    }
+
+    fn hello(&mut self) {
+        let v = self.send(r#"{"id":1,"hello":{"version":1}}"#);
+        assert_eq!(v["ok"]["version"], 1, "{v}");
+    }
+}
+
+fn message(v: &serde_json::Value) -> String {
+    v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn socket_is_created_private_and_replaces_a_stale_file() {
+    let fx = Fixture::new();
+    let mode = std::fs::metadata(&fx.path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A second server on the same path refuses to steal it.
+    let err =
+        ControlServer::start(ControlOptions::new(&fx.path), Arc::clone(&fx.switch)).unwrap_err();
+    assert!(matches!(err, ControlError::InUse(_)), "{err}");
+    // A stale socket file (nobody listening) is replaced.
+    let stale = fx.path.with_file_name("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let s = ControlServer::start(ControlOptions::new(&stale), Arc::clone(&fx.switch)).unwrap();
+    let c = Client::connect(&stale).unwrap();
+    assert_eq!(c.server().name, "weftd");
+    s.stop();
+    assert!(!stale.exists(), "the socket file is removed at stop");
+    // A regular file is never removed.
+    let file = fx.path.with_file_name("file");
+    std::fs::write(&file, "x").unwrap();
+    let err = ControlServer::start(ControlOptions::new(&file), Arc::clone(&fx.switch)).unwrap_err();
+    assert!(err.to_string().contains("not a socket"), "{err}");
+}
+
+#[test]
+fn handshake_comes_first_and_versions_must_match() {
+    let fx = Fixture::new();
+    let mut c = fx.raw();
+    let v = c.send(r#"{"id":7,"show":{}}"#);
+    assert_eq!(v["id"], 7);
+    assert!(message(&v).contains("first request must be hello"), "{v}");
+    let v = c.send(r#"{"id":8,"hello":{"version":99}}"#);
+    assert!(message(&v).contains("version 99 is not supported"), "{v}");
+    let v = c.send(r#"{"id":9,"hello":{"version":1,"client":"test"}}"#);
+    assert_eq!(v["id"], 9);
+    assert_eq!(v["ok"]["name"], "weftd");
+    assert_eq!(v["ok"]["version"], 1);
+    let v = c.send(r#"{"id":10,"show":{}}"#);
+    assert_eq!(v["ok"]["ports"][0]["name"], "vx0", "{v}");
+    assert_eq!(v["ok"]["ports"][0]["ofport"], 1, "{v}");
+}
+
+#[test]
+fn malformed_requests_get_errors_and_the_connection_stays() {
+    let fx = Fixture::new();
+    let mut c = fx.raw();
+    c.hello();
+    for (line, want) in [
+        ("not json", "request is not json"),
+        ("[]", "not a json object"),
+        (r#"{"show":{}}"#, "request has no 'id'"),
+        (r#"{"id":3,"explode":{}}"#, "unknown variant `explode`"),
+        (
+            r#"{"id":3,"show":{"verbose":true}}"#,
+            "unknown field `verbose`",
+        ),
+        (
+            r#"{"id":3,"bundle":{"text":"priority=1,tcp,tp_dts=80 actions=drop"}}"#,
+            "flow line 1: unknown field 'tp_dts' (did you mean tp_dst?)",
+        ),
+        (
+            r#"{"id":3,"add_port":{"text":"p1 type=vxlan mtu=9"}}"#,
+            "bad value '9' for mtu",
+        ),
+        (
+            r#"{"id":3,"capture":{"port":"vx0"}}"#,
+            "capture: not yet implemented",
+        ),
+    ] {
+        let v = c.send(line);
+        assert!(message(&v).contains(want), "{line}: {v}");
+    }
+    // Still usable.
+    let v = c.send(r#"{"id":4,"ports":{}}"#);
+    assert_eq!(v["id"], 4);
+    assert!(v["ok"]["ports"].is_array(), "{v}");
+}
+
+#[test]
+fn a_bad_flow_in_a_bundle_changes_nothing_and_names_its_line() {
+    let fx = Fixture::new();
+    let mut c = fx.client();
+    c.bundle(
+        parse_bundle_file("priority=10,ip actions=output:vx0\npriority=0 actions=normal\n")
+            .unwrap(),
+    )
+    .unwrap();
+    let before = fx.flows();
+    let version = fx.switch.pipeline().version();
+    // Fails in the switch (unknown port), line 4 of the file.
+    let file =
+        "priority=20,arp actions=flood\n# a comment\n\npriority=30,ip actions=output:nosuch\n";
+    let err = c.bundle(parse_bundle_file(file).unwrap()).unwrap_err();
+    let ClientError::Server(e) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(e.message, "flow line 4: unknown port 'nosuch'");
+    assert_eq!((e.line, e.index), (Some(4), Some(1)));
+    // Fails in the request check (prerequisite), as text: line 2.
+    let mut raw = fx.raw();
+    raw.hello();
+    let v = raw.send(
+        r#"{"id":5,"bundle":{"text":"priority=20,arp actions=flood\npriority=30,tp_dst=80 actions=drop\n"}}"#,
+    );
+    assert_eq!(v["error"]["line"], 2, "{v}");
+    assert!(
+        message(&v).starts_with("flow line 2: tp_dst requires"),
+        "{v}"
+    );
+    // Nothing changed: same flows, same counters, same version.
+    assert_eq!(fx.switch.pipeline().version(), version);
+    let after = fx.flows();
+    assert_eq!(after.len(), before.len());
+    for (a, b) in after.iter().zip(&before) {
+        assert_eq!(a.flow, b.flow);
+        assert_eq!(a.packets, b.packets);
+    }
+}
+
+#[test]
+fn replace_flows_keeps_unchanged_flows_and_their_counters() {
+    let fx = Fixture::new();
+    let mut c = fx.client();
+    let initial = "priority=100,in_port=vx0,ip actions=drop\n\
+                   priority=50,arp actions=flood\n\
+                   table=1,priority=5 actions=drop\n";
+    c.bundle(parse_bundle_file(initial).unwrap()).unwrap();
+    // Traffic on the first flow.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        fx.send_vxlan(5);
+        std::thread::sleep(Duration::from_millis(100));
+        let f = fx.flows();
+        if f.iter().any(|s| s.flow.priority == 100 && s.packets >= 5) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no packet counted: {f:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = fx.flows();
+    let hot = before
+        .iter()
+        .find(|s| s.flow.priority == 100)
+        .unwrap()
+        .clone();
+
+    // Same first flow (written differently: port by name, other order), arp changed,
+    // table 1 gone, a new one.
+    let wanted = "# the file\n\
+                  ip,priority=100,in_port=vx0 actions=drop\n\
+                  priority=50,arp actions=normal\n\
+                  table=2 actions=drop\n";
+    let r = c.replace_flows(parse_flows_file(wanted).unwrap()).unwrap();
+    assert_eq!(r.unchanged, 1, "{r:?}");
+    assert_eq!(r.deleted, 1, "{r:?}");
+    assert_eq!(r.added + r.replaced, 2, "{r:?}");
+    let after = fx.flows();
+    assert_eq!(after.len(), 3);
+    let kept = after.iter().find(|s| s.flow.priority == 100).unwrap();
+    assert_eq!(kept.flow, hot.flow);
+    assert!(kept.packets >= hot.packets, "{kept:?} vs {hot:?}");
+    assert!(kept.duration_ms >= hot.duration_ms, "{kept:?} vs {hot:?}");
+    assert!(kept.duration_ms >= 300);
+    let arp = after.iter().find(|s| s.flow.priority == 50).unwrap();
+    assert_eq!(arp.flow.to_string(), "priority=50,arp actions=normal");
+    assert!(arp.duration_ms < hot.duration_ms, "the changed flow is new");
+    assert!(after.iter().any(|s| s.flow.table == 2));
+    assert!(!after.iter().any(|s| s.flow.table == 1));
+
+    // Replacing with the same file again changes nothing at all.
+    let version = fx.switch.pipeline().version();
+    let r = c.replace_flows(parse_flows_file(wanted).unwrap()).unwrap();
+    assert_eq!((r.unchanged, r.added, r.deleted, r.replaced), (3, 0, 0, 0));
+    assert_eq!(fx.switch.pipeline().version(), version);
+
+    // A bad flow: nothing changes, the error names the line.
+    let bad = "priority=50,arp actions=normal\n\npriority=7,ip actions=output:nosuch\n";
+    let err = c.replace_flows(parse_flows_file(bad).unwrap()).unwrap_err();
+    assert_eq!(err.to_string(), "flow line 3: unknown port 'nosuch'");
+    assert_eq!(fx.switch.pipeline().version(), version);
+    assert_eq!(fx.flows().len(), 3);
+}
+
+#[test]
+fn a_stalled_client_does_not_block_others_and_is_cut_off() {
+    let fx = Fixture::with(|o| ControlOptions {
+        line_timeout: Duration::from_secs(2),
+        ..o
+    });
+    let mut slow = fx.raw();
+    slow.hello();
+    slow.w
+        .write_all(br#"{"id":2,"bundle":{"text":"prio"#)
+        .unwrap();
+    // Meanwhile another client works normally, changes included.
+    let t = Instant::now();
+    let mut c = fx.client();
+    c.bundle(parse_bundle_file("priority=1 actions=drop\n").unwrap())
+        .unwrap();
+    assert_eq!(c.dump_flows(FlowFilter::all()).unwrap().flows.len(), 1);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // The stalled one gets an error line and is closed.
+    let v = slow.recv();
+    assert!(message(&v).contains("not finished within 2 s"), "{v}");
+    let mut rest = String::new();
+    assert_eq!(slow.r.read_line(&mut rest).unwrap_or(0), 0, "{rest}");
+}
+
+#[test]
+fn an_endless_line_is_cut_off() {
+    let fx = Fixture::new();
+    let mut big = fx.raw();
+    big.hello();
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0usize;
+    big.w
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for _ in 0..20 {
+        match big.w.write_all(&chunk) {
+            Ok(()) => sent += chunk.len(),
+            Err(_) => break,
+        }
+    }
+    // The server read up to the limit, then hung up.
+    assert!(sent >= control::proto::MAX_LINE - (1 << 20), "{sent}");
+    assert!(sent < 20 << 20, "the server never hung up");
+    let mut all = Vec::new();
+    let _ = big.r.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.contains("request longer than 16777216 bytes"),
+        "{text}"
+    );
+    // The server still serves others.
+    assert_eq!(fx.client().ports().unwrap().ports.len(), 1);
+}
+
+#[test]
+fn clients_beyond_the_limit_are_refused() {
+    let fx = Fixture::with(|o| ControlOptions {
+        max_clients: 2,
+        ..o
+    });
+    let _a = fx.client();
+    let _b = fx.client();
+    let mut c = Raw::connect(&fx.path);
+    let v = c.recv();
+    assert!(message(&v).contains("too many clients"), "{v}");
+    drop(_a);
+    // A slot frees up once the first client's thread notices.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(mut d) = Client::connect(&fx.path) {
+            assert!(d.show().is_ok());
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ports_flows_stats_fdb_and_trace_through_the_client() {
+    let fx = Fixture::new();
+    let mut c = fx.client();
+    let udp = free_udp_port();
+    let n = c
+        .add_port(
+            PortSpec::parse(
+                "gn0",
+                &["type=geneve", "local=127.0.0.1", &format!("dst_port={udp}")],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(n, 2);
+    let err = c
+        .add_port(PortSpec::parse("gn0", &["type=geneve", "local=127.0.0.1"]).unwrap())
+        .unwrap_err();
+    assert_eq!(err.to_string(), "port 'gn0' already exists");
+    let ports = c.ports().unwrap().ports;
+    assert_eq!(
+        ports
+            .iter()
+            .map(|p| (p.ofport, p.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "vx0"), (2, "gn0")]
+    );
+    c.bundle(
+        parse_bundle_file(
+            "priority=100,in_port=vx0,ip,nw_dst=198.19.2.0/24 actions=goto_table:1\n\
+             table=1,priority=10,ip actions=set_field:198.18.0.2->tun_dst,output:gn0\n\
+             priority=0 actions=normal\n",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // mod and del through bundles.
+    let del =
+        control::flow::parse_flow_mod(control::flow::FlowModCommand::DeleteStrict, "priority=0")
+            .unwrap();
+    let r = c.bundle(control::flow::Bundle::new(vec![del])).unwrap();
+    assert_eq!(r.deleted, 1);
+
+    let t = c
+        .trace("in_port=vx0,udp,nw_src=198.19.1.2,nw_dst=198.19.2.2,tp_dst=53")
+        .unwrap();
+    assert_eq!(t.actions, ["output:2"], "{}", t.text);
+    assert!(t.text.starts_with("Flow: udp,in_port=vx0,"), "{}", t.text);
+    assert!(
+        t.text.contains("\n1. table=1,priority=10,ip actions="),
+        "{}",
+        t.text
+    );
+    let tables: Vec<u8> = t
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            control::proto::TraceStep::Table { table, .. } => Some(*table),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tables, [0, 1]);
+    let t = c.trace("in_port=gn0,arp").unwrap();
+    assert_eq!(t.drop.as_deref(), Some("table_miss"), "{}", t.text);
+
+    fx.send_vxlan(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.stats().unwrap();
+        let vx = s.ports.iter().find(|p| p.name == "vx0").unwrap();
+        if vx.rx_packets >= 3 {
+            assert!(
+                s.tables.iter().any(|t| t.table == 0 && t.lookups >= 3),
+                "{s:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fdb = c.fdb().unwrap();
+    assert!(fdb.entries.is_empty(), "no normal action ran: {fdb:?}");
+    c.del_port("gn0").unwrap();
+    assert_eq!(c.ports().unwrap().ports.len(), 1);
+    assert_eq!(
+        c.del_port("gn0").unwrap_err().to_string(),
+        "no port named 'gn0'"
+    );
+}
+
+#[test]
+fn fdb_shows_what_normal_learned() {
+    let fx = Fixture::new();
+    let mut c = fx.client();
+    c.bundle(parse_bundle_file("priority=0 actions=normal\n").unwrap())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        fx.send_vxlan(1);
+        std::thread::sleep(Duration::from_millis(100));
+        let fdb = c.fdb().unwrap();
+        if let Some(e) = fdb.entries.first() {
+            assert_eq!(e.mac.to_string(), "02:00:00:00:00:01");
+            assert_eq!((e.port, e.vni), (1, 5));
+            assert_eq!(e.port_name.as_deref(), Some("vx0"));
+            assert_eq!(e.remote, Some("127.0.0.1".parse().unwrap()));
+            let text = control::proto_text::fdb_show(&fdb);
+            assert!(
+                text.contains("    1         5  02:00:00:00:00:01"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+}
