@@ -4,7 +4,7 @@
 //! [`Client::connect`] opens the socket and does the `hello` handshake; then each call
 //! sends one request with a fresh `id` and waits for the response with that `id`. The
 //! typed helpers ([`Client::dump_flows`], [`Client::bundle`], ...) return the reply
-//! types of [`proto`](crate::proto); [`Client::call`] returns the raw JSON result (what
+//! types of [`proto`]; [`Client::call`] returns the raw JSON result (what
 //! `weftctl -o json` prints).
 
 use std::io::{BufRead, BufReader, Write};

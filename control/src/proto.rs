@@ -14,12 +14,12 @@
 //! and the change index):
 //!
 //! ```text
-//! {"id":1,"ok":{"version":1,"name":"weftd","software":"0.1.0"}}
-//! {"id":2,"error":{"message":"flow line 3: unknown field 'nw_sorc' (did you mean nw_src?)","line":3,"index":2}}
+//! {"id":1,"ok":{"name":"weftd","software":"0.1.0","version":1}}
+//! {"id":2,"error":{"message":"flow line 3: unknown field 'nw_sorc' (did you mean nw_src?)","line":3}}
 //! ```
 //!
-//! The first request on a connection must be `hello` with [`VERSION`]. `docs/
-//! control-protocol.md` has an example of every request.
+//! The first request on a connection must be `hello` with [`VERSION`].
+//! `docs/control-protocol.md` has an example of every request.
 //!
 //! [`parse_request`] is the whole server-side reading of a line: JSON syntax, the
 //! envelope, the operation's fields (unknown fields are refused everywhere), text forms

@@ -542,3 +542,93 @@ fn fdb_shows_what_normal_learned() {
         assert!(Instant::now() < deadline);
     }
 }
+
+/// Runs `socat` as `uid`/`gid` against the socket, sending a hello; its output.
+fn socat_as(path: &Path, uid: u32, gid: u32) -> String {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new("socat")
+        .arg("-t2")
+        .arg("-")
+        .arg(format!("UNIX-CONNECT:{}", path.display()))
+        .uid(uid)
+        .gid(gid)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"id\":1,\"hello\":{\"version\":1}}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// With a control group the socket is 0660 and group-owned; SO_PEERCRED lets a member
+/// in and turns anyone else away even when the file mode would let them connect.
+/// Needs root (to chown and to run clients as other users) and socat.
+#[test]
+fn peer_credentials_are_checked() {
+    if !nix::unistd::geteuid().is_root()
+        || std::process::Command::new("socat")
+            .arg("-V")
+            .output()
+            .is_err()
+    {
+        eprintln!("skipped: needs root and socat");
+        return;
+    }
+    let group = nix::unistd::Group::from_name("nogroup")
+        .ok()
+        .flatten()
+        .or_else(|| nix::unistd::Group::from_name("nobody").ok().flatten());
+    let Some(group) = group else {
+        eprintln!("skipped: no nogroup/nobody group");
+        return;
+    };
+    let gid = group.gid.as_raw();
+    let fx = Fixture::with(|o| ControlOptions {
+        group: Some(group.name.clone()),
+        ..o
+    });
+    let bad = ControlServer::start(
+        ControlOptions {
+            group: Some("no-such-group-weft".into()),
+            ..ControlOptions::new(fx.path.with_file_name("other.sock"))
+        },
+        Arc::clone(&fx.switch),
+    )
+    .unwrap_err();
+    assert_eq!(
+        bad.to_string(),
+        "control group 'no-such-group-weft' does not exist"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&fx.path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), gid);
+    // Let everyone reach the socket file, so only SO_PEERCRED decides.
+    let mut dir = fx.path.parent().unwrap();
+    loop {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if dir == fx._dir.path() {
+            break;
+        }
+        dir = dir.parent().unwrap();
+    }
+    std::fs::set_permissions(&fx.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // A member of the group (primary group) is let in.
+    let out = socat_as(&fx.path, 65534, gid);
+    assert!(out.contains("\"ok\""), "{out}");
+    // Someone outside it is refused with one line.
+    let out = socat_as(&fx.path, 65533, 65533);
+    assert!(out.contains("permission denied"), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+}

@@ -258,8 +258,6 @@ impl ControlServer {
             return;
         };
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the accept call.
-        let _ = UnixStream::connect(&self.shared.opts.path);
         let _ = accept.join();
         for (_, c) in lock(&self.shared.clients).drain() {
             let _ = c.shutdown(std::net::Shutdown::Both);
@@ -295,19 +293,35 @@ fn refuse(mut stream: UnixStream, message: &str) {
     let _ = send(&mut stream, &Response::error(None, ErrorBody::new(message)));
 }
 
+/// How often the accept thread checks for stop when nobody connects.
+const ACCEPT_TICK: Duration = Duration::from_millis(50);
+
 fn accept_loop(s: &Arc<Shared>, listener: UnixListener) {
-    for conn in listener.incoming() {
-        if s.stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let stream = match conn {
-            Ok(c) => c,
+    // Non-blocking, so that stop never depends on being able to connect to the path
+    // (someone may have removed the file).
+    if let Err(e) = listener.set_nonblocking(true) {
+        tracing::warn!("control socket: cannot make the listener non-blocking: {e}");
+    }
+    while !s.stop.load(Ordering::SeqCst) {
+        let stream = match listener.accept() {
+            Ok((c, _)) => c,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(ACCEPT_TICK);
+                continue;
+            }
             Err(e) => {
                 tracing::warn!("control socket: accept: {e}");
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(ACCEPT_TICK);
                 continue;
             }
         };
+        if s.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Err(e) = stream.set_nonblocking(false) {
+            tracing::warn!("control socket: {e}");
+            continue;
+        }
         match peer_identity(&stream, s.group) {
             Ok((uid, groups)) if peer_allowed(uid, &groups, s.owner, s.group) => {}
             Ok((uid, _)) => {
