@@ -39,11 +39,13 @@ pub enum IoDrop {
     GeneveOam,
     /// The inner frame is of a kind the port cannot carry (IP-in-IP carries only IP).
     NotIp,
+    /// A tunnel packet from a source no tunnel port on that socket expects.
+    UnknownRemote,
 }
 
 impl IoDrop {
     /// Every reason, in counter order.
-    pub const ALL: [IoDrop; 7] = [
+    pub const ALL: [IoDrop; 8] = [
         IoDrop::TooBig,
         IoDrop::NoTunnelDst,
         IoDrop::TunnelFamily,
@@ -51,6 +53,7 @@ impl IoDrop {
         IoDrop::TxError,
         IoDrop::GeneveOam,
         IoDrop::NotIp,
+        IoDrop::UnknownRemote,
     ];
 
     /// The label value.
@@ -63,6 +66,7 @@ impl IoDrop {
             IoDrop::TxError => "tx_error",
             IoDrop::GeneveOam => "geneve_oam",
             IoDrop::NotIp => "not_ip",
+            IoDrop::UnknownRemote => "unknown_remote",
         }
     }
 }
@@ -189,8 +193,9 @@ impl PortCounters {
 /// VXLAN or Geneve: one UDP socket per worker.
 #[derive(Debug)]
 pub struct UdpTunnel {
-    /// Sockets, indexed by worker.
-    pub sockets: Vec<UdpTunnelSocket>,
+    /// Sockets, indexed by worker; shared by every tunnel port of the same type on the
+    /// same local address and UDP port (told apart by their `remote=`).
+    pub sockets: Arc<Vec<UdpTunnelSocket>>,
     /// The tunnel header (VXLAN, or Geneve with Ethernet payload and no options).
     pub header: TunnelHeader,
     /// Destination UDP port.
@@ -335,7 +340,14 @@ fn mtu_by_ioctl(ifname: &str) -> Option<u16> {
 impl PortIo {
     /// Opens a port for `workers` workers: creates or re-attaches the TAP device, or
     /// binds the tunnel's sockets. `spec.ofport` must be set.
-    pub fn open(spec: &PortSpec, workers: usize) -> io::Result<PortIo> {
+    ///
+    /// A VXLAN/Geneve port uses `shared` sockets when given (another tunnel port of the
+    /// same type, local address and UDP port has them), else binds its own.
+    pub fn open(
+        spec: &PortSpec,
+        workers: usize,
+        shared: Option<Arc<Vec<UdpTunnelSocket>>>,
+    ) -> io::Result<PortIo> {
         let ofport = spec
             .ofport
             .ok_or_else(|| io::Error::other("port without a number"))?;
@@ -347,10 +359,16 @@ impl PortIo {
             SpecKind::Vxlan(t) | SpecKind::Geneve(t) => {
                 let remote_v6 = matches!(t.remote, Remote::Fixed(IpAddr::V6(_)));
                 let dst_port = spec.udp_port().unwrap_or(0);
-                let mut sockets = Vec::with_capacity(workers);
-                for _ in 0..workers.max(1) {
-                    sockets.push(UdpTunnelSocket::bind(t.local, dst_port, remote_v6, true)?);
-                }
+                let sockets = match shared {
+                    Some(s) => s,
+                    None => {
+                        let mut v = Vec::with_capacity(workers);
+                        for _ in 0..workers.max(1) {
+                            v.push(UdpTunnelSocket::bind(t.local, dst_port, remote_v6, true)?);
+                        }
+                        Arc::new(v)
+                    }
+                };
                 let header = if matches!(spec.kind, SpecKind::Vxlan(_)) {
                     TunnelHeader::vxlan()
                 } else {
@@ -434,6 +452,10 @@ pub struct PortSet {
     ports: Vec<Arc<PortIo>>,
     /// Index by ofport (dense: port numbers are small).
     by_number: Vec<Option<usize>>,
+    /// For each UDP tunnel port: the ports sharing its sockets, as (remote, index into
+    /// `ports`), fixed remotes first and the `remote=flow` port (if any) last.
+    groups: Vec<Vec<(Option<IpAddr>, usize)>>,
+    group_of: Vec<Option<usize>>,
 }
 
 impl PortSet {
@@ -445,11 +467,81 @@ impl PortSet {
         for (i, p) in ports.iter().enumerate() {
             by_number[p.ofport as usize] = Some(i);
         }
+        let mut groups: Vec<Vec<(Option<IpAddr>, usize)>> = Vec::new();
+        let mut group_of = vec![None; ports.len()];
+        for (i, p) in ports.iter().enumerate() {
+            let PortDev::Udp(u) = &p.dev else { continue };
+            let g = (0..i).find_map(|j| match &ports[j].dev {
+                PortDev::Udp(o) if Arc::ptr_eq(&o.sockets, &u.sockets) => group_of[j],
+                _ => None,
+            });
+            let g = g.unwrap_or_else(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            group_of[i] = Some(g);
+            groups[g].push((p.tunnel.as_ref().and_then(|t| t.remote), i));
+        }
+        for g in &mut groups {
+            g.sort_by_key(|(remote, _)| remote.is_none());
+        }
         PortSet {
             version,
             ports,
             by_number,
+            groups,
+            group_of,
         }
+    }
+
+    /// The tunnel port that a datagram from `src`, received on the socket of port
+    /// `ofport`, belongs to: the one whose `remote=` is `src`, else the `remote=flow`
+    /// one; `None` when no port on that socket expects it. Non-UDP ports map to
+    /// themselves.
+    #[inline]
+    pub fn demux(&self, ofport: u32, src: IpAddr) -> Option<&Arc<PortIo>> {
+        let i = (*self.by_number.get(ofport as usize)?)?;
+        let Some(g) = self.group_of[i] else {
+            return self.ports.get(i);
+        };
+        self.groups[g]
+            .iter()
+            .find(|(remote, _)| remote.is_none_or(|r| r == src))
+            .map(|(_, j)| &self.ports[*j])
+    }
+
+    /// The sockets a new UDP tunnel port must share, if a port of the same type, local
+    /// address and UDP port exists: `Ok(Some(..))`; `Err(name)` when that port already
+    /// takes the same `remote=` (or is a tunnel of the other type on that UDP port).
+    pub fn udp_sharing(
+        &self,
+        spec: &PortSpec,
+    ) -> Result<Option<Arc<Vec<UdpTunnelSocket>>>, String> {
+        let Some(udp) = spec.udp_port() else {
+            return Ok(None);
+        };
+        let t = spec.kind.tunnel();
+        let local = t.and_then(|t| t.local);
+        let remote = t.map(|t| t.remote);
+        let mut found = None;
+        for p in &self.ports {
+            let (PortDev::Udp(u), Some(other)) = (&p.dev, p.spec.kind.tunnel()) else {
+                continue;
+            };
+            let same_socket = p.spec.udp_port() == Some(udp)
+                && (local == other.local || local.is_none() || other.local.is_none());
+            if !same_socket {
+                continue;
+            }
+            if p.spec.port_type() != spec.port_type()
+                || local != other.local
+                || remote == Some(other.remote)
+            {
+                return Err(p.spec.name.clone());
+            }
+            found = Some(Arc::clone(&u.sockets));
+        }
+        Ok(found)
     }
 
     /// The port with this number.

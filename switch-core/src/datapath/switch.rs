@@ -74,8 +74,11 @@ pub enum SwitchError {
     /// No free port numbers.
     #[error("no free port number")]
     NoFreeNumber,
-    /// A tunnel whose UDP port another tunnel uses already.
-    #[error("udp port {0} is used by tunnel '{1}' already")]
+    /// A tunnel on a UDP port (and local address) where another tunnel of another
+    /// type, or with the same `remote=`, is already.
+    #[error(
+        "udp port {0} is taken by tunnel '{1}' (tunnels may share a udp port only when they are of one type and local address and each has its own remote=)"
+    )]
     UdpPortTaken(u16, String),
     /// The port description is invalid.
     #[error("{0}")]
@@ -287,21 +290,15 @@ impl Switch {
                 .find(|n| current.get(*n).is_none())
                 .ok_or(SwitchError::NoFreeNumber)?,
         };
-        if let Some(udp) = spec.udp_port() {
-            let local = spec.kind.tunnel().and_then(|t| t.local);
-            for p in current.iter() {
-                let other_local = p.spec.kind.tunnel().and_then(|t| t.local);
-                if p.spec.udp_port() == Some(udp)
-                    && (local.is_none() || other_local.is_none() || local == other_local)
-                {
-                    return Err(SwitchError::UdpPortTaken(udp, p.spec.name.clone()));
-                }
-            }
-        }
+        let shared = current
+            .udp_sharing(&spec)
+            .map_err(|by| SwitchError::UdpPortTaken(spec.udp_port().unwrap_or_default(), by))?;
         spec.ofport = Some(number);
-        let io = PortIo::open(&spec, self.options.workers).map_err(|error| SwitchError::Open {
-            name: spec.name.clone(),
-            error,
+        let io = PortIo::open(&spec, self.options.workers, shared).map_err(|error| {
+            SwitchError::Open {
+                name: spec.name.clone(),
+                error,
+            }
         })?;
         if let super::io::PortDev::Tap(t) = &io.dev {
             tracing::info!(

@@ -125,7 +125,9 @@ impl Worker {
                 PortDev::Ipip(_) => {}
             }
             for (fd, sub) in fds {
-                if fd < 0 {
+                // A socket shared by several tunnel ports is polled once, under the
+                // first port's token; `PortSet::demux` finds the right port per packet.
+                if fd < 0 || self.registered.iter().any(|(f, _)| *f == fd) {
                     continue;
                 }
                 let tok = token(p.ofport, sub);
@@ -194,6 +196,10 @@ impl Worker {
         };
         let mut errors = 0;
         for _ in 0..BATCH {
+            // The port a packet belongs to: the polled one, except that tunnel ports of
+            // one type, local address and UDP port share a socket and are told apart by
+            // the packet's outer source (each has its own `remote=`, or `remote=flow`).
+            let mut rx_port = Arc::clone(&port);
             let got = match (&port.dev, sub) {
                 (PortDev::Tap(t), _) => t
                     .recv(self.id, &mut self.rx[HEADROOM..])
@@ -203,7 +209,15 @@ impl Worker {
                     match sock.recv_from(&mut self.rx[HEADROOM..]) {
                         Ok((n, from)) => {
                             let local = sock.local_addr().ip();
-                            match self.decap_udp(&port, n, from, local) {
+                            match self.ports.demux(ofport, from.ip()) {
+                                Some(p) => rx_port = Arc::clone(p),
+                                None => {
+                                    port.counters.rx(n);
+                                    port.counters.drop(PortDrop::Io(IoDrop::UnknownRemote));
+                                    continue;
+                                }
+                            }
+                            match self.decap_udp(&rx_port, n, from, local) {
                                 Some(x) => Ok(x),
                                 None => continue,
                             }
@@ -227,7 +241,7 @@ impl Worker {
                     if matches!(port.dev, PortDev::Tap(_)) {
                         port.counters.rx(len);
                     }
-                    self.process(&port, start, len, &tun, pipe, now);
+                    self.process(&rx_port, start, len, &tun, pipe, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
