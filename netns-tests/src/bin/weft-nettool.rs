@@ -6,6 +6,8 @@
 //! tcp-recv --listen ADDR:PORT --bytes N [--seed S] [--timeout SECS]
 //! tcp-send --to ADDR:PORT --bytes N [--seed S] [--timeout SECS]
 //! udp-send --to ADDR:PORT --hex HEX [--bind ADDR:PORT] [--count N]
+//! udp-echo --listen ADDR:PORT --count N [--timeout SECS]
+//! udp-ping --to ADDR:PORT --count N [--size BYTES] [--seed S] [--timeout SECS]
 //! http-get --to ADDR:PORT [--path PATH] [--timeout SECS]
 //! ```
 //!
@@ -13,6 +15,13 @@
 //! receiver checks every byte without the sender telling it anything. Both sides print
 //! the byte count and an FNV-1a checksum; the receiver exits non-zero on a mismatch, a
 //! short read or trailing bytes. Every wait has a deadline (`--timeout`, default 20 s).
+//!
+//! `udp-echo` sends every datagram back to where it came from, until it has echoed
+//! `--count` of them or the deadline passes (it then exits non-zero if it echoed fewer).
+//! `udp-ping` sends `--count` datagrams one at a time (sizes cycling up to `--size`,
+//! each carrying its sequence number and pattern bytes), waits for each echo, checks
+//! it byte for byte and retries a lost one up to 3 times; it fails unless every
+//! datagram came back intact.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -23,6 +32,8 @@ const USAGE: &str =
     "usage: weft-nettool tcp-recv --listen ADDR:PORT --bytes N [--seed S] [--timeout SECS]
        weft-nettool tcp-send --to ADDR:PORT --bytes N [--seed S] [--timeout SECS]
        weft-nettool udp-send --to ADDR:PORT --hex HEX [--bind ADDR:PORT] [--count N]
+       weft-nettool udp-echo --listen ADDR:PORT --count N [--timeout SECS]
+       weft-nettool udp-ping --to ADDR:PORT --count N [--size BYTES] [--seed S] [--timeout SECS]
        weft-nettool http-get --to ADDR:PORT [--path PATH] [--timeout SECS]";
 
 /// The deterministic byte stream: xorshift64* emitting 8 bytes per step.
@@ -147,6 +158,8 @@ fn main() -> ExitCode {
         "tcp-recv" => tcp_recv(&opts),
         "tcp-send" => tcp_send(&opts),
         "udp-send" => udp_send(&opts),
+        "udp-echo" => udp_echo(&opts),
+        "udp-ping" => udp_ping(&opts),
         "http-get" => http_get(&opts),
         _ => Err(format!("unknown command '{cmd}'")),
     };
@@ -323,6 +336,151 @@ fn udp_send(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
+fn udp_echo(o: &Opts) -> Result<(), String> {
+    let listen = o.addr("listen")?;
+    let count = o.num("count", None)?.min(1_000_000);
+    let deadline = Instant::now() + o.timeout()?;
+    let s = UdpSocket::bind(listen).map_err(|e| format!("bind {listen}: {e}"))?;
+    println!("listening on {listen}");
+    let _ = io::stdout().flush();
+    let mut buf = vec![0u8; 65536];
+    let mut echoed = 0u64;
+    let mut bytes = 0u64;
+    while echoed < count {
+        let left = remaining(deadline).map_err(|_| {
+            format!("echoed only {echoed} of {count} datagrams before the deadline")
+        })?;
+        s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        let (n, from) = match s.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(format!("receive: {e}")),
+        };
+        s.send_to(&buf[..n], from)
+            .map_err(|e| format!("echo to {from}: {e}"))?;
+        echoed += 1;
+        bytes += n as u64;
+    }
+    println!("echoed {echoed} datagrams ({bytes} bytes)");
+    Ok(())
+}
+
+/// The datagram `seq` of `udp-ping`: 8 bytes of sequence number, then pattern bytes.
+fn udp_datagram(seed: u64, seq: u64, size: usize, out: &mut Vec<u8>) {
+    // Sizes cycle from 8 bytes up to `size`, so small and full-size datagrams both go.
+    let len = 8 + (seq as usize * 97) % (size.max(9) - 7);
+    out.clear();
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.resize(len, 0);
+    Pattern::new(seed ^ seq.wrapping_mul(0x1000_0000_01b3)).fill(&mut out[8..]);
+}
+
+fn udp_ping(o: &Opts) -> Result<(), String> {
+    let to = o.addr("to")?;
+    let count = o.num("count", None)?.min(1_000_000);
+    let size = o.num("size", Some(1400))?.clamp(9, 65_000) as usize;
+    let seed = o.num("seed", Some(1))?;
+    let deadline = Instant::now() + o.timeout()?;
+    let bind: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().expect("address")
+    } else {
+        "[::]:0".parse().expect("address")
+    };
+    let s = UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    s.connect(to).map_err(|e| format!("connect {to}: {e}"))?;
+    let start = Instant::now();
+    let mut want = Vec::with_capacity(size);
+    let mut buf = vec![0u8; 65536];
+    let (mut retries, mut bytes) = (0u64, 0u64);
+    for seq in 0..count {
+        udp_datagram(seed, seq, size, &mut want);
+        let mut tries = 0;
+        'resend: loop {
+            tries += 1;
+            if tries > 4 {
+                return Err(format!(
+                    "datagram {seq} ({} bytes) not echoed after {} tries ({seq} of {count} came back first)",
+                    want.len(),
+                    tries - 1
+                ));
+            }
+            if tries > 1 {
+                retries += 1;
+            }
+            match s.send(&want) {
+                Ok(_) => {}
+                // An ICMP error of an earlier datagram (echo not up yet): try again.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue 'resend;
+                }
+                Err(e) => return Err(format!("send datagram {seq}: {e}")),
+            }
+            let wait_until = Instant::now() + Duration::from_millis(500);
+            loop {
+                remaining(deadline).map_err(|_| {
+                    format!("only {seq} of {count} datagrams echoed before the deadline")
+                })?;
+                let Some(left) = wait_until.checked_duration_since(Instant::now()) else {
+                    continue 'resend;
+                };
+                s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .map_err(|e| e.to_string())?;
+                let n = match s.recv(&mut buf) {
+                    Ok(n) => n,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue 'resend;
+                    }
+                    Err(e) => return Err(format!("receive echo of {seq}: {e}")),
+                };
+                let got = &buf[..n];
+                if got.len() >= 8 && got[..8] != want[..8] {
+                    // A late echo of an earlier try: ignore it.
+                    let their = u64::from_be_bytes(got[..8].try_into().expect("8 bytes"));
+                    if their < seq {
+                        continue;
+                    }
+                }
+                if got != want.as_slice() {
+                    return Err(format!(
+                        "echo of datagram {seq} differs: {} bytes back, {} sent",
+                        got.len(),
+                        want.len()
+                    ));
+                }
+                bytes += n as u64;
+                break 'resend;
+            }
+        }
+    }
+    println!(
+        "udp-ping: {count} datagrams ({bytes} bytes) echoed intact from {to} in {:.3}s, \
+         {retries} resent",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn http_get(o: &Opts) -> Result<(), String> {
     let to = o.addr("to")?;
     let path = o.get("path").unwrap_or("/metrics");
@@ -377,6 +535,23 @@ mod tests {
         c.fill(&mut other);
         assert_ne!(whole, other, "the seed matters");
         assert!(whole.iter().any(|&b| b != whole[0]), "not constant");
+    }
+
+    #[test]
+    fn udp_datagrams_carry_their_sequence_and_vary_in_size() {
+        let mut a = Vec::new();
+        let mut sizes = std::collections::HashSet::new();
+        for seq in 0..50 {
+            udp_datagram(3, seq, 1400, &mut a);
+            assert!(a.len() >= 8 && a.len() <= 1400, "{}", a.len());
+            assert_eq!(u64::from_be_bytes(a[..8].try_into().unwrap()), seq);
+            sizes.insert(a.len());
+        }
+        assert!(sizes.len() > 40);
+        let mut b = Vec::new();
+        udp_datagram(3, 7, 1400, &mut a);
+        udp_datagram(3, 7, 1400, &mut b);
+        assert_eq!(a, b);
     }
 
     #[test]
