@@ -18,9 +18,9 @@ use serde_json::Value;
 use crate::flow::{Bundle, Flow, FlowFilter};
 use crate::port::PortSpec;
 use crate::proto::{
-    self, AddPort, AddPortReply, BundleArgs, BundleReply, DelPort, DumpFlowsArgs, DumpFlowsReply,
-    Empty, ErrorBody, FdbReply, Hello, HelloReply, NoArgs, Op, PortsReply, ReplaceArgs, Request,
-    Response, ShowReply, StatsReply, TraceArgs, TraceReply,
+    self, AddPort, AddPortReply, BundleArgs, BundleReply, CaptureArgs, CaptureDone, CaptureFrame,
+    DelPort, DumpFlowsArgs, DumpFlowsReply, Empty, ErrorBody, FdbReply, Hello, HelloReply, NoArgs,
+    Op, PortsReply, ReplaceArgs, Request, Response, ShowReply, StatsReply, TraceArgs, TraceReply,
 };
 
 /// The socket `weftd` listens on unless told otherwise.
@@ -143,6 +143,8 @@ impl Client {
             let resp: Response = serde_json::from_str(buf.trim_end())
                 .map_err(|e| ClientError::Protocol(format!("bad response: {e}")))?;
             match resp.id {
+                // Frames of a capture are read by `Client::capture`.
+                Some(got) if got == id && resp.frame.is_some() => continue,
                 Some(got) if got == id => {}
                 // An error the server could not tie to a request (it then disconnects).
                 None => {
@@ -242,5 +244,67 @@ impl Client {
         self.call_typed(Op::Trace(TraceArgs {
             packet: packet.to_string(),
         }))
+    }
+
+    /// `capture`: calls `on_frame` for every captured frame as it arrives, until the
+    /// capture ends (count, seconds) or `on_frame` returns false (then the connection is
+    /// closed, which stops the capture in weftd). The client's read timeout applies
+    /// between frames, so use a long one (or `seconds`) on a quiet port.
+    pub fn capture(
+        mut self,
+        args: CaptureArgs,
+        mut on_frame: impl FnMut(&CaptureFrame) -> bool,
+    ) -> Result<Option<CaptureDone>, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = Request {
+            id,
+            op: Op::Capture(args),
+        }
+        .to_line();
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .map_err(ClientError::Io)?;
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            let n = self.reader.read_line(&mut buf).map_err(ClientError::Io)?;
+            if n == 0 {
+                return Err(ClientError::Protocol(
+                    "the server closed the connection".into(),
+                ));
+            }
+            let resp: Response = serde_json::from_str(buf.trim_end())
+                .map_err(|e| ClientError::Protocol(format!("bad response: {e}")))?;
+            if resp.id != Some(id) {
+                if let (None, Some(e)) = (resp.id, resp.error) {
+                    return Err(ClientError::Server(e));
+                }
+                continue;
+            }
+            if let Some(f) = &resp.frame {
+                if !on_frame(f) {
+                    return Ok(None);
+                }
+                continue;
+            }
+            return match (resp.ok, resp.error) {
+                (_, Some(e)) => Err(ClientError::Server(e)),
+                (Some(v), None) => serde_json::from_value(v)
+                    .map(Some)
+                    .map_err(|e| ClientError::Protocol(format!("unexpected reply: {e}"))),
+                (None, None) => Err(ClientError::Protocol(
+                    "response has neither 'ok' nor 'error'".into(),
+                )),
+            };
+        }
+    }
+
+    /// Sets how long a call waits for each line of the answer.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.writer
+            .set_read_timeout(timeout)
+            .map_err(ClientError::Io)
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod flow;
+pub mod pcap;
 pub mod port;
 pub mod proto;
 pub mod proto_text;

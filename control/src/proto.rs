@@ -204,7 +204,10 @@ pub struct TraceArgs {
     pub packet: String,
 }
 
-/// `capture`: not yet implemented (the server answers with an error).
+/// `capture`: copy the frames a port receives and sends. The server answers with one
+/// `frame` line per captured frame (same `id`), then a final `ok` ([`CaptureDone`])
+/// when `count` frames were sent or `seconds` passed; closing the connection stops the
+/// capture too. Only one capture runs on a port at a time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureArgs {
@@ -213,6 +216,60 @@ pub struct CaptureArgs {
     /// Stop after this many packets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// Bytes kept of each frame (default 65535, at least 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snaplen: Option<u32>,
+    /// Stop after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u64>,
+}
+
+/// One captured frame, streamed during a `capture`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureFrame {
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    /// Length on the wire (the data may be shorter: the snap length).
+    pub len: u64,
+    /// `rx` (received on the port) or `tx` (sent out of it).
+    pub dir: String,
+    /// The bytes kept, in hex.
+    pub data: String,
+}
+
+/// The end of a `capture`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureDone {
+    /// Frames sent to the client.
+    pub captured: u64,
+    /// Copies skipped because the capture fell behind (the traffic itself was not).
+    pub skipped: u64,
+    /// The snap length used.
+    pub snaplen: u32,
+}
+
+/// Lower-case hex of `data`.
+pub fn to_hex(data: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(data.len() * 2);
+    for b in data {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// The bytes of lower-case or upper-case `hex`; `None` if it is not hex.
+pub fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// The operations, each with its arguments. On the wire the variant's name (snake
@@ -244,7 +301,7 @@ pub enum Op {
     Fdb(NoArgs),
     /// Trace a packet → [`TraceReply`].
     Trace(TraceArgs),
-    /// Packet capture (not yet implemented: always an error).
+    /// Packet capture → [`CaptureFrame`] lines, then [`CaptureDone`].
     Capture(CaptureArgs),
 }
 
@@ -527,6 +584,9 @@ pub struct Response {
     /// What went wrong, on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
+    /// A frame of a running `capture` (neither `ok` nor `error`: more lines follow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<CaptureFrame>,
 }
 
 impl Response {
@@ -537,6 +597,7 @@ impl Response {
                 id: Some(id),
                 ok: Some(v),
                 error: None,
+                frame: None,
             },
             Err(e) => Response::error(Some(id), ErrorBody::new(format!("internal: {e}"))),
         }
@@ -548,6 +609,7 @@ impl Response {
             id,
             ok: None,
             error: Some(error),
+            frame: None,
         }
     }
 
@@ -1004,6 +1066,8 @@ mod tests {
             Op::Capture(CaptureArgs {
                 port: "pod1".into(),
                 count: Some(3),
+                snaplen: Some(128),
+                seconds: None,
             }),
         ];
         for (i, op) in ops.into_iter().enumerate() {

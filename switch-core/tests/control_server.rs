@@ -543,6 +543,99 @@ fn fdb_shows_what_normal_learned() {
     }
 }
 
+#[test]
+fn capture_streams_the_frames_of_a_port_and_stops_cleanly() {
+    let fx = Fixture::new();
+    let mut c = fx.client();
+    c.bundle(parse_bundle_file("priority=0 actions=drop\n").unwrap())
+        .unwrap();
+    // A second capture on the same port is refused while the first runs.
+    let path = fx.path.clone();
+    let sender = std::thread::spawn({
+        let vx = fx.vx_port;
+        move || {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            // Keep traffic coming until the capture has what it wants.
+            for _ in 0..100 {
+                let mut pkt = vec![0x08, 0, 0, 0, 0, 0, 5, 0];
+                pkt.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x88, 0xb5]);
+                pkt.extend_from_slice(&[0xab; 100]);
+                let _ = sock.send_to(&pkt, ("127.0.0.1", vx));
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        }
+    });
+    let capture = std::thread::spawn(move || {
+        let client = Client::connect(&path).unwrap();
+        let mut frames = Vec::new();
+        let done = client
+            .capture(
+                control::proto::CaptureArgs {
+                    port: "vx0".into(),
+                    count: Some(5),
+                    snaplen: Some(64),
+                    seconds: Some(20),
+                },
+                |f| {
+                    frames.push(f.clone());
+                    true
+                },
+            )
+            .unwrap();
+        (frames, done)
+    });
+    std::thread::sleep(Duration::from_millis(60));
+    let busy = c.call(control::proto::Op::Capture(control::proto::CaptureArgs {
+        port: "vx0".into(),
+        count: Some(1),
+        snaplen: None,
+        seconds: Some(1),
+    }));
+    let (frames, done) = capture.join().unwrap();
+    let done = done.expect("a final answer");
+    assert_eq!(done.captured, 5);
+    assert_eq!(done.snaplen, 64);
+    assert_eq!(frames.len(), 5);
+    for f in &frames {
+        assert_eq!(f.dir, "rx", "received on the tunnel, without its header");
+        assert_eq!(f.len, 114, "the inner frame's length");
+        let data = control::proto::from_hex(&f.data).unwrap();
+        assert_eq!(data.len(), 64, "cut at the snap length");
+        assert_eq!(
+            &data[..14],
+            &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x88, 0xb5]
+        );
+    }
+    // The second capture, asked while the first ran (5 frames 30 ms apart), was refused.
+    let e = busy.unwrap_err();
+    assert!(e.to_string().contains("already running"), "{e}");
+    // The capture is over: a new one may start, and an unknown port is an error.
+    let e = c
+        .call(control::proto::Op::Capture(control::proto::CaptureArgs {
+            port: "nope".into(),
+            count: Some(1),
+            snaplen: None,
+            seconds: Some(1),
+        }))
+        .unwrap_err();
+    assert!(e.to_string().contains("no port named 'nope'"), "{e}");
+    let client = fx.client();
+    let done = client
+        .capture(
+            control::proto::CaptureArgs {
+                port: "vx0".into(),
+                count: Some(1),
+                snaplen: None,
+                seconds: Some(10),
+            },
+            |_| true,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.captured, 1);
+    sender.join().unwrap();
+}
+
 /// Runs `socat` as `uid`/`gid` against the socket, sending a hello; its output.
 fn socat_as(path: &Path, uid: u32, gid: u32) -> String {
     use std::os::unix::process::CommandExt;

@@ -150,19 +150,48 @@ enum Command {
         #[arg(required = true, num_args = 1.., value_name = "PACKET")]
         packet: Vec<String>,
     },
-    /// Capture packets on a port into a pcap file (not yet implemented).
+    /// Compile a cluster description into one node's ports and flows (offline: no
+    /// weftd needed). See docs/cluster.md.
     #[command(
-        after_help = "Example:\n  weftctl capture pod1 -w pod1.pcap -c 100\n\nNot yet implemented: weftd answers with an error."
+        after_help = "Examples:\n  weftctl compile cluster.toml --node n1\n  weftctl compile cluster.toml --node n1 --flows | weftctl add-flows -\n  weftctl -o json compile cluster.toml --node n1"
+    )]
+    Compile {
+        /// The cluster description (TOML).
+        file: PathBuf,
+        /// The node to compile for.
+        #[arg(long, value_name = "NAME")]
+        node: String,
+        /// Print only the flows (a flows file for add-flows).
+        #[arg(long, conflicts_with = "ports")]
+        flows: bool,
+        /// Print only the add-port lines.
+        #[arg(long)]
+        ports: bool,
+    },
+    /// Capture the frames a port receives and sends into a pcap file.
+    #[command(
+        after_help = "Examples:\n  weftctl capture pod1 -w pod1.pcap -c 100\n  weftctl capture vx0 -w - | tcpdump -n -r -\n\nFrames of a tunnel port are captured without their tunnel header (as the\npipeline sees them). Capturing never slows the datapath: if the reader falls\nbehind, captured copies are skipped (and counted), not traffic."
     )]
     Capture {
         /// The port.
         port: String,
-        /// The pcap file to write (default: stdout).
+        /// The pcap file to write (`-`: stdout, the default).
         #[arg(short = 'w', value_name = "FILE")]
         file: Option<PathBuf>,
         /// Stop after N packets.
         #[arg(short = 'c', value_name = "N")]
         count: Option<u64>,
+        /// Stop after S seconds.
+        #[arg(short = 't', long = "seconds", value_name = "S")]
+        seconds: Option<u64>,
+        /// Bytes kept of each frame.
+        #[arg(
+            short = 's',
+            long = "snaplen",
+            value_name = "BYTES",
+            default_value_t = 65535
+        )]
+        snaplen: u32,
     },
 }
 
@@ -173,6 +202,71 @@ impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
         Failure(e.to_string())
     }
+}
+
+/// `capture`: writes a pcap (header first, then each frame as it arrives, flushed, so
+/// that `tcpdump -r -` can follow along) and a one-line summary on stderr.
+fn capture(
+    socket: &std::path::Path,
+    args: CaptureArgs,
+    file: Option<&std::path::Path>,
+) -> Result<(), Failure> {
+    use std::io::{IsTerminal, Write};
+    let to_stdout = file.is_none_or(|p| p.as_os_str() == "-");
+    if to_stdout && std::io::stdout().is_terminal() {
+        return Err(Failure(
+            "not writing a pcap to a terminal: use -w FILE, or pipe it (-w - | tcpdump -r -)"
+                .into(),
+        ));
+    }
+    let mut client = Client::connect(socket)?;
+    // A quiet port sends nothing for a while: wait as long as the capture may last.
+    client.set_timeout(args.seconds.map(|s| std::time::Duration::from_secs(s + 10)))?;
+    let mut out: Box<dyn Write> =
+        match file {
+            None => Box::new(std::io::stdout().lock()),
+            Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdout().lock()),
+            Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
+                Failure(format!("{}: {}", p.display(), control::client::io_text(&e)))
+            })?),
+        };
+    let snaplen = args.snaplen.unwrap_or(65535);
+    control::pcap::write_header(&mut out, snaplen)?;
+    out.flush()?;
+    let mut written = 0u64;
+    let mut failure: Option<Failure> = None;
+    let done = client.capture(args, |f| {
+        let Some(data) = proto::from_hex(&f.data) else {
+            failure = Some(Failure("weftd sent a frame that is not hex".into()));
+            return false;
+        };
+        let r =
+            control::pcap::write_record(&mut out, f.ts_ns, f.len, &data).and_then(|()| out.flush());
+        match r {
+            Ok(()) => {
+                written += 1;
+                true
+            }
+            Err(e) => {
+                // A closed pipe (`| head`) ends the capture quietly.
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    failure = Some(Failure(format!("writing the capture: {e}")));
+                }
+                false
+            }
+        }
+    })?;
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    match done {
+        Some(d) => eprintln!(
+            "weftctl: captured {} frames ({} copies skipped because the capture fell behind)",
+            d.captured, d.skipped
+        ),
+        None => eprintln!("weftctl: captured {written} frames"),
+    }
+    Ok(())
 }
 
 fn read_input(file: &str) -> Result<String, Failure> {
@@ -207,10 +301,37 @@ fn bundle_op(b: Bundle) -> Op {
     })
 }
 
+/// `compile`: a cluster description to one node's ports, pod settings and flows.
+fn compile(
+    file: &std::path::Path,
+    node: &str,
+    flows: bool,
+    ports: bool,
+    output: Format,
+) -> Result<(), Failure> {
+    let plan = control::cluster::Cluster::from_file(file)?.plan(node)?;
+    if output == Format::Json {
+        print_json(&serde_json::to_value(&plan)?);
+    } else if flows {
+        print!("{}", plan.flows_text());
+    } else if ports {
+        print!("{}", plan.ports_text());
+    } else {
+        print!("{}", plan.to_text());
+    }
+    Ok(())
+}
+
 /// Builds the request (parsing everything locally first), sends it, prints the reply.
 fn run(cli: Cli) -> Result<(), Failure> {
     let op = match &cli.command {
         Command::Show => Op::Show(NoArgs {}),
+        Command::Compile {
+            file,
+            node,
+            flows,
+            ports,
+        } => return compile(file, node, *flows, *ports, cli.output),
         Command::AddPort { name, options } => {
             let args: Vec<&str> = options.iter().map(String::as_str).collect();
             Op::AddPort(proto::AddPort {
@@ -259,10 +380,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
             proto::trace_packet(&packet)?;
             Op::Trace(proto::TraceArgs { packet })
         }
-        Command::Capture { port, count, .. } => Op::Capture(CaptureArgs {
-            port: port.clone(),
-            count: *count,
-        }),
+        Command::Capture {
+            port,
+            file,
+            count,
+            seconds,
+            snaplen,
+        } => {
+            return capture(
+                &cli.socket,
+                CaptureArgs {
+                    port: port.clone(),
+                    count: *count,
+                    snaplen: Some(*snaplen),
+                    seconds: *seconds,
+                },
+                file.as_deref(),
+            );
+        }
     };
     let mut client = Client::connect(&cli.socket)?;
     let result = client.call(op)?;

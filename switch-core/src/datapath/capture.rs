@@ -7,7 +7,8 @@
 //! skipped and counted, and the packet itself goes on untouched. The control thread
 //! drains the filled queue and returns the buffers. So the packet path pays one atomic
 //! load when nobody captures, and one bounded copy plus two queue operations (no
-//! allocation, no lock, no waiting) when somebody does.
+//! allocation, no lock, no waiting) when somebody does. The client (`weftctl capture`)
+//! writes the frames it is sent as a pcap file (`control::pcap`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -129,26 +130,6 @@ impl Capture {
     }
 }
 
-/// Writes the pcap file header (microsecond timestamps, Ethernet link type).
-pub fn pcap_header(snaplen: usize, out: &mut Vec<u8>) {
-    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&0i32.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&(snaplen as u32).to_le_bytes());
-    out.extend_from_slice(&1u32.to_le_bytes());
-}
-
-/// Writes one pcap record.
-pub fn pcap_record(ts_ns: u64, orig_len: usize, data: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&((ts_ns / 1_000_000_000) as u32).to_le_bytes());
-    out.extend_from_slice(&(((ts_ns / 1000) % 1_000_000) as u32).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(orig_len as u32).to_le_bytes());
-    out.extend_from_slice(data);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,19 +164,5 @@ mod tests {
             c.next(Duration::from_millis(10)).is_some(),
             "buffers came back"
         );
-    }
-
-    #[test]
-    fn pcap_layout() {
-        let mut out = Vec::new();
-        pcap_header(65535, &mut out);
-        assert_eq!(out.len(), 24);
-        assert_eq!(&out[..4], &[0xd4, 0xc3, 0xb2, 0xa1]);
-        pcap_record(1_500_000_123_456, 60, &[1, 2, 3], &mut out);
-        assert_eq!(out.len(), 24 + 16 + 3);
-        assert_eq!(u32::from_le_bytes(out[24..28].try_into().unwrap()), 1500);
-        assert_eq!(u32::from_le_bytes(out[28..32].try_into().unwrap()), 123);
-        assert_eq!(u32::from_le_bytes(out[32..36].try_into().unwrap()), 3);
-        assert_eq!(u32::from_le_bytes(out[36..40].try_into().unwrap()), 60);
     }
 }

@@ -515,6 +515,9 @@ impl Connection<'_> {
                 )),
             );
         }
+        if let Op::Capture(args) = &req.op {
+            return self.capture(id, args);
+        }
         let name = req.op.name();
         let result = if req.op.changes_state() {
             let _g = lock(&self.s.changes);
@@ -527,12 +530,83 @@ impl Connection<'_> {
                 id: Some(id),
                 ok: Some(v),
                 error: None,
+                frame: None,
             },
             Err(e) => {
                 tracing::debug!(op = name, "control request failed: {e}");
                 Response::error(Some(id), e)
             }
         }
+    }
+}
+
+impl Connection<'_> {
+    /// Streams the frames of a capture to this client until `count` frames, `seconds`,
+    /// the client going away, or weftd stopping; then the final response.
+    fn capture(&mut self, id: u64, args: &proto::CaptureArgs) -> Response {
+        let snaplen = args
+            .snaplen
+            .map_or(crate::datapath::capture::DEFAULT_SNAPLEN, |n| n as usize);
+        let cap = match self.s.switch.start_capture(&args.port, snaplen) {
+            Ok(c) => c,
+            Err(e) => return Response::error(Some(id), switch_error(e)),
+        };
+        let deadline = args
+            .seconds
+            .map(|s| Instant::now() + Duration::from_secs(s));
+        let mut captured = 0u64;
+        let mut client_gone = false;
+        while args.count.is_none_or(|c| captured < c)
+            && deadline.is_none_or(|d| Instant::now() < d)
+            && !self.s.stop.load(Ordering::SeqCst)
+        {
+            let Some(f) = cap.next(TICK) else {
+                // Nothing to send: notice a client that hung up (it sends nothing during
+                // a capture, so any read result but "nothing yet" means it is gone).
+                let _ = self.stream.set_nonblocking(true);
+                let mut probe = [0u8; 1];
+                let gone = !matches!(self.stream.read(&mut probe), Err(ref e) if e.kind() == ErrorKind::WouldBlock);
+                let _ = self.stream.set_nonblocking(false);
+                if gone {
+                    client_gone = true;
+                    break;
+                }
+                continue;
+            };
+            let frame = proto::CaptureFrame {
+                ts_ns: f.ts_ns,
+                len: f.orig_len as u64,
+                dir: match f.direction {
+                    crate::datapath::capture::Direction::Rx => "rx".into(),
+                    crate::datapath::capture::Direction::Tx => "tx".into(),
+                },
+                data: proto::to_hex(f.data()),
+            };
+            cap.recycle(f);
+            let line = Response {
+                id: Some(id),
+                ok: None,
+                error: None,
+                frame: Some(frame),
+            };
+            if !send(&mut self.stream, &line) {
+                client_gone = true;
+                break;
+            }
+            captured += 1;
+        }
+        self.s.switch.stop_capture(&args.port, &cap);
+        if client_gone {
+            tracing::debug!(port = %args.port, captured, "capture client went away");
+        }
+        Response::ok(
+            id,
+            &proto::CaptureDone {
+                captured,
+                skipped: cap.skipped(),
+                snaplen: cap.snaplen() as u32,
+            },
+        )
     }
 }
 
@@ -689,7 +763,7 @@ pub fn execute(sw: &Switch, op: Op) -> Result<serde_json::Value, ErrorBody> {
         }
         Op::Trace(t) => to_value(&trace(sw, &t.packet)?),
         Op::Capture(_) => Err(ErrorBody::new(
-            "capture: not yet implemented in this weftd (use tcpdump on the tap device or the underlay for now)",
+            "capture streams its frames on the connection that asked for it",
         )),
     }
 }
