@@ -8,9 +8,13 @@
 //! [`proto`] is the control protocol spoken over `weftd`'s Unix socket (one JSON object
 //! per line), [`client`] its client side, and [`proto_text`] the `ovs-ofctl`-style
 //! printing of its replies that the `weftctl` binary uses.
+//!
+//! [`cluster`] turns a description of a tenant's nodes and pods into the ports and
+//! flows of one node (`weftctl compile`).
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod cluster;
 pub mod flow;
 pub mod pcap;
 pub mod port;
