@@ -142,6 +142,7 @@ fn every_command_has_help_with_an_example() {
         "fdb-show",
         "trace",
         "capture",
+        "compile",
     ] {
         let o = run(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd}");

@@ -185,12 +185,7 @@ enum Command {
         #[arg(short = 't', long = "seconds", value_name = "S")]
         seconds: Option<u64>,
         /// Bytes kept of each frame.
-        #[arg(
-            short = 's',
-            long = "snaplen",
-            value_name = "BYTES",
-            default_value_t = 65535
-        )]
+        #[arg(long = "snaplen", value_name = "BYTES", default_value_t = 65535)]
         snaplen: u32,
     },
 }
@@ -282,11 +277,17 @@ fn read_input(file: &str) -> Result<String, Failure> {
     }
 }
 
+/// Prints to stdout; a closed pipe (`| head`) ends the output quietly.
+fn print_text(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 fn print_json(v: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Failure> {
@@ -313,11 +314,11 @@ fn compile(
     if output == Format::Json {
         print_json(&serde_json::to_value(&plan)?);
     } else if flows {
-        print!("{}", plan.flows_text());
+        print_text(&plan.flows_text());
     } else if ports {
-        print!("{}", plan.ports_text());
+        print_text(&plan.ports_text());
     } else {
-        print!("{}", plan.to_text());
+        print_text(&plan.to_text());
     }
     Ok(())
 }
@@ -419,7 +420,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         // Like ovs-ofctl: flow changes print nothing on success.
         _ => String::new(),
     };
-    print!("{text}");
+    print_text(&text);
     Ok(())
 }
 
