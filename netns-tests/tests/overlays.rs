@@ -1,0 +1,755 @@
+//! Issue 6 end to end: clusters built from cluster descriptions (`control::cluster`),
+//! every node a bare `weftd` programmed over its control socket from its plan, pods
+//! configured from theirs, and real traffic.
+//!
+//! - Every encapsulation in every mode it supports (VXLAN l3/l2, Geneve l3/l2,
+//!   IP-in-IP l3), three nodes with two pods each: ARP (and ND), ICMP between every
+//!   pair of pods, a verified 50 MB TCP transfer on the same node and across nodes,
+//!   verified UDP both ways, and IPv6 pod addresses over the IPv4 underlay (ping6 and
+//!   a verified 50 MB transfer).
+//! - Two tenants on different VNIs with the same pod addresses in the same `weftd`s
+//!   never see each other's frames (tcpdump in the other tenant's pods), and each
+//!   reaches its own pods.
+//! - Interop with the Linux kernel's VXLAN device (a node set up the way flannel and
+//!   Weave's fast datapath do it) in both directions.
+//! - A MAC flood (30,000 random source MACs) from a pod, and through a tunnel from the
+//!   kernel node: the MAC table stays within its capacity and other traffic flows.
+//! - Nothing is left behind: each test ends by checking that none of its namespaces
+//!   and none of its processes remain, also after a panic.
+//!
+//! Tests take a shared lock: they move a lot of data, and their timing should not
+//! depend on how many run at once.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use control::cluster::Cluster;
+use netns_tests::cluster::{ClusterLab, PodRun, leftovers, neighbour_mac};
+use netns_tests::lab::{Ns, privileged};
+use netns_tests::node::{nettool_binary, tcp_transfer};
+
+const MB50: u64 = 50 * 1024 * 1024;
+const TRANSFER: Duration = Duration::from_secs(60);
+/// The MAC table's capacity in `weftd` (switch-core's default).
+const MAC_CAPACITY: usize = 8192;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A description: `nodes` nodes `n1..` at `198.18.0.i` with pod subnets
+/// `198.19.i.0/24` (and `2001:2:0:i::/64`), `pods` pods per node named
+/// `<tenant><node><k>` at `198.19.i.(10+k)` (and `2001:2:0:i::(10+k)`).
+fn describe(
+    encap: &str,
+    mode: &str,
+    vni: u32,
+    tenant: &str,
+    nodes: u8,
+    pods: u8,
+    v6: bool,
+) -> String {
+    let mtu = if encap == "ipip" { 1480 } else { 1450 };
+    let mut s = format!(
+        "[cluster]\nencap = \"{encap}\"\nvni = {vni}\nmode = \"{mode}\"\nmtu = {mtu}\n\
+         pod_cidr = \"198.19.0.0/16\"\n"
+    );
+    if v6 {
+        s += "pod_cidr6 = \"2001:2::/48\"\n";
+    }
+    for i in 1..=nodes {
+        s += &format!(
+            "\n[[node]]\nname = \"n{i}\"\naddress = \"198.18.0.{i}\"\npod_subnet = \"198.19.{i}.0/24\"\n"
+        );
+        if v6 {
+            s += &format!("pod_subnet6 = \"2001:2:0:{i}::/64\"\n");
+        }
+    }
+    for i in 1..=nodes {
+        for k in 1..=pods {
+            let name = format!("{tenant}{i}{k}");
+            s += &format!(
+                "\n[[pod]]\nname = \"{name}\"\nnode = \"n{i}\"\nnamespace = \"{name}\"\naddress = \"198.19.{i}.{}\"\n",
+                10 + k
+            );
+            if v6 {
+                s += &format!("address6 = \"2001:2:0:{i}::{}\"\n", 10 + k);
+            }
+        }
+    }
+    s
+}
+
+fn parse(text: &str) -> Cluster {
+    Cluster::from_toml(text).unwrap_or_else(|e| panic!("description: {e}\n{text}"))
+}
+
+/// Builds the lab for `clusters` (the first gives the nodes), makes `kernel` a kernel
+/// VXLAN node, starts `weftd` everywhere else and installs every description.
+fn build(clusters: &[&Cluster], kernel: Option<&str>) -> ClusterLab {
+    let mut cl = ClusterLab::new(clusters[0]).unwrap();
+    if let Some(k) = kernel {
+        cl.install_kernel_node(clusters[0], k).unwrap();
+    }
+    cl.start_all().unwrap();
+    for c in clusters {
+        if let Err(e) = cl.install(c) {
+            panic!("install: {e}\n{}", cl.logs());
+        }
+    }
+    cl
+}
+
+/// Drops the lab and checks that nothing of it remains.
+fn finish(cl: ClusterLab) {
+    let left = cl.teardown();
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+/// Pings every `(from, to_ip)` at once (3 echo requests each); the pairs that did not
+/// get at least 2 replies, with ping's summary.
+fn ping_all(cl: &ClusterLab, pairs: &[(String, String)]) -> Vec<String> {
+    let children: Vec<(String, String, Child)> = pairs
+        .iter()
+        .map(|(from, to)| {
+            let mut c = cl.pod(from).ns.command("ping");
+            c.args(["-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", to]);
+            c.stdout(Stdio::piped()).stderr(Stdio::piped());
+            (from.clone(), to.clone(), c.spawn().expect("ping"))
+        })
+        .collect();
+    let mut bad = Vec::new();
+    for (from, to, child) in children {
+        let o = child.wait_with_output().expect("ping output");
+        let text = String::from_utf8_lossy(&o.stdout);
+        let received = text
+            .split(", ")
+            .find_map(|p| p.strip_suffix(" received"))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        if received < 2 {
+            bad.push(format!(
+                "{from} -> {to}: {} {}",
+                text.lines().last().unwrap_or(""),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+    }
+    bad
+}
+
+/// Every ordered pair of pods of tenant `tenant` (by name prefix), to the address
+/// `addr` picks.
+fn all_pairs(
+    cl: &ClusterLab,
+    tenant: &str,
+    addr: impl Fn(&PodRun) -> Option<String>,
+) -> Vec<(String, String)> {
+    let pods: Vec<(&String, &PodRun)> = cl
+        .pods()
+        .iter()
+        .filter(|(n, _)| n.starts_with(tenant))
+        .collect();
+    let mut v = Vec::new();
+    for (a, _) in &pods {
+        for (b, pb) in &pods {
+            if a != b
+                && let Some(ip) = addr(pb)
+            {
+                v.push(((*a).clone(), ip));
+            }
+        }
+    }
+    v
+}
+
+fn transfer(cl: &mut ClusterLab, from: &str, to: &str, to_ip: &str, port: u16, bytes: u64) {
+    let (a, b) = (cl.pod(from).ns.clone(), cl.pod(to).ns.clone());
+    match tcp_transfer(&mut cl.lab, &a, &b, to_ip, port, bytes, TRANSFER) {
+        Ok(t) => {
+            assert_eq!(t.bytes, bytes, "{t:?}");
+            eprintln!("{from} -> {to} ({to_ip}): {}", t.receiver.trim());
+        }
+        Err(e) => panic!("{from} -> {to} ({to_ip}): {e}\n{}", cl.logs()),
+    }
+}
+
+/// `udp-echo` in `to`, `udp-ping` from `from`: `count` datagrams, each checked.
+fn udp(cl: &mut ClusterLab, from: &str, to: &str, to_ip: &str, port: u16, count: u32) {
+    let tool = nettool_binary().display().to_string();
+    let listen = if to_ip.contains(':') {
+        format!("[{to_ip}]:{port}")
+    } else {
+        format!("{to_ip}:{port}")
+    };
+    let label = format!("udp-echo-{to}-{port}");
+    let mut echo = cl.pod(to).ns.command(&tool);
+    echo.args([
+        "udp-echo",
+        "--listen",
+        &listen,
+        "--count",
+        &count.to_string(),
+    ]);
+    echo.args(["--timeout", "30"]);
+    let id = cl.lab.spawn(&label, echo).unwrap();
+    let start = Instant::now();
+    while !cl.lab.log(&label).contains("listening") {
+        assert!(
+            cl.lab.is_running(id) && start.elapsed() < Duration::from_secs(5),
+            "udp-echo did not start: {}",
+            cl.lab.log(&label)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = cl
+        .pod(from)
+        .ns
+        .run(&[
+            &tool,
+            "udp-ping",
+            "--to",
+            &listen,
+            "--count",
+            &count.to_string(),
+            "--size",
+            "1400",
+            "--timeout",
+            "30",
+        ])
+        .unwrap_or_else(|e| panic!("udp {from} -> {to}: {e}\n{}", cl.logs()));
+    let status = cl.lab.stop(id, Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "udp-echo in {to}: {status:?} {}",
+        cl.lab.log(&label)
+    );
+    eprintln!("{from} -> {to}: {}", out.trim());
+}
+
+fn ip4(cl: &ClusterLab, pod: &str) -> String {
+    cl.pod(pod).ip()
+}
+
+fn ip6(cl: &ClusterLab, pod: &str) -> String {
+    cl.pod(pod).ip6().expect("an IPv6 address")
+}
+
+/// The gateway MAC of node `i` (`0a:58:` + `198.19.i.1`).
+fn gw_mac(i: u8) -> String {
+    format!("0a:58:c6:13:{i:02x}:01")
+}
+
+/// The full check of one encapsulation in one mode. See the module docs.
+fn overlay(encap: &str, mode: &str, v6: bool) {
+    let _s = serial();
+    let test = format!("overlay_{encap}_{mode}");
+    if !privileged(&test) {
+        return;
+    }
+    let started = Instant::now();
+    let c = parse(&describe(encap, mode, 100, "a", 3, 2, v6));
+    let mut cl = build(&[&c], None);
+
+    // ICMP between every pair of pods (same node and across nodes, both ways); the
+    // first packets also resolve ARP.
+    let bad = ping_all(&cl, &all_pairs(&cl, "a", |p| Some(p.ip())));
+    assert!(
+        bad.is_empty(),
+        "{test}: pings failed: {bad:#?}\n{}",
+        cl.logs()
+    );
+
+    // ARP: in l3 the gateway answers for every other pod (the ARP responder flows);
+    // in l2 each pod answers for itself across the segment.
+    let a11 = cl.pod("a11").ns.clone();
+    let same = neighbour_mac(&a11, &ip4(&cl, "a12"));
+    match mode {
+        "l3" => {
+            assert_eq!(same, Some(gw_mac(1)), "a11's ARP entry for a12");
+            assert_eq!(
+                neighbour_mac(&a11, "198.19.1.1"),
+                Some(gw_mac(1)),
+                "a11's ARP entry for its gateway"
+            );
+        }
+        _ => {
+            assert_eq!(same, Some(cl.pod("a12").plan.mac.to_string()));
+            assert_eq!(
+                neighbour_mac(&a11, &ip4(&cl, "a21")),
+                Some(cl.pod("a21").plan.mac.to_string()),
+                "a11's ARP entry for a21 (across nodes)"
+            );
+        }
+    }
+
+    if v6 {
+        let bad = ping_all(&cl, &all_pairs(&cl, "a", |p| p.ip6()));
+        assert!(
+            bad.is_empty(),
+            "{test}: ping6 failed: {bad:#?}\n{}",
+            cl.logs()
+        );
+        match mode {
+            // l3: no ND on the wire, a permanent entry for the gateway.
+            "l3" => {
+                let n = a11.ip("-6 neigh show 2001:2:0:1::1").unwrap();
+                assert!(n.contains("PERMANENT"), "{n}");
+                assert!(n.contains(&gw_mac(1)), "{n}");
+            }
+            // l2: neighbour discovery across the segment.
+            _ => assert_eq!(
+                neighbour_mac(&a11, &ip6(&cl, "a31")),
+                Some(cl.pod("a31").plan.mac.to_string()),
+                "a11's ND entry for a31"
+            ),
+        }
+    }
+
+    // UDP both ways, on the same node and across nodes.
+    let (a12, a21) = (ip4(&cl, "a12"), ip4(&cl, "a21"));
+    let a11ip = ip4(&cl, "a11");
+    udp(&mut cl, "a11", "a12", &a12, 7001, 200);
+    udp(&mut cl, "a12", "a11", &a11ip, 7002, 200);
+    udp(&mut cl, "a11", "a21", &a21, 7003, 200);
+    udp(&mut cl, "a21", "a11", &a11ip, 7004, 200);
+    if v6 {
+        let (b, a) = (ip6(&cl, "a32"), ip6(&cl, "a22"));
+        udp(&mut cl, "a22", "a32", &b, 7005, 200);
+        udp(&mut cl, "a32", "a22", &a, 7006, 200);
+    }
+
+    // 50 MB verified, on the same node and across nodes (and over IPv6).
+    transfer(&mut cl, "a11", "a12", &a12, 5001, MB50);
+    let a31 = ip4(&cl, "a31");
+    transfer(&mut cl, "a22", "a31", &a31, 5002, MB50);
+    if v6 {
+        let b = ip6(&cl, "a12");
+        transfer(&mut cl, "a32", "a12", &b, 5003, MB50);
+    }
+
+    // The nodes stayed up and the tunnels carried it.
+    for n in ["n1", "n2", "n3"] {
+        assert!(cl.weftd_running(n), "weftd on {n} died\n{}", cl.logs());
+    }
+    // n3 received the 50 MB from n2 through its tunnel port(s).
+    let m = cl.metrics("n3").unwrap();
+    let tunnel_rx = m
+        .get("weft_port_rx_packets_total", &[("type", encap)])
+        .unwrap_or(0);
+    assert!(
+        tunnel_rx > 30_000,
+        "n3 tunnels received {tunnel_rx}\n{}",
+        m.body
+    );
+    eprintln!("{test}: {:.1} s", started.elapsed().as_secs_f64());
+    finish(cl);
+}
+
+#[test]
+fn vxlan_l3_three_nodes_two_pods_each() {
+    overlay("vxlan", "l3", true);
+}
+
+#[test]
+fn vxlan_l2_three_nodes_two_pods_each() {
+    overlay("vxlan", "l2", true);
+}
+
+#[test]
+fn geneve_l3_three_nodes_two_pods_each() {
+    overlay("geneve", "l3", true);
+}
+
+#[test]
+fn geneve_l2_three_nodes_two_pods_each() {
+    overlay("geneve", "l2", true);
+}
+
+#[test]
+fn ipip_l3_three_nodes_two_pods_each() {
+    overlay("ipip", "l3", true);
+}
+
+/// tcpdump on `eth0` in each of `pods`, capturing ARP and IPv4; returns when all listen.
+fn capture(
+    cl: &mut ClusterLab,
+    pods: &[String],
+    tag: &str,
+) -> Vec<(String, netns_tests::lab::ProcId)> {
+    let mut v = Vec::new();
+    for p in pods {
+        let label = format!("tcpdump-{tag}-{p}");
+        let mut c = cl.pod(p).ns.command("tcpdump");
+        c.args(["-i", "eth0", "-nn", "-l", "-e", "arp or ip"]);
+        let id = cl.lab.spawn(&label, c).unwrap();
+        v.push((label, id));
+    }
+    for (label, id) in &v {
+        let start = Instant::now();
+        while !cl.lab.log(label).contains("listening on") {
+            assert!(
+                cl.lab.is_running(*id) && start.elapsed() < Duration::from_secs(10),
+                "tcpdump did not start: {}",
+                cl.lab.log(label)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    v
+}
+
+/// Stops the captures; the frames each one saw (tcpdump's packet lines).
+fn captured(cl: &mut ClusterLab, caps: Vec<(String, netns_tests::lab::ProcId)>) -> Vec<String> {
+    // Let anything in flight arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut seen = Vec::new();
+    for (label, id) in caps {
+        cl.lab.stop(id, Duration::from_secs(2));
+        for l in cl.lab.log(&label).lines() {
+            let meta = l.starts_with("tcpdump:")
+                || l.starts_with("listening on")
+                || l.contains("packets captured")
+                || l.contains("packets received by filter")
+                || l.contains("packets dropped by kernel")
+                || l.trim().is_empty();
+            if !meta {
+                seen.push(format!("{label}: {l}"));
+            }
+        }
+    }
+    seen
+}
+
+/// Traffic of one tenant: every pair pings, UDP and 10 MB TCP across nodes.
+fn tenant_traffic(cl: &mut ClusterLab, t: &str, port: u16) {
+    let bad = ping_all(cl, &all_pairs(cl, t, |p| Some(p.ip())));
+    assert!(bad.is_empty(), "tenant {t}: {bad:#?}\n{}", cl.logs());
+    let (from, to) = (format!("{t}11"), format!("{t}32"));
+    let ip = ip4(cl, &to);
+    udp(cl, &from, &to, &ip, port, 100);
+    transfer(cl, &from, &to, &ip, port + 1, 10 << 20);
+}
+
+fn isolation(encap: &str, mode: &str) {
+    let _s = serial();
+    let test = format!("isolation_{encap}_{mode}");
+    if !privileged(&test) {
+        return;
+    }
+    let a = parse(&describe(encap, mode, 100, "a", 3, 2, false));
+    let b = parse(&describe(encap, mode, 200, "b", 3, 2, false));
+    let mut cl = build(&[&a, &b], None);
+    for (p, q) in [("a11", "b11"), ("a32", "b32")] {
+        assert_eq!(cl.pod(p).ip(), cl.pod(q).ip(), "same addresses");
+        assert_eq!(cl.pod(p).node, cl.pod(q).node, "on the same node");
+    }
+    let names = |t: &str| -> Vec<String> {
+        cl.pods()
+            .keys()
+            .filter(|n| n.starts_with(t))
+            .cloned()
+            .collect()
+    };
+    let (pods_a, pods_b) = (names("a"), names("b"));
+    // Tenant A talks (from scratch: its first ARP requests are broadcasts) while B's
+    // pods listen; then the other way round.
+    for (talker, listeners, port) in [("a", &pods_b, 6000), ("b", &pods_a, 6100)] {
+        let caps = capture(&mut cl, listeners, talker);
+        tenant_traffic(&mut cl, talker, port);
+        let seen = captured(&mut cl, caps);
+        assert!(
+            seen.is_empty(),
+            "{test}: tenant {talker}'s traffic reached the other tenant:\n{}",
+            seen.join("\n")
+        );
+    }
+    // Both tenants' flows are installed side by side, told apart by cookie = VNI.
+    let mut c = cl.client("n1").unwrap();
+    let flows = c.dump_flows(Default::default()).unwrap().flows;
+    let by_cookie = |v: u64| flows.iter().filter(|f| f.flow.cookie == v).count();
+    assert!(by_cookie(100) > 5 && by_cookie(200) > 5, "{flows:?}");
+    finish(cl);
+}
+
+#[test]
+fn two_tenants_same_addresses_vxlan_l3_isolated() {
+    isolation("vxlan", "l3");
+}
+
+#[test]
+fn two_tenants_same_addresses_geneve_l3_isolated() {
+    isolation("geneve", "l3");
+}
+
+/// Known bug: `normal` floods (broadcast, multicast, unknown unicast) to every port of
+/// the switch, so tenant A's ARP requests reach tenant B's pods on every node (locally,
+/// and on the other nodes after the tunnel). TAP ports have no VNI for `normal` to
+/// scope its flood by (OVS has `tag=` on access ports). Run with `--ignored`.
+#[test]
+#[ignore = "l2 floods cross tenants: normal floods to every port (see the test's docs)"]
+fn two_tenants_same_addresses_vxlan_l2_isolated() {
+    isolation("vxlan", "l2");
+}
+
+/// The same bug over Geneve.
+#[test]
+#[ignore = "l2 floods cross tenants: normal floods to every port (see vxlan_l2's docs)"]
+fn two_tenants_same_addresses_geneve_l2_isolated() {
+    isolation("geneve", "l2");
+}
+
+/// A Linux kernel VXLAN node (n1) and a Weft node (n2) on one l2 segment.
+#[test]
+fn kernel_vxlan_node_interoperates_with_weft_node() {
+    let _s = serial();
+    if !privileged("kernel_vxlan_node_interoperates_with_weft_node") {
+        return;
+    }
+    let c = parse(&describe("vxlan", "l2", 100, "k", 2, 2, true));
+    let mut cl = build(&[&c], Some("n1"));
+    let n1 = cl.node("n1").ns.clone();
+    let vx = n1.ip("-d link show vxlan100").unwrap();
+    assert!(
+        vx.contains("vxlan id 100") && vx.contains("dstport 4789"),
+        "{vx}"
+    );
+    // kernel pods: k11, k12 (n1); Weft pods: k21, k22 (n2).
+    let pairs: Vec<(String, String)> = [
+        ("k11", "k21"),
+        ("k12", "k22"),
+        ("k21", "k11"),
+        ("k22", "k12"),
+    ]
+    .iter()
+    .flat_map(|(a, b)| [(a.to_string(), ip4(&cl, b)), (a.to_string(), ip6(&cl, b))])
+    .collect();
+    let bad = ping_all(&cl, &pairs);
+    assert!(
+        bad.is_empty(),
+        "kernel <-> weft pings: {bad:#?}\n{}",
+        cl.logs()
+    );
+    // Weft learned the kernel pods' MACs behind the kernel node.
+    let mut ctl = cl.client("n2").unwrap();
+    let fdb = ctl.fdb().unwrap().entries;
+    let k11 = cl.pod("k11").plan.mac;
+    let e = fdb
+        .iter()
+        .find(|e| e.mac == k11)
+        .unwrap_or_else(|| panic!("k11's MAC not learned: {fdb:?}"));
+    assert_eq!(e.vni, 100);
+    assert_eq!(e.remote, Some("198.18.0.1".parse().unwrap()), "{e:?}");
+    // The kernel learned nothing (nolearning) but delivers by flooding to n2.
+    let (k21, k11ip) = (ip4(&cl, "k21"), ip4(&cl, "k11"));
+    transfer(&mut cl, "k11", "k21", &k21, 5101, MB50);
+    transfer(&mut cl, "k21", "k11", &k11ip, 5102, MB50);
+    let k22v6 = ip6(&cl, "k22");
+    transfer(&mut cl, "k12", "k22", &k22v6, 5103, 10 << 20);
+    let (k22, k12) = (ip4(&cl, "k22"), ip4(&cl, "k12"));
+    udp(&mut cl, "k12", "k22", &k22, 7101, 200);
+    udp(&mut cl, "k22", "k12", &k12, 7102, 200);
+    assert!(cl.weftd_running("n2"), "{}", cl.logs());
+    finish(cl);
+}
+
+/// A python3 script that sends `count` Ethernet frames out of `eth0` with random
+/// (unicast, locally administered) source and destination MACs, EtherType 0x88b5.
+fn mac_flood(ns: &Ns, count: u32) -> Child {
+    let script = format!(
+        "import os, socket\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+         s.bind(('eth0', 0))\n\
+         body = b'\\x88\\xb5' + bytes(46)\n\
+         sent = 0\n\
+         for i in range({count}):\n\
+         \x20   r = bytearray(os.urandom(12))\n\
+         \x20   r[0] = (r[0] & 0xfc) | 0x02\n\
+         \x20   r[6] = (r[6] & 0xfc) | 0x02\n\
+         \x20   try:\n\
+         \x20       s.send(bytes(r) + body)\n\
+         \x20       sent += 1\n\
+         \x20   except BlockingIOError:\n\
+         \x20       pass\n\
+         print('sent', sent)\n"
+    );
+    let mut c = ns.command("python3");
+    c.args(["-c", &script]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.spawn().expect("python3")
+}
+
+/// Pings `to` from `ns` every 20 ms for `secs` seconds; (sent, received).
+fn steady_ping(ns: &Ns, to: &str, secs: u32) -> Child {
+    let mut c = ns.command("ping");
+    c.args([
+        "-n",
+        "-q",
+        "-i",
+        "0.02",
+        "-w",
+        &secs.to_string(),
+        "-W",
+        "1",
+        to,
+    ]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.spawn().expect("ping")
+}
+
+fn ping_loss(child: Child) -> (u32, u32, String) {
+    let o = child.wait_with_output().expect("ping");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let num = |suffix: &str| {
+        text.split(", ")
+            .flat_map(|p| p.split('\n'))
+            .find_map(|p| p.strip_suffix(suffix))
+            .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    (num(" packets transmitted"), num(" received"), text)
+}
+
+fn fdb_len(cl: &ClusterLab, node: &str) -> usize {
+    cl.client(node).unwrap().fdb().unwrap().entries.len()
+}
+
+/// A pod of a Weft node floods random source MACs: the spoof guard of its plan drops
+/// them before `normal` learns anything (counted by the pod's drop flow), and the
+/// other pods' traffic goes on without loss.
+#[test]
+fn mac_flood_from_a_pod_is_stopped_by_the_spoof_guard() {
+    let _s = serial();
+    if !privileged("mac_flood_from_a_pod_is_stopped_by_the_spoof_guard") {
+        return;
+    }
+    let c = parse(&describe("vxlan", "l2", 100, "m", 2, 2, false));
+    let mut cl = build(&[&c], None);
+    let to = ip4(&cl, "m21");
+    assert!(
+        cl.pod("m12")
+            .ns
+            .wait_for_ping(&to, Duration::from_secs(5))
+            .is_some()
+    );
+    let ping = steady_ping(&cl.pod("m12").ns, &to, 4);
+    let flood = mac_flood(&cl.pod("m11").ns, 30_000);
+    let o = flood.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    eprintln!("flood: {}", String::from_utf8_lossy(&o.stdout).trim());
+    let (sent, received, text) = ping_loss(ping);
+    assert!(
+        sent > 50 && received == sent,
+        "ping during the flood: {text}"
+    );
+    let learned = fdb_len(&cl, "n1");
+    assert!(learned < 16, "the flood was learned: {learned} entries");
+    let mut ctl = cl.client("n1").unwrap();
+    let drops = ctl
+        .dump_flows(control::flow::parse_filter("in_port=m11").unwrap())
+        .unwrap()
+        .flows;
+    let dropped: u64 = drops
+        .iter()
+        .filter(|f| f.flow.priority == 100)
+        .map(|f| f.packets)
+        .sum();
+    // The rest of the 30,000 never reached weftd: the TAP's queue in the kernel
+    // overflowed (counted as the pod's tx drops).
+    let link = cl.pod("m11").ns.ip("-s link show eth0").unwrap();
+    eprintln!("spoof guard dropped {dropped} frames; the pod's eth0:\n{link}");
+    assert!(dropped >= 20_000, "spoof-guard drops {dropped}: {drops:?}");
+    transfer(&mut cl, "m12", "m21", &to, 5201, 10 << 20);
+    finish(cl);
+}
+
+/// A pod of the kernel VXLAN node floods random source MACs; the kernel floods them
+/// over VXLAN to the Weft node, whose `normal` learns them from the tunnel: the MAC
+/// table stays within its capacity (evicting), and ping between the Weft pod and a
+/// kernel pod, and a verified transfer, keep working.
+#[test]
+fn mac_flood_through_a_tunnel_keeps_the_mac_table_bounded() {
+    let _s = serial();
+    if !privileged("mac_flood_through_a_tunnel_keeps_the_mac_table_bounded") {
+        return;
+    }
+    let c = parse(&describe("vxlan", "l2", 100, "f", 2, 2, false));
+    let mut cl = build(&[&c], Some("n1"));
+    let to = ip4(&cl, "f21");
+    assert!(
+        cl.pod("f12")
+            .ns
+            .wait_for_ping(&to, Duration::from_secs(5))
+            .is_some()
+    );
+    assert!(
+        cl.pod("f22")
+            .ns
+            .wait_for_ping(&ip4(&cl, "f21"), Duration::from_secs(5))
+            .is_some()
+    );
+    let across = steady_ping(&cl.pod("f12").ns, &to, 5);
+    let local = steady_ping(&cl.pod("f22").ns, &ip4(&cl, "f21"), 5);
+    let flood = mac_flood(&cl.pod("f11").ns, 40_000);
+    let o = flood.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    eprintln!("flood: {}", String::from_utf8_lossy(&o.stdout).trim());
+    let learned = fdb_len(&cl, "n2");
+    eprintln!("n2 MAC table after the flood: {learned} entries (capacity {MAC_CAPACITY})");
+    assert!(
+        learned <= MAC_CAPACITY,
+        "{learned} > capacity {MAC_CAPACITY}"
+    );
+    // More distinct sources arrived than fit: the table filled up, so it evicted.
+    assert!(learned > MAC_CAPACITY / 2, "flood not learned? {learned}");
+    for (what, p) in [("across", across), ("local", local)] {
+        let (sent, received, text) = ping_loss(p);
+        assert!(
+            sent > 50 && received == sent,
+            "{what} ping during the flood: {text}"
+        );
+    }
+    let m = cl.metrics("n2").unwrap();
+    eprintln!(
+        "n2 tun-n1 rx {} packets; f21/f22 tx {} / {}",
+        m.port("weft_port_rx_packets_total", "tun-n1"),
+        m.port("weft_port_tx_packets_total", "f21"),
+        m.port("weft_port_tx_packets_total", "f22")
+    );
+    let f21 = ip4(&cl, "f21");
+    transfer(&mut cl, "f12", "f21", &f21, 5301, 10 << 20);
+    assert!(cl.weftd_running("n2"), "{}", cl.logs());
+    finish(cl);
+}
+
+/// A failing test leaves nothing behind either: the lab's drop stops the `weftd`s and
+/// deletes the namespaces while the panic unwinds.
+#[test]
+fn a_failing_cluster_test_leaves_nothing_behind() {
+    let _s = serial();
+    if !privileged("a_failing_cluster_test_leaves_nothing_behind") {
+        return;
+    }
+    let where_ = Mutex::new((String::new(), String::new()));
+    let r = std::panic::catch_unwind(|| {
+        let c = parse(&describe("geneve", "l3", 300, "z", 2, 1, false));
+        let cl = build(&[&c], None);
+        *where_.lock().unwrap() = (cl.prefix(), cl.dir().display().to_string());
+        assert!(leftovers(&cl.prefix(), &cl.dir().display().to_string()).len() >= 4);
+        panic!("a failing test");
+    });
+    assert!(r.is_err());
+    let (prefix, dir) = where_.into_inner().unwrap();
+    assert!(!prefix.is_empty());
+    let left = leftovers(&prefix, &dir);
+    assert!(left.is_empty(), "left behind after a panic: {left:#?}");
+    let weftds = Command::new("pgrep").args(["-f", &dir]).output().unwrap();
+    assert!(
+        weftds.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&weftds.stdout)
+    );
+}
