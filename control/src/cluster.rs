@@ -967,6 +967,8 @@ impl Cluster {
         for p in &local {
             let mtu = self.mtu.to_string();
             let mac = p.mac().to_string();
+            // The tag scopes `normal`'s flooding to the tenant's own pods (l2), like an
+            // OVS access port's VLAN tag; l3 never floods, the tag costs nothing there.
             ports.push(port(
                 &p.name,
                 &[
@@ -975,6 +977,7 @@ impl Cluster {
                     &format!("ifname={POD_IFNAME}"),
                     &format!("mtu={mtu}"),
                     &format!("mac={mac}"),
+                    &format!("tag={}", self.vni),
                 ],
             )?);
         }
@@ -1526,8 +1529,8 @@ address6 = "2001:2:0:2::2"
         assert_eq!(
             ports,
             [
-                "a1 type=tap netns=a1 ifname=eth0 mtu=1450 mac=0a:58:c6:13:01:02",
-                "a2 type=tap netns=ns-a2 ifname=eth0 mtu=1450 mac=0a:58:c6:13:01:03",
+                "a1 type=tap netns=a1 ifname=eth0 mtu=1450 mac=0a:58:c6:13:01:02 tag=100",
+                "a2 type=tap netns=ns-a2 ifname=eth0 mtu=1450 mac=0a:58:c6:13:01:03 tag=100",
                 "tun0 type=vxlan local=198.18.0.1 remote=flow key=flow",
             ]
         );

@@ -133,6 +133,11 @@ pub struct TapOptions {
     /// `mac=MAC`: the device's MAC address (default: random, chosen by the kernel).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
+    /// `tag=VNI`: the network (VNI, `tun_id`) the port belongs to, like an OVS access
+    /// port's VLAN tag: `normal` and `flood` send it only frames of that VNI. Default:
+    /// every frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<u32>,
 }
 
 /// Options of a tunnel port (VXLAN, Geneve, IP-in-IP).
@@ -317,7 +322,7 @@ fn parse_num<T: FromStr>(
         .map_err(|_| bad_value(option, value, expected))
 }
 
-const TAP_OPTIONS: &str = "ofport, netns, ifname, mtu, mac";
+const TAP_OPTIONS: &str = "ofport, netns, ifname, mtu, mac, tag";
 const UDP_TUNNEL_OPTIONS: &str = "ofport, local, remote, key, dst_port, allowed_remotes, mtu, ttl";
 const IPIP_OPTIONS: &str = "ofport, local, remote, allowed_remotes, mtu, ttl";
 
@@ -393,6 +398,12 @@ impl PortSpec {
                         ));
                     }
                     tap.mac = Some(mac);
+                }
+                ("tag", PortType::Tap) => {
+                    let vni = crate::flow::parse::parse_u64(v)
+                        .filter(|n| *n < 1 << 24)
+                        .ok_or_else(|| bad_value(k, v, "a 24-bit VNI"))?;
+                    tap.tag = Some(vni as u32);
                 }
                 ("local", t) if t.is_tunnel() => {
                     tun.local = Some(parse_num(k, v, "an IP address")?);
@@ -529,6 +540,9 @@ impl fmt::Display for PortSpec {
                 if let Some(v) = t.mac {
                     write!(f, " mac={v}")?;
                 }
+                if let Some(v) = t.tag {
+                    write!(f, " tag={v}")?;
+                }
             }
             PortKind::Vxlan(t) | PortKind::Geneve(t) | PortKind::Ipip(t) => {
                 if let Some(v) = t.local {
@@ -574,8 +588,10 @@ mod tests {
 
     #[test]
     fn tap_with_every_option() {
-        let p = parse("pod1 type=tap netns=p1 ifname=eth0 mtu=1450 mac=02:00:00:00:01:02 ofport=7")
-            .unwrap();
+        let p = parse(
+            "pod1 type=tap netns=p1 ifname=eth0 mtu=1450 mac=02:00:00:00:01:02 ofport=7 tag=100",
+        )
+        .unwrap();
         assert_eq!(p.name, "pod1");
         assert_eq!(p.ofport, Some(7));
         let PortKind::Tap(t) = &p.kind else { panic!() };
@@ -583,9 +599,10 @@ mod tests {
         assert_eq!(t.ifname.as_deref(), Some("eth0"));
         assert_eq!(t.mtu, Some(1450));
         assert_eq!(t.mac, Some("02:00:00:00:01:02".parse().unwrap()));
+        assert_eq!(t.tag, Some(100));
         assert_eq!(
             p.to_string(),
-            "pod1 type=tap ofport=7 netns=p1 ifname=eth0 mtu=1450 mac=02:00:00:00:01:02"
+            "pod1 type=tap ofport=7 netns=p1 ifname=eth0 mtu=1450 mac=02:00:00:00:01:02 tag=100"
         );
         assert_eq!(parse(&p.to_string()).unwrap(), p);
         p.validate().unwrap();
@@ -625,7 +642,7 @@ mod tests {
         let e = |l: &str| parse(l).unwrap_err().to_string();
         assert_eq!(
             e("p type=tap netsn=x"),
-            "tap ports take no option 'netsn' (they take: ofport, netns, ifname, mtu, mac)"
+            "tap ports take no option 'netsn' (they take: ofport, netns, ifname, mtu, mac, tag)"
         );
         assert!(e("p type=tup").contains("expected tap, vxlan, geneve or ipip"));
         assert!(e("p netns=x").contains("needs type="));

@@ -229,8 +229,12 @@ fn malformed_requests_get_errors_and_the_connection_stays() {
             "bad value '9' for mtu",
         ),
         (
-            r#"{"id":3,"capture":{"port":"vx0"}}"#,
-            "capture: not yet implemented",
+            r#"{"id":3,"capture":{"port":"nope","count":1}}"#,
+            "no port named 'nope'",
+        ),
+        (
+            r#"{"id":3,"capture":{"port":"vx0","snaplen":"big"}}"#,
+            "invalid type",
         ),
     ] {
         let v = c.send(line);

@@ -562,6 +562,9 @@ impl PortSet {
         for p in &self.ports {
             // Names and numbers are unique in a set; the switch checked them.
             let _ = m.insert(p.ofport, &p.spec.name, p.kind());
+            if let SpecKind::Tap(t) = &p.spec.kind {
+                m.set_tag(p.ofport, t.tag);
+            }
         }
         m
     }

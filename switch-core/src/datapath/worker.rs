@@ -421,7 +421,7 @@ impl Worker {
         pipe: &Pipeline,
     ) {
         let ports = Arc::clone(&self.ports);
-        for p in pipe.ports().flood_ports(state.in_port()) {
+        for p in pipe.ports().flood_ports(state.in_port(), state.tun_id()) {
             if ports.get(p.number).is_some() {
                 self.emit(p.number, buf_is_rx, start, len, state, None, in_port, pipe);
             }

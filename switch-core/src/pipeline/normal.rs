@@ -317,7 +317,7 @@ pub fn for_each_send<'r>(
                 tun_dst: 0,
             }),
             super::DpAction::Flood { .. } => {
-                for p in ports.flood_ports(state.in_port()) {
+                for p in ports.flood_ports(state.in_port(), state.tun_id()) {
                     send(Send {
                         port: p.number,
                         state,
@@ -337,7 +337,7 @@ pub fn for_each_send<'r>(
                         tun_dst,
                     }),
                     Forward::Flood => {
-                        for p in ports.flood_ports(state.in_port()) {
+                        for p in ports.flood_ports(state.in_port(), state.tun_id()) {
                             send(Send {
                                 port: p.number,
                                 state,

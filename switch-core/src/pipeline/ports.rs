@@ -30,6 +30,10 @@ pub struct PortInfo {
     pub name: String,
     /// Tap or tunnel.
     pub kind: PortKind,
+    /// For a TAP port: the VNI (`tun_id`) of the network it belongs to, like an OVS
+    /// access port's VLAN tag: `normal` and `flood` send it only frames of that VNI.
+    /// `None`: every frame (one network per node).
+    pub tag: Option<u32>,
 }
 
 /// Why a port could not be added to a [`PortMap`].
@@ -77,6 +81,7 @@ impl PortMap {
                 number,
                 name: name.to_string(),
                 kind,
+                tag: None,
             },
         );
         self.by_name.insert(name.to_string(), number);
@@ -140,13 +145,23 @@ impl PortMap {
         self.ports.is_empty()
     }
 
-    /// The ports a flood from `in_port` reaches: every port but `in_port`, and no tunnel
-    /// port when `in_port` is a tunnel (split horizon). By ascending number.
-    pub fn flood_ports(&self, in_port: u32) -> impl Iterator<Item = &PortInfo> + '_ {
+    /// Sets (or clears) the VNI tag of a port (see [`PortInfo::tag`]).
+    pub fn set_tag(&mut self, number: u32, tag: Option<u32>) {
+        if let Ok(at) = self.ports.binary_search_by_key(&number, |p| p.number) {
+            self.ports[at].tag = tag;
+        }
+    }
+
+    /// The ports a flood of a frame of VNI `vni` from `in_port` reaches: every port but
+    /// `in_port`, no tunnel port when `in_port` is a tunnel (split horizon), and no TAP
+    /// port tagged with another VNI. By ascending number.
+    pub fn flood_ports(&self, in_port: u32, vni: u64) -> impl Iterator<Item = &PortInfo> + '_ {
         let from_tunnel = self.kind(in_port) == Some(PortKind::Tunnel);
-        self.ports
-            .iter()
-            .filter(move |p| p.number != in_port && !(from_tunnel && p.kind == PortKind::Tunnel))
+        self.ports.iter().filter(move |p| {
+            p.number != in_port
+                && !(from_tunnel && p.kind == PortKind::Tunnel)
+                && p.tag.is_none_or(|t| u64::from(t) == vni)
+        })
     }
 
     /// A flow's port reference as a number. Numbers are taken as they are (output to a

@@ -1089,10 +1089,19 @@ fn split_horizon_for_tunnels() {
         Forward::Drop(DropReason::SplitHorizon)
     );
     // Flooding from a tunnel reaches only taps; from a tap, everything else.
-    let f: Vec<u32> = pm.flood_ports(10).map(|p| p.number).collect();
+    let f: Vec<u32> = pm.flood_ports(10, 0).map(|p| p.number).collect();
     assert_eq!(f, vec![1, 2, 3]);
-    let f: Vec<u32> = pm.flood_ports(2).map(|p| p.number).collect();
+    let f: Vec<u32> = pm.flood_ports(2, 0).map(|p| p.number).collect();
     assert_eq!(f, vec![1, 3, 10, 11]);
+    // A tap tagged with a VNI gets only that VNI's floods (an OVS access port).
+    let mut tagged = pm.clone();
+    tagged.set_tag(1, Some(5));
+    let f: Vec<u32> = tagged.flood_ports(10, 5).map(|p| p.number).collect();
+    assert_eq!(f, vec![1, 2, 3]);
+    let f: Vec<u32> = tagged.flood_ports(10, 6).map(|p| p.number).collect();
+    assert_eq!(f, vec![2, 3], "another VNI's flood skips the tagged tap");
+    let f: Vec<u32> = tagged.flood_ports(2, 6).map(|p| p.number).collect();
+    assert_eq!(f, vec![3, 10, 11], "tunnels carry every VNI");
 }
 
 #[test]

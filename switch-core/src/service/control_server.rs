@@ -358,6 +358,7 @@ fn accept_loop(s: &Arc<Shared>, listener: UnixListener) {
                     s: &sc,
                     stream,
                     greeted: false,
+                    closing: false,
                 };
                 conn.serve();
                 lock(&sc.clients).remove(&id);
@@ -385,6 +386,8 @@ struct Connection<'a> {
     s: &'a Shared,
     stream: UnixStream,
     greeted: bool,
+    /// Set when the connection must end after the current response.
+    closing: bool,
 }
 
 impl Connection<'_> {
@@ -479,7 +482,7 @@ impl Connection<'_> {
             Err(e) => Response::error(e.id, e.error),
             Ok(req) => self.handle(req),
         };
-        send(&mut self.stream, &resp)
+        send(&mut self.stream, &resp) && !self.closing
     }
 
     fn handle(&mut self, req: Request) -> Response {
@@ -561,8 +564,9 @@ impl Connection<'_> {
             && !self.s.stop.load(Ordering::SeqCst)
         {
             let Some(f) = cap.next(TICK) else {
-                // Nothing to send: notice a client that hung up (it sends nothing during
-                // a capture, so any read result but "nothing yet" means it is gone).
+                // Nothing to send: notice a client that hung up. A client sends nothing
+                // during a capture; if it does, that cancels the capture and, since its
+                // line was cut, the connection is closed after the final answer.
                 let _ = self.stream.set_nonblocking(true);
                 let mut probe = [0u8; 1];
                 let gone = !matches!(self.stream.read(&mut probe), Err(ref e) if e.kind() == ErrorKind::WouldBlock);
@@ -598,6 +602,7 @@ impl Connection<'_> {
         self.s.switch.stop_capture(&args.port, &cap);
         if client_gone {
             tracing::debug!(port = %args.port, captured, "capture client went away");
+            self.closing = true;
         }
         Response::ok(
             id,
