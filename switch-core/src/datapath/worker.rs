@@ -454,6 +454,7 @@ impl Worker {
         } else {
             &mut self.tx
         };
+        out.capture(&buf[start..start + len], Direction::Tx);
         match &out.dev {
             PortDev::Tap(t) => match t.send(id, &buf[start..start + len]) {
                 Ok(_) => out.counters.tx(len),
