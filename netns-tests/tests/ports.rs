@@ -33,6 +33,7 @@ fn tap_in_a_namespace_is_created_configured_persistent_and_removed() {
         ifname: None,
         mtu: Some(1400),
         mac: Some(POD_MAC.parse().unwrap()),
+        tag: None,
     };
     let tap = Tap::open("tap0", &opts, 2).unwrap();
     assert!(!tap.reattached());
