@@ -191,7 +191,9 @@ impl Worker {
     /// Reads up to a batch from one descriptor; true when more may be waiting.
     fn drain(&mut self, tok: Token, pipe: &Pipeline, now: u64) -> bool {
         let (ofport, sub) = untoken(tok);
-        let Some(port) = self.ports.get(ofport).cloned() else {
+        // One reference count for the whole batch; packets borrow from it.
+        let ports = Arc::clone(&self.ports);
+        let Some(port) = ports.get(ofport) else {
             return false;
         };
         let mut errors = 0;
@@ -199,7 +201,7 @@ impl Worker {
             // The port a packet belongs to: the polled one, except that tunnel ports of
             // one type, local address and UDP port share a socket and are told apart by
             // the packet's outer source (each has its own `remote=`, or `remote=flow`).
-            let mut rx_port = Arc::clone(&port);
+            let mut rx_port: &PortIo = port;
             let got = match (&port.dev, sub) {
                 (PortDev::Tap(t), _) => t
                     .recv(self.id, &mut self.rx[HEADROOM..])
@@ -209,15 +211,15 @@ impl Worker {
                     match sock.recv_from(&mut self.rx[HEADROOM..]) {
                         Ok((n, from)) => {
                             let local = sock.local_addr().ip();
-                            match self.ports.demux(ofport, from.ip()) {
-                                Some(p) => rx_port = Arc::clone(p),
+                            match ports.demux(ofport, from.ip()) {
+                                Some(p) => rx_port = p,
                                 None => {
                                     port.counters.rx(n);
                                     port.counters.drop(PortDrop::Io(IoDrop::UnknownRemote));
                                     continue;
                                 }
                             }
-                            match self.decap_udp(&rx_port, n, from, local) {
+                            match self.decap_udp(rx_port, n, from, local) {
                                 Some(x) => Ok(x),
                                 None => continue,
                             }
@@ -228,7 +230,7 @@ impl Worker {
                 (PortDev::Ipip(t), sub) => {
                     let sock = if sub == Sub::Ipip6 { &t.v6 } else { &t.v4 };
                     match sock.recv(&mut self.rx[HEADROOM..]) {
-                        Ok(n) => match self.decap_ipip(&port, n) {
+                        Ok(n) => match self.decap_ipip(port, n) {
                             Some(x) => Ok(x),
                             None => continue,
                         },
@@ -241,7 +243,7 @@ impl Worker {
                     if matches!(port.dev, PortDev::Tap(_)) {
                         port.counters.rx(len);
                     }
-                    self.process(&rx_port, start, len, &tun, pipe, now);
+                    self.process(&ports, rx_port, start, len, &tun, pipe, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -330,8 +332,10 @@ impl Worker {
     }
 
     /// Runs one frame (`rx[start..start + len]`) through the pipeline and out.
+    #[allow(clippy::too_many_arguments)]
     fn process(
         &mut self,
+        ports: &PortSet,
         in_port: &PortIo,
         start: usize,
         len: usize,
@@ -391,21 +395,25 @@ impl Worker {
                 }
             }
             match *a {
-                DpAction::Output { port, .. } => {
-                    self.emit(port, buf_is_rx, fstart, len, state, None, in_port, pipe)
-                }
+                DpAction::Output { port, .. } => self.emit(
+                    ports, port, buf_is_rx, fstart, len, state, None, in_port, pipe,
+                ),
                 DpAction::Normal { .. } => {
                     self.shared.macs.learn(pipe.ports(), state, now);
                     match self.shared.macs.forward(pipe.ports(), state, now) {
                         Forward::Port { port, tun_dst } => {
                             let t = (tun_dst != 0).then_some(tun_dst);
-                            self.emit(port, buf_is_rx, fstart, len, state, t, in_port, pipe)
+                            self.emit(ports, port, buf_is_rx, fstart, len, state, t, in_port, pipe)
                         }
-                        Forward::Flood => self.flood(buf_is_rx, fstart, len, state, in_port, pipe),
+                        Forward::Flood => {
+                            self.flood(ports, buf_is_rx, fstart, len, state, in_port, pipe)
+                        }
                         Forward::Drop(r) => in_port.counters.drop(PortDrop::Pipeline(r)),
                     }
                 }
-                DpAction::Flood { .. } => self.flood(buf_is_rx, fstart, len, state, in_port, pipe),
+                DpAction::Flood { .. } => {
+                    self.flood(ports, buf_is_rx, fstart, len, state, in_port, pipe)
+                }
             }
         }
     }
@@ -413,6 +421,7 @@ impl Worker {
     #[allow(clippy::too_many_arguments)]
     fn flood(
         &mut self,
+        ports: &PortSet,
         buf_is_rx: bool,
         start: usize,
         len: usize,
@@ -420,10 +429,11 @@ impl Worker {
         in_port: &PortIo,
         pipe: &Pipeline,
     ) {
-        let ports = Arc::clone(&self.ports);
         for p in pipe.ports().flood_ports(state.in_port(), state.tun_id()) {
             if ports.get(p.number).is_some() {
-                self.emit(p.number, buf_is_rx, start, len, state, None, in_port, pipe);
+                self.emit(
+                    ports, p.number, buf_is_rx, start, len, state, None, in_port, pipe,
+                );
             }
         }
     }
@@ -432,6 +442,7 @@ impl Worker {
     #[allow(clippy::too_many_arguments)]
     fn emit(
         &mut self,
+        ports: &PortSet,
         port: u32,
         buf_is_rx: bool,
         start: usize,
@@ -441,7 +452,7 @@ impl Worker {
         in_port: &PortIo,
         pipe: &Pipeline,
     ) {
-        let Some(out) = self.ports.get(port).cloned() else {
+        let Some(out) = ports.get(port) else {
             pipe.count_drop(DropReason::NoSuchPort);
             in_port
                 .counters
@@ -466,7 +477,7 @@ impl Worker {
                 };
                 if len.saturating_sub(ETH_LEN) > usize::from(conf.mtu) {
                     let frame_copy_len = len.min(self.aux.len());
-                    self.too_big(buf_is_rx, start, frame_copy_len, conf.mtu, in_port, &out);
+                    self.too_big(buf_is_rx, start, frame_copy_len, conf.mtu, in_port, out);
                     return;
                 }
                 let dst = match conf.remote {
@@ -509,7 +520,7 @@ impl Worker {
                 }
                 let ip_len = len - ETH_LEN;
                 if ip_len > usize::from(conf.mtu) {
-                    self.too_big(buf_is_rx, start, len, conf.mtu, in_port, &out);
+                    self.too_big(buf_is_rx, start, len, conf.mtu, in_port, out);
                     return;
                 }
                 let dst = match conf.remote {
