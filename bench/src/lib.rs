@@ -1,1 +1,8 @@
 //! Shared helpers for Weft's benchmarks.
+//!
+//! [`netns`] builds the two-pod test beds the namespace throughput benchmark
+//! (`benches/netns_throughput.rs`) and the side-by-side comparison (`src/bin/compare.rs`)
+//! measure: Weft, the kernel's VXLAN, Open vSwitch's userspace datapath and a plain veth,
+//! and runs the load generator (`weft-loadgen`), `iperf3` and `ping` across them.
+
+pub mod netns;
