@@ -877,6 +877,12 @@ pub struct FdbEntry {
 pub struct FdbReply {
     /// The live entries.
     pub entries: Vec<FdbEntry>,
+    /// Entries the table can hold.
+    #[serde(default)]
+    pub capacity: u64,
+    /// Entries evicted because their set was full (least recently seen first).
+    #[serde(default)]
+    pub evictions: u64,
 }
 
 /// One step of a trace.

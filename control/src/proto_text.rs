@@ -168,6 +168,13 @@ pub fn fdb_show(r: &FdbReply) -> String {
         }
         out.push('\n');
     }
+    let _ = writeln!(
+        out,
+        "{} entries (capacity {}, {} evicted)",
+        r.entries.len(),
+        r.capacity,
+        r.evictions
+    );
     out
 }
 
@@ -302,12 +309,15 @@ mod tests {
                     remote: None,
                 },
             ],
+            capacity: 8192,
+            evictions: 4,
         };
         assert_eq!(
             fdb_show(&r),
             " port       VNI  MAC                Age\n    \
              1         0  02:00:00:00:01:02    0\n    \
-             2      5001  02:00:00:00:02:02   12  remote=198.18.0.2\n"
+             2      5001  02:00:00:00:02:02   12  remote=198.18.0.2\n\
+             2 entries (capacity 8192, 4 evicted)\n"
         );
     }
 }

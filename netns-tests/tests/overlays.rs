@@ -702,6 +702,13 @@ fn mac_flood_through_a_tunnel_keeps_the_mac_table_bounded() {
     );
     // More distinct sources arrived than fit: the table filled up, so it evicted.
     assert!(learned > MAC_CAPACITY / 2, "flood not learned? {learned}");
+    let fdb = cl.client("n2").unwrap().fdb().unwrap();
+    assert_eq!(fdb.capacity as usize, MAC_CAPACITY);
+    assert!(
+        fdb.evictions >= 1000,
+        "a full set evicts its stalest entry, counted: {} evictions",
+        fdb.evictions
+    );
     for (what, p) in [("across", across), ("local", local)] {
         let (sent, received, text) = ping_loss(p);
         assert!(

@@ -441,6 +441,14 @@ impl Switch {
         }
     }
 
+    /// `(capacity, evictions)` of the MAC table.
+    pub fn mac_stats(&self) -> (u64, u64) {
+        (
+            self.shared.macs.capacity() as u64,
+            self.shared.macs.evictions(),
+        )
+    }
+
     /// The learned MAC addresses.
     pub fn mac_entries(&self) -> Vec<MacEntry> {
         self.shared.macs.entries(self.shared.now())
@@ -604,6 +612,10 @@ impl Switch {
                 .map(|(r, n)| (r.as_str().to_string(), *n))
                 .collect(),
             pipeline_version: pipe.version(),
+            mac_entries: self.shared.macs.entries(self.shared.now()).len() as u64,
+            mac_capacity: self.shared.macs.capacity() as u64,
+            mac_evictions: self.shared.macs.evictions(),
+            mac_moves: self.shared.macs.moves(),
         }
     }
 

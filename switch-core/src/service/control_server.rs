@@ -751,6 +751,7 @@ pub fn execute(sw: &Switch, op: Op) -> Result<serde_json::Value, ErrorBody> {
                 .into_iter()
                 .filter_map(|p| Some((p.spec.ofport?, p.spec.name)))
                 .collect();
+            let st_mac = sw.mac_stats();
             to_value(&FdbReply {
                 entries: sw
                     .mac_entries()
@@ -764,6 +765,8 @@ pub fn execute(sw: &Switch, op: Op) -> Result<serde_json::Value, ErrorBody> {
                         remote: (e.remote != 0).then(|| crate::flow_key::u128_to_ip(e.remote)),
                     })
                     .collect(),
+                capacity: st_mac.0,
+                evictions: st_mac.1,
             })
         }
         Op::Trace(t) => to_value(&trace(sw, &t.packet)?),

@@ -18,6 +18,7 @@
 //! | `weft_cache_hits_total`, `weft_cache_misses_total` | |
 //! | `weft_drops_total` | `reason` |
 //! | `weft_pipeline_version` (gauge) | |
+//! | `weft_mac_entries` (gauge), `weft_mac_capacity` (gauge), `weft_mac_evictions_total`, `weft_mac_moves_total` | |
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -86,6 +87,14 @@ pub struct StatsSnapshot {
     pub drops: Vec<(String, u64)>,
     /// The published pipeline version.
     pub pipeline_version: u64,
+    /// Live entries of the MAC table of `normal`.
+    pub mac_entries: u64,
+    /// Capacity of the MAC table.
+    pub mac_capacity: u64,
+    /// Entries evicted from a full set of the MAC table.
+    pub mac_evictions: u64,
+    /// Hosts that moved to another port.
+    pub mac_moves: u64,
 }
 
 /// Renders a snapshot in the Prometheus text exposition format (0.0.4).
@@ -206,6 +215,30 @@ pub fn render(s: &StatsSnapshot) -> String {
         "gauge",
         "The published pipeline version (grows by one per bundle).",
         &mut std::iter::once((String::new(), s.pipeline_version)),
+    );
+    family(
+        "weft_mac_entries",
+        "gauge",
+        "Live entries of the MAC table of normal.",
+        &mut std::iter::once((String::new(), s.mac_entries)),
+    );
+    family(
+        "weft_mac_capacity",
+        "gauge",
+        "Entries the MAC table can hold.",
+        &mut std::iter::once((String::new(), s.mac_capacity)),
+    );
+    family(
+        "weft_mac_evictions_total",
+        "counter",
+        "MAC table entries evicted because their set was full (least recently seen first).",
+        &mut std::iter::once((String::new(), s.mac_evictions)),
+    );
+    family(
+        "weft_mac_moves_total",
+        "counter",
+        "Hosts the MAC table saw move to another port.",
+        &mut std::iter::once((String::new(), s.mac_moves)),
     );
     out
 }
@@ -513,6 +546,10 @@ mod tests {
             cache_misses: 30,
             drops: vec![("table_miss".into(), 10), ("ttl_expired".into(), 4)],
             pipeline_version: 7,
+            mac_entries: 5,
+            mac_capacity: 8192,
+            mac_evictions: 3,
+            mac_moves: 1,
         }
     }
 
@@ -593,10 +630,14 @@ mod tests {
         assert_eq!(get("weft_cache_misses_total"), 30);
         assert_eq!(get(r#"weft_drops_total{reason="ttl_expired"}"#), 4);
         assert_eq!(get("weft_pipeline_version"), 7);
-        assert_eq!(m.len(), 4 * 2 + 3 + 4 * 2 + 2 + 2 + 1);
+        assert_eq!(get("weft_mac_entries"), 5);
+        assert_eq!(get("weft_mac_capacity"), 8192);
+        assert_eq!(get("weft_mac_evictions_total"), 3);
+        assert_eq!(get("weft_mac_moves_total"), 1);
+        assert_eq!(m.len(), 4 * 2 + 3 + 4 * 2 + 2 + 2 + 1 + 4);
         // An empty snapshot is still valid output.
         let empty = parse_text(&render(&StatsSnapshot::default()));
-        assert_eq!(empty.len(), 3);
+        assert_eq!(empty.len(), 7, "the unlabelled families always appear");
     }
 
     #[test]
