@@ -29,7 +29,7 @@ use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_
 
 const SIZES: [usize; 3] = [64, 512, 1400];
 /// Frames per iteration.
-const FRAMES: u64 = 100_000;
+const FRAMES: u64 = 50_000;
 
 static RUN: AtomicU64 = AtomicU64::new(1);
 
@@ -66,7 +66,7 @@ fn throughput(c: &mut Criterion) {
         g.sampling_mode(SamplingMode::Flat)
             .sample_size(10)
             .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(3));
+            .measurement_time(Duration::from_secs(8));
         for size in SIZES {
             g.throughput(Throughput::ElementsAndBytes {
                 elements: FRAMES,
