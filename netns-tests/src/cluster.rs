@@ -440,8 +440,25 @@ impl ClusterLab {
     /// Makes node `name` a Linux kernel VXLAN node of `cluster` (l2, VXLAN): a
     /// `vxlan<VNI>` device (`nolearning`, flooding to every peer node with an all-zero
     /// FDB entry, as Weave's fast datapath and flannel's l2 mode do) on a bridge, and
-    /// each of its pods on a veth on that bridge, configured from its plan.
+    /// each of its pods on a veth on that bridge, configured from its plan. For a node
+    /// that talks to a Weft node: the VXLAN device computes inner checksums itself
+    /// (see [`ClusterLab::install_kernel_node_with`]).
     pub fn install_kernel_node(&mut self, cluster: &Cluster, name: &str) -> Result<()> {
+        self.install_kernel_node_with(cluster, name, false)
+    }
+
+    /// [`ClusterLab::install_kernel_node`], choosing whether the VXLAN device keeps its
+    /// transmit checksum offload. Between two kernel nodes over veths it may (the inner
+    /// checksum stays "partial" end to end and no stack ever checks it), and it must
+    /// for a fair kernel baseline: that is how the reference figures were measured. A
+    /// peer that reads the packets in userspace (Weft) needs it off, as flannel turns
+    /// it off on flannel.1, or it gets inner TCP/UDP checksums that were never filled in.
+    pub fn install_kernel_node_with(
+        &mut self,
+        cluster: &Cluster,
+        name: &str,
+        tx_checksum_offload: bool,
+    ) -> Result<()> {
         if cluster.encap() != Encap::Vxlan || cluster.mode() != Mode::L2 {
             return Err(lab_err(format!(
                 "a kernel node needs vxlan l2, not {} {}",
@@ -477,9 +494,11 @@ impl ClusterLab {
         // As flannel does for flannel.1: with checksum offload the kernel leaves the
         // inner TCP/UDP checksum to a NIC, and a veth underlay has none, so the peer
         // would get frames with unfinished checksums (ping works, TCP does not).
-        let off = ["ethtool", "-K", &dev, "tx", "off"];
-        self.say(&format!("ip netns exec {} {}", ns.name(), off.join(" ")));
-        ns.run(&off)?;
+        if !tx_checksum_offload {
+            let off = ["ethtool", "-K", &dev, "tx", "off"];
+            self.say(&format!("ip netns exec {} {}", ns.name(), off.join(" ")));
+            ns.run(&off)?;
+        }
         for peer in peers {
             let args = [
                 "fdb",
