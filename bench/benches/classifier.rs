@@ -6,115 +6,30 @@
 //!
 //! Run: `cargo bench -p bench --bench classifier -- --warm-up-time 1 --measurement-time 3`
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use switch_core::classifier::Classifier;
 use switch_core::emc::Emc;
-use switch_core::flow_key::{Field, FlowKey, FlowMask, TunnelMeta};
-
-/// Counts live heap bytes, so a bench can report what a structure costs.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size(), Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new, Ordering::Relaxed);
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { System.realloc(p, l, new) }
-    }
-}
+use switch_core::flow_key::{FlowKey, FlowMask, TunnelMeta};
+use switch_core::testing::{CountingAlloc, antrea_masks, mix, synthetic_packet};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// splitmix64: deterministic pseudo-random values without a dependency.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// Eight match shapes seen in Antrea/OVS pipelines.
-fn shapes() -> Vec<FlowMask> {
-    let c = FlowMask::CATCH_ALL;
-    vec![
-        // L2 forwarding: exact in_port + destination MAC.
-        c.with_exact(Field::InPort).with_exact(Field::DlDst),
-        // L3 routing: destination /24.
-        c.with_exact(Field::DlType).with_prefix(Field::NwDst, 24),
-        // Pod IP: destination /32.
-        c.with_exact(Field::DlType).with_prefix(Field::NwDst, 32),
-        // Service VIP:port.
-        c.with_exact(Field::DlType)
-            .with_exact(Field::NwProto)
-            .with_exact(Field::NwDst)
-            .with_exact(Field::TpDst),
-        // Tunnel L2: VNI + destination MAC.
-        c.with_exact(Field::TunId).with_exact(Field::DlDst),
-        // Spoof guard: in_port + source IP.
-        c.with_exact(Field::InPort)
-            .with_exact(Field::DlType)
-            .with_exact(Field::NwSrc),
-        // Register-tagged pod IP (after a classification table).
-        c.with_exact(Field::Reg0)
-            .with_exact(Field::DlType)
-            .with_exact(Field::NwDst),
-        // Policy between /16s for one protocol.
-        c.with_exact(Field::DlType)
-            .with_prefix(Field::NwSrc, 16)
-            .with_prefix(Field::NwDst, 16)
-            .with_exact(Field::NwProto),
-    ]
-}
-
-/// The full key of synthetic packet `i` (a TCP/IPv4 packet with pseudo-random fields).
-fn packet(i: u64) -> FlowKey {
-    let r = mix(i);
-    let r2 = mix(r);
-    let mut k = FlowKey::ZERO;
-    k.set_in_port((r % 64) as u32 + 1);
-    k.set_tun_id(r2 >> 40);
-    k.set(Field::DlDst, (r2 & 0xffff_ffff_ffff) as u128);
-    k.set(Field::DlSrc, (r >> 16) as u128);
-    k.set_dl_type(0x0800);
-    k.set(Field::NwSrc, (r >> 32) as u128);
-    k.set(Field::NwDst, r as u32 as u128);
-    k.set_nw_proto(6);
-    k.set_nw_ttl(64);
-    k.set_tp_src((r2 >> 16) as u16);
-    k.set_tp_dst((r2 >> 48) as u16);
-    k.set_reg(0, (r2 >> 8) as u32);
-    k
-}
+static GLOBAL: CountingAlloc = CountingAlloc::new();
 
 type RuleSpec = (FlowKey, FlowMask, u16, u32);
 
 /// `n` rules spread round-robin over the first `n_masks` shapes; rule `i` matches
-/// `packet(i)`; priorities pseudo-random in 1..=1000 so early exit rarely helps (close
+/// `synthetic_packet(i)`; priorities pseudo-random in 1..=1000 so early exit rarely helps (close
 /// to the worst case: most lookups visit every subtable).
 fn rules(n: usize, n_masks: usize) -> Vec<RuleSpec> {
-    let shapes = shapes();
+    let shapes = antrea_masks();
     (0..n as u64)
         .map(|i| {
             let m = shapes[i as usize % n_masks];
             let prio = (mix(i ^ 0xabc) % 1000) as u16 + 1;
-            (packet(i).masked(&m), m, prio, i as u32)
+            (synthetic_packet(i).masked(&m), m, prio, i as u32)
         })
         .collect()
 }
@@ -132,9 +47,9 @@ fn lookups(c: &mut Criterion) {
         }
         for &m in &[1usize, 8] {
             let rs = rules(n, m);
-            let before = LIVE.load(Ordering::Relaxed);
+            let before = GLOBAL.live();
             let cls = build(&rs);
-            let bytes = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+            let bytes = GLOBAL.live().saturating_sub(before);
             println!(
                 "memory: {n} rules requested, {} installed over {} masks: {} bytes, {:.1} bytes/flow",
                 cls.len(),
@@ -145,7 +60,7 @@ fn lookups(c: &mut Criterion) {
             drop(rs);
             // 1024 hot packets, each matching one of the rules.
             let pkts: Vec<FlowKey> = (0..1024u64)
-                .map(|j| packet(mix(j ^ 0x5555) % n as u64))
+                .map(|j| synthetic_packet(mix(j ^ 0x5555) % n as u64))
                 .collect();
             for p in &pkts {
                 assert!(

@@ -12,41 +12,17 @@
 //!
 //! Run: `cargo bench -p bench --bench pipeline -- --warm-up-time 1 --measurement-time 3`
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use control::flow::{Bundle, FlowMod, parse_flow};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use switch_core::flow_key::FlowKey;
 use switch_core::pipeline::{FlowCache, Pipeline, PortKind, PortMap, SharedPipeline};
-
-/// Counts live heap bytes, so a bench can report what a structure costs.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size(), Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new, Ordering::Relaxed);
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { System.realloc(p, l, new) }
-    }
-}
+use switch_core::testing::CountingAlloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc::new();
 
 const N_PORTS: u32 = 64;
 
@@ -182,12 +158,12 @@ fn bench_pass(c: &mut Criterion) {
 fn memory_per_flow() {
     let n = 1_000_000;
     let bundle = bundle_of(&flow_texts(n));
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = GLOBAL.live();
     let t = Instant::now();
     let shared = SharedPipeline::new(Pipeline::new(ports()));
     shared.apply(&bundle, 0).unwrap();
     let took = t.elapsed();
-    let used = LIVE.load(Ordering::Relaxed) - before;
+    let used = GLOBAL.live() - before;
     assert_eq!(shared.load().len(), n);
     println!(
         "pipeline memory: {n} flows in 3 tables: {} bytes/flow ({} MB); bundle built in {:?}",

@@ -8,5 +8,6 @@ pub mod flow_key;
 pub mod pipeline;
 pub mod port;
 pub mod service;
+pub mod testing;
 
 pub use datapath::{Switch, SwitchError, SwitchOptions};

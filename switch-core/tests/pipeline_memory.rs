@@ -3,40 +3,13 @@
 //! the memory budget (300 bytes per flow). One test, so no other test thread allocates
 //! while it counts.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use control::flow::{Bundle, FlowMod, parse_flow};
 use switch_core::flow_key::FlowKey;
 use switch_core::pipeline::{FlowCache, Pipeline, PortKind, PortMap, SharedPipeline};
-
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size(), Ordering::Relaxed);
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        LIVE.fetch_add(new, Ordering::Relaxed);
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-        unsafe { System.realloc(p, l, new) }
-    }
-}
+use switch_core::testing::CountingAlloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc::new();
 
 fn key(i: usize) -> FlowKey {
     let mut k = FlowKey::ZERO;
@@ -74,28 +47,24 @@ fn forwarding_never_allocates_and_flows_stay_under_budget() {
         });
     }
     let bundle = Bundle::new(changes);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = GLOBAL.live();
     let shared = SharedPipeline::new(Pipeline::new(ports));
     shared.apply(&bundle, 0).unwrap();
-    let per_flow = (LIVE.load(Ordering::Relaxed) - before) / n;
+    let per_flow = (GLOBAL.live() - before) / n;
     println!("pipeline: {per_flow} bytes per flow at {n} flows");
     assert!(per_flow < 300, "{per_flow} bytes per flow");
 
     let p = shared.load_full();
     let mut cache = FlowCache::new(8192);
     let keys: Vec<FlowKey> = (0..4096).map(key).collect();
-    let allocs = ALLOCS.load(Ordering::Relaxed);
+    let allocs = GLOBAL.allocs();
     let mut outputs = 0;
     for round in 0..3 {
         for k in &keys[..if round == 0 { 4096 } else { 512 }] {
             outputs += p.process(k, 100, 1, &mut cache).actions().len();
         }
     }
-    assert_eq!(
-        ALLOCS.load(Ordering::Relaxed),
-        allocs,
-        "the packet path allocated"
-    );
+    assert_eq!(GLOBAL.allocs(), allocs, "the packet path allocated");
     assert_eq!(outputs, 4096 + 2 * 512);
     assert!(cache.hits() >= 900, "hits {}", cache.hits());
 }
