@@ -36,6 +36,7 @@ pub mod geneve;
 pub mod ipip;
 pub mod ipv4;
 pub mod ipv6;
+pub mod offload;
 mod template;
 pub mod udp;
 pub mod vxlan;
