@@ -13,13 +13,15 @@
 //! - A known host whose entry is fresh (seen on the same port within the last second)
 //!   is not written at all, so steady traffic reads the table and never bounces its
 //!   cache lines between cores.
+//!
+//! The forwarding decision itself is [`crate::pipeline::normal::normal`], the same
+//! function the single-owner table uses, through [`MacLookup`].
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
-use crate::drop::DropReason;
-use crate::flow_key::{Field, FlowKey, mac_to_u64, u64_to_mac};
-use crate::pipeline::normal::{Learned, MacEntry, WAYS};
-use crate::pipeline::{Forward, PortKind, PortMap};
+use crate::flow_key::{FlowKey, mac_to_u64, u64_to_mac};
+use crate::pipeline::PortMap;
+use crate::pipeline::normal::{Learned, MacEntry, MacLookup, WAYS};
 
 /// Entries seen on the same port more recently than this are not rewritten.
 const REFRESH_MS: u64 = 1000;
@@ -223,16 +225,10 @@ impl SharedMacTable {
 
     /// Learns the source of a packet state (its ingress port must be in `ports`).
     pub fn learn(&self, ports: &PortMap, key: &FlowKey, now: u64) -> Learned {
-        let in_port = key.in_port();
-        let Some(kind) = ports.kind(in_port) else {
-            return Learned::Ignored;
-        };
-        let remote = if kind == PortKind::Tunnel {
-            key.get(Field::TunSrc)
-        } else {
-            0
-        };
-        self.learn_mac(key.tun_id(), key.dl_src(), in_port, remote, now)
+        match crate::pipeline::normal::source(ports, key) {
+            Some(s) => self.learn_mac(s.vni, s.mac, s.port, s.remote, now),
+            None => Learned::Ignored,
+        }
     }
 
     /// Forgets every host behind `port` (the port was deleted).
@@ -277,36 +273,11 @@ impl SharedMacTable {
         }
         out
     }
+}
 
-    /// The forwarding decision of `normal` (see [`crate::pipeline::normal::normal`],
-    /// whose rules this follows): known unicast to its port, unless that is the ingress
-    /// port or both are tunnels; unknown, broadcast and multicast destinations flood.
-    pub fn forward(&self, ports: &PortMap, key: &FlowKey, now: u64) -> Forward {
-        let dst = key.dl_dst();
-        if dst[0] & 1 != 0 {
-            return Forward::Flood;
-        }
-        let Some((port, remote)) = self.lookup(key.tun_id(), dst, now) else {
-            return Forward::Flood;
-        };
-        let in_port = key.in_port();
-        if port == in_port {
-            return Forward::Drop(DropReason::NormalSamePort);
-        }
-        let Some(out_kind) = ports.kind(port) else {
-            return Forward::Flood;
-        };
-        if out_kind == PortKind::Tunnel && ports.kind(in_port) == Some(PortKind::Tunnel) {
-            return Forward::Drop(DropReason::SplitHorizon);
-        }
-        Forward::Port {
-            port,
-            tun_dst: if out_kind == PortKind::Tunnel {
-                remote
-            } else {
-                0
-            },
-        }
+impl MacLookup for SharedMacTable {
+    fn lookup(&self, vni: u64, mac: [u8; 6], now: u64) -> Option<(u32, u128)> {
+        SharedMacTable::lookup(self, vni, mac, now)
     }
 }
 

@@ -400,7 +400,12 @@ impl Worker {
                 ),
                 DpAction::Normal { .. } => {
                     self.shared.macs.learn(pipe.ports(), state, now);
-                    match self.shared.macs.forward(pipe.ports(), state, now) {
+                    match crate::pipeline::normal::normal(
+                        &self.shared.macs,
+                        pipe.ports(),
+                        state,
+                        now,
+                    ) {
                         Forward::Port { port, tun_dst } => {
                             let t = (tun_dst != 0).then_some(tun_dst);
                             self.emit(ports, port, buf_is_rx, fstart, len, state, t, in_port, pipe)

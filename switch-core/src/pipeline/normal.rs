@@ -236,23 +236,65 @@ pub enum Forward {
 
 /// Learns the source of a packet state (unless the ingress port is unknown).
 pub fn learn(macs: &mut MacTable, ports: &PortMap, key: &FlowKey, now: Millis) -> Learned {
-    let in_port = key.in_port();
-    let Some(kind) = ports.kind(in_port) else {
-        return Learned::Ignored;
+    match source(ports, key) {
+        Some(s) => macs.learn(s.vni, s.mac, s.port, s.remote, now),
+        None => Learned::Ignored,
+    }
+}
+
+/// What learning records of a packet state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Source {
+    /// The VNI (`tun_id`) scope.
+    pub vni: u64,
+    /// The source MAC.
+    pub mac: [u8; 6],
+    /// The ingress port.
+    pub port: u32,
+    /// The tunnel peer (`tun_src`, IPv4 mapped) for a tunnel port, else 0.
+    pub remote: u128,
+}
+
+/// The source a packet state teaches a MAC table; `None` when its ingress port is not
+/// in `ports`. Shared by every MAC table implementation.
+pub fn source(ports: &PortMap, key: &FlowKey) -> Option<Source> {
+    let port = key.in_port();
+    let remote = match ports.kind(port)? {
+        PortKind::Tunnel => key.get(crate::flow_key::Field::TunSrc),
+        PortKind::Tap => 0,
     };
-    let remote = if kind == PortKind::Tunnel {
-        key.get(crate::flow_key::Field::TunSrc)
-    } else {
-        0
-    };
-    macs.learn(key.tun_id(), key.dl_src(), in_port, remote, now)
+    Some(Source {
+        vni: key.tun_id(),
+        mac: key.dl_src(),
+        port,
+        remote,
+    })
+}
+
+/// Where a MAC table says a host is: what [`normal`] needs of a table, so that the
+/// single-owner [`MacTable`] and the datapath's lock-free shared table make their
+/// forwarding decisions with one function.
+pub trait MacLookup {
+    /// Where `mac` in `vni` was last seen (live entries only): `(port, tunnel peer)`.
+    fn lookup(&self, vni: u64, mac: [u8; 6], now: Millis) -> Option<(u32, u128)>;
+}
+
+impl MacLookup for MacTable {
+    fn lookup(&self, vni: u64, mac: [u8; 6], now: Millis) -> Option<(u32, u128)> {
+        MacTable::lookup(self, vni, mac, now)
+    }
 }
 
 /// The forwarding decision of `normal` for a packet state, without learning (the
 /// datapath calls [`learn`] first; trace does not): a known unicast destination goes to
 /// its port, unless that is the ingress port or both are tunnels (split horizon);
 /// unknown, broadcast and multicast destinations flood.
-pub fn normal(macs: &MacTable, ports: &PortMap, key: &FlowKey, now: Millis) -> Forward {
+pub fn normal<M: MacLookup + ?Sized>(
+    macs: &M,
+    ports: &PortMap,
+    key: &FlowKey,
+    now: Millis,
+) -> Forward {
     let dst = key.dl_dst();
     if dst[0] & 1 != 0 {
         return Forward::Flood;
