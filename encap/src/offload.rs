@@ -53,6 +53,8 @@ use core::net::{Ipv4Addr, Ipv6Addr};
 
 /// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
 
 /// TCP flag bits (the 13th byte of the TCP header).
 pub mod tcp_flags {
@@ -82,7 +84,7 @@ pub enum OffloadError {
     Truncated,
     /// The virtio header's `gso_type` is not one defined by virtio.
     BadGsoType,
-    /// A defined `gso_type` that Weft does not segment (UDP).
+    /// A defined `gso_type` that Weft does not segment (UFO, `GSO_UDP`: IP fragmentation).
     UnsupportedGsoType,
     /// A GSO frame with `gso_size` 0.
     ZeroGsoSize,
@@ -94,11 +96,11 @@ pub enum OffloadError {
     BadIpHeader,
     /// An IPv4 fragment, which cannot be segmented.
     Fragment,
-    /// The transport protocol is not TCP.
+    /// The transport protocol is not TCP (or not UDP for `GSO_UDP_L4`).
     NotTcp,
     /// An IPv6 header followed by an extension header (not walked).
     Ipv6ExtensionHeader,
-    /// A malformed TCP header (data offset).
+    /// A malformed TCP header (data offset) or UDP header.
     BadTcpHeader,
     /// `csum_start` / `csum_offset` do not point at the TCP checksum, or lie beyond the
     /// frame.
@@ -381,6 +383,12 @@ fn put32(b: &mut [u8], at: usize, v: u32) {
 }
 
 fn parse_tcp_frame(f: &[u8]) -> Result<TcpFrame, OffloadError> {
+    parse_l4_frame(f, IPPROTO_TCP)
+}
+
+/// Like [`parse_tcp_frame`] for a TCP (`proto` 6) or UDP (`proto` 17) frame; for UDP `hl`
+/// is the end of the 8-byte UDP header.
+fn parse_l4_frame(f: &[u8], proto: u8) -> Result<TcpFrame, OffloadError> {
     if f.len() < 14 {
         return Err(OffloadError::Truncated);
     }
@@ -407,7 +415,7 @@ fn parse_tcp_frame(f: &[u8]) -> Result<TcpFrame, OffloadError> {
             if be16(f, l3 + 6) & 0x3fff != 0 {
                 return Err(OffloadError::Fragment);
             }
-            if f[l3 + 9] != IPPROTO_TCP {
+            if f[l3 + 9] != proto {
                 return Err(OffloadError::NotTcp);
             }
             (l3 + ihl, l3 + total, false)
@@ -421,7 +429,7 @@ fn parse_tcp_frame(f: &[u8]) -> Result<TcpFrame, OffloadError> {
                 return Err(OffloadError::BadIpHeader);
             }
             match f[l3 + 6] {
-                IPPROTO_TCP => {}
+                x if x == proto => {}
                 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => {
                     return Err(OffloadError::Ipv6ExtensionHeader);
                 }
@@ -431,6 +439,18 @@ fn parse_tcp_frame(f: &[u8]) -> Result<TcpFrame, OffloadError> {
         }
         _ => return Err(OffloadError::NotIp),
     };
+    if proto == IPPROTO_UDP {
+        if l4 + 8 > end {
+            return Err(OffloadError::BadTcpHeader);
+        }
+        return Ok(TcpFrame {
+            l3,
+            l4,
+            hl: l4 + 8,
+            end,
+            v6,
+        });
+    }
     if l4 + 20 > end {
         return Err(OffloadError::BadTcpHeader);
     }
@@ -449,6 +469,11 @@ fn parse_tcp_frame(f: &[u8]) -> Result<TcpFrame, OffloadError> {
 
 /// Unfolded pseudo-header sum of a TCP segment of `tcp_len` bytes in the frame `f`.
 fn pseudo(f: &[u8], p: &TcpFrame, tcp_len: usize) -> u64 {
+    pseudo_proto(f, p, tcp_len, IPPROTO_TCP)
+}
+
+/// Unfolded pseudo-header sum of an L4 segment (`proto`) of `l4_len` bytes in `f`.
+fn pseudo_proto(f: &[u8], p: &TcpFrame, tcp_len: usize, proto: u8) -> u64 {
     let len = tcp_len as u32;
     if p.v6 {
         let a = |at: usize| -> Ipv6Addr {
@@ -458,10 +483,10 @@ fn pseudo(f: &[u8], p: &TcpFrame, tcp_len: usize) -> u64 {
             }
             Ipv6Addr::from(o)
         };
-        checksum::pseudo_header_v6(&a(p.l3 + 8), &a(p.l3 + 24), IPPROTO_TCP, len)
+        checksum::pseudo_header_v6(&a(p.l3 + 8), &a(p.l3 + 24), proto, len)
     } else {
         let a = |at: usize| Ipv4Addr::from(be32(f, at));
-        checksum::pseudo_header_v4(a(p.l3 + 12), a(p.l3 + 16), IPPROTO_TCP, len)
+        checksum::pseudo_header_v4(a(p.l3 + 12), a(p.l3 + 16), proto, len)
     }
 }
 
@@ -485,6 +510,8 @@ fn set_ip_len(f: &mut [u8], p: &TcpFrame, ip_len: usize) {
 enum Mode {
     /// One TCP segment per `mss` bytes of payload.
     Tcp { p: TcpFrame, mss: usize },
+    /// One UDP datagram per `mss` bytes of payload (`GSO_UDP_L4`, USO).
+    Udp { p: TcpFrame, mss: usize },
     /// One frame, copied, with the checksum completed when `csum` is set.
     Single { csum: Option<(usize, usize)> },
 }
@@ -543,13 +570,26 @@ impl<'a> Segmenter<'a> {
                     mss: usize::from(hdr.gso_size),
                 }
             }
-            VirtioNetHdr::GSO_UDP | VirtioNetHdr::GSO_UDP_L4 => {
-                return Err(OffloadError::UnsupportedGsoType);
+            VirtioNetHdr::GSO_UDP_L4 => {
+                if hdr.gso_size == 0 {
+                    return Err(OffloadError::ZeroGsoSize);
+                }
+                let p = parse_l4_frame(frame, IPPROTO_UDP)?;
+                if hdr.flags & VirtioNetHdr::F_NEEDS_CSUM != 0
+                    && (usize::from(hdr.csum_start) != p.l4 || hdr.csum_offset != 6)
+                {
+                    return Err(OffloadError::BadChecksumOffsets);
+                }
+                Mode::Udp {
+                    p,
+                    mss: usize::from(hdr.gso_size),
+                }
             }
+            VirtioNetHdr::GSO_UDP => return Err(OffloadError::UnsupportedGsoType),
             _ => return Err(OffloadError::BadGsoType),
         };
         let next = match mode {
-            Mode::Tcp { p, .. } => p.hl,
+            Mode::Tcp { p, .. } | Mode::Udp { p, .. } => p.hl,
             Mode::Single { .. } => 0,
         };
         Ok(Segmenter {
@@ -567,7 +607,7 @@ impl<'a> Segmenter<'a> {
             return 0;
         }
         match self.mode {
-            Mode::Tcp { p, mss } => (p.end - self.next).div_ceil(mss).max(1),
+            Mode::Tcp { p, mss } | Mode::Udp { p, mss } => (p.end - self.next).div_ceil(mss).max(1),
             Mode::Single { .. } => 1,
         }
     }
@@ -578,7 +618,7 @@ impl<'a> Segmenter<'a> {
             return None;
         }
         Some(match self.mode {
-            Mode::Tcp { p, mss } => p.hl + (p.end - self.next).min(mss),
+            Mode::Tcp { p, mss } | Mode::Udp { p, mss } => p.hl + (p.end - self.next).min(mss),
             Mode::Single { .. } => self.frame.len(),
         })
     }
@@ -629,6 +669,32 @@ impl<'a> Segmenter<'a> {
                 put16(out, p.l4 + 16, 0);
                 let s = pseudo(f, &p, len - p.l4) + checksum::sum(&out[p.l4..]);
                 put16(out, p.l4 + 16, !checksum::fold(s));
+                self.next += chunk;
+                self.index += 1;
+                self.done = last;
+            }
+            Mode::Udp { p, mss } => {
+                // As the kernel's `__udp_gso_segment`: every datagram gets the headers,
+                // its own UDP and IP lengths, the next IPv4 ID and a full checksum.
+                let f = self.frame;
+                let chunk = (p.end - self.next).min(mss);
+                out[..p.hl].copy_from_slice(&f[..p.hl]);
+                out[p.hl..].copy_from_slice(&f[self.next..self.next + chunk]);
+                let last = self.next + chunk >= p.end;
+                set_ip_len(out, &p, len - p.l3);
+                if !p.v6 && self.index != 0 {
+                    let id = be16(f, p.l3 + 4).wrapping_add(self.index as u16);
+                    put16(out, p.l3 + 4, id);
+                    put16(out, p.l3 + 10, 0);
+                    let c = checksum::checksum(&out[p.l3..p.l4]);
+                    put16(out, p.l3 + 10, c);
+                }
+                put16(out, p.l4 + 4, (len - p.l4) as u16);
+                put16(out, p.l4 + 6, 0);
+                let s = pseudo_proto(f, &p, len - p.l4, IPPROTO_UDP) + checksum::sum(&out[p.l4..]);
+                let c = !checksum::fold(s);
+                // A computed zero is sent as all ones (zero means "no checksum").
+                put16(out, p.l4 + 6, if c == 0 { 0xffff } else { c });
                 self.next += chunk;
                 self.index += 1;
                 self.done = last;

@@ -446,12 +446,23 @@ fn segmentation_errors() {
     assert_eq!(
         e(
             &VirtioNetHdr {
-                gso_type: VirtioNetHdr::GSO_UDP_L4,
+                gso_type: VirtioNetHdr::GSO_UDP,
                 ..h
             },
             &f
         ),
         OffloadError::UnsupportedGsoType
+    );
+    // A USO header on a TCP frame.
+    assert_eq!(
+        e(
+            &VirtioNetHdr {
+                gso_type: VirtioNetHdr::GSO_UDP_L4,
+                ..h
+            },
+            &f
+        ),
+        OffloadError::NotTcp
     );
     assert_eq!(
         e(&VirtioNetHdr { gso_type: 9, ..h }, &f),
@@ -820,5 +831,85 @@ proptest! {
             c.push(&f, |h, b| { assert!(b.len() <= 2048 || h.gso_size == 0); });
         }
         c.flush(|_, _| {});
+    }
+}
+
+/// A UDP super-frame (USO, `GSO_UDP_L4`) as a pod's kernel hands it over: the UDP length
+/// and checksum fields hold the whole datagram's values (the checksum only its
+/// pseudo-header part).
+fn build_udp(v6: bool, payload: &[u8]) -> Vec<u8> {
+    let mut f = MAC.to_vec();
+    let udp_len = 8 + payload.len();
+    if v6 {
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        f.extend_from_slice(&[17, 64]);
+        f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    } else {
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+        f.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+        f.extend_from_slice(&[
+            0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 198, 19, 1, 2, 198, 19, 2, 2,
+        ]);
+        let c = !naive_sum(&[&f[14..34]]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+    }
+    f.extend_from_slice(&[0x9c, 0x40, 0x13, 0x88]);
+    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// USO: a UDP super-frame becomes datagrams of `gso_size` payload, each with its own
+/// lengths, IPv4 ID and full checksum, the payload in order.
+#[test]
+fn segments_udp_super_frames() {
+    for v6 in [false, true] {
+        for n in [1usize, 1399, 1400, 1401, 4000, 65000] {
+            let data = payload(n);
+            let f = build_udp(v6, &data);
+            let l4 = if v6 { 54 } else { 34 };
+            let hdr = VirtioNetHdr {
+                flags: VirtioNetHdr::F_NEEDS_CSUM,
+                gso_type: VirtioNetHdr::GSO_UDP_L4,
+                hdr_len: (l4 + 8) as u16,
+                gso_size: 1400,
+                csum_start: l4 as u16,
+                csum_offset: 6,
+            };
+            let segs = segment(&hdr, &f).unwrap();
+            assert_eq!(segs.len(), n.div_ceil(1400), "v6 {v6} n {n}");
+            let mut got = Vec::new();
+            for (i, s) in segs.iter().enumerate() {
+                let udp_len = s.len() - l4;
+                assert!(udp_len - 8 <= 1400);
+                assert_eq!(&s[..12], &MAC[..]);
+                assert_eq!(u16::from_be_bytes([s[l4 + 4], s[l4 + 5]]) as usize, udp_len);
+                let mut pseudo = Vec::new();
+                if v6 {
+                    assert_eq!(u16::from_be_bytes([s[18], s[19]]) as usize, udp_len);
+                    pseudo.extend_from_slice(&s[22..54]);
+                    pseudo.extend_from_slice(&(udp_len as u32).to_be_bytes());
+                    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+                } else {
+                    assert_eq!(u16::from_be_bytes([s[16], s[17]]) as usize, 20 + udp_len);
+                    assert_eq!(
+                        u16::from_be_bytes([s[18], s[19]]),
+                        0x1234u16.wrapping_add(i as u16),
+                        "IPv4 ID advances per datagram"
+                    );
+                    assert_eq!(naive_sum(&[&s[14..34]]), 0xffff, "IPv4 header checksum");
+                    pseudo.extend_from_slice(&s[26..34]);
+                    pseudo.extend_from_slice(&[0, 17]);
+                    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
+                }
+                assert_ne!(u16::from_be_bytes([s[l4 + 6], s[l4 + 7]]), 0);
+                assert_eq!(naive_sum(&[&pseudo, &s[l4..]]), 0xffff, "UDP checksum");
+                got.extend_from_slice(&s[l4 + 8..]);
+            }
+            assert_eq!(got, data, "v6 {v6} n {n}");
+        }
     }
 }
