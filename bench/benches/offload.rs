@@ -94,7 +94,7 @@ fn bench_offload(c: &mut Criterion) {
     let mut arena = vec![0u8; 8 * SLOT_LEN];
     g.bench_function(format!("coalesce_{n}segs_v4_mss{MSS}"), |b| {
         b.iter(|| {
-            let mut co = Coalescer::<8>::new(&mut arena);
+            let mut co = Coalescer::<_, 8>::new(&mut arena);
             let mut emitted = 0usize;
             for s in &segments {
                 co.push(black_box(s), |h, f| {

@@ -795,17 +795,18 @@ enum Verdict {
 /// checksum) comes out at once, unchanged, with an all-zero header, after any held frame
 /// of its flow. Call [`Coalescer::flush`] at the end of each receive batch.
 #[derive(Debug)]
-pub struct Coalescer<'a, const N: usize = 8> {
-    arena: &'a mut [u8],
+pub struct Coalescer<B, const N: usize = 8> {
+    arena: B,
     slot_len: usize,
     held: [Option<Held>; N],
     clock: u64,
 }
 
-impl<'a, const N: usize> Coalescer<'a, N> {
-    /// A coalescer over `arena`, split into `N` equal slots.
-    pub fn new(arena: &'a mut [u8]) -> Coalescer<'a, N> {
-        let slot_len = arena.len().checked_div(N).unwrap_or(0);
+impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
+    /// A coalescer over `arena` (borrowed, `&mut [u8]`, or owned, `Box<[u8]>`), split
+    /// into `N` equal slots.
+    pub fn new(arena: B) -> Coalescer<B, N> {
+        let slot_len = arena.as_ref().len().checked_div(N).unwrap_or(0);
         Coalescer {
             arena,
             slot_len,
@@ -871,7 +872,7 @@ impl<'a, const N: usize> Coalescer<'a, N> {
             }
         };
         let base = i * self.slot_len;
-        self.arena[base..base + f.len()].copy_from_slice(f);
+        self.arena.as_mut()[base..base + f.len()].copy_from_slice(f);
         self.clock += 1;
         self.held[i] = Some(Held {
             p,
@@ -896,7 +897,7 @@ impl<'a, const N: usize> Coalescer<'a, N> {
     fn slot(&self, i: usize) -> &[u8] {
         let len = self.held[i].map_or(0, |h| h.len);
         let base = i * self.slot_len;
-        &self.arena[base..base + len]
+        &self.arena.as_ref()[base..base + len]
     }
 
     /// The held flow `f` belongs to: same Ethernet header, IP version, addresses, IPv6
@@ -963,12 +964,12 @@ impl<'a, const N: usize> Coalescer<'a, N> {
         };
         let payload = &f[p.hl..];
         let at = i * self.slot_len + h.len;
-        self.arena[at..at + payload.len()].copy_from_slice(payload);
+        self.arena.as_mut()[at..at + payload.len()].copy_from_slice(payload);
         h.len += payload.len();
         h.count += 1;
         h.next_seq = h.next_seq.wrapping_add(payload.len() as u32);
         let fl = i * self.slot_len + h.p.l4 + 13;
-        self.arena[fl] |= f[p.l4 + 13] & (tcp_flags::PSH | tcp_flags::FIN);
+        self.arena.as_mut()[fl] |= f[p.l4 + 13] & (tcp_flags::PSH | tcp_flags::FIN);
         h.mss
     }
 
@@ -978,7 +979,7 @@ impl<'a, const N: usize> Coalescer<'a, N> {
             return;
         };
         let base = i * self.slot_len;
-        let s = &mut self.arena[base..base + h.len];
+        let s = &mut self.arena.as_mut()[base..base + h.len];
         if h.count == 1 {
             emit(&VirtioNetHdr::default(), s);
             return;

@@ -238,7 +238,7 @@ fn coalesce(frames: &[Vec<u8>]) -> Vec<(VirtioNetHdr, Vec<u8>)> {
 
 fn coalesce_n<const N: usize>(frames: &[Vec<u8>]) -> Vec<(VirtioNetHdr, Vec<u8>)> {
     let mut arena = vec![0u8; N * SLOT_LEN];
-    let mut c = Coalescer::<N>::new(&mut arena);
+    let mut c = Coalescer::<_, N>::new(&mut arena);
     let mut out = Vec::new();
     for f in frames {
         c.push(f, |h, b| out.push((*h, b.to_vec())));
@@ -725,7 +725,7 @@ fn coalescer_interleaves_flows_and_evicts_the_oldest() {
             .all(|(h, f)| h.gso_type == 0 && f.len() == 66 + 1000)
     );
     let mut arena = vec![0u8; 100];
-    let mut c = Coalescer::<0>::new(&mut arena);
+    let mut c = Coalescer::<_, 0>::new(&mut arena);
     let mut n = 0;
     c.push(&v[0], |_, _| n += 1);
     c.flush(|_, _| n += 1);
@@ -814,7 +814,7 @@ proptest! {
         let s = Spec { flags: tcp_flags::ACK, ..Spec::default() };
         let base = build(&s, &payload(300), true);
         let mut arena = vec![0u8; 3 * 2048];
-        let mut c = Coalescer::<3>::new(&mut arena);
+        let mut c = Coalescer::<_, 3>::new(&mut arena);
         for (bytes, kind, at) in frames {
             // Random bytes, or a valid segment with random bytes written into it.
             let f = match kind {

@@ -208,7 +208,8 @@ impl ClusterLab {
             .arg("--state-dir")
             .arg(&state)
             .arg("--metrics")
-            .arg(METRICS_ADDR);
+            .arg(METRICS_ADDR)
+            .args(crate::node::matrix_flags());
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

@@ -148,6 +148,20 @@ pub fn arp_responder_flow(table: u8, priority: u16, in_port: &str, ip: &str, mac
     )
 }
 
+/// Flags that the test matrix lays over every `weftd` a test starts: `WEFT_TEST_OFFLOADS`
+/// (`on`/`off`) and `WEFT_TEST_WORKERS` (a number), when set. `scripts/test` runs the
+/// end-to-end suites once per combination.
+pub fn matrix_flags() -> Vec<String> {
+    let mut v = Vec::new();
+    if let Ok(o) = std::env::var("WEFT_TEST_OFFLOADS") {
+        v.push(format!("--offloads={o}"));
+    }
+    if let Ok(w) = std::env::var("WEFT_TEST_WORKERS") {
+        v.push(format!("--workers={w}"));
+    }
+    v
+}
+
 /// What a `weftd` is started with.
 #[derive(Clone, Debug)]
 pub struct WeftdSpec {
@@ -202,6 +216,7 @@ impl Weftd {
         self.starts += 1;
         let mut cmd = self.node.command(&weftd_binary().display().to_string());
         cmd.arg("--config").arg(&self.config);
+        cmd.args(matrix_flags());
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

@@ -35,9 +35,15 @@ fn tap_in_a_namespace_is_created_configured_persistent_and_removed() {
         mac: Some(POD_MAC.parse().unwrap()),
         tag: None,
     };
-    let tap = Tap::open("tap0", &opts, 2).unwrap();
+    let tap = Tap::open("tap0", &opts, 2, true).unwrap();
     assert!(!tap.reattached());
     assert_eq!(tap.queue_count(), 2);
+    assert!(tap.vnet_hdr(), "offloads on: queues carry a virtio_net_hdr");
+    let features = pod.run(&["ethtool", "-k", "tap0"]).unwrap();
+    assert!(
+        features.contains("tcp-segmentation-offload: on"),
+        "TSO offered to the pod: {features}"
+    );
     let link = pod.ip("link show tap0").unwrap();
     assert!(link.contains("mtu 1400"), "{link}");
     assert!(link.contains(POD_MAC), "{link}");
@@ -49,6 +55,7 @@ fn tap_in_a_namespace_is_created_configured_persistent_and_removed() {
     ping.args(["-c", "3", "-i", "0.2", "-W", "1", "198.19.1.1"]);
     let pinger = lab.spawn("ping", ping).unwrap();
     let mut buf = [0u8; 2048];
+    let mut hdr = [0u8; 10];
     let start = Instant::now();
     let request = 'found: loop {
         assert!(
@@ -56,7 +63,8 @@ fn tap_in_a_namespace_is_created_configured_persistent_and_removed() {
             "no ARP request arrived"
         );
         for q in 0..tap.queue_count() {
-            if let Ok(n) = tap.recv(q, &mut buf) {
+            if let Ok(n) = tap.recv(q, &mut hdr, &mut buf) {
+                assert_eq!(hdr[1], 0, "an ARP request is no GSO frame");
                 let f = &buf[..n];
                 if n >= 42 && f[12..14] == [0x08, 0x06] && f[38..42] == [198, 19, 1, 1] {
                     break 'found f.to_vec();
@@ -94,8 +102,14 @@ fn tap_in_a_namespace_is_created_configured_persistent_and_removed() {
     drop(tap);
     let addr = pod.ip("addr show dev tap0").unwrap();
     assert!(addr.contains("198.19.1.2/24"), "{addr}");
-    let tap = Tap::open("tap0", &opts, 1).unwrap();
+    let tap = Tap::open("tap0", &opts, 1, false).unwrap();
     assert!(tap.reattached(), "second open re-attaches");
+    assert!(!tap.vnet_hdr());
+    let features = pod.run(&["ethtool", "-k", "tap0"]).unwrap();
+    assert!(
+        features.contains("tcp-segmentation-offload: off"),
+        "offloads off clears the device-wide offload mask: {features}"
+    );
     let addr = pod.ip("addr show dev tap0").unwrap();
     assert!(addr.contains("198.19.1.2/24"), "address kept: {addr}");
 
@@ -113,7 +127,7 @@ fn tap_errors_are_clear() {
         netns: Some("weft-no-such-ns".into()),
         ..TapOptions::default()
     };
-    let err = Tap::open("tap0", &opts, 1).unwrap_err().to_string();
+    let err = Tap::open("tap0", &opts, 1, true).unwrap_err().to_string();
     assert!(err.contains("weft-no-such-ns"), "{err}");
 
     // A name taken by a device that is not a TAP.
@@ -125,6 +139,6 @@ fn tap_errors_are_clear() {
         netns: Some(pod.name().to_string()),
         ..TapOptions::default()
     };
-    let err = Tap::open("eth0", &opts, 1).unwrap_err().to_string();
+    let err = Tap::open("eth0", &opts, 1, true).unwrap_err().to_string();
     assert!(err.contains("tap 'eth0'"), "{err}");
 }

@@ -51,6 +51,8 @@ fn main() -> ExitCode {
 fn start_node(cfg: &Config, saved: Option<SavedState>) -> anyhow::Result<Arc<Switch>> {
     let options = SwitchOptions {
         workers: cfg.workers,
+        offloads: cfg.offloads,
+        pin_cpus: cfg.pin_cpus,
         state_dir: Some(cfg.state_dir.clone()),
         ..SwitchOptions::default()
     };
@@ -85,6 +87,7 @@ fn run(args: &Args, mut cfg: Config) -> anyhow::Result<()> {
     info!(
         config = %cfg.file.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
         workers = cfg.workers,
+        offloads = cfg.offloads,
         state_dir = %cfg.state_dir.display(),
         control = %cfg.control.display(),
         ports = cfg.ports.len(),
@@ -169,6 +172,8 @@ fn reload(args: &Args, cfg: &mut Config, node: &dyn Node) {
                 warn!("{setting} changed: takes effect at the next start");
             }
             new.workers = cfg.workers;
+            new.offloads = cfg.offloads;
+            new.pin_cpus = cfg.pin_cpus;
             new.state_dir = cfg.state_dir.clone();
             new.metrics = cfg.metrics;
             new.control = cfg.control.clone();

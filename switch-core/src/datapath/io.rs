@@ -41,11 +41,14 @@ pub enum IoDrop {
     NotIp,
     /// A tunnel packet from a source no tunnel port on that socket expects.
     UnknownRemote,
+    /// A frame from a TAP whose `virtio_net_hdr` asks for an offload that cannot be done
+    /// (a malformed super-frame, UFO, offsets outside the frame).
+    BadOffload,
 }
 
 impl IoDrop {
     /// Every reason, in counter order.
-    pub const ALL: [IoDrop; 8] = [
+    pub const ALL: [IoDrop; 9] = [
         IoDrop::TooBig,
         IoDrop::NoTunnelDst,
         IoDrop::TunnelFamily,
@@ -54,6 +57,7 @@ impl IoDrop {
         IoDrop::GeneveOam,
         IoDrop::NotIp,
         IoDrop::UnknownRemote,
+        IoDrop::BadOffload,
     ];
 
     /// The label value.
@@ -67,6 +71,7 @@ impl IoDrop {
             IoDrop::GeneveOam => "geneve_oam",
             IoDrop::NotIp => "not_ip",
             IoDrop::UnknownRemote => "unknown_remote",
+            IoDrop::BadOffload => "bad_offload",
         }
     }
 }
@@ -160,6 +165,19 @@ impl PortCounters {
     #[inline]
     pub fn drop(&self, why: PortDrop) {
         self.drops[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `packets` sent packets of `bytes` bytes in all.
+    #[inline]
+    pub fn tx_n(&self, packets: usize, bytes: usize) {
+        self.tx_packets.fetch_add(packets as u64, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `n` drops.
+    #[inline]
+    pub fn drop_n(&self, why: PortDrop, n: usize) {
+        self.drops[why.index()].fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// `(rx_packets, rx_bytes, tx_packets, tx_bytes)`.
@@ -347,6 +365,7 @@ impl PortIo {
         spec: &PortSpec,
         workers: usize,
         shared: Option<Arc<Vec<UdpTunnelSocket>>>,
+        offloads: bool,
     ) -> io::Result<PortIo> {
         let ofport = spec
             .ofport
@@ -354,7 +373,7 @@ impl PortIo {
         let (dev, tunnel) = match &spec.kind {
             SpecKind::Tap(t) => {
                 let ifname = t.ifname.as_deref().unwrap_or(&spec.name);
-                (PortDev::Tap(Tap::open(ifname, t, workers)?), None)
+                (PortDev::Tap(Tap::open(ifname, t, workers, offloads)?), None)
             }
             SpecKind::Vxlan(t) | SpecKind::Geneve(t) => {
                 let remote_v6 = matches!(t.remote, Remote::Fixed(IpAddr::V6(_)));
@@ -364,7 +383,9 @@ impl PortIo {
                     None => {
                         let mut v = Vec::with_capacity(workers);
                         for _ in 0..workers.max(1) {
-                            v.push(UdpTunnelSocket::bind(t.local, dst_port, remote_v6, true)?);
+                            v.push(UdpTunnelSocket::bind_with_sender(
+                                t.local, dst_port, remote_v6,
+                            )?);
                         }
                         Arc::new(v)
                     }

@@ -11,6 +11,7 @@
 //! state directory, and at start it restores that state — ports re-attached, flows
 //! installed — before the first worker reads a packet.
 
+pub mod batch;
 pub mod capture;
 pub mod icmp;
 pub mod io;

@@ -40,6 +40,11 @@ pub struct SwitchOptions {
     pub mac_ageing_ms: u64,
     /// Where the state is saved after each change (`None`: not saved).
     pub state_dir: Option<PathBuf>,
+    /// TAP offloads (TSO/USO super-frames, checksum offload) with userspace
+    /// segmentation, UDP GSO/GRO on the tunnels and coalescing towards the pods.
+    pub offloads: bool,
+    /// Pin worker `i` to CPU `i` (modulo the CPUs this process may use).
+    pub pin_cpus: bool,
 }
 
 impl Default for SwitchOptions {
@@ -50,6 +55,8 @@ impl Default for SwitchOptions {
             mac_capacity: crate::pipeline::normal::DEFAULT_CAPACITY,
             mac_ageing_ms: crate::pipeline::normal::DEFAULT_AGEING_MS,
             state_dir: None,
+            offloads: true,
+            pin_cpus: false,
         }
     }
 }
@@ -206,7 +213,7 @@ impl Switch {
                 Arc::clone(&sw.shared),
                 poll,
                 Arc::clone(&sw.stats[id]),
-                sw.options.cache_entries,
+                &sw.options,
             );
             let t = std::thread::Builder::new()
                 .name(format!("weft-worker-{id}"))
@@ -294,12 +301,12 @@ impl Switch {
             .udp_sharing(&spec)
             .map_err(|by| SwitchError::UdpPortTaken(spec.udp_port().unwrap_or_default(), by))?;
         spec.ofport = Some(number);
-        let io = PortIo::open(&spec, self.options.workers, shared).map_err(|error| {
-            SwitchError::Open {
+        let io = PortIo::open(&spec, self.options.workers, shared, self.options.offloads).map_err(
+            |error| SwitchError::Open {
                 name: spec.name.clone(),
                 error,
-            }
-        })?;
+            },
+        )?;
         if let super::io::PortDev::Tap(t) = &io.dev {
             tracing::info!(
                 port = %spec.name, ofport = number, ifname = t.ifname(), netns = ?t.netns(),

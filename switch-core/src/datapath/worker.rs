@@ -6,11 +6,25 @@
 //! drains up to [`BATCH`] packets from it before it looks at the next one, so one busy
 //! port cannot starve the others; a descriptor with more waiting is revisited at once.
 //!
-//! A packet is read into the worker's receive buffer behind [`HEADROOM`] bytes (room for
-//! the tunnel header that may be written in front of it without a copy), parsed into a
-//! `FlowKey`, resolved through the worker's flow cache against the pipeline snapshot
-//! loaded for this wake-up, and sent to each output. No allocation, lock or log per
-//! packet: drops are counted by reason on the port they came in on or were going to.
+//! A packet is read into the worker's receive buffer, parsed into a `FlowKey`, resolved
+//! through the worker's flow cache against the pipeline snapshot loaded for this
+//! wake-up, and sent to each output. No allocation, lock or log per packet: drops are
+//! counted by reason on the port they came in on or were going to.
+//!
+//! The fast path (offloads on, see DESIGN.md "Offloads"):
+//!
+//! - TAP queues carry a `virtio_net_hdr`: a pod's TCP stack hands over 64 KB
+//!   super-frames, which go through the pipeline once and are cut into MTU-sized
+//!   segments (`encap::offload::Segmenter`) only on the way into a tunnel, each written
+//!   behind its tunnel header straight into the transmit queue.
+//! - Tunnel output is queued ([`TxQueue`]) and sent with one `sendmmsg` per batch; the
+//!   segments of one super-frame to one peer go as a single UDP GSO train (UDP_SEGMENT).
+//! - Tunnel input is read with `recvmmsg`, up to [`RX_MSGS`] buffers at a time, each of
+//!   which may be a UDP GRO train that is split by its segment size.
+//! - Decapsulated TCP segments bound for a TAP are coalesced per flow into super-frames
+//!   (`encap::offload::Coalescer`) and written with a GSO `virtio_net_hdr`, so the pod's
+//!   stack takes one packet per 64 KB; whatever is held is flushed at the end of each
+//!   batch.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -26,19 +40,32 @@ use crate::drop::DropReason;
 use crate::flow_key::{FlowKey, TunnelMeta, u128_to_ip};
 use crate::pipeline::{DpAction, FlowCache, Forward, Pipeline};
 
+use encap::offload::{Coalescer, SLOT_LEN, Segmenter, VirtioNetHdr};
+
+use super::batch::{
+    DGRAM_MAX, GSO_MAX_BYTES, GSO_MAX_SEGS, RX_MSGS, RxBatch, TxMsg, TxOutcome, TxQueue,
+};
 use super::capture::Direction;
 use super::icmp::too_big_reply;
 use super::io::{IoDrop, PortDev, PortDrop, PortIo, PortSet};
-use super::{Shared, WorkerStats};
+use super::{Shared, SwitchOptions, WorkerStats};
+use crate::port::tap::VNET_HDR_LEN;
 
 /// Packets drained from one descriptor per turn.
 pub const BATCH: usize = 64;
-/// Bytes kept free in front of every received frame for outer headers.
+/// Bytes kept free in front of every received frame (decapsulation of IP-in-IP puts an
+/// Ethernet header there).
 pub const HEADROOM: usize = 128;
-/// Largest frame or datagram read (jumbo frames fit).
-pub const FRAME_MAX: usize = 16 * 1024;
-const BUF_LEN: usize = HEADROOM + FRAME_MAX;
+/// Largest frame or datagram read: a 64 KB TSO super-frame with its Ethernet header.
+pub const FRAME_MAX: usize = DGRAM_MAX;
+/// One receive slot: headroom and a frame or datagram.
+const SLOT: usize = HEADROOM + FRAME_MAX;
+const BUF_LEN: usize = SLOT;
 const ETH_LEN: usize = 14;
+/// TAP ports whose inbound segments are coalesced at the same time (per worker).
+const GRO_TAPS: usize = 4;
+/// Flows held per TAP port.
+const GRO_FLOWS: usize = 4;
 const WAKER: Token = Token(usize::MAX);
 
 /// What a registered descriptor is.
@@ -65,6 +92,13 @@ fn untoken(t: Token) -> (u32, Sub) {
     ((t.0 >> 2) as u32, sub)
 }
 
+/// The coalescer of one TAP port.
+struct Gro {
+    /// The TAP port (0: free).
+    port: u32,
+    co: Coalescer<Box<[u8]>, GRO_FLOWS>,
+}
+
 /// One worker's state.
 pub(crate) struct Worker {
     id: usize,
@@ -75,9 +109,17 @@ pub(crate) struct Worker {
     ports: Arc<PortSet>,
     registered: Vec<(RawFd, Token)>,
     pending: Vec<Token>,
+    /// Receive slots: `RX_MSGS` of [`SLOT`] bytes (a TAP read uses the first).
     rx: Box<[u8]>,
     tx: Box<[u8]>,
     aux: Box<[u8]>,
+    /// The `virtio_net_hdr` of the frame being processed (all zero: a plain frame).
+    cur: VirtioNetHdr,
+    rxb: RxBatch,
+    txq: TxQueue,
+    /// Coalescers for the TAP ports (empty with offloads off).
+    gro: Vec<Gro>,
+    pin_cpu: bool,
 }
 
 impl Worker {
@@ -86,20 +128,59 @@ impl Worker {
         shared: Arc<Shared>,
         poll: Poll,
         stats: Arc<WorkerStats>,
-        cache_entries: usize,
+        options: &SwitchOptions,
     ) -> Worker {
+        let gro = if options.offloads {
+            (0..GRO_TAPS)
+                .map(|_| Gro {
+                    port: 0,
+                    co: Coalescer::new(vec![0u8; GRO_FLOWS * SLOT_LEN].into_boxed_slice()),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Worker {
             id,
             shared,
             poll,
-            cache: FlowCache::new(cache_entries),
+            cache: FlowCache::new(options.cache_entries),
             stats,
             ports: Arc::new(PortSet::default()),
             registered: Vec::new(),
             pending: Vec::with_capacity(1024),
-            rx: vec![0u8; BUF_LEN].into_boxed_slice(),
+            rx: vec![0u8; RX_MSGS * SLOT].into_boxed_slice(),
             tx: vec![0u8; BUF_LEN].into_boxed_slice(),
             aux: vec![0u8; BUF_LEN].into_boxed_slice(),
+            cur: VirtioNetHdr::default(),
+            rxb: RxBatch::default(),
+            txq: TxQueue::default(),
+            gro,
+            pin_cpu: options.pin_cpus,
+        }
+    }
+
+    /// Pins this thread to the `id`-th CPU this process may run on.
+    fn pin(&self) {
+        // SAFETY: cpu_set_t is plain old data; the calls get valid pointers and sizes.
+        unsafe {
+            let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0
+            {
+                return;
+            }
+            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &allowed))
+                .collect();
+            if cpus.is_empty() {
+                return;
+            }
+            let cpu = cpus[self.id % cpus.len()];
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) == 0 {
+                tracing::info!(worker = self.id, cpu, "worker pinned");
+            }
         }
     }
 
@@ -149,6 +230,9 @@ impl Worker {
 
     /// Runs until the switch stops.
     pub(crate) fn run(mut self) {
+        if self.pin_cpu {
+            self.pin();
+        }
         let mut events = Events::with_capacity(256);
         let mut again: Vec<Token> = Vec::with_capacity(1024);
         self.sync_ports();
@@ -188,7 +272,9 @@ impl Worker {
         }
     }
 
-    /// Reads up to a batch from one descriptor; true when more may be waiting.
+    /// Reads up to a batch from one descriptor; true when more may be waiting. What the
+    /// batch queued for the tunnels is sent, and what it held for coalescing is written
+    /// to the TAPs, before it returns.
     fn drain(&mut self, tok: Token, pipe: &Pipeline, now: u64) -> bool {
         let (ofport, sub) = untoken(tok);
         // One reference count for the whole batch; packets borrow from it.
@@ -196,32 +282,41 @@ impl Worker {
         let Some(port) = ports.get(ofport) else {
             return false;
         };
+        let more = match &port.dev {
+            PortDev::Udp(_) => self.drain_udp(&ports, port, ofport, pipe, now),
+            _ => self.drain_frames(&ports, port, sub, pipe, now),
+        };
+        self.flush_gro(&ports);
+        flush_tx(&mut self.txq, &ports);
+        more
+    }
+
+    /// TAP queues and IP-in-IP sockets: one frame per read.
+    fn drain_frames(
+        &mut self,
+        ports: &PortSet,
+        port: &PortIo,
+        sub: Sub,
+        pipe: &Pipeline,
+        now: u64,
+    ) -> bool {
         let mut errors = 0;
         for _ in 0..BATCH {
-            // The port a packet belongs to: the polled one, except that tunnel ports of
-            // one type, local address and UDP port share a socket and are told apart by
-            // the packet's outer source (each has its own `remote=`, or `remote=flow`).
-            let mut rx_port: &PortIo = port;
             let got = match (&port.dev, sub) {
-                (PortDev::Tap(t), _) => t
-                    .recv(self.id, &mut self.rx[HEADROOM..])
-                    .map(|n| (HEADROOM, n, TunnelMeta::NONE)),
-                (PortDev::Udp(u), _) => {
-                    let sock = &u.sockets[self.id % u.sockets.len()];
-                    match sock.recv_from(&mut self.rx[HEADROOM..]) {
-                        Ok((n, from)) => {
-                            let local = sock.local_addr().ip();
-                            match ports.demux(ofport, from.ip()) {
-                                Some(p) => rx_port = p,
-                                None => {
-                                    port.counters.rx(n);
-                                    port.counters.drop(PortDrop::Io(IoDrop::UnknownRemote));
+                (PortDev::Tap(t), _) => {
+                    let mut hdr = [0u8; VNET_HDR_LEN];
+                    match t.recv(self.id, &mut hdr, &mut self.rx[HEADROOM..SLOT]) {
+                        Ok(n) => {
+                            port.counters.rx(n);
+                            match VirtioNetHdr::parse(&hdr) {
+                                Ok(h) => {
+                                    self.cur = h;
+                                    Ok((HEADROOM, n, TunnelMeta::NONE))
+                                }
+                                Err(_) => {
+                                    port.counters.drop(PortDrop::Io(IoDrop::BadOffload));
                                     continue;
                                 }
-                            }
-                            match self.decap_udp(rx_port, n, from, local) {
-                                Some(x) => Ok(x),
-                                None => continue,
                             }
                         }
                         Err(e) => Err(e),
@@ -229,22 +324,21 @@ impl Worker {
                 }
                 (PortDev::Ipip(t), sub) => {
                     let sock = if sub == Sub::Ipip6 { &t.v6 } else { &t.v4 };
-                    match sock.recv(&mut self.rx[HEADROOM..]) {
+                    match sock.recv(&mut self.rx[HEADROOM..SLOT]) {
                         Ok(n) => match self.decap_ipip(port, n) {
-                            Some(x) => Ok(x),
+                            Some(x) => {
+                                self.cur = VirtioNetHdr::default();
+                                Ok(x)
+                            }
                             None => continue,
                         },
                         Err(e) => Err(e),
                     }
                 }
+                (PortDev::Udp(_), _) => return false,
             };
             match got {
-                Ok((start, len, tun)) => {
-                    if matches!(port.dev, PortDev::Tap(_)) {
-                        port.counters.rx(len);
-                    }
-                    self.process(&ports, rx_port, start, len, &tun, pipe, now);
-                }
+                Ok((start, len, tun)) => self.process(ports, port, start, len, &tun, pipe, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // A socket reports an ICMP error that came back for an earlier packet
@@ -259,10 +353,73 @@ impl Worker {
         true
     }
 
-    /// Validates and strips a VXLAN/Geneve header; returns the inner frame's place.
+    /// A VXLAN/Geneve socket: `recvmmsg` of up to [`RX_MSGS`] buffers, each a datagram
+    /// or a GRO train of datagrams of one size (the last may be shorter).
+    fn drain_udp(
+        &mut self,
+        ports: &PortSet,
+        port: &PortIo,
+        ofport: u32,
+        pipe: &Pipeline,
+        now: u64,
+    ) -> bool {
+        let PortDev::Udp(u) = &port.dev else {
+            return false;
+        };
+        let sock = &u.sockets[self.id % u.sockets.len()];
+        let local = sock.local_addr().ip();
+        let mut errors = 0;
+        let mut datagrams = 0;
+        while datagrams < BATCH {
+            let n = match self.rxb.recv(sock.fd(), &mut self.rx, SLOT, HEADROOM) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // See `drain_frames`: one reported ICMP error does not end the turn.
+                Err(_) if errors == 0 => {
+                    errors += 1;
+                    continue;
+                }
+                Err(_) => return false,
+            };
+            self.cur = VirtioNetHdr::default();
+            for i in 0..n {
+                let m = self.rxb.msg(i);
+                let Some(from) = m.from else { continue };
+                // The port a packet belongs to: tunnel ports of one type, local address
+                // and UDP port share a socket and are told apart by the outer source
+                // (each has its own `remote=`, or `remote=flow`).
+                let Some(rx_port) = ports.demux(ofport, from.ip()) else {
+                    port.counters.rx(m.len);
+                    port.counters.drop(PortDrop::Io(IoDrop::UnknownRemote));
+                    continue;
+                };
+                let base = i * SLOT + HEADROOM;
+                let mut at = 0;
+                while at < m.len {
+                    let len = m.seg.min(m.len - at);
+                    datagrams += 1;
+                    if let Some((start, len, tun)) =
+                        self.decap_udp(rx_port, base + at, len, from, local)
+                    {
+                        self.process(ports, rx_port, start, len, &tun, pipe, now);
+                    }
+                    at += len;
+                }
+            }
+            if n < RX_MSGS {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Validates and strips a VXLAN/Geneve header of the datagram at `rx[off..off + n]`;
+    /// returns the inner frame's place.
     fn decap_udp(
         &mut self,
         port: &PortIo,
+        off: usize,
         n: usize,
         from: SocketAddr,
         local: IpAddr,
@@ -273,7 +430,7 @@ impl Worker {
             port.counters.drop(PortDrop::Io(IoDrop::RemoteNotAllowed));
             return None;
         }
-        let payload = &self.rx[HEADROOM..HEADROOM + n];
+        let payload = &self.rx[off..off + n];
         let d = if matches!(port.spec.kind, control::port::PortKind::Vxlan(_)) {
             encap::decap_vxlan(payload)
         } else {
@@ -292,7 +449,7 @@ impl Worker {
             }
             Ok(d) => {
                 let tun = TunnelMeta::new(u64::from(d.vni), from.ip(), local);
-                Some((HEADROOM + d.inner_offset, d.inner.len(), tun))
+                Some((off + d.inner_offset, d.inner.len(), tun))
             }
             Err(r) => {
                 port.counters.drop(PortDrop::Decap(r));
@@ -465,22 +622,69 @@ impl Worker {
             return;
         };
         let id = self.id;
-        let buf: &mut [u8] = if buf_is_rx {
-            &mut self.rx
+        let frame: &[u8] = if buf_is_rx {
+            &self.rx[start..start + len]
         } else {
-            &mut self.tx
+            &self.tx[start..start + len]
         };
-        out.capture(&buf[start..start + len], Direction::Tx);
+        out.capture(frame, Direction::Tx);
         match &out.dev {
-            PortDev::Tap(t) => match t.send(id, &buf[start..start + len]) {
-                Ok(_) => out.counters.tx(len),
-                Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
-            },
+            PortDev::Tap(t) => {
+                let plain = self.cur == VirtioNetHdr::default();
+                if plain && t.vnet_hdr() && !self.gro.is_empty() {
+                    // Decapsulated (or plain) frame: coalesce TCP segments of one flow.
+                    let g = match self.gro.iter().position(|g| g.port == port) {
+                        Some(g) => g,
+                        None => {
+                            let g = self.gro.iter().position(|g| g.port == 0).unwrap_or(0);
+                            if self.gro[g].port != 0 {
+                                // All in use: write out the first one's frames and take it.
+                                let old = ports.get(self.gro[g].port);
+                                self.gro[g].co.flush(|h, f| tap_write(id, old, h, f));
+                            }
+                            self.gro[g].port = port;
+                            g
+                        }
+                    };
+                    self.gro[g]
+                        .co
+                        .push(frame, |h, f| tap_write(id, Some(out), h, f));
+                } else if t.vnet_hdr() {
+                    let mut hdr = [0u8; VNET_HDR_LEN];
+                    let _ = self.cur.emit(&mut hdr);
+                    match t.send_with(id, &hdr, frame) {
+                        Ok(_) => out.counters.tx(len),
+                        Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
+                    }
+                } else if plain {
+                    match t.send(id, frame) {
+                        Ok(_) => out.counters.tx(len),
+                        Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
+                    }
+                } else {
+                    // An offloaded frame for a TAP without offloads: segment it here.
+                    let Ok(mut seg) = Segmenter::new(&self.cur, frame) else {
+                        out.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                        return;
+                    };
+                    while let Some(Ok(n)) = seg.write_next(&mut self.aux) {
+                        match t.send(id, &self.aux[..n]) {
+                            Ok(_) => out.counters.tx(n),
+                            Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
+                        }
+                    }
+                }
+            }
             PortDev::Udp(u) => {
                 let Some(conf) = out.tunnel.as_ref() else {
                     return;
                 };
-                if len.saturating_sub(ETH_LEN) > usize::from(conf.mtu) {
+                let Ok(mut seg) = Segmenter::new(&self.cur, frame) else {
+                    out.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                    return;
+                };
+                let first = seg.next_len().unwrap_or(len);
+                if first.saturating_sub(ETH_LEN) > usize::from(conf.mtu) {
                     let frame_copy_len = len.min(self.aux.len());
                     self.too_big(buf_is_rx, start, frame_copy_len, conf.mtu, in_port, out);
                     return;
@@ -504,28 +708,80 @@ impl Worker {
                     out.counters.drop(PortDrop::Io(IoDrop::TunnelFamily));
                     return;
                 }
-                match u.header.encapsulate(buf, start, len, vni) {
-                    Ok(r) => {
-                        match sock.send_to(&buf[r.clone()], SocketAddr::new(dst, u.dst_port)) {
-                            Ok(_) => out.counters.tx(r.len()),
-                            Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
+                let to = SocketAddr::new(dst, u.dst_port);
+                let fd = sock.send_fd();
+                let hl = u.header.len();
+                let dgram = hl + first;
+                // One message per GSO train (or per datagram without GSO).
+                while seg.next_len().is_some() {
+                    let per = if self.txq.gso() {
+                        (GSO_MAX_BYTES / dgram).clamp(1, GSO_MAX_SEGS)
+                    } else {
+                        1
+                    };
+                    let want = dgram * per.min(seg.remaining());
+                    if !self.txq.has_room(want) {
+                        flush_tx(&mut self.txq, ports);
+                    }
+                    let off = self.txq.used();
+                    let free = self.txq.free();
+                    let (mut at, mut count) = (0, 0);
+                    while count < per {
+                        let Some(l) = seg.next_len() else { break };
+                        if hl + l > dgram || at + hl + l > free.len() {
+                            break;
+                        }
+                        match seg.write_next(&mut free[at + hl..]) {
+                            Some(Ok(_)) => {}
+                            _ => break,
+                        }
+                        if u.header.encapsulate(free, at + hl, l, vni).is_err() {
+                            break;
+                        }
+                        at += hl + l;
+                        count += 1;
+                        if hl + l < dgram {
+                            break;
                         }
                     }
-                    Err(r) => out.counters.drop(PortDrop::Decap(r)),
+                    if count == 0 {
+                        out.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                        return;
+                    }
+                    self.txq.push(TxMsg {
+                        fd,
+                        to,
+                        off,
+                        len: at,
+                        seg: dgram,
+                        count,
+                        ofport: port,
+                    });
                 }
             }
             PortDev::Ipip(t) => {
                 let Some(conf) = out.tunnel.as_ref() else {
                     return;
                 };
-                let ethertype = u16::from_be_bytes([buf[start + 12], buf[start + 13]]);
+                let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
                 if ethertype != 0x0800 && ethertype != 0x86dd {
                     out.counters.drop(PortDrop::Io(IoDrop::NotIp));
                     return;
                 }
-                let ip_len = len - ETH_LEN;
-                if ip_len > usize::from(conf.mtu) {
-                    self.too_big(buf_is_rx, start, len, conf.mtu, in_port, out);
+                let Ok(mut seg) = Segmenter::new(&self.cur, frame) else {
+                    out.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                    return;
+                };
+                let first = seg.next_len().unwrap_or(len);
+                if first - ETH_LEN > usize::from(conf.mtu) {
+                    self.too_big(
+                        buf_is_rx,
+                        start,
+                        len.min(self.aux.len()),
+                        conf.mtu,
+                        in_port,
+                        out,
+                    );
                     return;
                 }
                 let dst = match conf.remote {
@@ -544,16 +800,6 @@ impl Worker {
                         }
                     },
                 };
-                // The outer header overwrites the Ethernet header's bytes; build the packet
-                // in the spare buffer so that other outputs of this frame keep theirs.
-                const OUTER: usize = 20;
-                let (src_buf, aux) = if buf_is_rx {
-                    (&self.rx, &mut self.aux)
-                } else {
-                    (&self.tx, &mut self.aux)
-                };
-                aux[HEADROOM..HEADROOM + ip_len]
-                    .copy_from_slice(&src_buf[start + ETH_LEN..start + len]);
                 let tmpl = encap::IpipTemplate::new(
                     t.local,
                     dst,
@@ -562,15 +808,47 @@ impl Worker {
                         decrement_inner_ttl: true,
                     },
                 );
-                let _ = OUTER;
-                match tmpl.encapsulate(aux, HEADROOM, ip_len) {
-                    Ok(r) => match t.v4.send_to(&aux[r.clone()], dst) {
-                        Ok(_) => out.counters.tx(r.len()),
-                        Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
-                    },
-                    Err(r) => out.counters.drop(PortDrop::Decap(r)),
+                // Each segment is written into the transmit queue with its Ethernet
+                // header where the outer IPv4 header goes, which then overwrites it.
+                const OUTER: usize = 20;
+                while let Some(l) = seg.next_len() {
+                    if !self.txq.has_room(OUTER + l) {
+                        flush_tx(&mut self.txq, ports);
+                    }
+                    let off = self.txq.used();
+                    let free = self.txq.free();
+                    let eth = OUTER - ETH_LEN;
+                    if !matches!(seg.write_next(&mut free[eth..]), Some(Ok(_))) {
+                        out.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                        return;
+                    }
+                    match tmpl.encapsulate(free, OUTER, l - ETH_LEN) {
+                        Ok(r) => self.txq.push(TxMsg {
+                            fd: t.v4.fd(),
+                            to: SocketAddr::new(IpAddr::V4(dst), 0),
+                            off: off + r.start,
+                            len: r.len(),
+                            seg: 0,
+                            count: 1,
+                            ofport: port,
+                        }),
+                        Err(r) => {
+                            out.counters.drop(PortDrop::Decap(r));
+                            return;
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    /// Writes out every coalesced frame held for the TAPs.
+    fn flush_gro(&mut self, ports: &PortSet) {
+        let id = self.id;
+        for g in self.gro.iter_mut().filter(|g| g.port != 0) {
+            let out = ports.get(g.port);
+            g.co.flush(|h, f| tap_write(id, out, h, f));
+            g.port = 0;
         }
     }
 
@@ -599,6 +877,33 @@ impl Worker {
                 Err(_) => in_port.counters.drop(PortDrop::Io(IoDrop::TxError)),
             }
         }
+    }
+}
+
+/// Sends what the transmit queue holds and counts it on the ports.
+fn flush_tx(txq: &mut TxQueue, ports: &PortSet) {
+    if txq.is_empty() {
+        return;
+    }
+    txq.flush(|m, o| {
+        let Some(p) = ports.get(m.ofport) else { return };
+        match o {
+            TxOutcome::Sent { count, bytes } => p.counters.tx_n(count, bytes),
+            TxOutcome::Failed { count } => p.counters.drop_n(PortDrop::Io(IoDrop::TxError), count),
+        }
+    });
+}
+
+/// Writes a frame with its `virtio_net_hdr` to a TAP port's queue `id` (a port deleted
+/// meanwhile: dropped).
+fn tap_write(id: usize, out: Option<&Arc<PortIo>>, hdr: &VirtioNetHdr, frame: &[u8]) {
+    let Some(out) = out else { return };
+    let PortDev::Tap(t) = &out.dev else { return };
+    let mut h = [0u8; VNET_HDR_LEN];
+    let _ = hdr.emit(&mut h);
+    match t.send_with(id, &h, frame) {
+        Ok(_) => out.counters.tx(frame.len()),
+        Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
     }
 }
 

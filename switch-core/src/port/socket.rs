@@ -10,6 +10,14 @@
 //!   protocol has exactly one receiving socket; every worker sends through it.
 //!
 //! All sockets are non-blocking, with large buffers, and never linger.
+//!
+//! Each worker's VXLAN/Geneve socket comes with a second, send-only socket bound to the
+//! same local address and an ephemeral port: the workers' packets leave with different
+//! UDP source ports, so the peer's SO_REUSEPORT group (and a NIC's RSS) spreads them
+//! over its workers, while every packet of one flow (one TAP queue, one worker) keeps
+//! its port and arrives in order. RFC 7348 asks for a source port from the inner flow's
+//! hash and receivers ignore it. The receiving sockets turn UDP_GRO on, so a peer's
+//! UDP GSO train arrives as one buffer with its segment size.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -43,6 +51,10 @@ fn context(e: io::Error, what: String) -> io::Error {
 pub struct UdpTunnelSocket {
     socket: Socket,
     local: SocketAddr,
+    /// The send-only socket of this worker (ephemeral source port), if any.
+    sender: Option<Socket>,
+    /// Whether UDP_GRO is on.
+    gro: bool,
 }
 
 impl UdpTunnelSocket {
@@ -87,7 +99,58 @@ impl UdpTunnelSocket {
             .local_addr()?
             .as_socket()
             .ok_or_else(|| io::Error::other("udp socket without an address"))?;
-        Ok(UdpTunnelSocket { socket, local })
+        let gro = set_int(&socket, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
+        Ok(UdpTunnelSocket {
+            socket,
+            local,
+            sender: None,
+            gro,
+        })
+    }
+
+    /// Like [`UdpTunnelSocket::bind`], with a send-only socket on an ephemeral port of the
+    /// same local address (a worker's own UDP source port).
+    pub fn bind_with_sender(
+        local: Option<IpAddr>,
+        port: u16,
+        remote_is_v6: bool,
+    ) -> io::Result<UdpTunnelSocket> {
+        let mut s = UdpTunnelSocket::bind(local, port, remote_is_v6, true)?;
+        let addr = SocketAddr::new(s.local.ip(), 0);
+        let what = || format!("udp tunnel send socket {addr}");
+        let domain = if addr.is_ipv6() {
+            Domain::IPV6
+        } else {
+            Domain::IPV4
+        };
+        let sender = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+            .map_err(|e| context(e, what()))?;
+        if addr.is_ipv6() {
+            sender.set_only_v6(true).map_err(|e| context(e, what()))?;
+        } else {
+            set_pmtudisc_dont(&sender).map_err(|e| context(e, what()))?;
+        }
+        let _ = sender.set_send_buffer_size(SOCKET_BUFFER);
+        // Nothing is sent to this port; a tiny receive buffer bounds what could queue.
+        let _ = sender.set_recv_buffer_size(4096);
+        sender
+            .set_nonblocking(true)
+            .map_err(|e| context(e, what()))?;
+        sender.bind(&addr.into()).map_err(|e| context(e, what()))?;
+        s.sender = Some(sender);
+        Ok(s)
+    }
+
+    /// The descriptor to send on: the worker's own send socket if it has one.
+    pub fn send_fd(&self) -> RawFd {
+        self.sender
+            .as_ref()
+            .map_or(self.socket.as_raw_fd(), |s| s.as_raw_fd())
+    }
+
+    /// Whether UDP_GRO is on (received buffers may hold several datagrams).
+    pub fn gro(&self) -> bool {
+        self.gro
     }
 
     /// The bound address (with the real port when 0 was asked for).
@@ -179,14 +242,27 @@ fn as_uninit(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
 }
 
 fn set_pmtudisc_dont(socket: &Socket) -> io::Result<()> {
-    let mode: libc::c_int = libc::IP_PMTUDISC_DONT;
+    set_int(
+        socket,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DONT,
+    )
+}
+
+fn set_int(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: a valid socket descriptor, and a pointer to a c_int with its exact size.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            (&mode as *const libc::c_int).cast(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };

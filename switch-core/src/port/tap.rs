@@ -9,6 +9,14 @@
 //!
 //! Device creation uses `tun-rs`; the queues are read and written directly, non-blocking,
 //! by the workers.
+//!
+//! With offloads on (the default) the device is opened with IFF_VNET_HDR and
+//! TUNSETOFFLOAD (checksum, TSO4, TSO6, and USO4/USO6 when the kernel has them, 6.2+):
+//! the pod's kernel then hands over TCP (and UDP GSO) super-frames of up to 64 KB with
+//! their checksums left to complete, each behind a 10-byte `virtio_net_hdr`, and accepts
+//! such super-frames back. Every read and write of such a queue carries that header.
+//! With offloads off the offload mask is cleared (it is device-wide state that outlives
+//! a previous `weftd`), so the queues carry plain frames.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -21,6 +29,8 @@ use super::netns::in_netns;
 /// An open TAP device: its queues, one per worker.
 pub struct Tap {
     queues: Vec<SyncDevice>,
+    vnet: bool,
+    uso: bool,
     ifname: String,
     netns: Option<String>,
     reattached: bool,
@@ -38,11 +48,14 @@ impl std::fmt::Debug for Tap {
 
 nix::ioctl_write_int!(tunsetpersist, b'T', 203);
 
+/// Length of the `virtio_net_hdr` in front of every frame of a queue with offloads on.
+pub const VNET_HDR_LEN: usize = 10;
+
 impl Tap {
     /// Creates (or re-attaches to) the TAP device `ifname` with `queues` queues, in the
     /// namespace `opts.netns` if given, applies `opts.mtu` and `opts.mac`, brings it up
     /// and makes it persistent.
-    pub fn open(ifname: &str, opts: &TapOptions, queues: usize) -> io::Result<Tap> {
+    pub fn open(ifname: &str, opts: &TapOptions, queues: usize, offloads: bool) -> io::Result<Tap> {
         let queues = queues.max(1);
         let netns = opts.netns.clone();
         let (queues, reattached) = in_netns(netns.as_deref(), || {
@@ -51,6 +64,7 @@ impl Tap {
                 .name(ifname)
                 .layer(Layer::L2)
                 .multi_queue(true)
+                .offload(offloads)
                 .enable(true);
             if let Some(mtu) = opts.mtu {
                 b = b.mtu(mtu);
@@ -84,8 +98,21 @@ impl Tap {
             }
             Ok((all, reattached))
         })?;
+        let vnet = queues[0].tcp_gso();
+        let uso = queues[0].udp_gso();
+        if offloads && !uso {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                tracing::info!(
+                    "this kernel has no TAP UDP segmentation offload (USO, Linux 6.2+): \
+                     pods' UDP GSO is segmented by their own kernel"
+                );
+            });
+        }
         Ok(Tap {
             queues,
+            vnet,
+            uso,
             ifname: ifname.to_string(),
             netns,
             reattached,
@@ -122,16 +149,86 @@ impl Tap {
         self.queue(i).as_raw_fd()
     }
 
-    /// Reads one frame from queue `i` into `buf`; `WouldBlock` when there is none.
-    #[inline]
-    pub fn recv(&self, i: usize, buf: &mut [u8]) -> io::Result<usize> {
-        self.queue(i).recv(buf)
+    /// Whether the queues carry a `virtio_net_hdr` (offloads on).
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet
     }
 
-    /// Writes one frame to queue `i`.
+    /// Whether UDP segmentation offload (USO) is on as well.
+    pub fn uso(&self) -> bool {
+        self.uso
+    }
+
+    /// Reads one frame from queue `i` into `buf`, its `virtio_net_hdr` (offloads on)
+    /// into `hdr`, which is zeroed otherwise; `WouldBlock` when there is none. Returns
+    /// the frame's length.
+    #[inline]
+    pub fn recv(
+        &self,
+        i: usize,
+        hdr: &mut [u8; VNET_HDR_LEN],
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        if !self.vnet {
+            *hdr = [0; VNET_HDR_LEN];
+            return self.queue(i).recv(buf);
+        }
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_mut_ptr().cast(),
+                iov_len: VNET_HDR_LEN,
+            },
+            libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            },
+        ];
+        // SAFETY: both iovecs describe writable memory borrowed for the call.
+        let n = unsafe { libc::readv(self.queue_fd(i), iov.as_ptr(), 2) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        if n < VNET_HDR_LEN {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "short tap read"));
+        }
+        Ok(n - VNET_HDR_LEN)
+    }
+
+    /// Writes one frame to queue `i` (behind an all-zero `virtio_net_hdr` when offloads
+    /// are on: no offload asked for).
     #[inline]
     pub fn send(&self, i: usize, frame: &[u8]) -> io::Result<usize> {
-        self.queue(i).send(frame)
+        if self.vnet {
+            self.send_with(i, &[0; VNET_HDR_LEN], frame)
+        } else {
+            self.queue(i).send(frame)
+        }
+    }
+
+    /// Writes one frame with its `virtio_net_hdr` to queue `i` (offloads on; the header
+    /// is left out when they are off, and the frame must then need no offload).
+    #[inline]
+    pub fn send_with(&self, i: usize, hdr: &[u8; VNET_HDR_LEN], frame: &[u8]) -> io::Result<usize> {
+        if !self.vnet {
+            return self.queue(i).send(frame);
+        }
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut libc::c_void,
+                iov_len: VNET_HDR_LEN,
+            },
+            libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            },
+        ];
+        // SAFETY: both iovecs describe memory borrowed for the call; writev only reads.
+        let n = unsafe { libc::writev(self.queue_fd(i), iov.as_ptr(), 2) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((n as usize).saturating_sub(VNET_HDR_LEN))
     }
 
     /// Clears persistence: the kernel deletes the device when its last queue closes

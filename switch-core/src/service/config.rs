@@ -2,6 +2,8 @@
 //!
 //! ```toml
 //! workers = 2
+//! offloads = true                # TAP TSO/USO + UDP GSO/GRO + coalescing (default on)
+//! pin_cpus = false               # worker i on CPU i
 //! state_dir = "/var/lib/weft"
 //! metrics = "127.0.0.1:9464"
 //! control = "/run/weft/weftd.sock"
@@ -47,6 +49,8 @@ pub const MAX_WORKERS: usize = 256;
 /// The top-level keys of the file.
 const KEYS: &[&str] = &[
     "workers",
+    "offloads",
+    "pin_cpus",
     "state_dir",
     "metrics",
     "control",
@@ -84,6 +88,13 @@ pub struct Args {
     /// Number of worker threads [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
+    /// TAP offloads with userspace segmentation/coalescing and UDP GSO/GRO: on or off
+    /// [default: on].
+    #[arg(long, value_name = "on|off")]
+    pub offloads: Option<String>,
+    /// Pin worker i to CPU i: on or off [default: off].
+    #[arg(long, value_name = "on|off")]
+    pub pin_cpus: Option<String>,
     /// The control socket [default: /run/weft/weftd.sock].
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
@@ -133,6 +144,10 @@ pub struct Config {
     pub file: Option<PathBuf>,
     /// Number of worker threads (1..=256).
     pub workers: usize,
+    /// TAP offloads, UDP GSO/GRO and coalescing.
+    pub offloads: bool,
+    /// Pin each worker to a CPU.
+    pub pin_cpus: bool,
     /// Where `state.json` lives.
     pub state_dir: PathBuf,
     /// Where to serve Prometheus metrics, if anywhere.
@@ -154,6 +169,8 @@ impl Default for Config {
         Config {
             file: None,
             workers: default_workers(),
+            offloads: true,
+            pin_cpus: false,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             metrics: None,
             control: PathBuf::from(DEFAULT_CONTROL),
@@ -206,6 +223,17 @@ impl Config {
                         .and_then(|n| usize::try_from(n).ok())
                         .filter(|n| (1..=MAX_WORKERS).contains(n))
                         .ok_or_else(|| src.bad_value(value, name, WORKERS_EXPECTED))?;
+                }
+                "offloads" | "pin_cpus" => {
+                    let b = value
+                        .get_ref()
+                        .as_bool()
+                        .ok_or_else(|| src.bad_value(value, name, "true or false"))?;
+                    if name == "offloads" {
+                        cfg.offloads = b;
+                    } else {
+                        cfg.pin_cpus = b;
+                    }
                 }
                 "state_dir" => cfg.state_dir = src.path(value, name)?,
                 "metrics" => {
@@ -269,6 +297,12 @@ impl Config {
                     message: format!("bad value '{w}': expected {WORKERS_EXPECTED}"),
                 })?;
         }
+        if let Some(v) = &args.offloads {
+            self.offloads = on_off("offloads", v)?;
+        }
+        if let Some(v) = &args.pin_cpus {
+            self.pin_cpus = on_off("pin-cpus", v)?;
+        }
         if let Some(c) = &args.control {
             self.control = non_empty_path("control", c)?;
         }
@@ -313,6 +347,12 @@ impl Config {
         let mut needs_restart = Vec::new();
         if self.workers != new.workers {
             needs_restart.push("workers");
+        }
+        if self.offloads != new.offloads {
+            needs_restart.push("offloads");
+        }
+        if self.pin_cpus != new.pin_cpus {
+            needs_restart.push("pin_cpus");
         }
         if self.state_dir != new.state_dir {
             needs_restart.push("state_dir");
@@ -478,6 +518,17 @@ fn by_position<'a, 'i>(
     let mut v: Vec<_> = table.iter().collect();
     v.sort_by_key(|(k, _)| k.span().start);
     v
+}
+
+fn on_off(flag: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(ConfigError::Flag {
+            flag,
+            message: format!("bad value '{v}': expected on or off"),
+        }),
+    }
 }
 
 fn integer(v: &DeValue<'_>) -> Option<i128> {
@@ -732,6 +783,8 @@ mod tests {
 
     const FULL: &str = r#"
 workers = 4
+offloads = false
+pin_cpus = true
 state_dir = "/tmp/weft-state"
 metrics = "127.0.0.1:9464"
 control = "/tmp/weftd.sock"
@@ -759,6 +812,8 @@ allowed_remotes = ["198.18.0.0/24", "198.18.1.5"]
     fn full_file() {
         let cfg = Config::from_toml(FULL, Path::new("/etc/weft/weftd.toml")).unwrap();
         assert_eq!(cfg.workers, 4);
+        assert!(!cfg.offloads);
+        assert!(cfg.pin_cpus);
         assert_eq!(cfg.state_dir, Path::new("/tmp/weft-state"));
         assert_eq!(cfg.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(cfg.control, Path::new("/tmp/weftd.sock"));
@@ -934,11 +989,14 @@ allowed_remotes = ["198.18.0.0/24", "198.18.1.5"]
         let args = Args {
             config: Some(file.clone()),
             workers: Some("3".into()),
+            offloads: Some("off".into()),
             state_dir: Some("/tmp/s".into()),
             ..Args::default()
         };
         let cfg = Config::load(&args).unwrap();
         assert_eq!(cfg.workers, 3);
+        assert!(!cfg.offloads, "--offloads off");
+        assert!(!cfg.pin_cpus);
         assert_eq!(cfg.metrics, Some("127.0.0.1:1".parse().unwrap()));
         assert_eq!(cfg.state_dir, Path::new("/tmp/s"));
         assert_eq!(cfg.flows.len(), 2);
@@ -965,6 +1023,13 @@ allowed_remotes = ["198.18.0.0/24", "198.18.1.5"]
                 ..Args::default()
             }),
             "--workers: bad value '0': expected a number of worker threads from 1 to 256"
+        );
+        assert_eq!(
+            bad(Args {
+                offloads: Some("maybe".into()),
+                ..Args::default()
+            }),
+            "--offloads: bad value 'maybe': expected on or off"
         );
         assert!(
             bad(Args {

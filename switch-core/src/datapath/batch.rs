@@ -1,0 +1,555 @@
+//! Batched socket I/O of a worker: `recvmmsg` with UDP GRO on the receive side, a
+//! transmit queue flushed with `sendmmsg` (with UDP GSO) on the send side.
+//!
+//! Both keep their message headers, address and control buffers preallocated in the
+//! worker; the pointers inside them are filled in right before each call (they point into
+//! buffers borrowed for that call only), so nothing is allocated per packet.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+/// Datagrams (or GRO trains) taken per `recvmmsg`.
+pub const RX_MSGS: usize = 8;
+/// Largest UDP payload (a GRO train or a jumbo datagram).
+pub const DGRAM_MAX: usize = 65536;
+
+/// Control buffer of one message: room for one cmsg with an int (UDP_GRO/UDP_SEGMENT),
+/// as u64 words for alignment.
+type Ctrl = [u64; 8];
+
+fn empty_msghdr() -> libc::mmsghdr {
+    // SAFETY: mmsghdr is plain old data; all-zero (null pointers, zero lengths) is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+fn empty_storage() -> libc::sockaddr_storage {
+    // SAFETY: as above.
+    unsafe { std::mem::zeroed() }
+}
+
+/// What one received message was.
+#[derive(Clone, Copy, Debug)]
+pub struct RxMsg {
+    /// Bytes received.
+    pub len: usize,
+    /// The sender.
+    pub from: Option<SocketAddr>,
+    /// The GRO segment size (every datagram in the buffer has this size but the last,
+    /// which may be shorter); `len` when the buffer holds one datagram.
+    pub seg: usize,
+}
+
+/// Preallocated `recvmmsg` state.
+pub struct RxBatch {
+    hdrs: Box<[libc::mmsghdr; RX_MSGS]>,
+    iovs: Box<[libc::iovec; RX_MSGS]>,
+    names: Box<[libc::sockaddr_storage; RX_MSGS]>,
+    ctrl: Box<[Ctrl; RX_MSGS]>,
+    msgs: [RxMsg; RX_MSGS],
+}
+
+// SAFETY: the raw pointers inside the message headers are only written and used during a
+// `recv` call, where they point into buffers that call borrows; between calls they are
+// dangling values that nothing dereferences.
+unsafe impl Send for RxBatch {}
+
+impl Default for RxBatch {
+    fn default() -> Self {
+        RxBatch {
+            hdrs: Box::new(std::array::from_fn(|_| empty_msghdr())),
+            iovs: Box::new(std::array::from_fn(|_| libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            })),
+            names: Box::new(std::array::from_fn(|_| empty_storage())),
+            ctrl: Box::new([[0; 8]; RX_MSGS]),
+            msgs: [RxMsg {
+                len: 0,
+                from: None,
+                seg: 0,
+            }; RX_MSGS],
+        }
+    }
+}
+
+impl RxBatch {
+    /// Receives up to `slots.len() / slot_len` (at most [`RX_MSGS`]) messages from `fd`;
+    /// message `i` lands at `buf[i * slot_len + offset..(i + 1) * slot_len]`. Returns how
+    /// many arrived; `WouldBlock` when none.
+    pub fn recv(
+        &mut self,
+        fd: RawFd,
+        buf: &mut [u8],
+        slot_len: usize,
+        offset: usize,
+    ) -> io::Result<usize> {
+        let n = (buf.len() / slot_len).min(RX_MSGS);
+        if n == 0 || offset >= slot_len {
+            return Err(io::Error::other("receive buffer too small"));
+        }
+        for i in 0..n {
+            let slot = &mut buf[i * slot_len + offset..(i + 1) * slot_len];
+            self.iovs[i] = libc::iovec {
+                iov_base: slot.as_mut_ptr().cast(),
+                iov_len: slot.len(),
+            };
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = self.ctrl[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = std::mem::size_of::<Ctrl>() as _;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        // SAFETY: every header points at live, writable buffers of the stated lengths
+        // (slices of `buf` and of `self`), all borrowed for the duration of the call.
+        let got = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let got = got as usize;
+        for i in 0..got {
+            let h = &self.hdrs[i];
+            let len = h.msg_len as usize;
+            let mut seg = len;
+            // SAFETY: the kernel wrote `msg_controllen` bytes of well-formed cmsgs into
+            // the control buffer the header points at.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                        let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                        if v > 0 {
+                            seg = (v as usize).min(len.max(1));
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
+                }
+            }
+            self.msgs[i] = RxMsg {
+                len,
+                from: from_storage(&self.names[i]),
+                seg: seg.max(1),
+            };
+        }
+        Ok(got)
+    }
+
+    /// Message `i` of the last [`RxBatch::recv`].
+    #[inline]
+    pub fn msg(&self, i: usize) -> RxMsg {
+        self.msgs[i]
+    }
+}
+
+fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it can hold.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn to_storage(a: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    *s = empty_storage();
+    match a {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
+            let d = unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            d.sin_family = libc::AF_INET as libc::sa_family_t;
+            d.sin_port = v4.port().to_be();
+            d.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let d =
+                unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            d.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            d.sin6_port = v6.port().to_be();
+            d.sin6_addr.s6_addr = v6.ip().octets();
+            d.sin6_flowinfo = v6.flowinfo();
+            d.sin6_scope_id = v6.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// Bytes of the transmit queue's arena.
+pub const TXQ_BYTES: usize = 512 * 1024;
+/// Messages the transmit queue holds.
+pub const TXQ_MSGS: usize = 64;
+/// Most bytes of one UDP GSO send (the UDP length must fit 16 bits over IPv4 and IPv6).
+pub const GSO_MAX_BYTES: usize = 65000;
+/// Most datagrams of one UDP GSO send (the kernel's UDP_MAX_SEGMENTS is 64 or 128).
+pub const GSO_MAX_SEGS: usize = 64;
+
+/// One queued message.
+#[derive(Clone, Copy, Debug)]
+pub struct TxMsg {
+    /// Socket to send on.
+    pub fd: RawFd,
+    /// Where.
+    pub to: SocketAddr,
+    /// Bytes in the arena.
+    pub off: usize,
+    /// Length (all datagrams of a GSO train).
+    pub len: usize,
+    /// Datagram size of a GSO train (0: one datagram).
+    pub seg: usize,
+    /// Datagrams in it.
+    pub count: usize,
+    /// The port it leaves through (for its counters).
+    pub ofport: u32,
+}
+
+/// The outcome of one queued message, for the counters.
+pub enum TxOutcome {
+    /// Sent: `count` datagrams of `bytes` bytes in all.
+    Sent {
+        /// Datagrams.
+        count: usize,
+        /// Bytes.
+        bytes: usize,
+    },
+    /// Refused by the socket: `count` datagrams.
+    Failed {
+        /// Datagrams.
+        count: usize,
+    },
+}
+
+/// Outgoing datagrams of a worker, gathered over a batch and sent with `sendmmsg`.
+pub struct TxQueue {
+    arena: Box<[u8]>,
+    used: usize,
+    msgs: Vec<TxMsg>,
+    hdrs: Box<[libc::mmsghdr; TXQ_MSGS]>,
+    iovs: Box<[libc::iovec; TXQ_MSGS]>,
+    names: Box<[libc::sockaddr_storage; TXQ_MSGS]>,
+    ctrl: Box<[Ctrl; TXQ_MSGS]>,
+    /// UDP GSO refused once (an underlay without checksum offload): send one by one.
+    gso_off: bool,
+}
+
+// SAFETY: as for `RxBatch`: the pointers in the headers are only used inside `flush`.
+unsafe impl Send for TxQueue {}
+
+impl Default for TxQueue {
+    fn default() -> Self {
+        TxQueue {
+            arena: vec![0u8; TXQ_BYTES].into_boxed_slice(),
+            used: 0,
+            msgs: Vec::with_capacity(TXQ_MSGS),
+            hdrs: Box::new(std::array::from_fn(|_| empty_msghdr())),
+            iovs: Box::new(std::array::from_fn(|_| libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            })),
+            names: Box::new(std::array::from_fn(|_| empty_storage())),
+            ctrl: Box::new([[0; 8]; TXQ_MSGS]),
+            gso_off: false,
+        }
+    }
+}
+
+impl TxQueue {
+    /// Whether `bytes` more bytes and one more message fit.
+    #[inline]
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.used + bytes <= self.arena.len() && self.msgs.len() < TXQ_MSGS
+    }
+
+    /// Whether UDP GSO may be used.
+    #[inline]
+    pub fn gso(&self) -> bool {
+        !self.gso_off
+    }
+
+    /// The free part of the arena, which starts at arena offset [`TxQueue::used`].
+    #[inline]
+    pub fn free(&mut self) -> &mut [u8] {
+        &mut self.arena[self.used..]
+    }
+
+    /// Arena offset of the free part.
+    #[inline]
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Queues `msg`, whose bytes were written at `msg.off..msg.off + msg.len` (inside
+    /// the free part); the free part starts after them.
+    #[inline]
+    pub fn push(&mut self, msg: TxMsg) {
+        debug_assert!(msg.off >= self.used && msg.off + msg.len <= self.arena.len());
+        self.used = msg.off + msg.len;
+        self.msgs.push(msg);
+    }
+
+    /// Whether nothing is queued.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// Sends everything queued, in order, and reports each message's outcome.
+    pub fn flush(&mut self, mut outcome: impl FnMut(&TxMsg, TxOutcome)) {
+        let mut i = 0;
+        while i < self.msgs.len() {
+            // A run of messages on one socket goes in one sendmmsg.
+            let fd = self.msgs[i].fd;
+            let mut j = i;
+            while j < self.msgs.len() && self.msgs[j].fd == fd {
+                let m = self.msgs[j];
+                let k = j - i;
+                self.iovs[k] = libc::iovec {
+                    iov_base: self.arena[m.off..].as_mut_ptr().cast(),
+                    iov_len: m.len,
+                };
+                let namelen = to_storage(m.to, &mut self.names[k]);
+                let h = &mut self.hdrs[k];
+                h.msg_hdr.msg_name = (&mut self.names[k] as *mut libc::sockaddr_storage).cast();
+                h.msg_hdr.msg_namelen = namelen;
+                h.msg_hdr.msg_iov = &mut self.iovs[k];
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_flags = 0;
+                h.msg_len = 0;
+                if m.seg > 0 && m.count > 1 {
+                    let c = self.ctrl[k].as_mut_ptr().cast::<u8>();
+                    // SAFETY: the control buffer (64 bytes, u64-aligned) holds one cmsg
+                    // with a u16 payload; CMSG_* compute offsets inside it.
+                    unsafe {
+                        let space = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32);
+                        h.msg_hdr.msg_control = c.cast();
+                        h.msg_hdr.msg_controllen = space as _;
+                        let cm = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                        (*cm).cmsg_level = libc::SOL_UDP;
+                        (*cm).cmsg_type = libc::UDP_SEGMENT;
+                        (*cm).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+                        std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), m.seg as u16);
+                    }
+                } else {
+                    h.msg_hdr.msg_control = std::ptr::null_mut();
+                    h.msg_hdr.msg_controllen = 0;
+                }
+                j += 1;
+            }
+            let mut k = i;
+            while k < j {
+                // SAFETY: headers k-i.. describe live arena slices and names, set above.
+                let sent = unsafe {
+                    libc::sendmmsg(
+                        fd,
+                        self.hdrs[k - i..].as_mut_ptr(),
+                        (j - k) as u32,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if sent > 0 {
+                    for m in &self.msgs[k..k + sent as usize] {
+                        outcome(
+                            m,
+                            TxOutcome::Sent {
+                                count: m.count,
+                                bytes: m.len,
+                            },
+                        );
+                    }
+                    k += sent as usize;
+                    continue;
+                }
+                // The message at k failed.
+                let err = io::Error::last_os_error();
+                let m = self.msgs[k];
+                let gso_refused = m.seg > 0
+                    && m.count > 1
+                    && matches!(err.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL));
+                if gso_refused {
+                    if !self.gso_off {
+                        self.gso_off = true;
+                        tracing::warn!(
+                            "the underlay refused UDP GSO ({err}); sending datagram by datagram"
+                        );
+                    }
+                    self.send_each(&m, &mut outcome);
+                } else {
+                    outcome(&m, TxOutcome::Failed { count: m.count });
+                }
+                k += 1;
+            }
+            i = j;
+        }
+        self.msgs.clear();
+        self.used = 0;
+    }
+
+    /// Sends the datagrams of a GSO train one by one.
+    fn send_each(&mut self, m: &TxMsg, outcome: &mut impl FnMut(&TxMsg, TxOutcome)) {
+        let mut storage = empty_storage();
+        let namelen = to_storage(m.to, &mut storage);
+        let (mut ok, mut ok_bytes, mut failed) = (0, 0, 0);
+        let mut at = m.off;
+        let end = m.off + m.len;
+        while at < end {
+            let n = m.seg.min(end - at);
+            // SAFETY: a live arena slice and a sockaddr of the stated length.
+            let rc = unsafe {
+                libc::sendto(
+                    m.fd,
+                    self.arena[at..].as_ptr().cast(),
+                    n,
+                    libc::MSG_DONTWAIT,
+                    (&storage as *const libc::sockaddr_storage).cast(),
+                    namelen,
+                )
+            };
+            if rc < 0 {
+                failed += 1;
+            } else {
+                ok += 1;
+                ok_bytes += n;
+            }
+            at += n;
+        }
+        if ok > 0 {
+            outcome(
+                m,
+                TxOutcome::Sent {
+                    count: ok,
+                    bytes: ok_bytes,
+                },
+            );
+        }
+        if failed > 0 {
+            outcome(m, TxOutcome::Failed { count: failed });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::port::UdpTunnelSocket;
+    use std::net::IpAddr;
+    use std::time::{Duration, Instant};
+
+    /// A GSO train of 5 datagrams (the last shorter) sent by the queue arrives as 5
+    /// datagrams or as GRO trains that split back into the same 5, in order, on
+    /// loopback.
+    #[test]
+    fn gso_train_and_single_datagrams_arrive_in_order() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let rx = UdpTunnelSocket::bind(Some(lo), 0, false, true).unwrap();
+        let tx = UdpTunnelSocket::bind_with_sender(Some(lo), 0, false).unwrap();
+        let to = rx.local_addr();
+        let mut q = TxQueue::default();
+        // Train: 4 x 1000 + 1 x 300 bytes, each datagram filled with its index.
+        let off = q.used();
+        let sizes = [1000usize, 1000, 1000, 1000, 300];
+        let mut at = 0;
+        for (i, s) in sizes.iter().enumerate() {
+            q.free()[at..at + s].fill(i as u8 + 1);
+            at += s;
+        }
+        q.push(TxMsg {
+            fd: tx.send_fd(),
+            to,
+            off,
+            len: at,
+            seg: 1000,
+            count: sizes.len(),
+            ofport: 7,
+        });
+        // Then one plain datagram.
+        let off = q.used();
+        q.free()[..10].fill(0xee);
+        q.push(TxMsg {
+            fd: tx.send_fd(),
+            to,
+            off,
+            len: 10,
+            seg: 0,
+            count: 1,
+            ofport: 7,
+        });
+        let mut sent = Vec::new();
+        q.flush(|m, o| {
+            if let TxOutcome::Sent { count, bytes } = o {
+                sent.push((m.ofport, count, bytes));
+            }
+        });
+        assert_eq!(sent, vec![(7, 5, 4300), (7, 1, 10)]);
+        assert!(q.is_empty());
+
+        let mut b = RxBatch::default();
+        let slot = 128 + DGRAM_MAX;
+        let mut buf = vec![0u8; RX_MSGS * slot];
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let start = Instant::now();
+        while got.len() < 6 {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "got {}",
+                got.len()
+            );
+            let n = match b.recv(rx.fd(), &mut buf, slot, 128) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("{e}"),
+            };
+            for i in 0..n {
+                let m = b.msg(i);
+                assert_eq!(m.from.unwrap().ip(), lo);
+                assert_ne!(m.from.unwrap().port(), to.port(), "ephemeral source port");
+                let data = &buf[i * slot + 128..i * slot + 128 + m.len];
+                for d in data.chunks(m.seg) {
+                    got.push(d.to_vec());
+                }
+            }
+        }
+        let lens: Vec<usize> = got.iter().map(|d| d.len()).collect();
+        assert_eq!(lens, vec![1000, 1000, 1000, 1000, 300, 10]);
+        for (i, d) in got.iter().enumerate().take(5) {
+            assert!(d.iter().all(|&x| x == i as u8 + 1), "datagram {i}");
+        }
+        assert!(got[5].iter().all(|&x| x == 0xee));
+    }
+
+    #[test]
+    fn addresses_round_trip_through_sockaddr_storage() {
+        for a in ["198.18.0.1:4789", "[2001:db8::1]:6081"] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut s = empty_storage();
+            to_storage(a, &mut s);
+            assert_eq!(from_storage(&s), Some(a));
+        }
+    }
+}
