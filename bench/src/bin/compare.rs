@@ -4,8 +4,11 @@
 //! ```text
 //! cargo build --release --bins && sudo target/release/compare [--rounds 3] [--duration 5]
 //!     [--only weft-vxlan,weft-geneve,weft-ipip,kernel,ovs,veth] [--udp-frames 300000]
-//!     [--out target/weft-compare] [--no-install]
+//!     [--out target/weft-compare] [--no-install] [--weftd PATH]
 //! ```
+//!
+//! `--weftd` measures another build of `weftd` (say, an older commit's, for a before and
+//! after table) instead of the one next to this binary.
 //!
 //! Each round builds every selected datapath in turn (see `bench::netns`), measures
 //! TCP with one stream and with four (`iperf3 -t DURATION -J`), UDP 64-byte frames per
@@ -42,12 +45,13 @@ struct Opts {
     udp_frames: u64,
     out: PathBuf,
     install: bool,
+    weftd: Option<PathBuf>,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
         "{msg}\nusage: compare [--rounds N] [--duration SECS] [--only LIST] [--udp-frames N] \
-         [--out DIR] [--no-install]\n  LIST: comma-separated of {}",
+         [--out DIR] [--no-install] [--weftd PATH]\n  LIST: comma-separated of {}",
         Datapath::ALL.map(|d| d.name()).join(",")
     );
     std::process::exit(2)
@@ -64,6 +68,7 @@ fn parse_args(exe_dir: &std::path::Path) -> Opts {
             .map(|t| t.join("weft-compare"))
             .unwrap_or_else(|| PathBuf::from("weft-compare")),
         install: true,
+        weftd: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -88,6 +93,7 @@ fn parse_args(exe_dir: &std::path::Path) -> Opts {
                     .collect()
             }
             "--no-install" => o.install = false,
+            "--weftd" => o.weftd = Some(PathBuf::from(val())),
             "-h" | "--help" => usage("compare: Weft vs kernel VXLAN vs OVS userspace"),
             _ => usage(&format!("unknown argument {a}")),
         }
@@ -185,7 +191,7 @@ fn main() {
     if !netns_tests::lab::privileged("compare") {
         std::process::exit(1);
     }
-    let weftd = exe_dir.join("weftd");
+    let weftd = o.weftd.clone().unwrap_or_else(|| exe_dir.join("weftd"));
     let loadgen = exe_dir.join("weft-loadgen");
     let weft_wanted = o.only.iter().any(|d| d.name().starts_with("weft"));
     if weft_wanted && !weftd.is_file() {
@@ -204,12 +210,15 @@ fn main() {
     }
     // SAFETY: no other thread runs yet; the harness reads WEFTD when it starts weftd.
     unsafe { std::env::set_var("WEFTD", &weftd) };
+    let mut notes = Vec::new();
+    if o.weftd.is_some() {
+        notes.push(format!("weftd measured: {}", weftd.display()));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for s in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(s, stop.clone()).expect("signal handler");
     }
     let mut only = o.only.clone();
-    let mut notes = Vec::new();
     if only.contains(&Datapath::Ovs) && !ensure_ovs(o.install) {
         let n = "Open vSwitch (openvswitch-switch) is not installed: OVS skipped".to_string();
         eprintln!("compare: {n}");
