@@ -640,7 +640,7 @@ impl Worker {
                             if self.gro[g].port != 0 {
                                 // All in use: write out the first one's frames and take it.
                                 let old = ports.get(self.gro[g].port);
-                                self.gro[g].co.flush(|h, f| tap_write(id, old, h, f));
+                                self.gro[g].co.flush(|h, f| tap_write(old, h, f));
                             }
                             self.gro[g].port = port;
                             g
@@ -648,16 +648,16 @@ impl Worker {
                     };
                     self.gro[g]
                         .co
-                        .push(frame, |h, f| tap_write(id, Some(out), h, f));
+                        .push(frame, |h, f| tap_write(Some(out), h, f));
                 } else if t.vnet_hdr() {
                     let mut hdr = [0u8; VNET_HDR_LEN];
                     let _ = self.cur.emit(&mut hdr);
-                    match t.send_with(id, &hdr, frame) {
+                    match t.send_with(flow_queue(frame, t.queue_count()), &hdr, frame) {
                         Ok(_) => out.counters.tx(len),
                         Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
                     }
                 } else if plain {
-                    match t.send(id, frame) {
+                    match t.send(flow_queue(frame, t.queue_count()), frame) {
                         Ok(_) => out.counters.tx(len),
                         Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
                     }
@@ -668,7 +668,7 @@ impl Worker {
                         return;
                     };
                     while let Some(Ok(n)) = seg.write_next(&mut self.aux) {
-                        match t.send(id, &self.aux[..n]) {
+                        match t.send(flow_queue(&self.aux[..n], t.queue_count()), &self.aux[..n]) {
                             Ok(_) => out.counters.tx(n),
                             Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
                         }
@@ -844,10 +844,9 @@ impl Worker {
 
     /// Writes out every coalesced frame held for the TAPs.
     fn flush_gro(&mut self, ports: &PortSet) {
-        let id = self.id;
         for g in self.gro.iter_mut().filter(|g| g.port != 0) {
             let out = ports.get(g.port);
-            g.co.flush(|h, f| tap_write(id, out, h, f));
+            g.co.flush(|h, f| tap_write(out, h, f));
             g.port = 0;
         }
     }
@@ -880,6 +879,59 @@ impl Worker {
     }
 }
 
+/// The TAP queue to write a frame to: a symmetric hash of its addresses and ports, so
+/// that both directions of a flow always use the same queue.
+///
+/// A multi-queue TAP steers what the pod sends to the queue that last wrote that flow
+/// (the kernel's automq flow table). Writing each flow to a fixed queue therefore keeps
+/// the flow on one worker in both directions; writing to the receiving worker's own
+/// queue would move the pod's side of a flow to whichever worker got the peer's last
+/// packet, and a flow that changes worker mid-stream is reordered.
+#[inline]
+fn flow_queue(frame: &[u8], queues: usize) -> usize {
+    if queues <= 1 {
+        return 0;
+    }
+    let g = |r: std::ops::Range<usize>| frame.get(r).unwrap_or(&[]);
+    let (a, b, proto, l4) = match (frame.get(12), frame.get(13)) {
+        (Some(0x08), Some(0x00)) => {
+            let ihl = usize::from(frame.get(14).copied().unwrap_or(0x45) & 0x0f) * 4;
+            (
+                g(26..30),
+                g(30..34),
+                frame.get(23).copied().unwrap_or(0),
+                14 + ihl,
+            )
+        }
+        (Some(0x86), Some(0xdd)) => (
+            g(22..38),
+            g(38..54),
+            frame.get(20).copied().unwrap_or(0),
+            54,
+        ),
+        _ => return 0,
+    };
+    let fold = |s: &[u8]| {
+        s.chunks(4).fold(0u32, |h, c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            h ^ u32::from_be_bytes(w)
+        })
+    };
+    let mut h = fold(a) ^ fold(b);
+    if proto == 6 || proto == 17 {
+        let ports = g(l4..l4 + 4);
+        if ports.len() == 4 {
+            h ^= u32::from(u16::from_be_bytes([ports[0], ports[1]]))
+                ^ u32::from(u16::from_be_bytes([ports[2], ports[3]]));
+        }
+    }
+    h ^= u32::from(proto);
+    // Mix, so that neighbouring addresses spread.
+    h = h.wrapping_mul(0x9e37_79b9);
+    ((u64::from(h) * queues as u64) >> 32) as usize
+}
+
 /// Sends what the transmit queue holds and counts it on the ports.
 fn flush_tx(txq: &mut TxQueue, ports: &PortSet) {
     if txq.is_empty() {
@@ -896,12 +948,12 @@ fn flush_tx(txq: &mut TxQueue, ports: &PortSet) {
 
 /// Writes a frame with its `virtio_net_hdr` to a TAP port's queue `id` (a port deleted
 /// meanwhile: dropped).
-fn tap_write(id: usize, out: Option<&Arc<PortIo>>, hdr: &VirtioNetHdr, frame: &[u8]) {
+fn tap_write(out: Option<&Arc<PortIo>>, hdr: &VirtioNetHdr, frame: &[u8]) {
     let Some(out) = out else { return };
     let PortDev::Tap(t) = &out.dev else { return };
     let mut h = [0u8; VNET_HDR_LEN];
     let _ = hdr.emit(&mut h);
-    match t.send_with(id, &h, frame) {
+    match t.send_with(flow_queue(frame, t.queue_count()), &h, frame) {
         Ok(_) => out.counters.tx(frame.len()),
         Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
     }
