@@ -753,6 +753,30 @@ pub fn complete_checksum(hdr: &VirtioNetHdr, frame: &mut [u8]) -> Result<(), Off
     Ok(())
 }
 
+/// Rewrites the partial checksum of a `NEEDS_CSUM` frame (the pseudo-header sum that the
+/// field at `csum_start + csum_offset` holds) from the frame's current IP header, for
+/// after a flow rewrote its addresses. Ports and payload need nothing: they are summed
+/// when the checksum is completed. A no-op without `NEEDS_CSUM`, or for a frame that is
+/// not TCP or UDP over IPv4/IPv6 without extension headers.
+pub fn refresh_partial_checksum(hdr: &VirtioNetHdr, frame: &mut [u8]) {
+    if hdr.flags & VirtioNetHdr::F_NEEDS_CSUM == 0 {
+        return;
+    }
+    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+        let Ok(p) = parse_l4_frame(frame, proto) else {
+            continue;
+        };
+        let start = usize::from(hdr.csum_start);
+        let at = start + usize::from(hdr.csum_offset);
+        if start != p.l4 || at + 2 > p.end {
+            return;
+        }
+        let ph = checksum::fold(pseudo_proto(frame, &p, p.end - p.l4, proto));
+        put16(frame, at, ph);
+        return;
+    }
+}
+
 /// Largest IP packet (IPv4 total length, or IPv6 header plus payload length) a
 /// coalesced super-frame may reach.
 pub const MAX_IP_LEN: usize = 65535;

@@ -2,7 +2,7 @@
 //! segmented and coalesced back, with every checksum recomputed here from scratch.
 use encap::offload::{
     Coalescer, OffloadError, SLOT_LEN, Segmenter, VIRTIO_NET_HDR_LEN, VirtioNetHdr,
-    complete_checksum, segment_into, tcp_flags,
+    complete_checksum, refresh_partial_checksum, segment_into, tcp_flags,
 };
 use proptest::prelude::*;
 
@@ -911,5 +911,41 @@ fn segments_udp_super_frames() {
             }
             assert_eq!(got, data, "v6 {v6} n {n}");
         }
+    }
+}
+
+/// A flow that rewrites the addresses of a `NEEDS_CSUM` frame must leave the field holding
+/// the new pseudo-header sum: completing it then gives a valid checksum (UDP and TCP),
+/// and a port rewrite needs nothing.
+#[test]
+fn partial_checksum_follows_an_address_rewrite() {
+    for udp in [false, true] {
+        let mut f = if udp {
+            build_udp(false, &payload(300))
+        } else {
+            build(&Spec::default(), &payload(300), false)
+        };
+        let hdr = VirtioNetHdr {
+            flags: VirtioNetHdr::F_NEEDS_CSUM,
+            gso_type: 0,
+            hdr_len: 0,
+            gso_size: 0,
+            csum_start: 34,
+            csum_offset: if udp { 6 } else { 16 },
+        };
+        refresh_partial_checksum(&hdr, &mut f);
+        // NAT: new source address and port (IPv4 header checksum fixed as commit does).
+        f[26..30].copy_from_slice(&[198, 19, 9, 9]);
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = !naive_sum(&[&f[14..34]]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f[34..36].copy_from_slice(&[0x77, 0x77]);
+        refresh_partial_checksum(&hdr, &mut f);
+        complete_checksum(&hdr, &mut f).unwrap();
+        let l4_len = f.len() - 34;
+        let mut pseudo = f[26..34].to_vec();
+        pseudo.extend_from_slice(&[0, if udp { 17 } else { 6 }]);
+        pseudo.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        assert_eq!(naive_sum(&[&pseudo, &f[34..]]), 0xffff, "udp {udp}");
     }
 }

@@ -37,7 +37,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::drop::DropReason;
-use crate::flow_key::{FlowKey, TunnelMeta, u128_to_ip};
+use crate::flow_key::{Field, FlowKey, TunnelMeta, u128_to_ip};
 use crate::pipeline::{DpAction, FlowCache, Forward, Pipeline};
 
 use encap::offload::{Coalescer, SLOT_LEN, Segmenter, VirtioNetHdr};
@@ -323,15 +323,24 @@ impl Worker {
                     }
                 }
                 (PortDev::Ipip(t), sub) => {
+                    // A batch of packets per recvmmsg, each decapsulated in its slot.
                     let sock = if sub == Sub::Ipip6 { &t.v6 } else { &t.v4 };
-                    match sock.recv(&mut self.rx[HEADROOM..SLOT]) {
-                        Ok(n) => match self.decap_ipip(port, n) {
-                            Some(x) => {
-                                self.cur = VirtioNetHdr::default();
-                                Ok(x)
+                    match self.rxb.recv(sock.fd(), &mut self.rx, SLOT, HEADROOM) {
+                        Ok(n) => {
+                            self.cur = VirtioNetHdr::default();
+                            for i in 0..n {
+                                let len = self.rxb.msg(i).len;
+                                if let Some((start, len, tun)) =
+                                    self.decap_ipip(port, i * SLOT + HEADROOM, len)
+                                {
+                                    self.process(ports, port, start, len, &tun, pipe, now);
+                                }
                             }
-                            None => continue,
-                        },
+                            if n < RX_MSGS {
+                                return false;
+                            }
+                            continue;
+                        }
                         Err(e) => Err(e),
                     }
                 }
@@ -460,10 +469,15 @@ impl Worker {
 
     /// Validates and strips an outer IPv4 header and puts an Ethernet header (zero
     /// addresses, for the flows to set) in front of the inner IP packet.
-    fn decap_ipip(&mut self, port: &PortIo, n: usize) -> Option<(usize, usize, TunnelMeta)> {
+    fn decap_ipip(
+        &mut self,
+        port: &PortIo,
+        base: usize,
+        n: usize,
+    ) -> Option<(usize, usize, TunnelMeta)> {
         port.counters.rx(n);
         let conf = port.tunnel.as_ref()?;
-        let d = match encap::decap_ipip(&self.rx[HEADROOM..HEADROOM + n]) {
+        let d = match encap::decap_ipip(&self.rx[base..base + n]) {
             Ok(d) => d,
             Err(r) => {
                 port.counters.drop(PortDrop::Decap(r));
@@ -477,7 +491,7 @@ impl Worker {
         }
         let ethertype = d.inner_proto.ethertype();
         let (off, len) = (d.inner_offset, d.inner.len());
-        let start = HEADROOM + off - ETH_LEN;
+        let start = base + off - ETH_LEN;
         let eth = &mut self.rx[start..start + ETH_LEN];
         eth[..12].fill(0);
         eth[12..].copy_from_slice(&ethertype.to_be_bytes());
@@ -549,6 +563,26 @@ impl Worker {
                         .counters
                         .drop(PortDrop::Pipeline(DropReason::NoOutput));
                     continue;
+                }
+                // An offloaded frame's checksum field holds the pseudo-header sum, not a
+                // full checksum: commit's incremental update is wrong for it, so after an
+                // address or port rewrite it is computed again from the new addresses.
+                if self.cur.flags & VirtioNetHdr::F_NEEDS_CSUM != 0
+                    && [
+                        Field::NwSrc,
+                        Field::NwDst,
+                        Field::Ipv6Src,
+                        Field::Ipv6Dst,
+                        Field::TpSrc,
+                        Field::TpDst,
+                    ]
+                    .iter()
+                    .any(|&f| key.get(f) != state.get(f))
+                {
+                    encap::offload::refresh_partial_checksum(
+                        &self.cur,
+                        &mut buf[fstart..fstart + len],
+                    );
                 }
             }
             match *a {
