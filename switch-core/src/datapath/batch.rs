@@ -11,8 +11,11 @@ use std::os::fd::RawFd;
 
 /// Datagrams (or GRO trains) taken per `recvmmsg`.
 pub const RX_MSGS: usize = 8;
-/// Largest UDP payload (a GRO train or a jumbo datagram).
-pub const DGRAM_MAX: usize = 65536;
+/// Largest datagram or frame read: a UDP payload (65,507), a raw IPv4 packet (65,535), or
+/// a TAP super-frame (65,535 bytes of IP behind an Ethernet header and a VLAN tag the
+/// kernel may insert, `encap::offload::SLOT_LEN`), with room to spare so that a read that
+/// fills the buffer is known to be truncated.
+pub const DGRAM_MAX: usize = 65600;
 
 /// Control buffer of one message: room for one cmsg with an int (UDP_GRO/UDP_SEGMENT),
 /// as u64 words for alignment.
@@ -38,6 +41,8 @@ pub struct RxMsg {
     /// The GRO segment size (every datagram in the buffer has this size but the last,
     /// which may be shorter); `len` when the buffer holds one datagram.
     pub seg: usize,
+    /// The message did not fit its buffer (MSG_TRUNC): to be dropped.
+    pub truncated: bool,
 }
 
 /// Preallocated `recvmmsg` state.
@@ -68,6 +73,7 @@ impl Default for RxBatch {
                 len: 0,
                 from: None,
                 seg: 0,
+                truncated: false,
             }; RX_MSGS],
         }
     }
@@ -88,11 +94,14 @@ impl RxBatch {
         if n == 0 || offset >= slot_len {
             return Err(io::Error::other("receive buffer too small"));
         }
+        // One pointer for the whole buffer (taking a fresh `&mut` slice per message would
+        // invalidate the earlier pointers under Stacked Borrows).
+        let base = buf.as_mut_ptr();
         for i in 0..n {
-            let slot = &mut buf[i * slot_len + offset..(i + 1) * slot_len];
             self.iovs[i] = libc::iovec {
-                iov_base: slot.as_mut_ptr().cast(),
-                iov_len: slot.len(),
+                // SAFETY: `i * slot_len + offset < n * slot_len <= buf.len()`.
+                iov_base: unsafe { base.add(i * slot_len + offset) }.cast(),
+                iov_len: slot_len - offset,
             };
             let h = &mut self.hdrs[i];
             h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
@@ -141,6 +150,7 @@ impl RxBatch {
                 len,
                 from: from_storage(&self.names[i]),
                 seg: seg.max(1),
+                truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
             };
         }
         Ok(got)
@@ -306,12 +316,22 @@ impl TxQueue {
     }
 
     /// Queues `msg`, whose bytes were written at `msg.off..msg.off + msg.len` (inside
-    /// the free part); the free part starts after them.
+    /// the free part); the free part starts after them. A message outside the free part,
+    /// with a datagram size over 65,535, or beyond [`TXQ_MSGS`] is refused (`false`).
     #[inline]
-    pub fn push(&mut self, msg: TxMsg) {
-        debug_assert!(msg.off >= self.used && msg.off + msg.len <= self.arena.len());
-        self.used = msg.off + msg.len;
-        self.msgs.push(msg);
+    pub fn push(&mut self, msg: TxMsg) -> bool {
+        let fits = msg.off >= self.used
+            && msg
+                .off
+                .checked_add(msg.len)
+                .is_some_and(|end| end <= self.arena.len())
+            && msg.seg <= usize::from(u16::MAX)
+            && self.msgs.len() < TXQ_MSGS;
+        if fits {
+            self.used = msg.off + msg.len;
+            self.msgs.push(msg);
+        }
+        fits
     }
 
     /// Whether nothing is queued.
@@ -322,6 +342,7 @@ impl TxQueue {
 
     /// Sends everything queued, in order, and reports each message's outcome.
     pub fn flush(&mut self, mut outcome: impl FnMut(&TxMsg, TxOutcome)) {
+        let arena = self.arena.as_mut_ptr();
         let mut i = 0;
         while i < self.msgs.len() {
             // A run of messages on one socket goes in one sendmmsg.
@@ -331,7 +352,8 @@ impl TxQueue {
                 let m = self.msgs[j];
                 let k = j - i;
                 self.iovs[k] = libc::iovec {
-                    iov_base: self.arena[m.off..].as_mut_ptr().cast(),
+                    // SAFETY: `push` checked `m.off + m.len <= arena.len()`.
+                    iov_base: unsafe { arena.add(m.off) }.cast(),
                     iov_len: m.len,
                 };
                 let namelen = to_storage(m.to, &mut self.names[k]);
@@ -389,19 +411,31 @@ impl TxQueue {
                 // The message at k failed.
                 let err = io::Error::last_os_error();
                 let m = self.msgs[k];
-                let gso_refused = m.seg > 0
-                    && m.count > 1
-                    && matches!(err.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL));
-                if gso_refused {
-                    if !self.gso_off {
-                        self.gso_off = true;
-                        tracing::warn!(
-                            "the underlay refused UDP GSO ({err}); sending datagram by datagram"
-                        );
+                let train = m.seg > 0 && m.count > 1;
+                match err.raw_os_error() {
+                    // EIO: the egress device cannot checksum a GSO train (the kernel's
+                    // udp_send_skb); from now on this worker sends datagram by datagram.
+                    Some(libc::EIO) if train => {
+                        if !self.gso_off {
+                            self.gso_off = true;
+                            tracing::warn!(
+                                "the underlay refused UDP GSO ({err}); sending datagram by datagram"
+                            );
+                        }
+                        self.send_each(&m, &mut outcome);
                     }
-                    self.send_each(&m, &mut outcome);
-                } else {
-                    outcome(&m, TxOutcome::Failed { count: m.count });
+                    // EINVAL on a train (e.g. a segment over a smaller path MTU): this
+                    // train datagram by datagram, GSO stays on.
+                    Some(libc::EINVAL) if train => self.send_each(&m, &mut outcome),
+                    // The socket buffer is full: the rest of this run would fail too.
+                    Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
+                        for m in &self.msgs[k..j] {
+                            outcome(m, TxOutcome::Failed { count: m.count });
+                        }
+                        k = j;
+                        continue;
+                    }
+                    _ => outcome(&m, TxOutcome::Failed { count: m.count }),
                 }
                 k += 1;
             }
@@ -420,11 +454,12 @@ impl TxQueue {
         let end = m.off + m.len;
         while at < end {
             let n = m.seg.min(end - at);
-            // SAFETY: a live arena slice and a sockaddr of the stated length.
+            // SAFETY: a live arena slice (`at + n <= m.off + m.len`, checked by `push`)
+            // and a sockaddr of the stated length.
             let rc = unsafe {
                 libc::sendto(
                     m.fd,
-                    self.arena[at..].as_ptr().cast(),
+                    self.arena[at..at + n].as_ptr().cast(),
                     n,
                     libc::MSG_DONTWAIT,
                     (&storage as *const libc::sockaddr_storage).cast(),
@@ -479,7 +514,7 @@ mod tests {
             q.free()[at..at + s].fill(i as u8 + 1);
             at += s;
         }
-        q.push(TxMsg {
+        assert!(q.push(TxMsg {
             fd: tx.send_fd(),
             to,
             off,
@@ -487,11 +522,11 @@ mod tests {
             seg: 1000,
             count: sizes.len(),
             ofport: 7,
-        });
+        }));
         // Then one plain datagram.
         let off = q.used();
         q.free()[..10].fill(0xee);
-        q.push(TxMsg {
+        assert!(q.push(TxMsg {
             fd: tx.send_fd(),
             to,
             off,
@@ -499,7 +534,7 @@ mod tests {
             seg: 0,
             count: 1,
             ofport: 7,
-        });
+        }));
         let mut sent = Vec::new();
         q.flush(|m, o| {
             if let TxOutcome::Sent { count, bytes } = o {
@@ -541,6 +576,30 @@ mod tests {
             assert!(d.iter().all(|&x| x == i as u8 + 1), "datagram {i}");
         }
         assert!(got[5].iter().all(|&x| x == 0xee));
+    }
+
+    #[test]
+    fn push_refuses_what_lies_outside_the_arena() {
+        let mut q = TxQueue::default();
+        let m = |off: usize, len: usize, seg: usize| TxMsg {
+            fd: -1,
+            to: "198.18.0.1:4789".parse().unwrap(),
+            off,
+            len,
+            seg,
+            count: 1,
+            ofport: 1,
+        };
+        assert!(!q.push(m(0, TXQ_BYTES + 1, 0)), "past the arena");
+        assert!(!q.push(m(usize::MAX, 2, 0)), "overflowing end");
+        assert!(!q.push(m(0, 10, 70_000)), "datagram size over 16 bits");
+        assert!(q.push(m(0, 10, 0)));
+        assert!(!q.push(m(5, 10, 0)), "overlapping what is queued");
+        for i in 1..TXQ_MSGS {
+            assert!(q.push(m(10 * i, 10, 0)));
+        }
+        assert!(!q.push(m(10 * TXQ_MSGS, 10, 0)), "more than TXQ_MSGS");
+        assert_eq!(q.used(), 10 * TXQ_MSGS);
     }
 
     #[test]

@@ -42,13 +42,15 @@ pub enum IoDrop {
     /// A tunnel packet from a source no tunnel port on that socket expects.
     UnknownRemote,
     /// A frame from a TAP whose `virtio_net_hdr` asks for an offload that cannot be done
-    /// (a malformed super-frame, UFO, offsets outside the frame).
+    /// (a malformed super-frame, UFO, offsets outside the frame, a `gso_size` under 48).
     BadOffload,
+    /// A frame or datagram larger than the read buffer (cut short by the kernel).
+    Truncated,
 }
 
 impl IoDrop {
     /// Every reason, in counter order.
-    pub const ALL: [IoDrop; 9] = [
+    pub const ALL: [IoDrop; 10] = [
         IoDrop::TooBig,
         IoDrop::NoTunnelDst,
         IoDrop::TunnelFamily,
@@ -58,6 +60,7 @@ impl IoDrop {
         IoDrop::NotIp,
         IoDrop::UnknownRemote,
         IoDrop::BadOffload,
+        IoDrop::Truncated,
     ];
 
     /// The label value.
@@ -72,6 +75,7 @@ impl IoDrop {
             IoDrop::NotIp => "not_ip",
             IoDrop::UnknownRemote => "unknown_remote",
             IoDrop::BadOffload => "bad_offload",
+            IoDrop::Truncated => "truncated",
         }
     }
 }

@@ -62,6 +62,10 @@ pub const FRAME_MAX: usize = DGRAM_MAX;
 const SLOT: usize = HEADROOM + FRAME_MAX;
 const BUF_LEN: usize = SLOT;
 const ETH_LEN: usize = 14;
+/// Smallest `gso_size` honoured on a super-frame from a TAP: Linux's TCP never sends a
+/// smaller segment (TCP_MIN_SND_MSS), and its UDP GSO allows at most 128 segments; a
+/// smaller one would turn one read into thousands of datagrams.
+const MIN_GSO_SIZE: u16 = 48;
 /// TAP ports whose inbound segments are coalesced at the same time (per worker).
 const GRO_TAPS: usize = 4;
 /// Flows held per TAP port.
@@ -308,7 +312,19 @@ impl Worker {
                     match t.recv(self.id, &mut hdr, &mut self.rx[HEADROOM..SLOT]) {
                         Ok(n) => {
                             port.counters.rx(n);
+                            if n >= FRAME_MAX {
+                                // The kernel cuts a frame to the buffer without saying so.
+                                port.counters.drop(PortDrop::Io(IoDrop::Truncated));
+                                continue;
+                            }
                             match VirtioNetHdr::parse(&hdr) {
+                                Ok(h)
+                                    if h.gso_kind() != VirtioNetHdr::GSO_NONE
+                                        && h.gso_size < MIN_GSO_SIZE =>
+                                {
+                                    port.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                                    continue;
+                                }
                                 Ok(h) => {
                                     self.cur = h;
                                     Ok((HEADROOM, n, TunnelMeta::NONE))
@@ -329,7 +345,13 @@ impl Worker {
                         Ok(n) => {
                             self.cur = VirtioNetHdr::default();
                             for i in 0..n {
-                                let len = self.rxb.msg(i).len;
+                                let m = self.rxb.msg(i);
+                                if m.truncated {
+                                    port.counters.rx(m.len);
+                                    port.counters.drop(PortDrop::Io(IoDrop::Truncated));
+                                    continue;
+                                }
+                                let len = m.len;
                                 if let Some((start, len, tun)) =
                                     self.decap_ipip(port, i * SLOT + HEADROOM, len)
                                 {
@@ -394,15 +416,22 @@ impl Worker {
             self.cur = VirtioNetHdr::default();
             for i in 0..n {
                 let m = self.rxb.msg(i);
-                let Some(from) = m.from else { continue };
+                let datagrams_in = m.len.div_ceil(m.seg).max(1);
+                if m.truncated {
+                    port.counters.rx(m.len);
+                    port.counters.drop(PortDrop::Io(IoDrop::Truncated));
+                    continue;
+                }
                 // The port a packet belongs to: tunnel ports of one type, local address
                 // and UDP port share a socket and are told apart by the outer source
                 // (each has its own `remote=`, or `remote=flow`).
-                let Some(rx_port) = ports.demux(ofport, from.ip()) else {
+                let Some(rx_port) = m.from.and_then(|from| ports.demux(ofport, from.ip())) else {
                     port.counters.rx(m.len);
-                    port.counters.drop(PortDrop::Io(IoDrop::UnknownRemote));
+                    port.counters
+                        .drop_n(PortDrop::Io(IoDrop::UnknownRemote), datagrams_in);
                     continue;
                 };
+                let Some(from) = m.from else { continue };
                 let base = i * SLOT + HEADROOM;
                 let mut at = 0;
                 while at < m.len {
@@ -684,6 +713,12 @@ impl Worker {
                         .co
                         .push(frame, |h, f| tap_write(Some(out), h, f));
                 } else if t.vnet_hdr() {
+                    // Frames of this port held for coalescing go first, so that a flow
+                    // mixing plain and offloaded frames stays in order.
+                    if let Some(g) = self.gro.iter_mut().find(|g| g.port == port) {
+                        g.co.flush(|h, f| tap_write(Some(out), h, f));
+                        g.port = 0;
+                    }
                     let mut hdr = [0u8; VNET_HDR_LEN];
                     let _ = self.cur.emit(&mut hdr);
                     match t.send_with(flow_queue(frame, t.queue_count()), &hdr, frame) {
@@ -779,10 +814,11 @@ impl Worker {
                         }
                     }
                     if count == 0 {
-                        out.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                        out.counters
+                            .drop_n(PortDrop::Io(IoDrop::BadOffload), seg.remaining().max(1));
                         return;
                     }
-                    self.txq.push(TxMsg {
+                    let queued = self.txq.push(TxMsg {
                         fd,
                         to,
                         off,
@@ -791,6 +827,9 @@ impl Worker {
                         count,
                         ofport: port,
                     });
+                    if !queued {
+                        out.counters.drop_n(PortDrop::Io(IoDrop::TxError), count);
+                    }
                 }
             }
             PortDev::Ipip(t) => {
@@ -853,21 +892,28 @@ impl Worker {
                     let free = self.txq.free();
                     let eth = OUTER - ETH_LEN;
                     if !matches!(seg.write_next(&mut free[eth..]), Some(Ok(_))) {
-                        out.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                        out.counters
+                            .drop_n(PortDrop::Io(IoDrop::BadOffload), seg.remaining().max(1));
                         return;
                     }
                     match tmpl.encapsulate(free, OUTER, l - ETH_LEN) {
-                        Ok(r) => self.txq.push(TxMsg {
-                            fd: t.v4.fd(),
-                            to: SocketAddr::new(IpAddr::V4(dst), 0),
-                            off: off + r.start,
-                            len: r.len(),
-                            seg: 0,
-                            count: 1,
-                            ofport: port,
-                        }),
+                        Ok(r) => {
+                            let queued = self.txq.push(TxMsg {
+                                fd: t.v4.fd(),
+                                to: SocketAddr::new(IpAddr::V4(dst), 0),
+                                off: off + r.start,
+                                len: r.len(),
+                                seg: 0,
+                                count: 1,
+                                ofport: port,
+                            });
+                            if !queued {
+                                out.counters.drop(PortDrop::Io(IoDrop::TxError));
+                            }
+                        }
                         Err(r) => {
-                            out.counters.drop(PortDrop::Decap(r));
+                            // This segment and the ones after it.
+                            out.counters.drop_n(PortDrop::Decap(r), seg.remaining() + 1);
                             return;
                         }
                     }

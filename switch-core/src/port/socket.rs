@@ -116,7 +116,9 @@ impl UdpTunnelSocket {
         remote_is_v6: bool,
     ) -> io::Result<UdpTunnelSocket> {
         let mut s = UdpTunnelSocket::bind(local, port, remote_is_v6, true)?;
-        let addr = SocketAddr::new(s.local.ip(), 0);
+        // Same address (with an IPv6 scope id), any port.
+        let mut addr = s.local;
+        addr.set_port(0);
         let what = || format!("udp tunnel send socket {addr}");
         let domain = if addr.is_ipv6() {
             Domain::IPV6

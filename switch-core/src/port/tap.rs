@@ -47,6 +47,7 @@ impl std::fmt::Debug for Tap {
 }
 
 nix::ioctl_write_int!(tunsetpersist, b'T', 203);
+nix::ioctl_write_ptr!(tunsetvnethdrsz, b'T', 216, libc::c_int);
 
 /// Length of the `virtio_net_hdr` in front of every frame of a queue with offloads on.
 pub const VNET_HDR_LEN: usize = 10;
@@ -100,6 +101,14 @@ impl Tap {
         })?;
         let vnet = queues[0].tcp_gso();
         let uso = queues[0].udp_gso();
+        if vnet {
+            // The header size is device-wide state that another user may have changed
+            // (12 with num_buffers); every read and write here assumes 10.
+            let size = VNET_HDR_LEN as libc::c_int;
+            // SAFETY: an open TUN queue and a pointer to a c_int that outlives the call.
+            unsafe { tunsetvnethdrsz(queues[0].as_raw_fd(), &size) }
+                .map_err(|e| io::Error::other(format!("tap '{ifname}': TUNSETVNETHDRSZ: {e}")))?;
+        }
         if offloads && !uso {
             static ONCE: std::sync::Once = std::sync::Once::new();
             ONCE.call_once(|| {
