@@ -149,7 +149,8 @@ pub fn arp_responder_flow(table: u8, priority: u16, in_port: &str, ip: &str, mac
 }
 
 /// Flags that the test matrix lays over every `weftd` a test starts: `WEFT_TEST_OFFLOADS`
-/// (`on`/`off`) and `WEFT_TEST_WORKERS` (a number), when set. `scripts/test` runs the
+/// (`on`/`off`), `WEFT_TEST_WORKERS` (a number) and `WEFT_TEST_PIN_CPUS` (`on`/`off`),
+/// when set. `scripts/test` runs the
 /// end-to-end suites once per combination.
 pub fn matrix_flags() -> Vec<String> {
     let mut v = Vec::new();
@@ -158,6 +159,9 @@ pub fn matrix_flags() -> Vec<String> {
     }
     if let Ok(w) = std::env::var("WEFT_TEST_WORKERS") {
         v.push(format!("--workers={w}"));
+    }
+    if let Ok(p) = std::env::var("WEFT_TEST_PIN_CPUS") {
+        v.push(format!("--pin-cpus={p}"));
     }
     v
 }
