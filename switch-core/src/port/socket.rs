@@ -69,25 +69,11 @@ impl UdpTunnelSocket {
         let ip = local.unwrap_or_else(|| unspecified(remote_is_v6));
         let addr = SocketAddr::new(ip, port);
         let what = || format!("udp tunnel socket {addr}");
-        let domain = if ip.is_ipv6() {
-            Domain::IPV6
-        } else {
-            Domain::IPV4
-        };
-        let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
-            .map_err(|e| context(e, what()))?;
+        let socket = tunnel_udp_socket(&addr).map_err(|e| context(e, what()))?;
         if reuse_port {
             socket
                 .set_reuse_port(true)
                 .map_err(|e| context(e, what()))?;
-        }
-        if ip.is_ipv6() {
-            socket.set_only_v6(true).map_err(|e| context(e, what()))?;
-        } else {
-            // Like the kernel's VXLAN device by default: no DF on the outer header. Weft
-            // never sends an inner frame larger than the tunnel MTU, so this only matters
-            // when the underlay's path MTU is smaller than configured.
-            set_pmtudisc_dont(&socket).map_err(|e| context(e, what()))?;
         }
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
@@ -120,18 +106,7 @@ impl UdpTunnelSocket {
         let mut addr = s.local;
         addr.set_port(0);
         let what = || format!("udp tunnel send socket {addr}");
-        let domain = if addr.is_ipv6() {
-            Domain::IPV6
-        } else {
-            Domain::IPV4
-        };
-        let sender = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
-            .map_err(|e| context(e, what()))?;
-        if addr.is_ipv6() {
-            sender.set_only_v6(true).map_err(|e| context(e, what()))?;
-        } else {
-            set_pmtudisc_dont(&sender).map_err(|e| context(e, what()))?;
-        }
+        let sender = tunnel_udp_socket(&addr).map_err(|e| context(e, what()))?;
         let _ = sender.set_send_buffer_size(SOCKET_BUFFER);
         // Nothing is sent to this port; a tiny receive buffer bounds what could queue.
         let _ = sender.set_recv_buffer_size(4096);
@@ -241,6 +216,24 @@ fn as_uninit(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
     // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and initialised bytes are valid
     // `MaybeUninit`s; the socket only writes into the slice.
     unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) }
+}
+
+/// A UDP socket of `addr`'s family, IPv6-only for IPv6, without DF for IPv4: like the
+/// kernel's VXLAN device by default. Weft never sends an inner frame larger than the
+/// tunnel MTU, so DF only matters when the underlay's path MTU is smaller than configured.
+fn tunnel_udp_socket(addr: &SocketAddr) -> io::Result<Socket> {
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    } else {
+        set_pmtudisc_dont(&socket)?;
+    }
+    Ok(socket)
 }
 
 fn set_pmtudisc_dont(socket: &Socket) -> io::Result<()> {
