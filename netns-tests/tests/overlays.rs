@@ -578,6 +578,8 @@ fn mac_flood(ns: &Ns, count: u32) -> Child {
 }
 
 /// Pings `to` from `ns` every 20 ms for `secs` seconds; (sent, received).
+/// Pings `to` every 20 ms, `secs * 50` times. A count, not a deadline: ping stopped by a
+/// deadline counts the request still in flight at that moment as lost.
 fn steady_ping(ns: &Ns, to: &str, secs: u32) -> Child {
     let mut c = ns.command("ping");
     c.args([
@@ -585,8 +587,10 @@ fn steady_ping(ns: &Ns, to: &str, secs: u32) -> Child {
         "-q",
         "-i",
         "0.02",
+        "-c",
+        &(secs * 50).to_string(),
         "-w",
-        &secs.to_string(),
+        &(secs * 3).to_string(),
         "-W",
         "1",
         to,
