@@ -384,7 +384,21 @@ fn capture(
     for p in pods {
         let label = format!("tcpdump-{tag}-{p}");
         let mut c = cl.pod(p).ns.command("tcpdump");
-        c.args(["-i", "eth0", "-nn", "-l", "-e", "arp or ip"]);
+        // Frames coming in only (the pod's own ARP refreshes and late segments of its own
+        // finished transfers are not the other tenant's), each printed at once (without
+        // immediate mode libpcap hands frames over up to a second late, after the capture
+        // may have been stopped).
+        c.args([
+            "-i",
+            "eth0",
+            "-nn",
+            "-l",
+            "-e",
+            "--immediate-mode",
+            "-Q",
+            "in",
+            "arp or ip",
+        ]);
         let id = cl.lab.spawn(&label, c).unwrap();
         v.push((label, id));
     }
@@ -410,11 +424,16 @@ fn captured(cl: &mut ClusterLab, caps: Vec<(String, netns_tests::lab::ProcId)>) 
     for (label, id) in caps {
         cl.lab.stop(id, Duration::from_secs(2));
         for l in cl.lab.log(&label).lines() {
+            // tcpdump's closing counts ("1 packet captured", "0 packets received by
+            // filter", ...), singular or plural.
+            let count = |what: &str| {
+                l.contains(&format!(" packet {what}")) || l.contains(&format!(" packets {what}"))
+            };
             let meta = l.starts_with("tcpdump:")
                 || l.starts_with("listening on")
-                || l.contains("packets captured")
-                || l.contains("packets received by filter")
-                || l.contains("packets dropped by kernel")
+                || count("captured")
+                || count("received by filter")
+                || count("dropped by kernel")
                 || l.trim().is_empty();
             if !meta {
                 seen.push(format!("{label}: {l}"));
