@@ -637,7 +637,7 @@ impl<'a> Segmenter<'a> {
                 if let Some((start, at)) = csum {
                     // The field holds the pseudo-header sum and is summed with the rest.
                     let c = checksum::checksum(out.get(start..).unwrap_or(&[]));
-                    put16(out, at, c);
+                    put16(out, at, mangle_zero(c));
                 }
                 self.done = true;
             }
@@ -749,8 +749,16 @@ pub fn complete_checksum(hdr: &VirtioNetHdr, frame: &mut [u8]) -> Result<(), Off
     // As the kernel's `skb_checksum_help`: the field holds the pseudo-header sum and is
     // summed along with the rest.
     let c = checksum::checksum(&frame[start..]);
-    put16(frame, at, c);
+    put16(frame, at, mangle_zero(c));
     Ok(())
+}
+
+/// A completed checksum of 0 is stored as 0xffff (the kernel's CSUM_MANGLED_0): the same
+/// value in ones' complement, and for UDP 0 would mean "no checksum", which IPv6 forbids
+/// (a receiver drops the datagram).
+#[inline]
+fn mangle_zero(c: u16) -> u16 {
+    if c == 0 { 0xffff } else { c }
 }
 
 /// Rewrites the partial checksum of a `NEEDS_CSUM` frame (the pseudo-header sum that the

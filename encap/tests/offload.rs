@@ -949,3 +949,40 @@ fn partial_checksum_follows_an_address_rewrite() {
         assert_eq!(naive_sum(&[&pseudo, &f[34..]]), 0xffff, "udp {udp}");
     }
 }
+
+/// A UDP/IPv6 datagram whose checksum comes out as 0 gets 0xffff (0 means "no checksum",
+/// which IPv6 forbids: the receiver would drop it), by both completion paths.
+#[test]
+fn a_completed_udp_checksum_of_zero_is_sent_as_ffff() {
+    let mut f = build_udp(true, &payload(62));
+    let hdr = VirtioNetHdr {
+        flags: VirtioNetHdr::F_NEEDS_CSUM,
+        gso_type: 0,
+        hdr_len: 0,
+        gso_size: 0,
+        csum_start: 54,
+        csum_offset: 6,
+    };
+    refresh_partial_checksum(&hdr, &mut f);
+    // Choose the last two payload bytes so that everything sums to 0xffff.
+    let n = f.len();
+    f[n - 2..].copy_from_slice(&[0, 0]);
+    let s = naive_sum(&[&f[54..]]);
+    let v = 0xffff - s;
+    f[n - 2..].copy_from_slice(&v.to_be_bytes());
+    assert_eq!(
+        naive_sum(&[&f[54..]]),
+        0xffff,
+        "the crafted datagram sums to 0xffff"
+    );
+    let g = f.clone();
+    complete_checksum(&hdr, &mut f).unwrap();
+    assert_eq!(&f[60..62], &[0xff, 0xff]);
+    let segs = segment(&hdr, &g).unwrap();
+    assert_eq!(&segs[0][60..62], &[0xff, 0xff], "the segmenter's copy too");
+    // And it verifies.
+    let mut pseudo = f[22..54].to_vec();
+    pseudo.extend_from_slice(&((n - 54) as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    assert_eq!(naive_sum(&[&pseudo, &f[54..]]), 0xffff);
+}
