@@ -719,17 +719,10 @@ impl Worker {
                         g.co.flush(|h, f| tap_write(Some(out), h, f));
                         g.port = 0;
                     }
-                    let mut hdr = [0u8; VNET_HDR_LEN];
-                    let _ = self.cur.emit(&mut hdr);
-                    match t.send_with(flow_queue(frame, t.queue_count()), &hdr, frame) {
-                        Ok(_) => out.counters.tx(len),
-                        Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
-                    }
+                    tap_write(Some(out), &self.cur, frame);
                 } else if plain {
-                    match t.send(flow_queue(frame, t.queue_count()), frame) {
-                        Ok(_) => out.counters.tx(len),
-                        Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
-                    }
+                    // No offloads on this TAP: `tap_write` leaves the (all-zero) header out.
+                    tap_write(Some(out), &self.cur, frame);
                 } else {
                     // An offloaded frame for a TAP without offloads: segment it here.
                     let Ok(mut seg) = Segmenter::new(&self.cur, frame) else {
