@@ -10,10 +10,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
-use switch_core::classifier::Classifier;
-use switch_core::emc::Emc;
-use switch_core::flow_key::{FlowKey, FlowMask, TunnelMeta};
-use switch_core::testing::{CountingAlloc, antrea_masks, mix, synthetic_packet};
+use weft_datapath::testing::{CountingAlloc, antrea_masks, mix, synthetic_packet};
+use weft_pipeline::classifier::Classifier;
+use weft_pipeline::emc::Emc;
+use weft_pipeline::flow_key::{FlowKey, FlowMask, TunnelMeta};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc::new();

@@ -15,11 +15,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use control::flow::{Bundle, FlowMod, parse_flow};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use switch_core::flow_key::FlowKey;
-use switch_core::pipeline::{FlowCache, Pipeline, PortKind, PortMap, SharedPipeline};
-use switch_core::testing::CountingAlloc;
+use weft_datapath::testing::CountingAlloc;
+use weft_flow::{Bundle, FlowMod, parse_flow};
+use weft_pipeline::flow_key::FlowKey;
+use weft_pipeline::{FlowCache, Pipeline, PortKind, PortMap, SharedPipeline};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc::new();

@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use control::cluster::Cluster;
 use netns_tests::cluster::ClusterLab;
 use netns_tests::lab::{LabError, Ns, Result};
+use weftctl::cluster::Cluster;
 
 /// The address of the receiving pod.
 pub const DST_IP: &str = "198.19.2.11";

@@ -1,11 +1,11 @@
-//! A whole cluster in a lab, from a cluster description (`control::cluster`).
+//! A whole cluster in a lab, from a cluster description (`weftctl::cluster`).
 //!
 //! [`ClusterLab::new`] builds the underlay with one namespace per node of the
 //! description (node `198.18.0.i` is host `i` on the lab bridge);
 //! [`ClusterLab::start_weftd`] starts a bare `weftd` in a node (flags only:
 //! `--control`, `--state-dir`, `--metrics`, through the [`Lab`] so it is stopped
 //! whatever happens); [`ClusterLab::install`] programs every running node from its
-//! [`NodePlan`] over the control socket with `control`'s client library — the ports
+//! [`NodePlan`] over the control socket with `weft-proto`'s client library — the ports
 //! one by one, then every flow as one bundle — and then configures each local pod
 //! from its [`PodPlan`] with `ip -n` (address, MTU, routes, static neighbours), the
 //! way a CNI plugin would. Installing a second description (another tenant, another
@@ -26,10 +26,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use control::client::Client;
-use control::cluster::{Cluster, Encap, Mode, NodePlan, PodPlan};
-use control::flow::{Bundle, FlowMod};
-use control::port::{PortKind, PortSpec};
+use weft_flow::port::{PortKind, PortSpec};
+use weft_flow::{Bundle, FlowMod};
+use weft_proto::client::Client;
+use weftctl::cluster::{Cluster, Encap, Mode, NodePlan, PodPlan};
 
 use crate::lab::{Lab, LabError, Ns, ProcId, Result};
 use crate::node::{METRICS_ADDR, Metrics, Underlay, nettool_binary, weftd_binary};
@@ -472,7 +472,7 @@ impl ClusterLab {
         let ns = self.nodes[i].ns.clone();
         let vni = cluster.vni();
         let dev = format!("vxlan{vni}");
-        let port = cluster.dst_port().unwrap_or(control::port::VXLAN_PORT);
+        let port = cluster.dst_port().unwrap_or(weft_flow::port::VXLAN_PORT);
         let me = self.nodes[i].address;
         let mut cmds = vec![
             format!(
@@ -530,7 +530,7 @@ impl ClusterLab {
                     PodPlan {
                         name: p.name.clone(),
                         namespace: p.namespace.clone(),
-                        ifname: control::cluster::POD_IFNAME.to_string(),
+                        ifname: weftctl::cluster::POD_IFNAME.to_string(),
                         mac: p.mac(),
                         mtu,
                         ipv4,

@@ -1,4 +1,4 @@
-//! Issue 6 end to end: clusters built from cluster descriptions (`control::cluster`),
+//! Issue 6 end to end: clusters built from cluster descriptions (`weftctl::cluster`),
 //! every node a bare `weftd` programmed over its control socket from its plan, pods
 //! configured from theirs, and real traffic.
 //!
@@ -24,14 +24,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use control::cluster::Cluster;
 use netns_tests::cluster::{ClusterLab, PodRun, leftovers, neighbour_mac};
 use netns_tests::lab::{Ns, privileged};
 use netns_tests::node::{nettool_binary, tcp_transfer};
+use weftctl::cluster::Cluster;
 
 const MB50: u64 = 50 * 1024 * 1024;
 const TRANSFER: Duration = Duration::from_secs(60);
-/// The MAC table's capacity in `weftd` (switch-core's default).
+/// The MAC table's capacity in `weftd` (weft-pipeline's default).
 const MAC_CAPACITY: usize = 8192;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -667,7 +667,7 @@ fn mac_flood_from_a_pod_is_stopped_by_the_spoof_guard() {
     assert!(learned < 16, "the flood was learned: {learned} entries");
     let mut ctl = cl.client("n1").unwrap();
     let drops = ctl
-        .dump_flows(control::flow::parse_filter("in_port=m11").unwrap())
+        .dump_flows(weft_flow::parse_filter("in_port=m11").unwrap())
         .unwrap()
         .flows;
     let dropped: u64 = drops

@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use control::port::TapOptions;
 use netns_tests::lab::{Lab, privileged};
-use switch_core::port::Tap;
+use weft_datapath::port::Tap;
+use weft_flow::port::TapOptions;
 
 const POD_MAC: &str = "02:00:00:00:01:02";
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 1];

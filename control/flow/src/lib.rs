@@ -1,4 +1,9 @@
-//! The flow language: a subset of `ovs-ofctl`'s flow syntax, same spelling.
+//! `weft-flow`, Weft's flow language: a subset of `ovs-ofctl`'s flow syntax, same
+//! spelling, and the descriptions of ports ([`port::PortSpec`]).
+//!
+//! This crate depends on nothing else of Weft. `weft-pipeline` executes the flows it
+//! describes, `weft-proto` carries them (as JSON) over the control socket, and `weftd`
+//! and `weftctl` read them from files and command lines. No I/O: text and values only.
 //!
 //! A [`Flow`] is a table number, a priority, a cookie, timeouts, a [`Match`] and a list
 //! of [`Action`]s. A [`FlowMod`] is one change to the flow tables (add, modify, delete,
@@ -15,11 +20,14 @@
 //! has a table in 0..=253, a canonical [`Match`] (see there) whose prerequisites are met,
 //! and actions whose fields' prerequisites are met by the match, with `goto_table` last.
 
+#![warn(missing_docs)]
+
 pub mod action;
 pub mod error;
 pub mod field;
 pub mod matching;
 pub mod parse;
+pub mod port;
 pub mod print;
 pub mod value;
 

@@ -3,7 +3,7 @@
 //! A [`PortSpec`] is a port's name, its type and its options, exactly as an operator
 //! writes them (`weftctl add-port pod1 type=tap netns=pod1 mtu=1450`, or a `[[port]]`
 //! table in `weftd`'s config). It travels as JSON over the control socket and in the
-//! state file; `switch-core` turns it into a TAP device or a tunnel socket.
+//! state file; `weft-datapath` turns it into a TAP device or a tunnel socket.
 //!
 //! Parsing checks everything that can be checked without touching the system (names,
 //! numbers, addresses, which options a type takes), so a typo is refused with a message
@@ -16,7 +16,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::flow::MacAddr;
+use crate::MacAddr;
 
 /// Longest port name (a Linux interface name is at most 15 bytes).
 pub const MAX_PORT_NAME: usize = 15;
@@ -400,7 +400,7 @@ impl PortSpec {
                     tap.mac = Some(mac);
                 }
                 ("tag", PortType::Tap) => {
-                    let vni = crate::flow::parse::parse_u64(v)
+                    let vni = crate::parse::parse_u64(v)
                         .filter(|n| *n < 1 << 24)
                         .ok_or_else(|| bad_value(k, v, "a 24-bit VNI"))?;
                     tap.tag = Some(vni as u32);
@@ -419,7 +419,7 @@ impl PortSpec {
                     tun.key = if v == "flow" {
                         Key::Flow
                     } else {
-                        let vni = crate::flow::parse::parse_u64(v)
+                        let vni = crate::parse::parse_u64(v)
                             .filter(|n| *n < 1 << 24)
                             .ok_or_else(|| bad_value(k, v, "a 24-bit VNI or 'flow'"))?;
                         Key::Fixed(vni as u32)

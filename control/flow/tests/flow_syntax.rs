@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use control::flow::{
+use weft_flow::{
     Action, Bundle, Field, FieldRange, Flow, FlowError, FlowFilter, FlowMod, FlowModCommand,
     MacAddr, Masked, Match, ParseErrorKind, PortRef, parse_actions, parse_bundle_file,
     parse_filter, parse_flow, parse_flow_mod, parse_flows_file,

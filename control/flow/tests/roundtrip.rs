@@ -3,11 +3,11 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use control::flow::{
+use proptest::prelude::*;
+use weft_flow::{
     Action, Field, FieldRange, FieldValue, Flow, FlowFilter, MacAddr, Masked, Match, PortRef,
     ValueKind, parse_filter, parse_flow,
 };
-use proptest::prelude::*;
 
 /// The value of `field`'s kind whose low bits are `v` (truncated to the width).
 fn value_of(field: Field, v: u128) -> FieldValue {
@@ -279,7 +279,7 @@ proptest! {
 
     #[test]
     fn parser_never_panics(s in "\\PC{0,80}") {
-        control::flow::parse::check_round_trip(&s);
+        weft_flow::parse::check_round_trip(&s);
     }
 
     #[test]
@@ -292,6 +292,6 @@ proptest! {
         let len = (cut.1 % 4).min(chars.len() - at);
         chars.splice(at..at + len, junk.chars());
         let s: String = chars.into_iter().collect();
-        control::flow::parse::check_round_trip(&s);
+        weft_flow::parse::check_round_trip(&s);
     }
 }

@@ -1,10 +1,10 @@
-//! The client side of the [control protocol](crate::proto): a connection to `weftd`'s
+//! The client side of the [control protocol](crate): a connection to `weftd`'s
 //! socket that sends requests and reads their responses, one line each.
 //!
 //! [`Client::connect`] opens the socket and does the `hello` handshake; then each call
 //! sends one request with a fresh `id` and waits for the response with that `id`. The
 //! typed helpers ([`Client::dump_flows`], [`Client::bundle`], ...) return the reply
-//! types of [`proto`]; [`Client::call`] returns the raw JSON result (what
+//! types of [`weft_proto`](crate); [`Client::call`] returns the raw JSON result (what
 //! `weftctl -o json` prints).
 
 use std::io::{BufRead, BufReader, Write};
@@ -15,13 +15,14 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::flow::{Bundle, Flow, FlowFilter};
-use crate::port::PortSpec;
-use crate::proto::{
-    self, AddPort, AddPortReply, BundleArgs, BundleReply, CaptureArgs, CaptureDone, CaptureFrame,
-    DelPort, DumpFlowsArgs, DumpFlowsReply, Empty, ErrorBody, FdbReply, Hello, HelloReply, NoArgs,
-    Op, PortsReply, ReplaceArgs, Request, Response, ShowReply, StatsReply, TraceArgs, TraceReply,
+use crate::{
+    self as proto, AddPort, AddPortReply, BundleArgs, BundleReply, CaptureArgs, CaptureDone,
+    CaptureFrame, DelPort, DumpFlowsArgs, DumpFlowsReply, Empty, ErrorBody, FdbReply, Hello,
+    HelloReply, NoArgs, Op, PortsReply, ReplaceArgs, Request, Response, ShowReply, StatsReply,
+    TraceArgs, TraceReply,
 };
+use weft_flow::port::PortSpec;
+use weft_flow::{Bundle, Flow, FlowFilter};
 
 /// The socket `weftd` listens on unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/weft/weftd.sock";

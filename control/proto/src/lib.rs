@@ -1,4 +1,8 @@
-//! The control protocol between `weftctl` (or any client) and `weftd`.
+//! `weft-proto`: the control protocol between `weftctl` (or any client) and `weftd`,
+//! its client side ([`client`]) and the pcap writer of captures ([`pcap`]).
+//!
+//! It builds on `weft-flow` (the flows, filters and ports that requests carry) and is
+//! used by both ends: `weftd`'s control server and `weftctl`. No datapath here.
 //!
 //! A Unix stream socket carrying one JSON object per line (at most [`MAX_LINE`] bytes,
 //! newline included). Every request is an object with a numeric `id` and exactly one
@@ -28,6 +32,11 @@
 //! act on as a whole; a request that does not gets an [`ErrorBody`] that says what and
 //! where. It never panics, whatever the bytes (a fuzz target checks that).
 
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod pcap;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -35,11 +44,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::flow::{
+use weft_flow::port::PortSpec;
+use weft_flow::{
     Bundle, BundleError, Flow, FlowFilter, FlowMod, Match, ParseError, parse_filter,
     parse_flows_file,
 };
-use crate::port::PortSpec;
 
 /// The protocol version this crate speaks.
 pub const VERSION: u32 = 1;
@@ -487,7 +496,7 @@ fn resolve(op: Op) -> Result<Op, ErrorBody> {
             })
         }
         Op::DelPort(d) => {
-            crate::port::validate_name(&d.name).map_err(|e| ErrorBody::new(e.to_string()))?;
+            weft_flow::port::validate_name(&d.name).map_err(|e| ErrorBody::new(e.to_string()))?;
             Op::DelPort(d)
         }
         Op::Bundle(b) => {
@@ -495,7 +504,7 @@ fn resolve(op: Op) -> Result<Op, ErrorBody> {
                 Some(_) if !b.changes.is_empty() || !b.lines.is_empty() => {
                     return Err(both("bundle"));
                 }
-                Some(t) => crate::flow::parse_bundle_file(&t)?,
+                Some(t) => weft_flow::parse_bundle_file(&t)?,
                 None => {
                     check_lines(b.changes.len(), &b.lines, "bundle")?;
                     Bundle {
@@ -864,7 +873,7 @@ pub struct FdbEntry {
     /// The VNI (`tun_id`) it is scoped to; the VLAN column of `fdb/show`.
     pub vni: u64,
     /// The MAC address.
-    pub mac: crate::flow::MacAddr,
+    pub mac: weft_flow::MacAddr,
     /// Milliseconds since it was last seen.
     pub age_ms: u64,
     /// The tunnel peer it came from, for entries learned on a tunnel.
@@ -985,7 +994,7 @@ pub fn replace_diff(current: &[Flow], wanted: &[(usize, Flow)]) -> (Bundle, usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::parse_flow;
+    use weft_flow::parse_flow;
 
     fn err(line: &str) -> RequestError {
         parse_request(line.as_bytes()).expect_err(line)
@@ -1190,7 +1199,7 @@ mod tests {
         );
         // A JSON flow whose match lacks a prerequisite (tp_dst without tcp).
         let mut bad = Flow::default();
-        bad.matches.tp_dst = Some(crate::flow::Masked::exact(80));
+        bad.matches.tp_dst = Some(weft_flow::Masked::exact(80));
         let good = Flow::default();
         let req = Request {
             id: 6,

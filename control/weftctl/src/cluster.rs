@@ -49,8 +49,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::flow::{Flow, MacAddr, parse_flow};
-use crate::port::{GENEVE_PORT, PortSpec, VXLAN_PORT, validate_name};
+use weft_flow::port::{GENEVE_PORT, PortSpec, VXLAN_PORT, validate_name};
+use weft_flow::{Flow, MacAddr, parse_flow};
 
 /// Table 0: classification and spoof guard.
 pub const TABLE_CLASSIFIER: u8 = 0;
@@ -502,7 +502,7 @@ impl Cluster {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| ClusterError::Read {
             path: path.to_path_buf(),
-            message: crate::client::io_text(&e),
+            message: weft_proto::client::io_text(&e),
         })?;
         Cluster::parse(&text, Some(path))
     }
@@ -1505,7 +1505,7 @@ address6 = "2001:2:0:2::2"
             let c = Cluster::from_toml(&with(encap, mode)).unwrap();
             for n in c.nodes() {
                 let plan = c.plan(&n.name).unwrap();
-                let file = crate::flow::parse_flows_file(&plan.flows_text()).unwrap();
+                let file = weft_flow::parse_flows_file(&plan.flows_text()).unwrap();
                 let back: Vec<Flow> = file.into_iter().map(|(_, f)| f).collect();
                 assert_eq!(back, plan.flows, "{encap} {mode}");
                 // The full text output is a valid flows file too (ports are comments? no:
@@ -1604,7 +1604,7 @@ address6 = "2001:2:0:2::2"
             .map(|p| p.name.as_str())
             .collect();
         for f in &plan.flows {
-            let by_port = matches!(&f.matches.in_port, Some(crate::flow::PortRef::Name(n)) if own.contains(&n.as_str()));
+            let by_port = matches!(&f.matches.in_port, Some(weft_flow::PortRef::Name(n)) if own.contains(&n.as_str()));
             let by_vni = f.matches.tun_id.is_some();
             let shared_miss = f.table == 0 && f.matches.is_catchall();
             assert!(by_port || by_vni || shared_miss, "{f}");

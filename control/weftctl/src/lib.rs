@@ -1,24 +1,13 @@
-//! Weft's flow language, control protocol and client library.
+//! `weftctl`'s library: what the `weftctl` binary (`src/main.rs`) prints and compiles.
 //!
-//! [`flow`] is the language: the types that describe flows and changes to the flow
-//! tables (they travel as JSON over the control socket), the field registry, and the
-//! ovs-ofctl-style text syntax (parser and printer). `control` depends on nothing else
-//! in Weft; `switch-core` executes what this crate describes.
+//! [`proto_text`] prints the control protocol's replies (`weft-proto`) the way
+//! `ovs-ofctl` and `ovs-appctl` print the same things. [`cluster`] turns a description
+//! of a tenant's nodes and pods into the ports and flows of one node (`weftctl
+//! compile`); the end-to-end tests and the demo build their clusters with it too.
 //!
-//! [`proto`] is the control protocol spoken over `weftd`'s Unix socket (one JSON object
-//! per line), [`client`] its client side, and [`proto_text`] the `ovs-ofctl`-style
-//! printing of its replies that the `weftctl` binary uses.
-//!
-//! [`cluster`] turns a description of a tenant's nodes and pods into the ports and
-//! flows of one node (`weftctl compile`).
+//! Above `weft-flow` and `weft-proto`; nothing of the data path. `clap` (the command
+//! line) and `toml` (cluster descriptions) are dependencies here and in `weftd` only.
 #![warn(missing_docs)]
 
-pub mod client;
 pub mod cluster;
-pub mod flow;
-pub mod pcap;
-pub mod port;
-pub mod proto;
 pub mod proto_text;
-
-pub use flow::{Action, Bundle, Field, Flow, FlowFilter, FlowMod, Masked, Match, PortRef};

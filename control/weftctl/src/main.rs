@@ -3,7 +3,7 @@
 //!
 //! Every command parses its arguments locally with the flow language's parser (so a
 //! typo is reported with its line and column before anything is sent), sends one
-//! request (see `control::proto`) and prints the reply like the OVS tool would; `-o
+//! request (see `weft_proto`) and prints the reply like the OVS tool would; `-o
 //! json` prints the raw JSON result instead. Any error is one line on stderr
 //! (`weftctl: ...`) and exit status 1 (2 for a command line that does not parse).
 
@@ -12,12 +12,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use control::client::{Client, DEFAULT_SOCKET};
-use control::flow::parse_flows_file;
-use control::flow::{Bundle, FlowModCommand, parse_bundle_file, parse_filter, parse_flow_mod};
-use control::port::PortSpec;
-use control::proto::{self, CaptureArgs, NoArgs, Op};
-use control::proto_text;
+use weft_flow::parse_flows_file;
+use weft_flow::port::PortSpec;
+use weft_flow::{Bundle, FlowModCommand, parse_bundle_file, parse_filter, parse_flow_mod};
+use weft_proto::client::{Client, DEFAULT_SOCKET};
+use weft_proto::{self as proto, CaptureArgs, NoArgs, Op};
+use weftctl::proto_text;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -217,16 +217,19 @@ fn capture(
     let mut client = Client::connect(socket)?;
     // A quiet port sends nothing for a while: wait as long as the capture may last.
     client.set_timeout(args.seconds.map(|s| std::time::Duration::from_secs(s + 10)))?;
-    let mut out: Box<dyn Write> =
-        match file {
-            None => Box::new(std::io::stdout().lock()),
-            Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdout().lock()),
-            Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
-                Failure(format!("{}: {}", p.display(), control::client::io_text(&e)))
-            })?),
-        };
+    let mut out: Box<dyn Write> = match file {
+        None => Box::new(std::io::stdout().lock()),
+        Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdout().lock()),
+        Some(p) => Box::new(std::fs::File::create(p).map_err(|e| {
+            Failure(format!(
+                "{}: {}",
+                p.display(),
+                weft_proto::client::io_text(&e)
+            ))
+        })?),
+    };
     let snaplen = args.snaplen.unwrap_or(65535);
-    control::pcap::write_header(&mut out, snaplen)?;
+    weft_proto::pcap::write_header(&mut out, snaplen)?;
     out.flush()?;
     let mut written = 0u64;
     let mut failure: Option<Failure> = None;
@@ -235,8 +238,8 @@ fn capture(
             failure = Some(Failure("weftd sent a frame that is not hex".into()));
             return false;
         };
-        let r =
-            control::pcap::write_record(&mut out, f.ts_ns, f.len, &data).and_then(|()| out.flush());
+        let r = weft_proto::pcap::write_record(&mut out, f.ts_ns, f.len, &data)
+            .and_then(|()| out.flush());
         match r {
             Ok(()) => {
                 written += 1;
@@ -267,13 +270,16 @@ fn capture(
 fn read_input(file: &str) -> Result<String, Failure> {
     if file == "-" {
         let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| Failure(format!("reading stdin: {}", control::client::io_text(&e))))?;
+        std::io::stdin().read_to_string(&mut s).map_err(|e| {
+            Failure(format!(
+                "reading stdin: {}",
+                weft_proto::client::io_text(&e)
+            ))
+        })?;
         Ok(s)
     } else {
         std::fs::read_to_string(file)
-            .map_err(|e| Failure(format!("{file}: {}", control::client::io_text(&e))))
+            .map_err(|e| Failure(format!("{file}: {}", weft_proto::client::io_text(&e))))
     }
 }
 
@@ -310,7 +316,7 @@ fn compile(
     ports: bool,
     output: Format,
 ) -> Result<(), Failure> {
-    let plan = control::cluster::Cluster::from_file(file)?.plan(node)?;
+    let plan = weftctl::cluster::Cluster::from_file(file)?.plan(node)?;
     if output == Format::Json {
         print_json(&serde_json::to_value(&plan)?);
     } else if flows {

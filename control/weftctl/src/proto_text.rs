@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use crate::flow::Flow;
-use crate::proto::{DumpFlowsReply, FdbReply, FlowStats, PortsReply, ShowReply, StatsReply};
+use weft_flow::Flow;
+use weft_proto::{DumpFlowsReply, FdbReply, FlowStats, PortsReply, ShowReply, StatsReply};
 
 fn secs_ms(ms: u64) -> String {
     format!("{}.{:03}s", ms / 1000, ms % 1000)
@@ -183,9 +183,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::flow::{MacAddr, parse_flow};
-    use crate::port::PortSpec;
-    use crate::proto::{FdbEntry, PortCounters, PortInfo, TableCounters};
+    use weft_flow::port::PortSpec;
+    use weft_flow::{MacAddr, parse_flow};
+    use weft_proto::{FdbEntry, PortCounters, PortInfo, TableCounters};
 
     #[test]
     fn dump_flows_like_ovs_ofctl() {

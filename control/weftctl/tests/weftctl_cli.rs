@@ -157,7 +157,7 @@ fn dump_flows_sends_the_filter_and_prints_like_ovs_ofctl() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("s");
     let flow = serde_json::to_value(
-        control::flow::parse_flow("priority=100,ip,nw_dst=198.19.2.0/24 actions=output:2").unwrap(),
+        weft_flow::parse_flow("priority=100,ip,nw_dst=198.19.2.0/24 actions=output:2").unwrap(),
     )
     .unwrap();
     let reply = json!({"flows": [{"flow": flow, "packets": 10, "bytes": 980, "duration_ms": 12345, "idle_age_ms": 3000}]});

@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use control::cluster::Cluster;
 use netns_tests::cluster::{ClusterLab, leftovers};
 use netns_tests::lab::Ns;
 use netns_tests::node::binary;
+use weftctl::cluster::Cluster;
 
 const USAGE: &str = "usage: weft-demo [--encap vxlan|geneve|ipip] [--mode l3|l2] [--keep]
        weft-demo --teardown PREFIX";
@@ -397,7 +397,7 @@ fn keep(cl: ClusterLab, args: &Args, stop: &AtomicBool) {
     let dl_dst = if args.mode == "l2" {
         c.plan.mac.to_string()
     } else {
-        control::cluster::mac_of(std::net::Ipv4Addr::new(198, 19, 1, 1)).to_string()
+        weftctl::cluster::mac_of(std::net::Ipv4Addr::new(198, 19, 1, 1)).to_string()
     };
     println!(
         "  {ctl1} trace 'in_port=pod-a,tcp,dl_src={},dl_dst={dl_dst},nw_src={},nw_dst={},tp_dst=80'",

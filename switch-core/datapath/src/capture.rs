@@ -8,7 +8,7 @@
 //! drains the filled queue and returns the buffers. So the packet path pays one atomic
 //! load when nobody captures, and one bounded copy plus two queue operations (no
 //! allocation, no lock, no waiting) when somebody does. The client (`weftctl capture`)
-//! writes the frames it is sent as a pcap file (`control::pcap`).
+//! writes the frames it is sent as a pcap file (`weft_proto::pcap`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -11,14 +11,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use control::port::{Key, PortKind as SpecKind, PortSpec, Remote};
 use encap::TunnelHeader;
 use ipnet::IpNet;
+use weft_flow::port::{Key, PortKind as SpecKind, PortSpec, Remote};
 
-use crate::drop::DropReason;
-use crate::pipeline::{PortKind, PortMap};
 use crate::port::socket::{IPPROTO_IPIP, IPPROTO_IPV6};
 use crate::port::{RawIpSocket, Tap, UdpTunnelSocket};
+use weft_pipeline::drop::DropReason;
+use weft_pipeline::{PortKind, PortMap};
 
 /// Why the datapath dropped a packet at a port (beyond the pipeline's reasons and
 /// `encap`'s decapsulation reasons).
@@ -450,7 +450,7 @@ impl PortIo {
     }
 }
 
-fn tunnel_conf(spec: &PortSpec, t: &control::port::TunnelOptions, v6: bool) -> TunnelConf {
+fn tunnel_conf(spec: &PortSpec, t: &weft_flow::port::TunnelOptions, v6: bool) -> TunnelConf {
     let mtu = t
         .mtu
         .unwrap_or_else(|| underlay_mtu(t.local).saturating_sub(overhead(spec, v6)));

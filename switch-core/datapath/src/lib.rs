@@ -1,4 +1,11 @@
-//! The datapath: the pipeline put behind real ports, run by worker threads.
+//! `weft-datapath`: the pipeline put behind real ports, run by worker threads.
+//!
+//! It executes the answers of `weft-pipeline` (which decides, purely) on real devices:
+//! TAP and tunnel ports ([`port`], [`io`]), workers, batches, segmentation and
+//! coalescing, captures. Every `unsafe` of Weft's data path is here. It reads port
+//! descriptions and flows from `weft-flow` and knows nothing of the host service:
+//! `weftd` sits on top, gives the switch its [`StateStore`] and reads its
+//! [`StatsSnapshot`](stats::StatsSnapshot).
 //!
 //! [`Switch`] owns everything a node forwards with: the published pipeline snapshot
 //! (flows), the published [`PortSet`](io::PortSet) (opened TAP devices and tunnel
@@ -7,16 +14,18 @@
 //! immutable snapshot and publishes it with one pointer swap, so workers never wait.
 //! Workers load the current snapshots once per wake-up (see [`worker`]).
 //!
-//! After every change the switch writes its state (ports and flows) atomically to the
-//! state directory, and at start it restores that state — ports re-attached, flows
+//! After every change the switch hands its state (ports and flows) to its
+//! [`StateStore`] (in `weftd`: written atomically to the state directory), and at start it restores that state — ports re-attached, flows
 //! installed — before the first worker reads a packet.
 
 pub mod batch;
 pub mod capture;
-pub mod icmp;
 pub mod io;
-pub mod macs;
+pub mod port;
+pub mod state;
+pub mod stats;
 mod switch;
+pub mod testing;
 pub(crate) mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -24,15 +33,16 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::pipeline::SharedPipeline;
+use weft_pipeline::SharedPipeline;
 
+pub use state::{SavedState, StateStore};
 pub use switch::{PortStatus, Switch, SwitchError, SwitchOptions};
 
 /// What the workers share: snapshots, the MAC table, the stop flag, the clock.
 pub(crate) struct Shared {
     pub(crate) pipeline: SharedPipeline,
     pub(crate) ports: ArcSwap<io::PortSet>,
-    pub(crate) macs: macs::SharedMacTable,
+    pub(crate) macs: weft_pipeline::macs::SharedMacTable,
     pub(crate) stop: AtomicBool,
     start: Instant,
 }

@@ -1,28 +1,27 @@
 //! [`Switch`]: a node's datapath, and the control-side operations on it.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use control::flow::{Bundle, Flow, FlowFilter, FlowMod};
-use control::port::{PortKind as SpecKind, PortSpec};
 use mio::{Poll, Waker};
+use weft_flow::port::{PortKind as SpecKind, PortSpec};
+use weft_flow::{Bundle, Flow, FlowFilter, FlowMod};
 
-use crate::drop::DropReason;
-use crate::pipeline::{
+use crate::state::{SavedState, StateStore};
+use crate::stats::{PortStats, StatsSnapshot, TableStats};
+use weft_pipeline::drop::DropReason;
+use weft_pipeline::{
     BundleOutcome, ExpiredFlow, FlowDump, InstallError, MacEntry, Pipeline, PortMap, SharedPipeline,
 };
-use crate::service::metrics::{PortStats, StatsSnapshot, TableStats};
-use crate::service::{Config, Node, SavedState, state};
 
 use super::io::{PortIo, PortSet};
-use super::macs::SharedMacTable;
 use super::worker::{WAKER_TOKEN, Worker};
 use super::{Shared, WorkerStats};
+use weft_pipeline::macs::SharedMacTable;
 
 /// Highest port number a port may be given (OpenFlow's reserved ports start above).
 const MAX_OFPORT: u32 = 0xfeff;
@@ -39,7 +38,7 @@ pub struct SwitchOptions {
     /// Ageing of MAC table entries, in milliseconds.
     pub mac_ageing_ms: u64,
     /// Where the state is saved after each change (`None`: not saved).
-    pub state_dir: Option<PathBuf>,
+    pub state_store: Option<Arc<dyn StateStore>>,
     /// TAP offloads (TSO/USO super-frames, checksum offload) with userspace
     /// segmentation, UDP GSO/GRO on the tunnels and coalescing towards the pods.
     pub offloads: bool,
@@ -52,9 +51,9 @@ impl Default for SwitchOptions {
         SwitchOptions {
             workers: 1,
             cache_entries: 8192,
-            mac_capacity: crate::pipeline::normal::DEFAULT_CAPACITY,
-            mac_ageing_ms: crate::pipeline::normal::DEFAULT_AGEING_MS,
-            state_dir: None,
+            mac_capacity: weft_pipeline::normal::DEFAULT_CAPACITY,
+            mac_ageing_ms: weft_pipeline::normal::DEFAULT_AGEING_MS,
+            state_store: None,
             offloads: true,
             pin_cpus: false,
         }
@@ -89,7 +88,7 @@ pub enum SwitchError {
     UdpPortTaken(u16, String),
     /// The port description is invalid.
     #[error("{0}")]
-    BadSpec(#[from] control::port::PortError),
+    BadSpec(#[from] weft_flow::port::PortError),
     /// Opening the device or sockets failed.
     #[error("port '{name}': {error}")]
     Open {
@@ -103,7 +102,7 @@ pub enum SwitchError {
     Flows(#[from] InstallError),
     /// A dump filter was refused.
     #[error("{0}")]
-    Filter(#[from] crate::pipeline::InstallErrorKind),
+    Filter(#[from] weft_pipeline::InstallErrorKind),
     /// A capture is running on the port already.
     #[error("a capture is already running on port '{0}'")]
     CaptureBusy(String),
@@ -137,8 +136,6 @@ struct Control {
     config_ports: BTreeSet<String>,
     /// Flows the config's flows file installed (a reload deletes those it drops).
     config_flows: Vec<Flow>,
-    /// The last config applied.
-    config: Option<Config>,
 }
 
 /// A node's datapath. See the module docs.
@@ -199,7 +196,6 @@ impl Switch {
             control: Arc::new(Mutex::new(Control {
                 config_ports: BTreeSet::new(),
                 config_flows: Vec::new(),
-                config: None,
             })),
             stopped: AtomicBool::new(false),
         };
@@ -226,11 +222,11 @@ impl Switch {
         }
         let shared = Arc::clone(&sw.shared);
         let control = Arc::clone(&sw.control);
-        let state_dir = sw.options.state_dir.clone();
+        let store = sw.options.state_store.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("weft-expiry".into())
-                .spawn(move || expiry_loop(&shared, &control, state_dir))
+                .spawn(move || expiry_loop(&shared, &control, store))
                 .map_err(|error| SwitchError::Open {
                     name: "expiry thread".into(),
                     error,
@@ -488,23 +484,28 @@ impl Switch {
     }
 
     fn save_locked(&self) -> Result<(), SwitchError> {
-        match &self.options.state_dir {
-            Some(dir) => {
-                state::save(dir, &self.state()).map_err(|e| SwitchError::Save(e.to_string()))
-            }
+        match &self.options.state_store {
+            Some(store) => store
+                .save(&self.state())
+                .map_err(|e| SwitchError::Save(e.to_string())),
             None => Ok(()),
         }
     }
 
-    /// Applies (or re-applies, on SIGHUP) a configuration's ports and flows file:
+    /// Applies (or re-applies, on SIGHUP) a configuration's `ports` and flows file
+    /// (`flows`, each with its line number):
     /// new ports are added, ports the previous config declared and this one does not
     /// are deleted, changed ones are re-created; the flows file is installed as one
     /// bundle that also deletes the flows an earlier version of the file had and this
     /// one has not. Ports and flows added through the control socket are left alone.
-    pub fn apply_config(&self, cfg: &Config) -> Result<(), SwitchError> {
+    pub fn apply_config(
+        &self,
+        ports: &[PortSpec],
+        flows: &[(usize, Flow)],
+    ) -> Result<(), SwitchError> {
         let mut c = self.lock();
         let current = self.shared.ports.load_full();
-        for spec in &cfg.ports {
+        for spec in ports {
             let existing = current.iter().find(|p| p.spec.name == spec.name);
             match existing {
                 None => {
@@ -529,14 +530,14 @@ impl Switch {
         }
         let declared: Vec<String> = c.config_ports.iter().cloned().collect();
         for name in declared {
-            if !cfg.ports.iter().any(|p| p.name == name) {
+            if !ports.iter().any(|p| p.name == name) {
                 if self.del_port_locked(&name).is_ok() {
                     tracing::info!(port = %name, "removed: no longer in the config");
                 }
                 c.config_ports.remove(&name);
             }
         }
-        let new_flows: Vec<Flow> = cfg.flows.iter().map(|(_, f)| f.clone()).collect();
+        let new_flows: Vec<Flow> = flows.iter().map(|(_, f)| f.clone()).collect();
         let mut changes = Vec::new();
         let mut lines = Vec::new();
         for old in &c.config_flows {
@@ -552,7 +553,7 @@ impl Switch {
                 lines.push(0);
             }
         }
-        for (line, f) in &cfg.flows {
+        for (line, f) in flows {
             changes.push(FlowMod::Add { flow: f.clone() });
             lines.push(*line);
         }
@@ -562,7 +563,6 @@ impl Switch {
                 .apply(&Bundle { changes, lines }, self.shared.now())?;
         }
         c.config_flows = new_flows;
-        c.config = Some(cfg.clone());
         self.save_locked()
     }
 
@@ -672,7 +672,7 @@ fn same_port(running: &PortSpec, wanted: &PortSpec) -> bool {
     *running == w
 }
 
-fn expiry_loop(shared: &Shared, control: &Mutex<Control>, state_dir: Option<PathBuf>) {
+fn expiry_loop(shared: &Shared, control: &Mutex<Control>, store: Option<Arc<dyn StateStore>>) {
     while !shared.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
         // Under the control lock, so that expiry and control changes save in turn.
@@ -680,34 +680,16 @@ fn expiry_loop(shared: &Shared, control: &Mutex<Control>, state_dir: Option<Path
         let gone: Vec<ExpiredFlow> = shared.pipeline.expire(shared.now());
         if !gone.is_empty() {
             tracing::debug!(flows = gone.len(), "flows expired");
-            if let Some(dir) = &state_dir {
+            if let Some(store) = &store {
                 let st = SavedState {
                     ports: shared.ports.load().iter().map(|p| p.spec.clone()).collect(),
                     flows: shared.pipeline.load().flows(),
                     ..SavedState::default()
                 };
-                if let Err(e) = state::save(dir, &st) {
+                if let Err(e) = store.save(&st) {
                     tracing::error!("saving state after expiry: {e}");
                 }
             }
         }
-    }
-}
-
-impl Node for Switch {
-    fn apply_config(&self, cfg: &Config) -> anyhow::Result<()> {
-        Switch::apply_config(self, cfg).map_err(anyhow::Error::from)
-    }
-
-    fn saved_state(&self) -> SavedState {
-        self.state()
-    }
-
-    fn stats(&self) -> StatsSnapshot {
-        Switch::stats(self)
-    }
-
-    fn shutdown(&self) {
-        self.stop();
     }
 }

@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::flow_key::{Field, FlowKey, FlowMask};
+use weft_pipeline::flow_key::{Field, FlowKey, FlowMask};
 
 /// A global allocator that counts live bytes and allocation calls, then defers to the
 /// system allocator. Install it in a test or benchmark binary with

@@ -36,9 +36,9 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::drop::DropReason;
-use crate::flow_key::{Field, FlowKey, TunnelMeta, u128_to_ip};
-use crate::pipeline::{DpAction, FlowCache, Forward, Pipeline};
+use weft_pipeline::drop::DropReason;
+use weft_pipeline::flow_key::{Field, FlowKey, TunnelMeta, u128_to_ip};
+use weft_pipeline::{DpAction, FlowCache, Forward, Pipeline};
 
 use encap::offload::{Coalescer, SLOT_LEN, Segmenter, VirtioNetHdr};
 
@@ -46,10 +46,10 @@ use super::batch::{
     DGRAM_MAX, GSO_MAX_BYTES, GSO_MAX_SEGS, RX_MSGS, RxBatch, TxMsg, TxOutcome, TxQueue,
 };
 use super::capture::Direction;
-use super::icmp::too_big_reply;
 use super::io::{IoDrop, PortDev, PortDrop, PortIo, PortSet};
 use super::{Shared, SwitchOptions, WorkerStats};
 use crate::port::tap::VNET_HDR_LEN;
+use weft_pipeline::icmp::too_big_reply;
 
 /// Packets drained from one descriptor per turn.
 pub const BATCH: usize = 64;
@@ -469,7 +469,7 @@ impl Worker {
             return None;
         }
         let payload = &self.rx[off..off + n];
-        let d = if matches!(port.spec.kind, control::port::PortKind::Vxlan(_)) {
+        let d = if matches!(port.spec.kind, weft_flow::port::PortKind::Vxlan(_)) {
             encap::decap_vxlan(payload)
         } else {
             // Weft understands no Geneve option yet, so a critical one is refused.
@@ -561,9 +561,9 @@ impl Worker {
             return;
         }
         let n = res.actions().len();
-        let mut actions = [DpAction::Flood { state: 0 }; crate::pipeline::MAX_OUTPUTS];
+        let mut actions = [DpAction::Flood { state: 0 }; weft_pipeline::MAX_OUTPUTS];
         actions[..n].copy_from_slice(res.actions());
-        let mut states = [FlowKey::ZERO; crate::pipeline::MAX_STATES];
+        let mut states = [FlowKey::ZERO; weft_pipeline::MAX_STATES];
         for (i, s) in states.iter_mut().enumerate() {
             if actions[..n].iter().any(|a| a.state() == i) {
                 *s = *res.state(i);
@@ -585,7 +585,7 @@ impl Worker {
                 } else {
                     &mut self.tx
                 };
-                if crate::pipeline::commit::commit(&mut buf[fstart..fstart + len], &key, state)
+                if weft_pipeline::commit::commit(&mut buf[fstart..fstart + len], &key, state)
                     .is_err()
                 {
                     in_port
@@ -620,12 +620,8 @@ impl Worker {
                 ),
                 DpAction::Normal { .. } => {
                     self.shared.macs.learn(pipe.ports(), state, now);
-                    match crate::pipeline::normal::normal(
-                        &self.shared.macs,
-                        pipe.ports(),
-                        state,
-                        now,
-                    ) {
+                    match weft_pipeline::normal::normal(&self.shared.macs, pipe.ports(), state, now)
+                    {
                         Forward::Port { port, tun_dst } => {
                             let t = (tun_dst != 0).then_some(tun_dst);
                             self.emit(ports, port, buf_is_rx, fstart, len, state, t, in_port, pipe)
@@ -754,7 +750,7 @@ impl Worker {
                 let dst = match conf.remote {
                     Some(ip) => ip,
                     None => match tun_dst.or_else(|| {
-                        let v = state.get(crate::flow_key::Field::TunDst);
+                        let v = state.get(weft_pipeline::flow_key::Field::TunDst);
                         (v != 0).then_some(v)
                     }) {
                         Some(v) => u128_to_ip(v),
@@ -853,7 +849,8 @@ impl Worker {
                 let dst = match conf.remote {
                     Some(IpAddr::V4(a)) => a,
                     _ => match u128_to_ip(
-                        tun_dst.unwrap_or_else(|| state.get(crate::flow_key::Field::TunDst)),
+                        tun_dst
+                            .unwrap_or_else(|| state.get(weft_pipeline::flow_key::Field::TunDst)),
                     ) {
                         IpAddr::V4(a) if !a.is_unspecified() => a,
                         IpAddr::V4(_) => {

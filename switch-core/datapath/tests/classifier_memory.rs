@@ -2,10 +2,10 @@
 //! counting global allocator: lookups never allocate, and a large table stays under the
 //! memory budget per flow (300 bytes).
 
-use switch_core::classifier::Classifier;
-use switch_core::emc::Emc;
-use switch_core::flow_key::FlowKey;
-use switch_core::testing::{CountingAlloc, antrea_masks, mix, synthetic_packet};
+use weft_datapath::testing::{CountingAlloc, antrea_masks, mix, synthetic_packet};
+use weft_pipeline::classifier::Classifier;
+use weft_pipeline::emc::Emc;
+use weft_pipeline::flow_key::FlowKey;
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc::new();

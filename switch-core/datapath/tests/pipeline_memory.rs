@@ -3,10 +3,10 @@
 //! the memory budget (300 bytes per flow). One test, so no other test thread allocates
 //! while it counts.
 
-use control::flow::{Bundle, FlowMod, parse_flow};
-use switch_core::flow_key::FlowKey;
-use switch_core::pipeline::{FlowCache, Pipeline, PortKind, PortMap, SharedPipeline};
-use switch_core::testing::CountingAlloc;
+use weft_datapath::testing::CountingAlloc;
+use weft_flow::{Bundle, FlowMod, parse_flow};
+use weft_pipeline::flow_key::FlowKey;
+use weft_pipeline::{FlowCache, Pipeline, PortKind, PortMap, SharedPipeline};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc::new();

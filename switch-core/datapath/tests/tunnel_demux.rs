@@ -4,8 +4,8 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use control::port::PortSpec;
-use switch_core::{Switch, SwitchError, SwitchOptions};
+use weft_datapath::{Switch, SwitchError, SwitchOptions};
+use weft_flow::port::PortSpec;
 
 fn spec(line: &str) -> PortSpec {
     let mut it = line.split_whitespace();

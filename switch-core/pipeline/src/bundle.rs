@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use control::flow::{Bundle, DEFAULT_PRIORITY, Flow, FlowFilter, FlowMod, PortRef};
+use weft_flow::{Bundle, DEFAULT_PRIORITY, Flow, FlowFilter, FlowMod, PortRef};
 
 use crate::classifier::RuleRef;
 use crate::flow_key::{FlowKey, FlowMask};
@@ -81,7 +81,7 @@ pub struct ExpiredFlow {
     pub reason: ExpireReason,
 }
 
-/// Rebuilds a `control::Flow` from a rule.
+/// Rebuilds a `weft_flow::Flow` from a rule.
 pub(crate) fn rule_flow(table: u8, r: RuleRef<'_, FlowSlot>, with_actions: bool) -> Flow {
     let s = r.payload();
     Flow {
@@ -144,7 +144,7 @@ fn resolve_filter(filter: &FlowFilter, ports: &PortMap) -> Result<FlowFilter, In
 fn tables_of(filter: &FlowFilter) -> std::ops::RangeInclusive<u8> {
     match filter.table {
         Some(t) => t..=t,
-        None => 0..=control::flow::MAX_TABLE,
+        None => 0..=weft_flow::MAX_TABLE,
     }
 }
 

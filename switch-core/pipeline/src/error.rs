@@ -2,12 +2,12 @@
 
 use std::fmt;
 
-use control::flow::{Field, FlowError};
+use weft_flow::{Field, FlowError};
 
 /// What is wrong with one change of a bundle (or a dump filter).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InstallErrorKind {
-    /// The change is not a valid flow change (see `control::flow::FlowError`).
+    /// The change is not a valid flow change (see `weft_flow::FlowError`).
     #[error(transparent)]
     Invalid(#[from] FlowError),
     /// A port named by the change is not in the port map.

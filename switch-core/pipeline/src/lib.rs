@@ -1,5 +1,13 @@
-//! The flow pipeline: up to 254 tables of flows, walked from table 0, that turn a
-//! packet's [`FlowKey`] into datapath actions.
+//! `weft-pipeline`: the flow pipeline, pure and deterministic. Up to 254 tables of
+//! flows, walked from table 0, that turn a packet's [`FlowKey`] into datapath actions.
+//!
+//! Its parts: the flow key ([`flow_key`]: a frame parsed into fixed words), the
+//! tuple-space [`classifier`], the exact-match cache ([`emc`]), drop reasons
+//! ([`drop`]), the tables, actions and bundles (this module), `normal` and its MAC
+//! tables ([`normal`], [`macs`]), trace, and the ICMP "too big" replies ([`icmp`]).
+//! It takes flows from `weft-flow` and frames' headers from `encap`; `weft-datapath`
+//! runs it on real devices. No libc, sockets, threads or clock: time is passed in
+//! ([`Millis`]), and there is no `unsafe` (`forbid(unsafe_code)`).
 //!
 //! # What it is
 //!
@@ -22,7 +30,7 @@
 //! contention — and walk that snapshot for the whole batch, so a packet sees either
 //! the old flows or the new ones, never a mix. A [`Bundle`] is applied by the control
 //! thread (one writer at a time; readers never wait for it): every change is validated
-//! (`control`'s checks, then port names, install-time loops), and the changes are
+//! (`weft-flow`'s checks, then port names, install-time loops), and the changes are
 //! applied in order to a *copy* of the tables. Tables are `Arc`-shared between
 //! versions and only the tables a bundle touches are cloned (`Arc::make_mut`), so a
 //! bundle that adds one flow to one table costs a clone of that table, not of the
@@ -37,7 +45,7 @@
 //! # Flows and counters
 //!
 //! A flow is kept compiled: its match as the classifier's value/mask (plus a bitmap of
-//! which control fields it named, enough to rebuild the `control::Flow` for dumps and
+//! which control fields it named, enough to rebuild the `weft_flow::Flow` for dumps and
 //! traces), its actions as a shared list of 24-byte [`Op`](translate::Op)s, and its
 //! counters in an `Arc<FlowStats>` of relaxed atomics (packets, bytes, last used;
 //! created is fixed). Counters are shared by every version the flow lives in, so a
@@ -80,17 +88,25 @@
 //! chooses; the pipeline has no clock) and returns the next version without the flows
 //! whose idle or hard timeout passed, with a report of what it removed. Only tables
 //! that hold flows with timeouts are scanned. [`Pipeline::dump`] lists flows with their
-//! counters, selected by a `control::FlowFilter`, as `control::Flow`s that print with
+//! counters, selected by a `weft_flow::FlowFilter`, as `weft_flow::Flow`s that print with
 //! control's printer.
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
+pub mod classifier;
 pub mod commit;
+pub mod drop;
+pub mod emc;
 pub mod error;
 pub mod exec;
+pub mod flow_key;
+pub mod icmp;
+pub mod macs;
 pub mod normal;
 pub mod ports;
 pub mod trace;
-pub(crate) mod translate;
+pub mod translate;
 
 mod bundle;
 
@@ -101,7 +117,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, Guard};
-use control::flow::{Bundle, Flow};
+use weft_flow::{Bundle, Flow};
 
 use crate::classifier::Classifier;
 use crate::drop::{DropCounters, DropReason};
@@ -119,7 +135,7 @@ use exec::{Count, NoRecord, Walk};
 use translate::{Op, Presence};
 
 /// Number of tables (0..=253).
-pub const N_TABLES: usize = control::flow::MAX_TABLE as usize + 1;
+pub const N_TABLES: usize = weft_flow::MAX_TABLE as usize + 1;
 
 /// Milliseconds on the caller's monotonic clock (the pipeline never reads a clock).
 pub type Millis = u64;
@@ -324,9 +340,9 @@ impl Pipeline {
         bundle::apply(self, bundle, now)
     }
 
-    /// Every installed flow as a `control::Flow` (ports as numbers), in table order.
+    /// Every installed flow as a `weft_flow::Flow` (ports as numbers), in table order.
     pub fn flows(&self) -> Vec<Flow> {
-        self.dump(&control::flow::FlowFilter::all(), 0)
+        self.dump(&weft_flow::FlowFilter::all(), 0)
             .map(|v| v.into_iter().map(|d| d.flow).collect())
             .unwrap_or_default()
     }

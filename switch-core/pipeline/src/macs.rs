@@ -1,6 +1,6 @@
 //! The MAC table of the `normal` action, shared by every worker without locks.
 //!
-//! Same policy as [`crate::pipeline::MacTable`] (set-associative, scoped per VNI, ageing,
+//! Same policy as [`crate::MacTable`] (set-associative, scoped per VNI, ageing,
 //! least-recently-seen eviction when a set is full, counted), but every set is guarded by
 //! a sequence counter instead of `&mut`:
 //!
@@ -14,14 +14,14 @@
 //!   is not written at all, so steady traffic reads the table and never bounces its
 //!   cache lines between cores.
 //!
-//! The forwarding decision itself is [`crate::pipeline::normal::normal`], the same
+//! The forwarding decision itself is [`crate::normal::normal`], the same
 //! function the single-owner table uses, through [`MacLookup`].
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
+use crate::PortMap;
 use crate::flow_key::{FlowKey, mac_to_u64, u64_to_mac};
-use crate::pipeline::PortMap;
-use crate::pipeline::normal::{Learned, MacEntry, MacLookup, WAYS};
+use crate::normal::{Learned, MacEntry, MacLookup, WAYS};
 
 /// Entries seen on the same port more recently than this are not rewritten.
 const REFRESH_MS: u64 = 1000;
@@ -225,7 +225,7 @@ impl SharedMacTable {
 
     /// Learns the source of a packet state (its ingress port must be in `ports`).
     pub fn learn(&self, ports: &PortMap, key: &FlowKey, now: u64) -> Learned {
-        match crate::pipeline::normal::source(ports, key) {
+        match crate::normal::source(ports, key) {
             Some(s) => self.learn_mac(s.vni, s.mac, s.port, s.remote, now),
             None => Learned::Ignored,
         }

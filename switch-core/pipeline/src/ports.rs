@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use control::flow::PortRef;
+use weft_flow::PortRef;
 
 use super::error::InstallErrorKind;
 

@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use control::flow::{
+use weft_flow::{
     Bundle, Field as CField, FlowFilter, FlowMod, FlowModCommand, parse_filter, parse_flow,
     parse_flow_mod,
 };
@@ -734,7 +734,7 @@ fn bundle_is_atomic_and_names_the_bad_change() {
         flow: parse_flow("table=3,priority=1 actions=output:1").unwrap(),
     };
     let mut f = parse_flow("table=1 actions=output:1").unwrap();
-    f.actions = vec![control::flow::Action::GotoTable(0)];
+    f.actions = vec![weft_flow::Action::GotoTable(0)];
     let e = shared
         .apply(&Bundle::new(vec![m, FlowMod::Add { flow: f }]), 0)
         .unwrap_err();
@@ -1165,7 +1165,7 @@ fn trace_shows_tables_flows_actions_and_result_without_counting() {
     }));
     assert!(t.steps.contains(&TraceStep::Action {
         depth: 0,
-        action: control::flow::Action::DecTtl
+        action: weft_flow::Action::DecTtl
     }));
     assert_eq!(t.actions.len(), 1);
     assert_eq!(t.actions[0].1.nw_ttl(), 63);

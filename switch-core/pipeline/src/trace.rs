@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use control::flow::{Action, Flow};
+use weft_flow::{Action, Flow};
 
 use crate::drop::DropReason;
 use crate::flow_key::FlowKey;

@@ -1,4 +1,4 @@
-//! Translation between the flow language (`control::flow`) and the datapath's forms:
+//! Translation between the flow language (`weft_flow`) and the datapath's forms:
 //! a [`Match`] becomes a classifier value/mask pair over [`FlowKey`], a list of
 //! [`Action`]s becomes a compact list of [`Op`]s, and both can be turned back into the
 //! control types (for dump-flows, trace and expiry reports) without keeping the
@@ -14,7 +14,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use control::flow::{
+use weft_flow::{
     Action, Field as CField, FieldRange, FieldValue, MacAddr, Masked, Match, PortRef, ValueKind,
 };
 
@@ -24,7 +24,7 @@ use super::error::InstallErrorKind;
 use super::ports::PortMap;
 
 /// Which control fields a flow's match names (bit `Field as usize`).
-pub(crate) type Presence = u64;
+pub type Presence = u64;
 
 /// The upper 96 bits of an IPv4-mapped IPv6 address (`::ffff:0:0/96`).
 const V4_MAPPED: u128 = 0xffff_u128 << 32;
@@ -125,7 +125,7 @@ fn field_value(f: CField, bits: u128) -> FieldValue {
 
 /// Translates a (validated) match into a classifier value and mask, resolving an
 /// `in_port` name against `ports`. Also returns the presence bitmap.
-pub(crate) fn compile_match(
+pub fn compile_match(
     m: &Match,
     ports: &PortMap,
 ) -> Result<(FlowKey, FlowMask, Presence), InstallErrorKind> {

@@ -33,11 +33,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use control::flow::parse::did_you_mean;
-use control::flow::{Bundle, Flow, parse_flows_file};
-use control::port::{PortError, PortSpec};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
+use weft_flow::parse::did_you_mean;
+use weft_flow::port::{PortError, PortSpec};
+use weft_flow::{Bundle, Flow, parse_flows_file};
 
 /// Where state is kept when neither the file nor a flag says.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";
@@ -769,7 +769,7 @@ impl Source<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use control::port::{Key, PortKind, Remote};
+    use weft_flow::port::{Key, PortKind, Remote};
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::from_toml(text, Path::new("weftd.toml")).map_err(|e| e.to_string())

@@ -1,4 +1,4 @@
-//! The control socket: `weftd`'s side of the [control protocol](control::proto).
+//! The control socket: `weftd`'s side of the [control protocol](weft_proto).
 //!
 //! # What it is
 //!
@@ -48,16 +48,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use control::flow::{Bundle, Flow, FlowFilter, PortRef};
-use control::proto::{
-    self, AddPortReply, BundleReply, DumpFlowsReply, Empty, ErrorBody, FdbEntry, FdbReply,
+use weft_flow::{Bundle, Flow, FlowFilter, PortRef};
+use weft_proto::{
+    self as proto, AddPortReply, BundleReply, DumpFlowsReply, Empty, ErrorBody, FdbEntry, FdbReply,
     FlowStats, HelloReply, MAX_LINE, Op, PortCounters, PortInfo, PortsReply, Request, Response,
     ShowReply, StatsReply, TableCounters, TraceReply, TraceStep as WireStep, parse_request,
     replace_diff,
 };
 
-use crate::datapath::{Switch, SwitchError};
-use crate::pipeline::{DpAction, Forward, MacTable, Pipeline, TraceStep};
+use weft_datapath::{Switch, SwitchError};
+use weft_pipeline::{DpAction, Forward, MacTable, Pipeline, TraceStep};
 
 /// How the control socket is set up.
 #[derive(Clone, Debug)]
@@ -549,7 +549,7 @@ impl Connection<'_> {
     fn capture(&mut self, id: u64, args: &proto::CaptureArgs) -> Response {
         let snaplen = args
             .snaplen
-            .map_or(crate::datapath::capture::DEFAULT_SNAPLEN, |n| n as usize);
+            .map_or(weft_datapath::capture::DEFAULT_SNAPLEN, |n| n as usize);
         let cap = match self.s.switch.start_capture(&args.port, snaplen) {
             Ok(c) => c,
             Err(e) => return Response::error(Some(id), switch_error(e)),
@@ -581,8 +581,8 @@ impl Connection<'_> {
                 ts_ns: f.ts_ns,
                 len: f.orig_len as u64,
                 dir: match f.direction {
-                    crate::datapath::capture::Direction::Rx => "rx".into(),
-                    crate::datapath::capture::Direction::Tx => "tx".into(),
+                    weft_datapath::capture::Direction::Rx => "rx".into(),
+                    weft_datapath::capture::Direction::Tx => "tx".into(),
                 },
                 data: proto::to_hex(f.data()),
             };
@@ -646,7 +646,7 @@ pub fn execute(sw: &Switch, op: Op) -> Result<serde_json::Value, ErrorBody> {
                 software: env!("CARGO_PKG_VERSION").into(),
                 ports: port_infos(sw),
                 flows: pipe.len(),
-                tables: (0..=control::flow::MAX_TABLE)
+                tables: (0..=weft_flow::MAX_TABLE)
                     .filter(|t| pipe.table_len(*t) > 0)
                     .map(|t| (t, pipe.table_len(t)))
                     .collect(),
@@ -760,9 +760,10 @@ pub fn execute(sw: &Switch, op: Op) -> Result<serde_json::Value, ErrorBody> {
                         port: e.port,
                         port_name: names.get(&e.port).cloned(),
                         vni: e.vni,
-                        mac: control::flow::MacAddr(e.mac),
+                        mac: weft_flow::MacAddr(e.mac),
                         age_ms: e.age_ms,
-                        remote: (e.remote != 0).then(|| crate::flow_key::u128_to_ip(e.remote)),
+                        remote: (e.remote != 0)
+                            .then(|| weft_pipeline::flow_key::u128_to_ip(e.remote)),
                     })
                     .collect(),
                 capacity: st_mac.0,
@@ -800,7 +801,7 @@ fn replace_flows(
         .collect();
     // Where each wanted flow's identity came from, with in_port as a number (the form
     // of the scratch pipeline's dump).
-    let mut line_of: HashMap<(u8, u16, control::flow::Match), usize> = HashMap::new();
+    let mut line_of: HashMap<(u8, u16, weft_flow::Match), usize> = HashMap::new();
     for (line, f) in &wanted {
         let mut m = f.matches.clone();
         if let Some(PortRef::Name(n)) = &m.in_port
@@ -863,13 +864,13 @@ fn replace_flows(
 fn trace(sw: &Switch, packet: &str) -> Result<TraceReply, ErrorBody> {
     let m = proto::trace_packet(packet)?;
     let pipe = sw.pipeline();
-    let (key, _, _) = crate::pipeline::translate::compile_match(&m, pipe.ports())
+    let (key, _, _) = weft_pipeline::translate::compile_match(&m, pipe.ports())
         .map_err(|e| ErrorBody::new(format!("packet: {e}")))?;
     let now = sw.now();
     let entries = sw.mac_entries();
     // A private copy of the MAC table as it is now; it never ages during the trace.
     let mut macs = MacTable::new(
-        (entries.len() * 4).max(crate::pipeline::normal::DEFAULT_CAPACITY),
+        (entries.len() * 4).max(weft_pipeline::normal::DEFAULT_CAPACITY),
         u64::MAX / 4,
     );
     for e in &entries {

@@ -5,7 +5,7 @@
 //! signal handlers → saved state (`<state_dir>/state.json`; a corrupt file stops
 //! `weftd` with exit status 1 rather than drop the node's flows) → the node (see
 //! [`start_node`]) → the control socket (`--control`, see
-//! `switch_core::service::control_server`) → the metrics server → `READY=1` to systemd.
+//! `weftd::control_server`) → the metrics server → `READY=1` to systemd.
 //!
 //! Then the main thread waits for signals: `SIGHUP` re-reads the configuration and
 //! hands it to the node (on any error the running configuration stays), `SIGTERM` or
@@ -17,14 +17,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use switch_core::service::control_server::{ControlOptions, ControlServer};
-use switch_core::service::notify::{self, READY, RELOADING, STOPPING};
-use switch_core::service::{
-    Args, Config, MetricsServer, Node, SavedState, Signal, SignalListener, state,
-};
-use switch_core::{Switch, SwitchOptions};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
+use weft_datapath::{Switch, SwitchOptions};
+use weftd::control_server::{ControlOptions, ControlServer};
+use weftd::notify::{self, READY, RELOADING, STOPPING};
+use weftd::{
+    Args, Config, MetricsServer, Node, SavedState, Signal, SignalListener, StateDir, state,
+};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -53,7 +53,7 @@ fn start_node(cfg: &Config, saved: Option<SavedState>) -> anyhow::Result<Arc<Swi
         workers: cfg.workers,
         offloads: cfg.offloads,
         pin_cpus: cfg.pin_cpus,
-        state_dir: Some(cfg.state_dir.clone()),
+        state_store: Some(Arc::new(StateDir(cfg.state_dir.clone()))),
         ..SwitchOptions::default()
     };
     let sw = Switch::start(options, saved).context("cannot start the datapath")?;

@@ -20,38 +20,13 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use control::Flow;
-use control::port::PortSpec;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+pub use weft_datapath::state::{FORMAT, SavedState, StateStore};
 
-/// The format version this code writes and reads.
-pub const FORMAT: u32 = 1;
 /// The state file's name inside the state directory.
 pub const STATE_FILE: &str = "state.json";
 /// The temporary file written before the rename.
 pub const TMP_FILE: &str = "state.json.tmp";
-
-/// Everything `weftd` restores at start.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SavedState {
-    /// Always [`FORMAT`] when written by this code.
-    pub format: u32,
-    /// Every port, with `ofport` filled in: numbers are stable across restarts.
-    pub ports: Vec<PortSpec>,
-    /// Every flow of every table.
-    pub flows: Vec<Flow>,
-}
-
-impl Default for SavedState {
-    fn default() -> Self {
-        SavedState {
-            format: FORMAT,
-            ports: Vec::new(),
-            flows: Vec::new(),
-        }
-    }
-}
 
 /// Why the state could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -185,10 +160,21 @@ pub fn save(dir: &Path, state: &SavedState) -> Result<(), StateError> {
     Ok(())
 }
 
+/// The switch's [`StateStore`]: [`save`] into a state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir(pub PathBuf);
+
+impl StateStore for StateDir {
+    fn save(&self, state: &SavedState) -> io::Result<()> {
+        save(&self.0, state).map_err(io::Error::other)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use weft_flow::port::PortSpec;
 
     fn sample() -> SavedState {
         let port = |line: &str| {
@@ -203,7 +189,7 @@ mod tests {
                 port("pod1 type=tap ofport=1 netns=pod1 mtu=1450"),
                 port("vx0 type=vxlan ofport=2 local=198.18.0.1 key=flow allowed_remotes=198.18.0.0/24"),
             ],
-            flows: control::flow::parse_flows_file(
+            flows: weft_flow::parse_flows_file(
                 "table=0,priority=100,in_port=pod1,ip,nw_dst=198.19.2.0/24 actions=set_field:198.18.0.2->tun_dst,output:vx0\n\
                  table=0,priority=0 actions=normal\n",
             )
@@ -336,5 +322,19 @@ mod tests {
         let e = load(dir.path()).unwrap_err();
         assert!(matches!(e, StateError::Read { .. }), "{e:?}");
         assert!(e.to_string().contains("move the file aside"), "{e}");
+    }
+
+    #[test]
+    fn state_dir_is_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir(dir.path().join("s"));
+        let s = sample();
+        StateStore::save(&store, &s).unwrap();
+        assert_eq!(load(&dir.path().join("s")).unwrap(), Some(s));
+        // The error keeps the file's path and the reason.
+        fs::create_dir(dir.path().join("s").join(TMP_FILE)).unwrap();
+        let e = StateStore::save(&store, &SavedState::default()).unwrap_err();
+        assert!(e.to_string().starts_with("cannot save state to "), "{e}");
+        assert!(e.to_string().contains(TMP_FILE), "{e}");
     }
 }

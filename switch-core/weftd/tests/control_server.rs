@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use control::client::{Client, ClientError};
-use control::flow::{FlowFilter, parse_bundle_file, parse_flows_file};
-use control::port::PortSpec;
-use control::proto::FlowStats;
-use switch_core::service::control_server::{ControlError, ControlOptions, ControlServer};
-use switch_core::{Switch, SwitchOptions};
+use weft_datapath::{Switch, SwitchOptions};
+use weft_flow::port::PortSpec;
+use weft_flow::{FlowFilter, parse_bundle_file, parse_flows_file};
+use weft_proto::FlowStats;
+use weft_proto::client::{Client, ClientError};
+use weftd::control_server::{ControlError, ControlOptions, ControlServer};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -46,7 +46,7 @@ impl Fixture {
         let switch = Arc::new(
             Switch::start(
                 SwitchOptions {
-                    state_dir: Some(dir.path().join("state")),
+                    state_store: Some(Arc::new(weftd::StateDir(dir.path().join("state")))),
                     ..SwitchOptions::default()
                 },
                 None,
@@ -393,7 +393,7 @@ fn an_endless_line_is_cut_off() {
         }
     }
     // The server read up to the limit, then hung up.
-    assert!(sent >= control::proto::MAX_LINE - (1 << 20), "{sent}");
+    assert!(sent >= weft_proto::MAX_LINE - (1 << 20), "{sent}");
     assert!(sent < 20 << 20, "the server never hung up");
     let mut all = Vec::new();
     let _ = big.r.read_to_end(&mut all);
@@ -468,9 +468,8 @@ fn ports_flows_stats_fdb_and_trace_through_the_client() {
     .unwrap();
     // mod and del through bundles.
     let del =
-        control::flow::parse_flow_mod(control::flow::FlowModCommand::DeleteStrict, "priority=0")
-            .unwrap();
-    let r = c.bundle(control::flow::Bundle::new(vec![del])).unwrap();
+        weft_flow::parse_flow_mod(weft_flow::FlowModCommand::DeleteStrict, "priority=0").unwrap();
+    let r = c.bundle(weft_flow::Bundle::new(vec![del])).unwrap();
     assert_eq!(r.deleted, 1);
 
     let t = c
@@ -487,7 +486,7 @@ fn ports_flows_stats_fdb_and_trace_through_the_client() {
         .steps
         .iter()
         .filter_map(|s| match s {
-            control::proto::TraceStep::Table { table, .. } => Some(*table),
+            weft_proto::TraceStep::Table { table, .. } => Some(*table),
             _ => None,
         })
         .collect();
@@ -536,7 +535,7 @@ fn fdb_shows_what_normal_learned() {
             assert_eq!((e.port, e.vni), (1, 5));
             assert_eq!(e.port_name.as_deref(), Some("vx0"));
             assert_eq!(e.remote, Some("127.0.0.1".parse().unwrap()));
-            let text = control::proto_text::fdb_show(&fdb);
+            let text = weftctl::proto_text::fdb_show(&fdb);
             assert!(
                 text.contains("    1         5  02:00:00:00:00:01"),
                 "{text}"
@@ -574,7 +573,7 @@ fn capture_streams_the_frames_of_a_port_and_stops_cleanly() {
         let mut frames = Vec::new();
         let done = client
             .capture(
-                control::proto::CaptureArgs {
+                weft_proto::CaptureArgs {
                     port: "vx0".into(),
                     count: Some(5),
                     snaplen: Some(64),
@@ -589,7 +588,7 @@ fn capture_streams_the_frames_of_a_port_and_stops_cleanly() {
         (frames, done)
     });
     std::thread::sleep(Duration::from_millis(60));
-    let busy = c.call(control::proto::Op::Capture(control::proto::CaptureArgs {
+    let busy = c.call(weft_proto::Op::Capture(weft_proto::CaptureArgs {
         port: "vx0".into(),
         count: Some(1),
         snaplen: None,
@@ -603,7 +602,7 @@ fn capture_streams_the_frames_of_a_port_and_stops_cleanly() {
     for f in &frames {
         assert_eq!(f.dir, "rx", "received on the tunnel, without its header");
         assert_eq!(f.len, 114, "the inner frame's length");
-        let data = control::proto::from_hex(&f.data).unwrap();
+        let data = weft_proto::from_hex(&f.data).unwrap();
         assert_eq!(data.len(), 64, "cut at the snap length");
         assert_eq!(
             &data[..14],
@@ -615,7 +614,7 @@ fn capture_streams_the_frames_of_a_port_and_stops_cleanly() {
     assert!(e.to_string().contains("already running"), "{e}");
     // The capture is over: a new one may start, and an unknown port is an error.
     let e = c
-        .call(control::proto::Op::Capture(control::proto::CaptureArgs {
+        .call(weft_proto::Op::Capture(weft_proto::CaptureArgs {
             port: "nope".into(),
             count: Some(1),
             snaplen: None,
@@ -626,7 +625,7 @@ fn capture_streams_the_frames_of_a_port_and_stops_cleanly() {
     let client = fx.client();
     let done = client
         .capture(
-            control::proto::CaptureArgs {
+            weft_proto::CaptureArgs {
                 port: "vx0".into(),
                 count: Some(1),
                 snaplen: None,

@@ -21,8 +21,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use control::port::TapOptions;
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
+use weft_flow::port::TapOptions;
 
 use super::netns::in_netns;
 
