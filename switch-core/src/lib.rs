@@ -10,4 +10,4 @@ pub mod port;
 pub mod service;
 pub mod testing;
 
-pub use datapath::{Switch, SwitchError, SwitchOptions};
+pub use datapath::{PortState, Switch, SwitchError, SwitchOptions};
