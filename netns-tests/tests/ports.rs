@@ -142,3 +142,117 @@ fn tap_errors_are_clear() {
     let err = Tap::open("eth0", &opts, 1, true).unwrap_err().to_string();
     assert!(err.contains("tap 'eth0'"), "{err}");
 }
+
+/// The link line of `ifname` in `ns`: its MAC and MTU are what a wrongly attached
+/// second owner would rewrite.
+fn link(ns: &netns_tests::lab::Ns, ifname: &str) -> String {
+    ns.ip(&format!("link show {ifname}")).unwrap()
+}
+
+#[test]
+fn a_tap_device_of_another_port_or_anyone_else_is_refused_and_left_alone() {
+    if !privileged("a_tap_device_of_another_port_or_anyone_else_is_refused_and_left_alone") {
+        return;
+    }
+    use weft_datapath::{Switch, SwitchError, SwitchOptions};
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.netns("pod").unwrap();
+    let other = lab.netns("other").unwrap();
+    let port = |line: String| {
+        let mut it = line.split_whitespace();
+        let name = it.next().unwrap().to_string();
+        weft_flow::port::PortSpec::parse(&name, &it.collect::<Vec<_>>()).unwrap()
+    };
+    let sw = Switch::start(
+        SwitchOptions {
+            workers: 2,
+            ..SwitchOptions::default()
+        },
+        None,
+    )
+    .unwrap();
+    sw.add_port(port(format!(
+        "c1 type=tap netns={} ifname=eth0 mac={POD_MAC} mtu=1400",
+        pod.name()
+    )))
+    .unwrap();
+    pod.ip("addr add 198.19.1.2/24 dev eth0").unwrap();
+    let before = link(&pod, "eth0");
+    assert!(
+        before.contains(POD_MAC) && before.contains("mtu 1400"),
+        "{before}"
+    );
+
+    // Another port over c1's device: refused with one line naming the owner.
+    let e = sw
+        .add_port(port(format!(
+            "x1 type=tap netns={} ifname=eth0 mac=02:00:00:00:09:09 mtu=9000",
+            pod.name()
+        )))
+        .unwrap_err();
+    assert!(
+        matches!(e, SwitchError::TapOwned { ref by, .. } if by == "c1"),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("belongs to port 'c1'"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+    assert_eq!(link(&pod, "eth0"), before, "MAC and MTU left alone");
+    assert!(
+        !sw.ports().iter().any(|p| p.spec.name == "x1"),
+        "no port x1 was made"
+    );
+    assert!(matches!(
+        sw.del_port("x1").unwrap_err(),
+        SwitchError::NoSuchPort(_)
+    ));
+
+    // A TAP device that no port of this switch owns (another program's, or a leftover)
+    // is not taken over by add-port either.
+    let foreign = Tap::open(
+        "tap9",
+        &TapOptions {
+            netns: Some(other.name().to_string()),
+            mtu: Some(1300),
+            ..TapOptions::default()
+        },
+        1,
+        false,
+    )
+    .unwrap();
+    let foreign_before = link(&other, "tap9");
+    let e = sw
+        .add_port(port(format!(
+            "x2 type=tap netns={} ifname=tap9 mtu=9000",
+            other.name()
+        )))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a device of that name exists"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+    assert_eq!(link(&other, "tap9"), foreign_before, "left alone");
+    foreign.remove().unwrap();
+
+    // c1 is intact: still persistent (it outlives the switch) with its address.
+    drop(sw);
+    let addr = pod.ip("addr show dev eth0").unwrap();
+    assert!(addr.contains("198.19.1.2/24"), "{addr}");
+    let after = link(&pod, "eth0");
+    assert!(
+        after.contains(POD_MAC) && after.contains("mtu 1400"),
+        "{after}"
+    );
+    // The device is the test's to remove now.
+    Tap::open(
+        "eth0",
+        &TapOptions {
+            netns: Some(pod.name().to_string()),
+            ..TapOptions::default()
+        },
+        1,
+        false,
+    )
+    .unwrap()
+    .remove()
+    .unwrap();
+}

@@ -821,3 +821,257 @@ fn ipip_peer_restart_costs_no_packet_after_it_is_back() {
     assert_eq!(m.port_drops("ipip0", "tx_error"), 0, "{}", m.body);
     p.weftd.insert(1, d2);
 }
+
+/// Runs `weftctl` against a `weftd`'s control socket.
+fn weftctl(d: &Weftd, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(netns_tests::node::binary("weftctl", "WEFTCTL"))
+        .arg("-s")
+        .arg(d.dir().join("weftd.sock"))
+        .args(args)
+        .output()
+        .expect("run weftctl")
+}
+
+/// `weftctl` that must succeed; its stdout.
+fn weftctl_ok(d: &Weftd, lab: &netns_tests::lab::Lab, args: &[&str]) -> String {
+    let o = weftctl(d, args);
+    assert!(
+        o.status.success(),
+        "weftctl {args:?}: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        d.log(lab)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `weft_port_up` of a port (`None`: no such series).
+fn port_up(d: &Weftd, port: &str) -> Option<u64> {
+    d.metrics().ok()?.get("weft_port_up", &[("port", port)])
+}
+
+/// Stops `weftd`, which must exit 0.
+fn stop_cleanly(d: &mut Weftd, lab: &mut netns_tests::lab::Lab) {
+    let status = d.stop(lab);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean stop: {status:?}\n{}",
+        d.log(lab)
+    );
+}
+
+/// A pod whose namespace is deleted while `weftd` is down must not keep the node
+/// down: `weftd` starts, forwards for the other pods, shows the port as down (show,
+/// dump-ports, their JSON, the metrics, the log), brings it up once the namespace is
+/// back, and `del-port` removes a port that is down.
+#[test]
+fn a_pod_namespace_gone_at_restart_leaves_its_port_down_and_the_node_forwarding() {
+    let _s = serial();
+    if !privileged("a_pod_namespace_gone_at_restart_leaves_its_port_down_and_the_node_forwarding") {
+        return;
+    }
+    let mut p = l2_pair("vxlan", 1450, "");
+    assert!(
+        p.pod(1)
+            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
+            .is_some(),
+        "{}",
+        p.logs()
+    );
+    // Two more pods on node 2: one comes back, one is deleted with del-port.
+    let back = p.lab.netns("back").unwrap();
+    let gone = p.lab.netns("gone").unwrap();
+    for (name, ns) in [("c2", &back), ("c3", &gone)] {
+        let netns = format!("netns={}", ns.name());
+        weftctl_ok(
+            &p.weftd[1],
+            &p.lab,
+            &["add-port", name, "type=tap", &netns, "ifname=eth0"],
+        );
+        wait_for_link(ns, "eth0", READY).unwrap();
+    }
+    let mut d = p.weftd.remove(1);
+    stop_cleanly(&mut d, &mut p.lab);
+    p.lab.delete_netns(&back).unwrap();
+    p.lab.delete_netns(&gone).unwrap();
+
+    d.start_again(&mut p.lab).unwrap();
+    d.wait_ready(&mut p.lab, READY)
+        .expect("weftd starts although a pod's namespace is gone");
+    assert!(
+        p.pod(1)
+            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
+            .is_some(),
+        "the other pod forwards\n{}",
+        d.log(&p.lab)
+    );
+    let log = d.log(&p.lab);
+    assert!(
+        log.contains("port 'c2' is down: network namespace"),
+        "{log}"
+    );
+    let show = weftctl_ok(&d, &p.lab, &["show"]);
+    let c2 = show
+        .lines()
+        .find(|l| l.contains("(c2):"))
+        .unwrap_or_else(|| panic!("{show}"));
+    assert!(
+        c2.contains(" DOWN: ") && c2.contains("No such file or directory"),
+        "{show}"
+    );
+    assert!(
+        show.lines()
+            .any(|l| l.contains("(pod):") && !l.contains("DOWN")),
+        "{show}"
+    );
+    let json = weftctl_ok(&d, &p.lab, &["-o", "json", "show"]);
+    assert!(json.contains("\"state\": \"down\""), "{json}");
+    assert!(json.contains("\"state\": \"up\""), "{json}");
+    let ports = weftctl_ok(&d, &p.lab, &["dump-ports"]);
+    assert!(
+        ports
+            .lines()
+            .any(|l| l.contains("(c3): DOWN: network namespace")),
+        "{ports}"
+    );
+    let json = weftctl_ok(&d, &p.lab, &["-o", "json", "dump-ports"]);
+    assert!(json.contains("\"state\": \"down\""), "{json}");
+    assert_eq!(port_up(&d, "c2"), Some(0));
+    assert_eq!(port_up(&d, "pod"), Some(1));
+
+    // The namespace comes back: the port is retried and comes up.
+    let back = p.lab.netns("back").unwrap();
+    let t0 = Instant::now();
+    while port_up(&d, "c2") != Some(1) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "c2 did not come up again\n{}",
+            d.log(&p.lab)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_for_link(&back, "eth0", READY).unwrap();
+    let show = weftctl_ok(&d, &p.lab, &["show"]);
+    assert!(
+        show.lines()
+            .any(|l| l.contains("(c2):") && !l.contains("DOWN")),
+        "{show}"
+    );
+    // A port that is down can be deleted; it is gone from the saved state too.
+    weftctl_ok(&d, &p.lab, &["del-port", "c3"]);
+    assert!(!weftctl_ok(&d, &p.lab, &["show"]).contains("(c3)"));
+    assert_eq!(port_up(&d, "c3"), None);
+    d.restart(&mut p.lab).unwrap();
+    d.wait_ready(&mut p.lab, READY).unwrap();
+    let show = weftctl_ok(&d, &p.lab, &["show"]);
+    assert!(!show.contains("(c3)") && !show.contains("DOWN"), "{show}");
+    p.weftd.insert(1, d);
+}
+
+/// A tmpfs mounted over a directory for a test; unmounted on drop (also on failure).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("weft-test")
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// With a full state directory `weftd` still starts and forwards (its state is read,
+/// not written), and a change it cannot save is refused, not applied, and logged.
+#[test]
+fn a_full_state_directory_refuses_changes_and_the_node_still_starts() {
+    let _s = serial();
+    if !privileged("a_full_state_directory_refuses_changes_and_the_node_still_starts") {
+        return;
+    }
+    let mut p = l2_pair("vxlan", 1450, "");
+    assert!(
+        p.pod(1)
+            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
+            .is_some(),
+        "{}",
+        p.logs()
+    );
+    let mut d = p.weftd.remove(1);
+    stop_cleanly(&mut d, &mut p.lab);
+    let dir = d.dir().join("state");
+    let saved = std::fs::read(dir.join("state.json")).unwrap();
+    let _full = Tmpfs::mount(&dir, "64k");
+    std::fs::write(dir.join("state.json"), &saved).unwrap();
+    {
+        use std::io::Write;
+        let mut fill = std::fs::File::create(dir.join("fill")).unwrap();
+        let chunk = [0u8; 4096];
+        let mut filled = false;
+        for _ in 0..64 {
+            if fill.write_all(&chunk).is_err() {
+                filled = true;
+                break;
+            }
+        }
+        assert!(filled, "the 64k tmpfs did not fill up");
+    }
+    assert!(
+        std::fs::write(dir.join("probe"), b"x").is_err(),
+        "the state directory is full"
+    );
+
+    d.start_again(&mut p.lab).unwrap();
+    d.wait_ready(&mut p.lab, READY)
+        .expect("weftd starts with a full state directory");
+    assert!(
+        p.pod(1)
+            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
+            .is_some(),
+        "{}",
+        d.log(&p.lab)
+    );
+    let flow = "table=0,priority=300,in_port=pod,udp actions=drop";
+    let o = weftctl(&d, &["add-flow", flow]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "refused");
+    assert!(
+        err.contains("No space left on device") && err.contains("the change was not applied"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let flows = weftctl_ok(&d, &p.lab, &["dump-flows"]);
+    assert!(!flows.contains("priority=300"), "not applied:\n{flows}");
+    let log = d.log(&p.lab);
+    assert!(
+        log.contains("flow change refused: cannot save state to"),
+        "logged\n{log}"
+    );
+    // A restart (still full) finds what was reported: no such flow.
+    d.restart(&mut p.lab).unwrap();
+    d.wait_ready(&mut p.lab, READY).unwrap();
+    let flows = weftctl_ok(&d, &p.lab, &["dump-flows"]);
+    assert!(!flows.contains("priority=300"), "{flows}");
+    assert_eq!(
+        flows.lines().count(),
+        2,
+        "the node's own flows are there:\n{flows}"
+    );
+    stop_cleanly(&mut d, &mut p.lab);
+    p.weftd.insert(1, d);
+}

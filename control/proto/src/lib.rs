@@ -655,6 +655,29 @@ pub struct HelloReply {
     pub software: String,
 }
 
+/// Whether a port is forwarding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortState {
+    /// Its device or sockets are open.
+    #[default]
+    Up,
+    /// Its device or sockets could not be opened (at start: the pod's namespace is
+    /// gone, the local address is missing); `weftd` tries again every few seconds, and
+    /// `del-port` removes it.
+    Down,
+}
+
+impl PortState {
+    /// `up` or `down`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortState::Up => "up",
+            PortState::Down => "down",
+        }
+    }
+}
+
 /// A port with its number and options.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortInfo {
@@ -673,6 +696,12 @@ pub struct PortInfo {
     /// For tunnels: the inner MTU in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
+    /// Up or down.
+    #[serde(default)]
+    pub state: PortState,
+    /// Why the port is down (the last attempt's error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl PortInfo {
@@ -691,7 +720,16 @@ impl PortInfo {
             options: options.join(" "),
             spec: spec.clone(),
             mtu,
+            state: PortState::Up,
+            error: None,
         }
+    }
+
+    /// The same port, marked down because of `error`.
+    pub fn down(mut self, error: &str) -> PortInfo {
+        self.state = PortState::Down;
+        self.error = Some(error.to_string());
+        self
     }
 }
 
@@ -785,6 +823,12 @@ pub struct PortCounters {
     pub tx_dropped: u64,
     /// Every non-zero drop counter of the port, by reason.
     pub drops: BTreeMap<String, u64>,
+    /// Up or down (a port that is down has no counters).
+    #[serde(default)]
+    pub state: PortState,
+    /// Why the port is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// True for the port drop reasons that happen on transmit (the frame was on its way
@@ -826,6 +870,8 @@ impl PortCounters {
             tx_bytes: tx.1,
             tx_dropped,
             drops,
+            state: PortState::Up,
+            error: None,
         }
     }
 }

@@ -5,7 +5,9 @@
 use std::fmt::Write as _;
 
 use weft_flow::Flow;
-use weft_proto::{DumpFlowsReply, FdbReply, FlowStats, PortsReply, ShowReply, StatsReply};
+use weft_proto::{
+    DumpFlowsReply, FdbReply, FlowStats, PortState, PortsReply, ShowReply, StatsReply,
+};
 
 fn secs_ms(ms: u64) -> String {
     format!("{}.{:03}s", ms / 1000, ms % 1000)
@@ -58,6 +60,16 @@ pub fn dump_flows(r: &DumpFlowsReply) -> String {
 pub fn dump_ports(s: &StatsReply) -> String {
     let mut out = format!("OFPST_PORT reply: {} ports\n", s.ports.len());
     for p in &s.ports {
+        if p.state == PortState::Down {
+            let _ = writeln!(
+                out,
+                "  port {:>2}({}): DOWN: {}",
+                p.ofport,
+                p.name,
+                p.error.as_deref().unwrap_or("not open")
+            );
+            continue;
+        }
         let _ = writeln!(
             out,
             "  port {:>2}({}): rx pkts={}, bytes={}, drop={}",
@@ -114,6 +126,9 @@ fn port_lines(out: &mut String, ports: &PortsReply) {
         }
         if let Some(m) = p.mtu {
             let _ = write!(out, " (inner mtu {m})");
+        }
+        if p.state == PortState::Down {
+            let _ = write!(out, " DOWN: {}", p.error.as_deref().unwrap_or("not open"));
         }
         out.push('\n');
     }
@@ -285,6 +300,43 @@ mod tests {
              n_tables:254, n_ports:2\n \
              1(pod1): type=tap netns=pod1\n \
              2(tun0): type=vxlan local=198.18.0.1 remote=flow key=flow (inner mtu 1450)\n"
+        );
+    }
+
+    #[test]
+    fn a_port_that_is_down_says_so_and_why() {
+        let pod = PortSpec::parse("c1", &["type=tap", "ofport=3", "netns=gone"]).unwrap();
+        let why = "network namespace 'gone' (/var/run/netns/gone): No such file or directory";
+        let s = ShowReply {
+            software: "0.1.0".into(),
+            ports: vec![PortInfo::from_spec(&pod, None).down(why)],
+            flows: 0,
+            tables: vec![],
+            pipeline_version: 1,
+        };
+        assert_eq!(
+            show(&s),
+            format!(
+                "weftd 0.1.0: pipeline version 1, 0 flows\n n_tables:254, n_ports:1\n \
+                 3(c1): type=tap netns=gone DOWN: {why}\n"
+            )
+        );
+        let json = serde_json::to_value(&s.ports[0]).unwrap();
+        assert_eq!(json["state"], "down");
+        assert_eq!(json["error"], why);
+        let up = serde_json::to_value(PortInfo::from_spec(&pod, None)).unwrap();
+        assert_eq!(up["state"], "up");
+        assert!(up.get("error").is_none(), "{up}");
+
+        let mut st = stats();
+        let mut c = PortCounters::new(3, "c1", (0, 0), (0, 0), []);
+        c.state = PortState::Down;
+        c.error = Some(why.into());
+        st.ports.push(c);
+        let text = dump_ports(&st);
+        assert!(
+            text.contains(&format!("\n  port  3(c1): DOWN: {why}\n")),
+            "{text}"
         );
     }
 

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use weft_flow::port::{Key, PortKind as SpecKind, PortSpec, Remote};
 
 use crate::port::socket::{IPPROTO_IPIP, IPPROTO_IPV6};
-use crate::port::{RawIpSocket, Tap, UdpTunnelSocket};
+use crate::port::{Attach, RawIpSocket, Tap, UdpTunnelSocket};
 use weft_pipeline::drop::DropReason;
 use weft_pipeline::{PortKind, PortMap};
 
@@ -360,8 +360,8 @@ fn mtu_by_ioctl(ifname: &str) -> Option<u16> {
 }
 
 impl PortIo {
-    /// Opens a port for `workers` workers: creates or re-attaches the TAP device, or
-    /// binds the tunnel's sockets. `spec.ofport` must be set.
+    /// Opens a port for `workers` workers: creates (or, as `attach` allows, re-attaches)
+    /// the TAP device, or binds the tunnel's sockets. `spec.ofport` must be set.
     ///
     /// A VXLAN/Geneve port uses `shared` sockets when given (another tunnel port of the
     /// same type, local address and UDP port has them), else binds its own.
@@ -370,6 +370,7 @@ impl PortIo {
         workers: usize,
         shared: Option<Arc<Vec<UdpTunnelSocket>>>,
         offloads: bool,
+        attach: Attach,
     ) -> io::Result<PortIo> {
         let ofport = spec
             .ofport
@@ -377,7 +378,10 @@ impl PortIo {
         let (dev, tunnel) = match &spec.kind {
             SpecKind::Tap(t) => {
                 let ifname = t.ifname.as_deref().unwrap_or(&spec.name);
-                (PortDev::Tap(Tap::open(ifname, t, workers, offloads)?), None)
+                (
+                    PortDev::Tap(Tap::open_with(ifname, t, workers, offloads, attach)?),
+                    None,
+                )
             }
             SpecKind::Vxlan(t) | SpecKind::Geneve(t) => {
                 let remote_v6 = matches!(t.remote, Remote::Fixed(IpAddr::V6(_)));

@@ -36,7 +36,7 @@ use arc_swap::ArcSwap;
 use weft_pipeline::SharedPipeline;
 
 pub use state::{SavedState, StateStore};
-pub use switch::{PortStatus, Switch, SwitchError, SwitchOptions};
+pub use switch::{PORT_RETRY, PortState, PortStatus, Switch, SwitchError, SwitchOptions};
 
 /// What the workers share: snapshots, the MAC table, the stop flag, the clock.
 pub(crate) struct Shared {

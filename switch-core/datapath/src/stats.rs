@@ -11,6 +11,9 @@ pub struct PortStats {
     pub ofport: u32,
     /// `tap`, `vxlan`, `geneve` or `ipip`.
     pub port_type: &'static str,
+    /// Whether the port is up (its device or sockets open); a port that is down has
+    /// no counters.
+    pub up: bool,
     /// Frames received from the port.
     pub rx_packets: u64,
     /// Bytes received from the port.

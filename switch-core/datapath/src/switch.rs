@@ -1,4 +1,16 @@
 //! [`Switch`]: a node's datapath, and the control-side operations on it.
+//!
+//! Every change from the control socket is validated, then saved as the state it
+//! would make, and only then published: if the save fails the change is refused and
+//! nothing changed (the failure is logged). The config file's ports and flows are the
+//! exception: the file itself is their record and is applied again at every start, so
+//! a failed save after applying them is logged and not undone.
+//!
+//! A port whose device or sockets cannot be opened at start (its pod's namespace is
+//! gone, its local address is missing) does not stop the node: it is kept *down*, with
+//! its name and number (flows may still name it, and it stays in the saved state),
+//! shown as down by `show`, `dump-ports` and the metrics, and opened again every
+//! [`PORT_RETRY`] until it comes up or `del-port` removes it.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +23,8 @@ use mio::{Poll, Waker};
 use weft_flow::port::{PortKind as SpecKind, PortSpec};
 use weft_flow::{Bundle, Flow, FlowFilter, FlowMod};
 
+use crate::port::Attach;
+use crate::port::netns::{NetnsId, netns_id};
 use crate::state::{SavedState, StateStore};
 use crate::stats::{PortStats, StatsSnapshot, TableStats};
 use weft_pipeline::drop::DropReason;
@@ -18,13 +32,16 @@ use weft_pipeline::{
     BundleOutcome, ExpiredFlow, FlowDump, InstallError, MacEntry, Pipeline, PortMap, SharedPipeline,
 };
 
-use super::io::{PortIo, PortSet};
+use super::io::{PortDev, PortIo, PortSet};
 use super::worker::{WAKER_TOKEN, Worker};
 use super::{Shared, WorkerStats};
 use weft_pipeline::macs::SharedMacTable;
 
 /// Highest port number a port may be given (OpenFlow's reserved ports start above).
 const MAX_OFPORT: u32 = 0xfeff;
+
+/// How often a port that is down is opened again.
+pub const PORT_RETRY: Duration = Duration::from_secs(5);
 
 /// How a switch is built.
 #[derive(Clone, Debug)]
@@ -106,9 +123,37 @@ pub enum SwitchError {
     /// A capture is running on the port already.
     #[error("a capture is already running on port '{0}'")]
     CaptureBusy(String),
-    /// Saving the state failed (the change itself was made).
-    #[error("saving state: {0}")]
+    /// The TAP device belongs to another port of this switch.
+    #[error("tap device '{ifname}'{} belongs to port '{by}'", netns.as_ref().map(|n| format!(" in network namespace '{n}'")).unwrap_or_default())]
+    TapOwned {
+        /// The device's name.
+        ifname: String,
+        /// Its namespace (`None`: weftd's own).
+        netns: Option<String>,
+        /// The port that owns it.
+        by: String,
+    },
+    /// Saving the state the change would make failed: the change was refused and
+    /// not applied.
+    #[error("{0}; the change was not applied")]
     Save(String),
+}
+
+/// Whether a port is forwarding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortState {
+    /// Its device or sockets are open.
+    Up,
+    /// They could not be opened (retried every [`PORT_RETRY`]); why, the last time.
+    Down(String),
+}
+
+/// A port whose device or sockets could not be opened: kept with its number, retried.
+#[derive(Clone, Debug)]
+struct DownPort {
+    spec: PortSpec,
+    error: String,
+    next_try: Instant,
 }
 
 /// A port as `dump-ports` shows it.
@@ -128,21 +173,38 @@ pub struct PortStatus {
     pub drops: Vec<(String, u64)>,
     /// For tunnels: the inner MTU in force.
     pub mtu: Option<u16>,
+    /// Up, or down and why.
+    pub state: PortState,
 }
 
 /// Control-side state, changed by one writer at a time.
 struct Control {
+    /// The state as last written to (or read from) the state directory: a change that
+    /// leaves it as it is writes nothing.
+    saved: Option<SavedState>,
     /// Names of ports the config file declared (a reload may remove them).
     config_ports: BTreeSet<String>,
     /// Flows the config's flows file installed (a reload deletes those it drops).
     config_flows: Vec<Flow>,
+    /// Whether a configuration was applied (the first one, at start, may re-attach
+    /// TAP devices and keep ports down; a reload may not).
+    config_applied: bool,
+}
+
+/// What opening, publishing and retrying ports needs; shared with the expiry thread,
+/// which retries the ports that are down.
+struct Ports {
+    shared: Arc<Shared>,
+    options: SwitchOptions,
+    wakers: Vec<Waker>,
+    down: Mutex<Vec<DownPort>>,
 }
 
 /// A node's datapath. See the module docs.
 pub struct Switch {
     shared: Arc<Shared>,
     options: SwitchOptions,
-    wakers: Vec<Waker>,
+    ports: Arc<Ports>,
     stats: Vec<Arc<WorkerStats>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     control: Arc<Mutex<Control>>,
@@ -187,15 +249,23 @@ impl Switch {
         let stats: Vec<Arc<WorkerStats>> = (0..workers)
             .map(|_| Arc::new(WorkerStats::default()))
             .collect();
+        let options = SwitchOptions { workers, ..options };
         let sw = Switch {
+            ports: Arc::new(Ports {
+                shared: Arc::clone(&shared),
+                options: options.clone(),
+                wakers,
+                down: Mutex::new(Vec::new()),
+            }),
             shared,
-            options: SwitchOptions { workers, ..options },
-            wakers,
+            options,
             stats,
             threads: Mutex::new(Vec::new()),
             control: Arc::new(Mutex::new(Control {
+                saved: None,
                 config_ports: BTreeSet::new(),
                 config_flows: Vec::new(),
+                config_applied: false,
             })),
             stopped: AtomicBool::new(false),
         };
@@ -220,13 +290,12 @@ impl Switch {
                 })?;
             threads.push(t);
         }
-        let shared = Arc::clone(&sw.shared);
+        let ports = Arc::clone(&sw.ports);
         let control = Arc::clone(&sw.control);
-        let store = sw.options.state_store.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("weft-expiry".into())
-                .spawn(move || expiry_loop(&shared, &control, store))
+                .spawn(move || expiry_loop(&ports, &control))
                 .map_err(|error| SwitchError::Open {
                     name: "expiry thread".into(),
                     error,
@@ -240,22 +309,35 @@ impl Switch {
         self.control.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Re-attaches the saved ports (one that cannot be opened is kept down, see the
+    /// module docs) and installs the saved flows.
     fn restore(&self, saved: SavedState) -> Result<(), SwitchError> {
-        let _c = self.lock();
-        for spec in saved.ports {
-            self.add_port_locked(spec)?;
+        let mut c = self.lock();
+        for spec in saved.ports.clone() {
+            match self.ports.add(spec.clone(), Attach::CreateOrReattach) {
+                Ok(_) => {}
+                // Not a port that can be kept (a second port of one name or number in
+                // the file): it is left out.
+                Err(e @ (SwitchError::PortExists(_) | SwitchError::NumberTaken { .. })) => {
+                    tracing::error!(port = %spec.name, "saved port left out: {e}");
+                }
+                Err(e) => self.ports.keep_down(spec, &e),
+            }
         }
         if !saved.flows.is_empty() {
-            let flows = saved.flows.into_iter().enumerate().collect();
+            let flows = saved.flows.clone().into_iter().enumerate().collect();
             self.shared
                 .pipeline
                 .apply(&Bundle::add_flows(flows), self.shared.now())?;
         }
+        let down = self.ports.down().len();
         tracing::info!(
             ports = self.shared.ports.load().iter().count(),
+            down,
             flows = self.shared.pipeline.load().len(),
             "restored saved state"
         );
+        c.saved = Some(saved);
         Ok(())
     }
 
@@ -266,73 +348,73 @@ impl Switch {
 
     /// Adds a port (number: `spec.ofport`, else the lowest free one) and returns its
     /// number. TAP devices are created or re-attached, tunnel sockets bound.
-    pub fn add_port(&self, spec: PortSpec) -> Result<u32, SwitchError> {
-        let _c = self.lock();
-        let n = self.add_port_locked(spec)?;
-        self.save_locked()?;
-        Ok(n)
+    ///
+    /// A TAP device is created: one that exists already (another port's, or anyone
+    /// else's) is refused and left alone. The port is saved before it is published;
+    /// if the save fails it is closed again (its new device removed) and refused.
+    pub fn add_port(&self, mut spec: PortSpec) -> Result<u32, SwitchError> {
+        let mut c = self.lock();
+        let shared = self.ports.check_new(&mut spec)?;
+        let io = self.ports.open(&spec, shared, Attach::Create)?;
+        let mut st = self.state();
+        st.ports.push(spec.clone());
+        st.ports.sort_by_key(|p| p.ofport);
+        if let Err(e) = self.save_state(&mut c, st, &format!("add-port '{}'", spec.name)) {
+            if let PortDev::Tap(t) = &io.dev
+                && !t.reattached()
+                && let Err(u) = t.unpersist()
+            {
+                tracing::warn!(port = %spec.name, "{u}");
+            }
+            return Err(e);
+        }
+        Ok(self.ports.publish_new(io))
     }
 
-    fn add_port_locked(&self, mut spec: PortSpec) -> Result<u32, SwitchError> {
-        spec.validate()?;
-        let current = self.shared.ports.load_full();
-        if current.iter().any(|p| p.spec.name == spec.name) {
-            return Err(SwitchError::PortExists(spec.name));
-        }
-        let number = match spec.ofport {
-            Some(n) => {
-                if let Some(p) = current.get(n) {
-                    return Err(SwitchError::NumberTaken {
-                        number: n,
-                        by: p.spec.name.clone(),
-                    });
-                }
-                n
-            }
-            None => (1..=MAX_OFPORT)
-                .find(|n| current.get(*n).is_none())
-                .ok_or(SwitchError::NoFreeNumber)?,
-        };
-        let shared = current
-            .udp_sharing(&spec)
-            .map_err(|by| SwitchError::UdpPortTaken(spec.udp_port().unwrap_or_default(), by))?;
-        spec.ofport = Some(number);
-        let io = PortIo::open(&spec, self.options.workers, shared, self.options.offloads).map_err(
-            |error| SwitchError::Open {
-                name: spec.name.clone(),
-                error,
-            },
-        )?;
-        if let super::io::PortDev::Tap(t) = &io.dev {
-            tracing::info!(
-                port = %spec.name, ofport = number, ifname = t.ifname(), netns = ?t.netns(),
-                reattached = t.reattached(), "tap port up"
-            );
-        } else {
-            tracing::info!(port = %spec.name, ofport = number, mtu = ?io.tunnel.as_ref().map(|t| t.mtu), "tunnel port up");
-        }
-        let mut ports: Vec<Arc<PortIo>> = current.iter().cloned().collect();
-        ports.push(Arc::new(io));
-        self.publish_ports(ports, current.version + 1);
-        Ok(number)
+    /// The ports that are down, with why.
+    pub fn down_ports(&self) -> Vec<(PortSpec, String)> {
+        self.ports
+            .down()
+            .iter()
+            .map(|d| (d.spec.clone(), d.error.clone()))
+            .collect()
     }
 
     /// Deletes a port: its TAP device is removed (once the workers let go of it), its
     /// sockets closed, its learned MAC addresses forgotten. Flows that name it stay
     /// (as in OVS); output to it counts as `no_such_port`.
+    ///
+    /// A port that is down is deleted as well (it is no longer retried). The state
+    /// without the port is saved first; if that fails the port stays.
     pub fn del_port(&self, name: &str) -> Result<(), SwitchError> {
         let mut c = self.lock();
+        let mut st = self.state();
+        if !st.ports.iter().any(|p| p.name == name) {
+            return Err(SwitchError::NoSuchPort(name.to_string()));
+        }
+        st.ports.retain(|p| p.name != name);
+        self.save_state(&mut c, st, &format!("del-port '{name}'"))?;
         self.del_port_locked(name)?;
         c.config_ports.remove(name);
-        self.save_locked()
+        Ok(())
     }
 
     fn del_port_locked(&self, name: &str) -> Result<(), SwitchError> {
         let current = self.shared.ports.load_full();
         let Some(gone) = current.iter().find(|p| p.spec.name == name).cloned() else {
-            return Err(SwitchError::NoSuchPort(name.to_string()));
+            let mut down = self.ports.down();
+            let Some(at) = down.iter().position(|d| d.spec.name == name) else {
+                return Err(SwitchError::NoSuchPort(name.to_string()));
+            };
+            let d = down.remove(at);
+            drop(down);
+            // The reserved name goes with it.
+            self.ports
+                .publish(current.iter().cloned().collect(), current.version + 1);
+            tracing::info!(port = name, ofport = ?d.spec.ofport, "port deleted (it was down)");
+            return Ok(());
         };
-        if let super::io::PortDev::Tap(t) = &gone.dev
+        if let PortDev::Tap(t) = &gone.dev
             && let Err(e) = t.unpersist()
         {
             tracing::warn!(port = name, "{e}");
@@ -342,27 +424,27 @@ impl Switch {
             .filter(|p| p.spec.name != name)
             .cloned()
             .collect();
-        self.publish_ports(ports, current.version + 1);
+        self.ports.publish(ports, current.version + 1);
         self.shared.macs.flush_port(gone.ofport);
         tracing::info!(port = name, ofport = gone.ofport, "port deleted");
         Ok(())
     }
 
-    fn publish_ports(&self, ports: Vec<Arc<PortIo>>, version: u64) {
-        let set = PortSet::new(version, ports);
-        self.shared.pipeline.set_ports(set.port_map());
-        self.shared.ports.store(Arc::new(set));
-        for w in &self.wakers {
-            let _ = w.wake();
-        }
-    }
-
-    /// Applies a bundle of flow changes atomically.
+    /// Applies a bundle of flow changes atomically: validated, the resulting state
+    /// saved, and only then published; if the save fails nothing changes.
     pub fn apply(&self, bundle: &Bundle) -> Result<BundleOutcome, SwitchError> {
-        let _c = self.lock();
-        let outcome = self.shared.pipeline.apply(bundle, self.shared.now())?;
-        self.save_locked()?;
-        Ok(outcome)
+        let mut c = self.lock();
+        let ports = self.state().ports;
+        self.shared
+            .pipeline
+            .apply_then(bundle, self.shared.now(), |next| {
+                let st = SavedState {
+                    ports,
+                    flows: next.flows(),
+                    ..SavedState::default()
+                };
+                self.save_state(&mut c, st, "flow change")
+            })
     }
 
     /// The flows selected by `filter`, with their counters.
@@ -379,9 +461,10 @@ impl Switch {
         self.shared.pipeline.load_full()
     }
 
-    /// Every port with its counters.
+    /// Every port with its counters (a port that is down has none), by number.
     pub fn ports(&self) -> Vec<PortStatus> {
-        self.shared
+        let mut v: Vec<PortStatus> = self
+            .shared
             .ports
             .load()
             .iter()
@@ -400,9 +483,22 @@ impl Switch {
                         .map(|(d, n)| (d.label(), n))
                         .collect(),
                     mtu: p.tunnel.as_ref().map(|t| t.mtu),
+                    state: PortState::Up,
                 }
             })
-            .collect()
+            .collect();
+        v.extend(self.ports.down().iter().map(|d| PortStatus {
+            spec: d.spec.clone(),
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            drops: Vec::new(),
+            mtu: None,
+            state: PortState::Down(d.error.clone()),
+        }));
+        v.sort_by_key(|p| p.spec.ofport);
+        v
     }
 
     /// Starts capturing the frames a port receives and sends (at most `snaplen` bytes
@@ -467,29 +563,18 @@ impl Switch {
         })
     }
 
-    /// The state to persist: ports (with numbers) and flows.
+    /// The state to persist: ports (with numbers, those that are down too) and flows.
     pub fn state(&self) -> SavedState {
-        let ports = self
-            .shared
-            .ports
-            .load()
-            .iter()
-            .map(|p| p.spec.clone())
-            .collect();
-        SavedState {
-            ports,
-            flows: self.shared.pipeline.load().flows(),
-            ..SavedState::default()
-        }
+        self.ports.state()
     }
 
-    fn save_locked(&self) -> Result<(), SwitchError> {
-        match &self.options.state_store {
-            Some(store) => store
-                .save(&self.state())
-                .map_err(|e| SwitchError::Save(e.to_string())),
-            None => Ok(()),
-        }
+    /// Writes `st` (the state a change would make) unless it is what the state
+    /// directory holds already. A failure is logged as `what` refused.
+    fn save_state(&self, c: &mut Control, st: SavedState, what: &str) -> Result<(), SwitchError> {
+        save_if_changed(&self.options, c, st).map_err(|e| {
+            tracing::error!("{what} refused: {e}");
+            SwitchError::Save(e.to_string())
+        })
     }
 
     /// Applies (or re-applies, on SIGHUP) a configuration's `ports` and flows file
@@ -498,30 +583,57 @@ impl Switch {
     /// are deleted, changed ones are re-created; the flows file is installed as one
     /// bundle that also deletes the flows an earlier version of the file had and this
     /// one has not. Ports and flows added through the control socket are left alone.
+    ///
+    /// At start (the first call) the config's TAP ports may re-attach to their
+    /// devices, and a port that cannot be opened is kept down like a saved one; on a
+    /// reload a new port must create its device and any error fails the reload. A
+    /// failed save afterwards is logged, not returned: the config file is the record
+    /// of what it declares.
     pub fn apply_config(
         &self,
         ports: &[PortSpec],
         flows: &[(usize, Flow)],
     ) -> Result<(), SwitchError> {
         let mut c = self.lock();
+        let first = !c.config_applied;
+        c.config_applied = true;
+        let attach = if first {
+            Attach::CreateOrReattach
+        } else {
+            Attach::Create
+        };
         let current = self.shared.ports.load_full();
+        let down: Vec<PortSpec> = self.ports.down().iter().map(|d| d.spec.clone()).collect();
         for spec in ports {
-            let existing = current.iter().find(|p| p.spec.name == spec.name);
+            let existing = current
+                .iter()
+                .map(|p| &p.spec)
+                .chain(down.iter())
+                .find(|p| p.name == spec.name);
             match existing {
                 None => {
-                    self.add_port_locked(spec.clone())?;
+                    let mut numbered = spec.clone();
+                    let added = self.ports.check_new(&mut numbered).and_then(|shared| {
+                        let io = self.ports.open(&numbered, shared, attach)?;
+                        Ok(self.ports.publish_new(io))
+                    });
+                    match added {
+                        Ok(_) => {}
+                        Err(e @ SwitchError::Open { .. }) if first => {
+                            self.ports.keep_down(numbered, &e)
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                Some(p) if !same_port(&p.spec, spec) => {
-                    if matches!(p.spec.kind, SpecKind::Tap(_))
-                        && matches!(spec.kind, SpecKind::Tap(_))
-                    {
+                Some(p) if !same_port(p, spec) => {
+                    if matches!(p.kind, SpecKind::Tap(_)) && matches!(spec.kind, SpecKind::Tap(_)) {
                         tracing::warn!(
                             port = %spec.name,
                             "the config changes a tap port's options; delete and re-add it to apply them (that removes the device)"
                         );
                     } else {
                         self.del_port_locked(&spec.name)?;
-                        self.add_port_locked(spec.clone())?;
+                        self.ports.add(spec.clone(), attach)?;
                     }
                 }
                 Some(_) => {}
@@ -563,13 +675,19 @@ impl Switch {
                 .apply(&Bundle { changes, lines }, self.shared.now())?;
         }
         c.config_flows = new_flows;
-        self.save_locked()
+        let st = self.state();
+        if let Err(e) = save_if_changed(&self.options, &mut c, st) {
+            tracing::error!(
+                "{e}; the configuration is applied (and is applied again from the config file at the next start)"
+            );
+        }
+        Ok(())
     }
 
     /// The statistics the metrics endpoint serves.
     pub fn stats(&self) -> StatsSnapshot {
         let pipe = self.shared.pipeline.load_full();
-        let ports = self
+        let mut ports: Vec<PortStats> = self
             .shared
             .ports
             .load()
@@ -577,6 +695,7 @@ impl Switch {
             .map(|p| {
                 let (rx_packets, rx_bytes, tx_packets, tx_bytes) = p.counters.totals();
                 PortStats {
+                    up: true,
                     name: p.spec.name.clone(),
                     ofport: p.ofport,
                     port_type: p.spec.port_type().as_str(),
@@ -593,6 +712,14 @@ impl Switch {
                 }
             })
             .collect();
+        ports.extend(self.ports.down().iter().map(|d| PortStats {
+            up: false,
+            name: d.spec.name.clone(),
+            ofport: d.spec.ofport.unwrap_or(0),
+            port_type: d.spec.port_type().as_str(),
+            ..PortStats::default()
+        }));
+        ports.sort_by_key(|p| p.ofport);
         let tables = (0..=253u8)
             .filter(|t| pipe.table_len(*t) > 0 || pipe.table_stats(*t).lookups() > 0)
             .map(|t| {
@@ -633,7 +760,7 @@ impl Switch {
             return;
         }
         self.shared.stop.store(true, Ordering::SeqCst);
-        for w in &self.wakers {
+        for w in &self.ports.wakers {
             let _ = w.wake();
         }
         let threads: Vec<_> = self
@@ -645,9 +772,10 @@ impl Switch {
         for t in threads {
             let _ = t.join();
         }
-        let _c = self.lock();
-        if let Err(e) = self.save_locked() {
-            tracing::error!("{e}");
+        let mut c = self.lock();
+        let st = self.state();
+        if let Err(e) = save_if_changed(&self.options, &mut c, st) {
+            tracing::error!("saving state at stop: {e}");
         }
     }
 
@@ -672,24 +800,266 @@ fn same_port(running: &PortSpec, wanted: &PortSpec) -> bool {
     *running == w
 }
 
-fn expiry_loop(shared: &Shared, control: &Mutex<Control>, store: Option<Arc<dyn StateStore>>) {
+/// Removes expired flows (saving the state after) and retries the ports that are down.
+fn expiry_loop(ports: &Ports, control: &Mutex<Control>) {
+    let shared = &ports.shared;
     while !shared.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
-        // Under the control lock, so that expiry and control changes save in turn.
-        let _c = control.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the control lock, so that expiry, retries and control changes go in turn.
+        let mut c = control.lock().unwrap_or_else(|e| e.into_inner());
+        ports.retry_down();
         let gone: Vec<ExpiredFlow> = shared.pipeline.expire(shared.now());
         if !gone.is_empty() {
             tracing::debug!(flows = gone.len(), "flows expired");
-            if let Some(store) = &store {
-                let st = SavedState {
-                    ports: shared.ports.load().iter().map(|p| p.spec.clone()).collect(),
-                    flows: shared.pipeline.load().flows(),
-                    ..SavedState::default()
-                };
-                if let Err(e) = store.save(&st) {
-                    tracing::error!("saving state after expiry: {e}");
+            if let Err(e) = save_if_changed(&ports.options, &mut c, ports.state()) {
+                tracing::error!("saving state after expiry: {e}");
+            }
+        }
+    }
+}
+
+/// Writes `st` to the state directory unless it is what was last written there.
+fn save_if_changed(
+    options: &SwitchOptions,
+    c: &mut Control,
+    st: SavedState,
+) -> std::io::Result<()> {
+    let Some(store) = &options.state_store else {
+        return Ok(());
+    };
+    if c.saved.as_ref() == Some(&st) {
+        return Ok(());
+    }
+    store.save(&st)?;
+    c.saved = Some(st);
+    Ok(())
+}
+
+impl Ports {
+    fn down(&self) -> MutexGuard<'_, Vec<DownPort>> {
+        self.down.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ports (up and down, by number) and flows.
+    fn state(&self) -> SavedState {
+        let mut ports: Vec<PortSpec> = self
+            .shared
+            .ports
+            .load()
+            .iter()
+            .map(|p| p.spec.clone())
+            .chain(self.down().iter().map(|d| d.spec.clone()))
+            .collect();
+        ports.sort_by_key(|p| p.ofport);
+        SavedState {
+            ports,
+            flows: self.shared.pipeline.load().flows(),
+            ..SavedState::default()
+        }
+    }
+
+    /// Checks a new port against the switch's (name, number, UDP port, TAP device)
+    /// and gives it its number; returns the sockets it must share.
+    fn check_new(
+        &self,
+        spec: &mut PortSpec,
+    ) -> Result<Option<Arc<Vec<crate::port::UdpTunnelSocket>>>, SwitchError> {
+        spec.validate()?;
+        let current = self.shared.ports.load_full();
+        let down = self.down();
+        if current.iter().any(|p| p.spec.name == spec.name)
+            || down.iter().any(|d| d.spec.name == spec.name)
+        {
+            return Err(SwitchError::PortExists(spec.name.clone()));
+        }
+        let taken_by = |n: u32| {
+            current.get(n).map(|p| p.spec.name.clone()).or_else(|| {
+                down.iter()
+                    .find(|d| d.spec.ofport == Some(n))
+                    .map(|d| d.spec.name.clone())
+            })
+        };
+        let number = match spec.ofport {
+            Some(n) => {
+                if let Some(by) = taken_by(n) {
+                    return Err(SwitchError::NumberTaken { number: n, by });
+                }
+                n
+            }
+            None => (1..=MAX_OFPORT)
+                .find(|n| taken_by(*n).is_none())
+                .ok_or(SwitchError::NoFreeNumber)?,
+        };
+        drop(down);
+        let shared = conflicts(&current, spec)?;
+        spec.ofport = Some(number);
+        Ok(shared)
+    }
+
+    /// Opens a checked port.
+    fn open(
+        &self,
+        spec: &PortSpec,
+        shared: Option<Arc<Vec<crate::port::UdpTunnelSocket>>>,
+        attach: Attach,
+    ) -> Result<PortIo, SwitchError> {
+        PortIo::open(
+            spec,
+            self.options.workers,
+            shared,
+            self.options.offloads,
+            attach,
+        )
+        .map_err(|error| SwitchError::Open {
+            name: spec.name.clone(),
+            error,
+        })
+    }
+
+    /// Checks, opens and publishes a port; returns its number.
+    fn add(&self, mut spec: PortSpec, attach: Attach) -> Result<u32, SwitchError> {
+        let shared = self.check_new(&mut spec)?;
+        let io = self.open(&spec, shared, attach)?;
+        Ok(self.publish_new(io))
+    }
+
+    /// Publishes an opened port; returns its number.
+    fn publish_new(&self, io: PortIo) -> u32 {
+        let number = io.ofport;
+        let spec = &io.spec;
+        if let PortDev::Tap(t) = &io.dev {
+            tracing::info!(
+                port = %spec.name, ofport = number, ifname = t.ifname(), netns = ?t.netns(),
+                reattached = t.reattached(), "tap port up"
+            );
+        } else {
+            tracing::info!(port = %spec.name, ofport = number, mtu = ?io.tunnel.as_ref().map(|t| t.mtu), "tunnel port up");
+        }
+        let current = self.shared.ports.load_full();
+        let mut ports: Vec<Arc<PortIo>> = current.iter().cloned().collect();
+        ports.push(Arc::new(io));
+        self.publish(ports, current.version + 1);
+        number
+    }
+
+    /// Publishes a port set (and the port map with the names of the ports that are
+    /// down reserved) and wakes the workers.
+    fn publish(&self, ports: Vec<Arc<PortIo>>, version: u64) {
+        let set = PortSet::new(version, ports);
+        let mut map = set.port_map();
+        for d in self.down().iter() {
+            if let Some(n) = d.spec.ofport {
+                map.reserve(n, &d.spec.name);
+            }
+        }
+        self.shared.pipeline.set_ports(map);
+        self.shared.ports.store(Arc::new(set));
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+    }
+
+    /// Keeps a port that could not be opened as down (its number is set).
+    fn keep_down(&self, spec: PortSpec, why: &SwitchError) {
+        let error = match why {
+            SwitchError::Open { error, .. } => error.to_string(),
+            other => other.to_string(),
+        };
+        tracing::error!(
+            port = %spec.name, ofport = ?spec.ofport,
+            "port '{}' is down: {error}; retrying every {}s (weftctl del-port {} removes it)",
+            spec.name, PORT_RETRY.as_secs(), spec.name
+        );
+        self.down().push(DownPort {
+            spec,
+            error,
+            next_try: Instant::now() + PORT_RETRY,
+        });
+        let current = self.shared.ports.load_full();
+        self.publish(current.iter().cloned().collect(), current.version + 1);
+    }
+
+    /// Opens again the ports that are down and due; publishes those that open.
+    fn retry_down(&self) {
+        let now = Instant::now();
+        let due: Vec<PortSpec> = self
+            .down()
+            .iter()
+            .filter(|d| d.next_try <= now)
+            .map(|d| d.spec.clone())
+            .collect();
+        for spec in due {
+            let name = spec.name.clone();
+            let current = self.shared.ports.load_full();
+            let opened = conflicts(&current, &spec)
+                .and_then(|shared| self.open(&spec, shared, Attach::CreateOrReattach));
+            let mut down = self.down();
+            let Some(at) = down.iter().position(|d| d.spec.name == name) else {
+                continue;
+            };
+            match opened {
+                Ok(io) => {
+                    down.remove(at);
+                    drop(down);
+                    tracing::info!(port = %name, "port is up again");
+                    self.publish_new(io);
+                }
+                Err(e) => {
+                    let error = match e {
+                        SwitchError::Open { error, .. } => error.to_string(),
+                        other => other.to_string(),
+                    };
+                    let d = &mut down[at];
+                    if d.error != error {
+                        tracing::warn!(port = %name, "port '{name}' is still down: {error}");
+                    } else {
+                        tracing::debug!(port = %name, "port '{name}' is still down: {error}");
+                    }
+                    d.error = error;
+                    d.next_try = Instant::now() + PORT_RETRY;
                 }
             }
         }
     }
+}
+
+/// Checks a port against the open ports of `current`: its UDP port (returns the sockets
+/// it must share) and its TAP device (which must not be another port's).
+fn conflicts(
+    current: &PortSet,
+    spec: &PortSpec,
+) -> Result<Option<Arc<Vec<crate::port::UdpTunnelSocket>>>, SwitchError> {
+    let shared = current
+        .udp_sharing(spec)
+        .map_err(|by| SwitchError::UdpPortTaken(spec.udp_port().unwrap_or_default(), by))?;
+    if let SpecKind::Tap(t) = &spec.kind {
+        let ifname = t.ifname.as_deref().unwrap_or(&spec.name);
+        // A namespace that is gone has no identity; opening it says so.
+        let id = netns_id(t.netns.as_deref()).ok();
+        if let Some(by) = tap_owner(current, ifname, t.netns.as_deref(), id) {
+            return Err(SwitchError::TapOwned {
+                ifname: ifname.to_string(),
+                netns: t.netns.clone(),
+                by,
+            });
+        }
+    }
+    Ok(shared)
+}
+
+/// The port of `current` whose TAP device is `ifname` in namespace `netns` (by name,
+/// or by the namespace's identity `id`, when two names are one namespace).
+fn tap_owner(
+    current: &PortSet,
+    ifname: &str,
+    netns: Option<&str>,
+    id: Option<NetnsId>,
+) -> Option<String> {
+    current.iter().find_map(|p| {
+        let PortDev::Tap(t) = &p.dev else {
+            return None;
+        };
+        let same_ns = t.netns() == netns || id == Some(t.netns_id());
+        (same_ns && t.ifname() == ifname).then(|| p.spec.name.clone())
+    })
 }

@@ -389,6 +389,22 @@ impl SharedPipeline {
         Ok(outcome)
     }
 
+    /// Validates and applies a bundle like [`SharedPipeline::apply`], but publishes the
+    /// new version only if `accept` (given it, e.g. to save it) succeeds; otherwise
+    /// nothing changes and `accept`'s error is returned.
+    pub fn apply_then<E: From<InstallError>>(
+        &self,
+        bundle: &Bundle,
+        now: Millis,
+        accept: impl FnOnce(&Pipeline) -> Result<(), E>,
+    ) -> Result<BundleOutcome, E> {
+        let _w = self.lock();
+        let (next, outcome) = self.current.load().apply(bundle, now)?;
+        accept(&next)?;
+        self.current.store(Arc::new(next));
+        Ok(outcome)
+    }
+
     /// Publishes a new port map (a new version sharing every table). Returns the version.
     pub fn set_ports(&self, ports: PortMap) -> u64 {
         let _w = self.lock();

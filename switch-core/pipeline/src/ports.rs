@@ -55,6 +55,9 @@ pub enum PortMapError {
 pub struct PortMap {
     ports: Vec<PortInfo>,
     by_name: HashMap<String, u32>,
+    /// Ports that exist but are down (their device could not be opened): flows may
+    /// name them, but nothing is sent to them, so they are in no flood.
+    reserved: HashMap<String, u32>,
 }
 
 impl PortMap {
@@ -125,9 +128,18 @@ impl PortMap {
         self.get(number).map(|p| p.kind)
     }
 
-    /// The number of the port with this name.
+    /// The number of the port with this name (a port that is down has one too).
     pub fn number(&self, name: &str) -> Option<u32> {
-        self.by_name.get(name).copied()
+        self.by_name
+            .get(name)
+            .or_else(|| self.reserved.get(name))
+            .copied()
+    }
+
+    /// Reserves a name and number for a port that is down: flows may name it (and
+    /// resolve to `number`), but it is not a port of the map (no kind, no flood).
+    pub fn reserve(&mut self, number: u32, name: &str) {
+        self.reserved.insert(name.to_string(), number);
     }
 
     /// Every port, by ascending number.

@@ -56,7 +56,7 @@ use weft_proto::{
     replace_diff,
 };
 
-use weft_datapath::{Switch, SwitchError};
+use weft_datapath::{PortState, Switch, SwitchError};
 use weft_pipeline::{DpAction, Forward, MacTable, Pipeline, TraceStep};
 
 /// How the control socket is set up.
@@ -712,17 +712,26 @@ pub fn execute(sw: &Switch, op: Op) -> Result<serde_json::Value, ErrorBody> {
         }
         Op::Stats(_) => {
             let st = sw.stats();
+            let down = sw.down_ports();
             let mut ports: Vec<PortCounters> = st
                 .ports
                 .into_iter()
                 .map(|p| {
-                    PortCounters::new(
+                    let mut c = PortCounters::new(
                         p.ofport,
                         &p.name,
                         (p.rx_packets, p.rx_bytes),
                         (p.tx_packets, p.tx_bytes),
                         p.drops,
-                    )
+                    );
+                    if !p.up {
+                        c.state = proto::PortState::Down;
+                        c.error = down
+                            .iter()
+                            .find(|(spec, _)| spec.name == p.name)
+                            .map(|(_, why)| why.clone());
+                    }
+                    c
                 })
                 .collect();
             ports.sort_by_key(|p| p.ofport);
@@ -781,7 +790,13 @@ fn port_infos(sw: &Switch) -> Vec<PortInfo> {
     let mut v: Vec<PortInfo> = sw
         .ports()
         .iter()
-        .map(|p| PortInfo::from_spec(&p.spec, p.mtu))
+        .map(|p| {
+            let info = PortInfo::from_spec(&p.spec, p.mtu);
+            match &p.state {
+                PortState::Up => info,
+                PortState::Down(why) => info.down(why),
+            }
+        })
         .collect();
     v.sort_by_key(|p| p.ofport);
     v

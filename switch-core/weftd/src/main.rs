@@ -149,8 +149,8 @@ fn run(args: &Args, mut cfg: Config) -> anyhow::Result<()> {
     if let Some(m) = metrics {
         m.stop();
     }
+    // Saves the state too (when it changed; a failure is logged).
     node.shutdown();
-    state::save(&cfg.state_dir, &node.saved_state())?;
     info!("stopped");
     Ok(())
 }
@@ -187,12 +187,8 @@ fn reload(args: &Args, cfg: &mut Config, node: &dyn Node) {
                 );
             }
             match node.apply_config(&new) {
-                Ok(()) => {
-                    *cfg = new;
-                    if let Err(e) = state::save(&cfg.state_dir, &node.saved_state()) {
-                        error!("{e}");
-                    }
-                }
+                // The node saved its state (or logged why it could not).
+                Ok(()) => *cfg = new,
                 Err(e) => error!("reload failed, the running configuration stays: {e:#}"),
             }
         }

@@ -12,6 +12,7 @@
 //!
 //! | metric | labels |
 //! | --- | --- |
+//! | `weft_port_up` (gauge: 1 up, 0 down, see `weftctl show`) | `port`, `ofport`, `type` |
 //! | `weft_port_{rx,tx}_{packets,bytes}_total` | `port`, `ofport`, `type` |
 //! | `weft_port_drops_total` | `port`, `reason` |
 //! | `weft_table_flows` (gauge), `weft_table_{lookups,matches,misses}_total` | `table` |
@@ -56,6 +57,12 @@ pub fn render(s: &StatsSnapshot) -> String {
             ("type", p.port_type),
         ])
     };
+    family(
+        "weft_port_up",
+        "gauge",
+        "1 if the port is up, 0 if its device or sockets could not be opened (retried).",
+        &mut s.ports.iter().map(|p| (port_labels(p), u64::from(p.up))),
+    );
     type PortField = fn(&PortStats) -> u64;
     let port_counters: [(&str, &str, PortField); 4] = [
         (
@@ -450,6 +457,7 @@ mod tests {
                     name: "pod1".into(),
                     ofport: 1,
                     port_type: "tap",
+                    up: true,
                     rx_packets: 10,
                     rx_bytes: 1000,
                     tx_packets: 20,
@@ -460,6 +468,7 @@ mod tests {
                     name: "vx0".into(),
                     ofport: 2,
                     port_type: "vxlan",
+                    up: false,
                     rx_packets: 5,
                     rx_bytes: 500,
                     tx_packets: 6,
@@ -563,6 +572,11 @@ mod tests {
             get(r#"weft_port_drops_total{port="vx0",reason="not_allowed_remote"}"#),
             2
         );
+        assert_eq!(get(r#"weft_port_up{port="pod1",ofport="1",type="tap"}"#), 1);
+        assert_eq!(
+            get(r#"weft_port_up{port="vx0",ofport="2",type="vxlan"}"#),
+            0
+        );
         assert_eq!(get(r#"weft_table_flows{table="0"}"#), 4);
         assert_eq!(get(r#"weft_table_lookups_total{table="20"}"#), 90);
         assert_eq!(get(r#"weft_table_matches_total{table="0"}"#), 90);
@@ -575,7 +589,9 @@ mod tests {
         assert_eq!(get("weft_mac_capacity"), 8192);
         assert_eq!(get("weft_mac_evictions_total"), 3);
         assert_eq!(get("weft_mac_moves_total"), 1);
-        assert_eq!(m.len(), 4 * 2 + 3 + 4 * 2 + 2 + 2 + 1 + 4);
+        // Up and the four counters of two ports, three drops, four table metrics of two
+        // tables, and the unlabelled families.
+        assert_eq!(m.len(), 5 * 2 + 3 + 4 * 2 + 2 + 2 + 1 + 4);
         // An empty snapshot is still valid output.
         let empty = parse_text(&render(&StatsSnapshot::default()));
         assert_eq!(empty.len(), 7, "the unlabelled families always appear");

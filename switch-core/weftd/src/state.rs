@@ -10,7 +10,10 @@
 //!
 //! A file that cannot be read or understood is an error, not an empty state: starting
 //! empty would silently drop the node's flows (and, with them, its pods' traffic).
-//! The error says so and tells the operator to move the file aside.
+//! The error says so and tells the operator to move the file aside. The same for a
+//! `state.json` that is not a regular file: a symbolic link (dangling or not: [`save`]
+//! would replace the link with a file, so it would not keep pointing where the
+//! operator meant) or a FIFO, device or directory (which would hang or fail the read).
 //!
 //! One writer at a time: the caller serialises calls to [`save`] (they share the
 //! temporary file's name).
@@ -42,6 +45,18 @@ pub enum StateError {
         path: PathBuf,
         /// Why.
         source: io::Error,
+    },
+    /// The state file is a symbolic link, a FIFO, a device, a socket or a directory.
+    #[error(
+        "{} is {what}, not a regular file; weftd will not start without its saved ports \
+         and flows (put the state file itself there, or move it aside to start empty)",
+        path.display()
+    )]
+    NotAFile {
+        /// The state file.
+        path: PathBuf,
+        /// What it is instead (`a symbolic link to '...'`, `a FIFO`, ...).
+        what: String,
     },
     /// The state file is not valid JSON, or not valid ports and flows.
     #[error(
@@ -85,12 +100,64 @@ pub fn state_path(dir: &Path) -> PathBuf {
 
 /// Reads `<dir>/state.json`. `Ok(None)` when there is no such file (a first start).
 pub fn load(dir: &Path) -> Result<Option<SavedState>, StateError> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
     let path = state_path(dir);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
+    // lstat first: a dangling symbolic link must not read as "no file" (a first start),
+    // and a FIFO must not be opened for reading (that waits for a writer, for ever).
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(StateError::Read { path, source }),
     };
+    let t = meta.file_type();
+    let not_a_file = |what: String| StateError::NotAFile {
+        path: path.clone(),
+        what,
+    };
+    if t.is_symlink() {
+        let to = fs::read_link(&path)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "?".into());
+        let dangling = if fs::metadata(&path).is_err() {
+            "dangling "
+        } else {
+            ""
+        };
+        return Err(not_a_file(format!("a {dangling}symbolic link to '{to}'")));
+    }
+    if !t.is_file() && !t.is_dir() {
+        let what = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_block_device() || t.is_char_device() {
+            "a device"
+        } else {
+            "not a file"
+        };
+        return Err(not_a_file(what.into()));
+    }
+    // O_NOFOLLOW | O_NONBLOCK: should it have been swapped since the lstat, a link is
+    // an error and a FIFO does not block; what was opened is checked again.
+    let mut bytes = Vec::new();
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .and_then(|mut f| {
+            if !f.metadata()?.is_file() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                ));
+            }
+            f.read_to_end(&mut bytes)
+        })
+        .map_err(|source| StateError::Read {
+            path: path.clone(),
+            source,
+        })?;
     let corrupt = |detail: String| StateError::Corrupt {
         path: path.clone(),
         detail,
@@ -311,6 +378,46 @@ mod tests {
                 .contains("has format version 2, this weftd reads version 1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_symbolic_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state_path(dir.path());
+        // Dangling: not a first start.
+        std::os::unix::fs::symlink(dir.path().join("elsewhere.json"), &path).unwrap();
+        let e = load(dir.path()).unwrap_err();
+        assert!(matches!(e, StateError::NotAFile { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("a dangling symbolic link to '"), "{text}");
+        assert!(text.contains("elsewhere.json"), "{text}");
+        assert!(text.contains("move it aside"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+        // To a good state file: refused as well (a save would replace the link).
+        fs::remove_file(&path).unwrap();
+        let real = dir.path().join("real");
+        save(&real, &sample()).unwrap();
+        std::os::unix::fs::symlink(state_path(&real), &path).unwrap();
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("is a symbolic link to '"), "{e}");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state_path(dir.path());
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(load(&d).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(3))
+            .expect("load of a FIFO returns at once, it must not wait for a writer");
+        let e = got.unwrap_err();
+        assert!(e.contains("is a FIFO, not a regular file"), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
     }
 
     #[test]

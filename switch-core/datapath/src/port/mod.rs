@@ -9,4 +9,4 @@ pub mod socket;
 pub mod tap;
 
 pub use socket::{RawIpSocket, UdpTunnelSocket};
-pub use tap::Tap;
+pub use tap::{Attach, Tap};

@@ -20,6 +20,27 @@ pub fn netns_path(name: &str) -> PathBuf {
     PathBuf::from(NETNS_DIR).join(name)
 }
 
+/// The identity of a network namespace: the device and inode of its nsfs file, which
+/// two names (or a name and weftd's own namespace) share when they are one namespace.
+pub type NetnsId = (u64, u64);
+
+/// The identity of namespace `name` (`None`: the calling thread's own).
+pub fn netns_id(name: Option<&str>) -> io::Result<NetnsId> {
+    use std::os::unix::fs::MetadataExt;
+    let path = match name {
+        Some(n) => netns_path(n),
+        None => PathBuf::from("/proc/thread-self/ns/net"),
+    };
+    let m = std::fs::metadata(&path).map_err(|e| match name {
+        Some(n) => io::Error::new(
+            e.kind(),
+            format!("network namespace '{n}' ({}): {e}", path.display()),
+        ),
+        None => io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+    })?;
+    Ok((m.dev(), m.ino()))
+}
+
 /// Runs `f` on a thread inside namespace `name` (or on the calling thread when `name`
 /// is `None`) and returns its result.
 pub fn in_netns<T, F>(name: Option<&str>, f: F) -> io::Result<T>
@@ -60,6 +81,14 @@ mod tests {
             err.to_string().contains("weft-no-such-namespace"),
             "error names the namespace: {err}"
         );
+    }
+
+    #[test]
+    fn missing_namespace_has_no_identity() {
+        let err = netns_id(Some("weft-no-such-namespace")).unwrap_err();
+        assert!(err.to_string().contains("weft-no-such-namespace"), "{err}");
+        let own = netns_id(None).unwrap();
+        assert_eq!(own, netns_id(None).unwrap(), "stable");
     }
 
     #[test]

@@ -7,6 +7,13 @@
 //! next `weftd` re-attaches to it by name. `del-port` clears persistence, so the device
 //! disappears when its last queue closes.
 //!
+//! Re-attaching is only for `weftd`'s own ports ([`Attach::CreateOrReattach`]: the
+//! saved state at a restart, the config file at start). A port added at run time
+//! ([`Attach::Create`]) must create its device: attaching a second queue owner to a
+//! device that already exists (another port's pod interface) would spread that pod's
+//! flows over both owners, rewrite its MAC and MTU, and let `del-port` clear its
+//! persistence.
+//!
 //! Device creation uses `tun-rs`; the queues are read and written directly, non-blocking,
 //! by the workers.
 //!
@@ -24,7 +31,17 @@ use std::os::fd::{AsRawFd, RawFd};
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 use weft_flow::port::TapOptions;
 
-use super::netns::in_netns;
+use super::netns::{NetnsId, in_netns, netns_id};
+
+/// Whether opening a TAP device may attach to one that exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// The device must not exist: it is created (a port added at run time).
+    Create,
+    /// Re-attach to the device if it exists, else create it (`weftd`'s own ports at
+    /// start: the saved state, the config file).
+    CreateOrReattach,
+}
 
 /// An open TAP device: its queues, one per worker.
 pub struct Tap {
@@ -33,6 +50,7 @@ pub struct Tap {
     uso: bool,
     ifname: String,
     netns: Option<String>,
+    netns_id: NetnsId,
     reattached: bool,
 }
 
@@ -55,12 +73,41 @@ pub const VNET_HDR_LEN: usize = 10;
 impl Tap {
     /// Creates (or re-attaches to) the TAP device `ifname` with `queues` queues, in the
     /// namespace `opts.netns` if given, applies `opts.mtu` and `opts.mac`, brings it up
-    /// and makes it persistent.
+    /// and makes it persistent. Same as [`Tap::open_with`] with
+    /// [`Attach::CreateOrReattach`].
     pub fn open(ifname: &str, opts: &TapOptions, queues: usize, offloads: bool) -> io::Result<Tap> {
+        Tap::open_with(ifname, opts, queues, offloads, Attach::CreateOrReattach)
+    }
+
+    /// [`Tap::open`], where `attach` says whether an existing device of that name may be
+    /// re-attached; with [`Attach::Create`] one is an `AlreadyExists` error and the
+    /// device is left as it is.
+    pub fn open_with(
+        ifname: &str,
+        opts: &TapOptions,
+        queues: usize,
+        offloads: bool,
+        attach: Attach,
+    ) -> io::Result<Tap> {
         let queues = queues.max(1);
         let netns = opts.netns.clone();
+        let ns_id = netns_id(netns.as_deref())?;
         let (queues, reattached) = in_netns(netns.as_deref(), || {
             let reattached = nix::net::if_::if_nametoindex(ifname).is_ok();
+            if reattached && attach == Attach::Create {
+                let place = match &netns {
+                    Some(n) => format!("network namespace '{n}'"),
+                    None => "weftd's network namespace".to_string(),
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "tap '{ifname}': a device of that name exists in {place}; \
+                         add-port creates a new TAP device and re-attaches only to weftd's \
+                         own ports at restart (choose another ifname=, or delete the device)"
+                    ),
+                ));
+            }
             let mut b = DeviceBuilder::new()
                 .name(ifname)
                 .layer(Layer::L2)
@@ -124,8 +171,14 @@ impl Tap {
             uso,
             ifname: ifname.to_string(),
             netns,
+            netns_id: ns_id,
             reattached,
         })
+    }
+
+    /// The identity of the namespace the device lives in.
+    pub fn netns_id(&self) -> NetnsId {
+        self.netns_id
     }
 
     /// The device's name.
