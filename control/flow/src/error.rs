@@ -3,9 +3,23 @@
 //! which says where (line, column, token), and [`BundleError`] for a bundle, which names
 //! the offending change.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use super::field::Field;
+
+/// The most characters of someone's input an error message quotes.
+pub const EXCERPT_CHARS: usize = 80;
+
+/// `s` as an error message quotes it: whole when it has at most [`EXCERPT_CHARS`]
+/// characters, else its first [`EXCERPT_CHARS`] followed by `…`. A message built from
+/// input of any size stays short (and costs little to build and send).
+pub fn excerpt(s: &str) -> Cow<'_, str> {
+    match s.char_indices().nth(EXCERPT_CHARS) {
+        None => Cow::Borrowed(s),
+        Some((end, _)) => Cow::Owned(format!("{}…", &s[..end])),
+    }
+}
 
 /// Why a flow, match or change is invalid, independent of where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,7 +46,7 @@ pub enum FlowError {
     #[error("nw_tos {0} has its two low (ECN) bits set; nw_tos is the DSCP shifted left by 2")]
     NwTosEcn(u8),
     /// A port name that is not valid.
-    #[error("invalid port name '{0}'")]
+    #[error("invalid port name '{}'", excerpt(.0))]
     BadPortName(String),
     /// An action writes a field that cannot be written.
     #[error("{0} cannot be written by an action")]
@@ -84,7 +98,7 @@ pub enum FlowError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseErrorKind {
     /// A match field or setting name that does not exist.
-    #[error("unknown field '{name}'{}", suggest(.suggestion))]
+    #[error("unknown field '{}'{}", excerpt(.name), suggest(.suggestion))]
     UnknownField {
         /// What was written.
         name: String,
@@ -92,7 +106,7 @@ pub enum ParseErrorKind {
         suggestion: Option<&'static str>,
     },
     /// An action name that does not exist.
-    #[error("unknown action '{name}'{}", suggest(.suggestion))]
+    #[error("unknown action '{}'{}", excerpt(.name), suggest(.suggestion))]
     UnknownAction {
         /// What was written.
         name: String,
@@ -100,7 +114,7 @@ pub enum ParseErrorKind {
         suggestion: Option<&'static str>,
     },
     /// A value that does not parse for its field or action.
-    #[error("invalid value '{value}' for {what} (expected {expected})")]
+    #[error("invalid value '{}' for {} (expected {expected})", excerpt(.value), excerpt(.what))]
     BadValue {
         /// The field, setting or action.
         what: String,
@@ -110,13 +124,13 @@ pub enum ParseErrorKind {
         expected: String,
     },
     /// A field or setting without `=value`.
-    #[error("{0} needs a value ({0}=...)")]
+    #[error("{k} needs a value ({k}=...)", k = excerpt(.0))]
     MissingValue(String),
     /// A shorthand (`tcp`, `ip`) given a value.
-    #[error("{0} is a shorthand and takes no value")]
+    #[error("{} is a shorthand and takes no value", excerpt(.0))]
     UnexpectedValue(String),
     /// The same field set twice to different values (e.g. `tcp,udp`).
-    #[error("{0} is given twice with different values")]
+    #[error("{} is given twice with different values", excerpt(.0))]
     Conflict(String),
     /// A flow without `actions=`.
     #[error("missing 'actions=' (use 'actions=drop' to drop)")]
@@ -125,7 +139,7 @@ pub enum ParseErrorKind {
     #[error("actions are not allowed here (only a match)")]
     ActionsNotAllowed,
     /// A setting that is not allowed in this form (e.g. `idle_timeout` in a filter).
-    #[error("{0} is not allowed here")]
+    #[error("{} is not allowed here", excerpt(.0))]
     NotAllowed(String),
     /// Anything else about the shape of the text.
     #[error("{0}")]
@@ -150,7 +164,7 @@ pub struct ParseError {
     pub line: Option<usize>,
     /// Column (1-based, in characters) where the offending token starts.
     pub column: usize,
-    /// The offending token.
+    /// The offending token (an [`excerpt`] of it when it is long).
     pub token: String,
     /// What is wrong.
     pub kind: ParseErrorKind,

@@ -32,7 +32,7 @@ pub mod print;
 pub mod value;
 
 pub use action::{Action, FieldRange};
-pub use error::{BundleError, FlowError, ParseError, ParseErrorKind};
+pub use error::{BundleError, EXCERPT_CHARS, FlowError, ParseError, ParseErrorKind, excerpt};
 pub use field::{Field, FieldInfo, Prereq, ValueKind};
 pub use matching::Match;
 

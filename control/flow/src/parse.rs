@@ -10,7 +10,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use super::error::{FlowError, ParseError, ParseErrorKind};
+use super::error::{FlowError, ParseError, ParseErrorKind, excerpt};
 use super::field::{
     ETH_TYPE_ARP, ETH_TYPE_IPV4, ETH_TYPE_IPV6, Field, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
     IPPROTO_UDP, ValueKind,
@@ -201,7 +201,7 @@ impl FromStr for Action {
             return Err(ParseError {
                 line: None,
                 column: 1,
-                token: s.to_string(),
+                token: excerpt(s).into_owned(),
                 kind: ParseErrorKind::Syntax("expected exactly one action".into()),
             });
         }
@@ -272,15 +272,31 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len() * w + b.len()]
 }
 
-/// The candidate closest to `word` if it is close enough to be a likely typo.
+/// The longest word (in bytes) [`did_you_mean`] looks for a suggestion for: longer
+/// input is no typo of a name, and the cost of a suggestion stays small for any input.
+pub const SUGGEST_MAX_LEN: usize = 64;
+
+/// The most candidates [`did_you_mean`] compares a word with.
+pub const SUGGEST_MAX_CANDIDATES: usize = 1024;
+
+/// The candidate closest to `word` if it is close enough to be a likely typo. Costs at
+/// most [`SUGGEST_MAX_CANDIDATES`] comparisons of at most [`SUGGEST_MAX_LEN`] bytes,
+/// whatever the input: a longer word (or candidate) gets no suggestion.
 pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    if word.len() > SUGGEST_MAX_LEN {
+        return None;
+    }
     let lower = word.to_ascii_lowercase();
-    let limit = (word.chars().count() / 3).clamp(1, 3);
+    let chars = word.chars().count();
+    let limit = (chars / 3).clamp(1, 3);
     candidates
         .into_iter()
+        .take(SUGGEST_MAX_CANDIDATES)
+        // The distance is at least the difference in length.
+        .filter(|c| c.len() <= SUGGEST_MAX_LEN && c.chars().count().abs_diff(chars) <= limit)
         .map(|c| (edit_distance(&lower, &c.to_ascii_lowercase()), c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
@@ -334,7 +350,7 @@ impl<'a> Parser<'a> {
         ParseError {
             line: None,
             column,
-            token: tok.text.to_string(),
+            token: excerpt(tok.text).into_owned(),
             kind,
         }
     }

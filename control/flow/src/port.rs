@@ -16,7 +16,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::MacAddr;
+use crate::{MacAddr, excerpt};
 
 /// Longest port name (a Linux interface name is at most 15 bytes).
 pub const MAX_PORT_NAME: usize = 15;
@@ -237,7 +237,7 @@ pub struct PortSpec {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PortError {
     /// The name is empty, too long, numeric, reserved or has odd characters.
-    #[error("invalid port name '{name}': {why}")]
+    #[error("invalid port name '{}': {why}", excerpt(.name))]
     BadName {
         /// The name given.
         name: String,
@@ -245,13 +245,13 @@ pub enum PortError {
         why: &'static str,
     },
     /// No `type=` was given.
-    #[error("port '{0}' needs type=tap|vxlan|geneve|ipip")]
+    #[error("port '{}' needs type=tap|vxlan|geneve|ipip", excerpt(.0))]
     NoType(String),
     /// An argument was not `key=value`.
-    #[error("expected option=value, got '{0}'")]
+    #[error("expected option=value, got '{}'", excerpt(.0))]
     NotKeyValue(String),
     /// An option that this type of port does not take.
-    #[error("{port_type} ports take no option '{option}' (they take: {allowed})")]
+    #[error("{port_type} ports take no option '{}' (they take: {allowed})", excerpt(.option))]
     UnknownOption {
         /// The port's type.
         port_type: PortType,
@@ -261,10 +261,10 @@ pub enum PortError {
         allowed: &'static str,
     },
     /// The same option twice.
-    #[error("option '{0}' given twice")]
+    #[error("option '{}' given twice", excerpt(.0))]
     Duplicate(String),
     /// An option's value did not parse.
-    #[error("bad value '{value}' for {option}: expected {expected}")]
+    #[error("bad value '{}' for {}: expected {expected}", excerpt(.value), excerpt(.option))]
     BadValue {
         /// The option.
         option: String,

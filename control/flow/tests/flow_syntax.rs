@@ -3,10 +3,11 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use weft_flow::parse::{SUGGEST_MAX_CANDIDATES, SUGGEST_MAX_LEN, did_you_mean};
 use weft_flow::{
-    Action, Bundle, Field, FieldRange, Flow, FlowError, FlowFilter, FlowMod, FlowModCommand,
-    MacAddr, Masked, Match, ParseErrorKind, PortRef, parse_actions, parse_bundle_file,
-    parse_filter, parse_flow, parse_flow_mod, parse_flows_file,
+    Action, Bundle, EXCERPT_CHARS, Field, FieldRange, Flow, FlowError, FlowFilter, FlowMod,
+    FlowModCommand, MacAddr, Masked, Match, ParseErrorKind, PortRef, excerpt, parse_actions,
+    parse_bundle_file, parse_filter, parse_flow, parse_flow_mod, parse_flows_file,
 };
 
 fn flow(s: &str) -> Flow {
@@ -393,6 +394,54 @@ fn typo_suggestions() {
             .contains("did you mean NXM_OF_ETH_SRC?")
     );
     assert!(err("actions=set_field:1->reg9").contains("unknown field 'reg9' (did you mean reg0?)"));
+}
+
+#[test]
+fn long_tokens_cost_little_and_are_quoted_as_an_excerpt() {
+    // A suggestion looks at a bounded number of candidates and none for a long word.
+    let pulled = std::cell::Cell::new(0usize);
+    let many = (0..5000).map(|_| {
+        pulled.set(pulled.get() + 1);
+        "nw_src"
+    });
+    assert_eq!(did_you_mean("nw_sorc", many), Some("nw_src"));
+    assert!(pulled.get() <= SUGGEST_MAX_CANDIDATES, "{}", pulled.get());
+    pulled.set(0);
+    let long = "x".repeat(SUGGEST_MAX_LEN + 1);
+    let many = (0..10).map(|_| {
+        pulled.set(pulled.get() + 1);
+        "nw_src"
+    });
+    assert_eq!(did_you_mean(&long, many), None);
+    assert_eq!(pulled.get(), 0);
+    assert_eq!(did_you_mean("NW_SORC", ["nw_src"]), Some("nw_src"));
+
+    // An unknown field, action and value as long as a whole request: a message with an
+    // excerpt of 80 characters and an ellipsis, and the token kept as that excerpt.
+    let big = format!("nw_s{}", "é".repeat(1 << 20));
+    let quoted = format!("'nw_s{}…'", "é".repeat(EXCERPT_CHARS - 4));
+    for text in [
+        format!("{big}=1 actions=drop"),
+        format!("actions={big}"),
+        format!("actions=move:{big}[]->NXM_OF_ETH_DST[]"),
+        format!("ip,nw_src={big} actions=drop"),
+        format!("priority={big} actions=drop"),
+    ] {
+        let e = parse_flow(&text).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(&quoted), "{}", &msg[..msg.len().min(300)]);
+        assert!(msg.chars().count() < 250, "{}", &msg[..msg.len().min(300)]);
+        assert!(
+            e.token.chars().count() <= EXCERPT_CHARS + 1,
+            "{}",
+            e.token.len()
+        );
+    }
+    // Short input is quoted whole, as before.
+    assert_eq!(excerpt("nw_sorc"), "nw_sorc");
+    let exact = "a".repeat(EXCERPT_CHARS);
+    assert_eq!(excerpt(&exact), exact.as_str());
+    assert_eq!(excerpt(&format!("{exact}b")), format!("{exact}…"));
 }
 
 #[test]

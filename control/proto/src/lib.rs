@@ -46,7 +46,7 @@ use serde_json::{Map, Value};
 
 use weft_flow::port::PortSpec;
 use weft_flow::{
-    Bundle, BundleError, Flow, FlowFilter, FlowMod, Match, ParseError, parse_filter,
+    Bundle, BundleError, Flow, FlowFilter, FlowMod, Match, ParseError, excerpt, parse_filter,
     parse_flows_file,
 };
 
@@ -57,6 +57,10 @@ pub const VERSION: u32 = 1;
 /// 100,000 flows in text form); a longer line gets an error and the connection is
 /// closed.
 pub const MAX_LINE: usize = 16 << 20;
+
+/// The longest error message (in bytes) a response carries; [`Response::error`] cuts a
+/// longer one. Messages quote input only as an [`excerpt`], so this is a last bound.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
 
 /// The server's name in the `hello` reply.
 pub const SERVER_NAME: &str = "weftd";
@@ -406,15 +410,26 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
         Some(v) => v.as_u64().ok_or_else(|| {
             fail(
                 None,
-                format!("'id' must be a non-negative integer, got {v}"),
+                format!(
+                    "'id' must be a non-negative integer, got {}",
+                    excerpt(&v.to_string())
+                ),
             )
         })?,
     };
     if obj.len() != 1 {
-        let names: Vec<&str> = obj.keys().map(String::as_str).collect();
-        let msg = if names.is_empty() {
+        let msg = if obj.is_empty() {
             "request names no operation".to_string()
         } else {
+            // At most a few names, each an excerpt: the keys are the client's input.
+            let mut names: Vec<String> = obj
+                .keys()
+                .take(QUOTED_NAMES)
+                .map(|k| excerpt(k).into_owned())
+                .collect();
+            if obj.len() > QUOTED_NAMES {
+                names.push(format!("… ({} in all)", obj.len()));
+            }
             format!(
                 "request must name exactly one operation, got {}",
                 names.join(", ")
@@ -448,13 +463,57 @@ pub fn check_request(line: &[u8]) {
     }
 }
 
+/// How many of a request's operation names an error lists.
+const QUOTED_NAMES: usize = 4;
+
 /// serde_json appends "at line 1 column N" of the re-serialised value, which means
-/// nothing to the client; drop it.
+/// nothing to the client; drop it. What serde quotes of the input (an unknown field or
+/// variant in backquotes, a string value in double quotes) is cut to an [`excerpt`].
 fn clean_serde(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    let mut out = String::new();
+    let mut rest = msg;
+    // Quoted parts alternate with the rest, whichever quote opens them.
+    while let Some(open) = rest.find(['`', '"']) {
+        let q = &rest[open..=open];
+        out.push_str(&rest[..=open]);
+        let inner = &rest[open + 1..];
+        // serde writes a string value with Debug, so an inner quote is `\"`.
+        let close = if q == "\"" {
+            let mut at = None;
+            let b = inner.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' => i += 2,
+                    b'"' => {
+                        at = Some(i);
+                        break;
+                    }
+                    _ => i += 1,
+                }
+            }
+            at
+        } else {
+            inner.find('`')
+        };
+        match close {
+            Some(c) => {
+                out.push_str(&excerpt(&inner[..c]));
+                out.push_str(q);
+                rest = &inner[c + 1..];
+            }
+            None => {
+                out.push_str(&excerpt(inner));
+                rest = "";
+            }
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 fn both(what: &str) -> ErrorBody {
@@ -612,8 +671,17 @@ impl Response {
         }
     }
 
-    /// A failure.
-    pub fn error(id: Option<u64>, error: ErrorBody) -> Response {
+    /// A failure. A message longer than [`MAX_ERROR_MESSAGE`] bytes is cut there (with
+    /// `…`): whatever quoted the input, an error reply stays small.
+    pub fn error(id: Option<u64>, mut error: ErrorBody) -> Response {
+        if error.message.len() > MAX_ERROR_MESSAGE {
+            let mut end = MAX_ERROR_MESSAGE;
+            while !error.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            error.message.truncate(end);
+            error.message.push('…');
+        }
         Response {
             id,
             ok: None,
@@ -1280,6 +1348,49 @@ mod tests {
         // Text and JSON together.
         let e = err(r#"{"id":1,"dump_flows":{"text":"ip","filter":{"table":1}}}"#);
         assert!(e.error.message.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn errors_quote_only_an_excerpt_of_huge_input() {
+        use weft_flow::EXCERPT_CHARS;
+        let big = "z".repeat(4 << 20);
+        for req in [
+            format!(r#"{{"id":"{big}","show":{{}}}}"#),
+            format!(r#"{{"id":1,"{big}":{{}},"show":{{}}}}"#),
+            format!(r#"{{"id":1,"{big}":{{}}}}"#),
+            format!(r#"{{"id":1,"show":"{big}"}}"#),
+            format!(r#"{{"id":1,"add_port":{{"text":"{big} type=tap"}}}}"#),
+            format!(r#"{{"id":1,"add_port":{{"text":"p type=tap {big}=1"}}}}"#),
+            format!(r#"{{"id":1,"del_port":{{"name":"{big}"}}}}"#),
+            format!(r#"{{"id":1,"bundle":{{"text":"{big} actions=drop"}}}}"#),
+            format!(r#"{{"id":1,"dump_flows":{{"text":"{big}"}}}}"#),
+            format!(r#"{{"id":1,"trace":{{"packet":"ip,{big}=1"}}}}"#),
+        ] {
+            let e = err(&req);
+            let m = &e.error.message;
+            assert!(m.len() < 400, "{}", &m[..300]);
+            // An excerpt (of the input, or of the json value holding it) and an ellipsis.
+            let zs = m.matches('z').count();
+            assert!(
+                (70..=EXCERPT_CHARS).contains(&zs) && m.contains("z…"),
+                "{m}"
+            );
+        }
+        // Many operation names: a few are listed, and how many there were.
+        let names: Vec<String> = (0..1000).map(|i| format!(r#""op{i}":{{}}"#)).collect();
+        let e = err(&format!(r#"{{"id":1,{}}}"#, names.join(",")));
+        assert!(e.error.message.ends_with("… (1000 in all)"), "{e}");
+        // And any error reply is bounded, whatever built its message.
+        let r = Response::error(Some(1), ErrorBody::new("é".repeat(1 << 20)));
+        let m = r.error.unwrap().message;
+        assert!(m.len() <= MAX_ERROR_MESSAGE + '…'.len_utf8(), "{}", m.len());
+        assert!(m.ends_with('…'));
+        // Unchanged for what is short.
+        let e = err(r#"{"id":1,"frobnicate":{}}"#);
+        assert!(
+            e.error.message.contains("unknown variant `frobnicate`"),
+            "{e}"
+        );
     }
 
     #[test]

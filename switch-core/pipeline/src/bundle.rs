@@ -372,19 +372,45 @@ impl Pipeline {
         filter: &FlowFilter,
         now: Millis,
     ) -> Result<Vec<FlowDump>, InstallErrorKind> {
-        let filter = resolve_filter(filter, &self.ports)?;
         let mut out = Vec::new();
+        self.dump_each(filter, now, |d| {
+            out.push(d);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// [`dump`](Self::dump) one flow at a time, in the same order: `each` gets every
+    /// flow as it is rebuilt and returns false to stop early. Memory stays small
+    /// whatever the number of flows (a reference per selected flow of one table, and
+    /// one rebuilt flow), so a large dump can be written out as it is made. Returns
+    /// false when `each` stopped it.
+    pub fn dump_each(
+        &self,
+        filter: &FlowFilter,
+        now: Millis,
+        mut each: impl FnMut(FlowDump) -> bool,
+    ) -> Result<bool, InstallErrorKind> {
+        let filter = resolve_filter(filter, &self.ports)?;
+        let everything = filter.cookie.is_none() && filter.matches == Default::default();
+        let mut rules: Vec<RuleRef<'_, FlowSlot>> = Vec::new();
         for t in tables_of(&filter) {
             let table = &self.tables[usize::from(t)];
-            let start = out.len();
-            for r in table.cls.iter() {
-                let d = dump_of(t, r, now);
-                if filter.selects(&d.flow, false) {
-                    out.push(d);
+            rules.clear();
+            rules.extend(
+                table
+                    .cls
+                    .iter()
+                    .filter(|r| everything || filter.selects(&rule_flow(t, *r, false), false)),
+            );
+            // Stable, as the order of equal priorities was before.
+            rules.sort_by_key(|r| std::cmp::Reverse(r.priority()));
+            for r in &rules {
+                if !each(dump_of(t, *r, now)) {
+                    return Ok(false);
                 }
             }
-            out[start..].sort_by_key(|d| std::cmp::Reverse(d.flow.priority));
         }
-        Ok(out)
+        Ok(true)
     }
 }

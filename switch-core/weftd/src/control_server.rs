@@ -17,12 +17,20 @@
 //! # Threads, limits and why nothing can block the datapath
 //!
 //! One accept thread, and one thread per client up to [`ControlOptions::max_clients`]
-//! (a client beyond that gets an error line and is closed). A client thread reads with
-//! a short timeout tick, so it notices shutdown, a client idle for too long, and a
-//! client stuck in the middle of a line ([`ControlOptions::line_timeout`]); it writes
-//! with a timeout too, so a client that does not read its responses is dropped rather
-//! than holding a thread forever. A line longer than [`MAX_LINE`] gets an error and the
-//! connection is closed. A request is only acted on once its whole line has arrived
+//! (a client beyond that gets an error line and is closed). A client is always under
+//! one deadline while it reads: its `hello` within [`ControlOptions::line_timeout`] of
+//! connecting, a started line within `line_timeout` of its first byte, the next request
+//! within [`ControlOptions::idle_timeout`] (blank lines do not count). A read never
+//! waits past the deadline and the deadline is checked after every read, so a client
+//! that trickles bytes cannot stretch it; a client past it is dropped with one log line
+//! saying why, which frees its slot. It also notices shutdown within a short tick.
+//! Responses go out through a buffer of at most [`REPLY_CHUNK`] bytes; a client that
+//! keeps one response waiting for [`ControlOptions::write_timeout`] in all (it does not
+//! read) is dropped rather than holding a thread. `dump_flows` is written out as the
+//! flows are rebuilt from the pipeline snapshot ([`Pipeline::dump_each`]), so a dump
+//! of any size costs a client at most that buffer (and a reference per flow), not a
+//! copy of the table and its JSON. A line longer than [`MAX_LINE`] gets an error and
+//! the connection is closed. A request is only acted on once its whole line has arrived
 //! and [`parse_request`] has checked all of it, so a slow client holds no lock while
 //! it dribbles bytes. Changes are serialised by one mutex here (so `replace_flows`
 //! computes its diff and applies it with no other control change in between) and by
@@ -68,11 +76,13 @@ pub struct ControlOptions {
     pub group: Option<String>,
     /// Clients served at once; more are refused.
     pub max_clients: usize,
-    /// A connection with no request for this long is closed.
+    /// A connection with no request (blank lines are none) for this long is closed.
     pub idle_timeout: Duration,
-    /// A request line that has started must be complete within this long.
+    /// A request line that has started must be complete within this long of its first
+    /// byte; the `hello` must be answered within this long of connecting.
     pub line_timeout: Duration,
-    /// A response that cannot be written within this long drops the client.
+    /// A client that keeps one response waiting (does not read it) for this long in all
+    /// is dropped.
     pub write_timeout: Duration,
 }
 
@@ -281,16 +291,135 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Writes one response line; false when the client is gone or too slow.
-fn send(stream: &mut UnixStream, resp: &Response) -> bool {
-    let mut line = resp.to_line();
-    line.push('\n');
-    stream.write_all(line.as_bytes()).is_ok()
+/// How many bytes of a response are gathered before they are written: the most output
+/// a client has waiting in `weftd` (beyond the socket's own buffer) for a dump, however
+/// many flows it asked for (a dump is written as it is made). Other replies are bounded
+/// by the switch's own limits (ports, the MAC table's capacity) and are written from
+/// the one line they are built as.
+pub const REPLY_CHUNK: usize = 64 * 1024;
+
+/// The writing side of a client connection: gathers at most [`REPLY_CHUNK`] bytes, then
+/// writes them; a client that keeps one response waiting (does not read it) for
+/// `budget` in all is given up on.
+struct Out {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    budget: Duration,
+    /// Time left of `budget` for the response being written.
+    left: Duration,
 }
 
-fn refuse(mut stream: UnixStream, message: &str) {
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = send(&mut stream, &Response::error(None, ErrorBody::new(message)));
+/// Why writing a response failed.
+#[derive(Debug)]
+enum OutError {
+    /// The client did not take the response within the budget.
+    TooSlow(Duration),
+    /// The connection failed (the client went away).
+    Io(io::Error),
+}
+
+impl std::fmt::Display for OutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutError::TooSlow(t) => {
+                write!(f, "it did not read its response within {} s", secs(*t))
+            }
+            OutError::Io(e) => write!(f, "writing its response failed: {e}"),
+        }
+    }
+}
+
+impl Out {
+    fn new(stream: UnixStream, budget: Duration) -> Out {
+        Out {
+            stream,
+            buf: Vec::with_capacity(REPLY_CHUNK),
+            budget,
+            left: budget,
+        }
+    }
+
+    /// Starts a response: it gets the whole budget.
+    fn begin(&mut self) {
+        self.buf.clear();
+        self.left = self.budget;
+    }
+
+    /// Adds `bytes` to the response; what is gathered is written once it reaches
+    /// [`REPLY_CHUNK`] (a larger piece is written as it is, never copied).
+    fn put(&mut self, bytes: &[u8]) -> Result<(), OutError> {
+        if self.buf.len() + bytes.len() < REPLY_CHUNK {
+            self.buf.extend_from_slice(bytes);
+            return Ok(());
+        }
+        self.flush()?;
+        if bytes.len() < REPLY_CHUNK {
+            self.buf.extend_from_slice(bytes);
+            Ok(())
+        } else {
+            self.write(bytes)
+        }
+    }
+
+    /// Writes what is gathered.
+    fn flush(&mut self) -> Result<(), OutError> {
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.write(&buf);
+        self.buf = buf;
+        self.buf.clear();
+        r
+    }
+
+    /// Writes `bytes`; time spent waiting for the client counts against the budget.
+    fn write(&mut self, bytes: &[u8]) -> Result<(), OutError> {
+        let mut at = 0;
+        while at < bytes.len() {
+            if self.left.is_zero() {
+                return Err(OutError::TooSlow(self.budget));
+            }
+            // SO_SNDTIMEO: at most what is left (a zero timeout would mean none).
+            let _ = self
+                .stream
+                .set_write_timeout(Some(self.left.max(Duration::from_millis(1))));
+            let t = Instant::now();
+            let r = self.stream.write(&bytes[at..]);
+            self.left = self.left.saturating_sub(t.elapsed());
+            match r {
+                Ok(0) => return Err(OutError::Io(ErrorKind::WriteZero.into())),
+                Ok(n) => at += n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    self.left = Duration::ZERO;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(OutError::Io(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one whole response line.
+    fn line(&mut self, resp: &Response) -> Result<(), OutError> {
+        self.begin();
+        self.put(resp.to_line().as_bytes())?;
+        self.put(b"\n")?;
+        self.flush()
+    }
+}
+
+/// Writes one response line within `budget`; false when the client is gone or too slow.
+fn send(stream: &UnixStream, budget: Duration, resp: &Response) -> bool {
+    match stream.try_clone() {
+        Ok(s) => Out::new(s, budget).line(resp).is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn refuse(stream: UnixStream, message: &str) {
+    let _ = send(
+        &stream,
+        Duration::from_secs(1),
+        &Response::error(None, ErrorBody::new(message)),
+    );
 }
 
 /// How often the accept thread checks for stop when nobody connects.
@@ -354,9 +483,17 @@ fn accept_loop(s: &Arc<Shared>, listener: UnixListener) {
         let spawned = std::thread::Builder::new()
             .name(format!("weft-control-{id}"))
             .spawn(move || {
+                let Ok(out) = stream.try_clone() else {
+                    tracing::warn!(client = id, "control socket: cannot clone the stream");
+                    lock(&sc.clients).remove(&id);
+                    sc.active.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                };
                 let mut conn = Connection {
                     s: &sc,
+                    id,
                     stream,
+                    out: Out::new(out, sc.opts.write_timeout),
                     greeted: false,
                     closing: false,
                 };
@@ -384,48 +521,124 @@ const TICK: Duration = Duration::from_millis(200);
 
 struct Connection<'a> {
     s: &'a Shared,
+    /// The client's number (in log lines).
+    id: u64,
     stream: UnixStream,
+    /// Where responses are written (a clone of `stream`).
+    out: Out,
     greeted: bool,
     /// Set when the connection must end after the current response.
     closing: bool,
 }
 
+/// A duration in seconds for a message: `30`, or `0.5` when not whole.
+fn secs(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{:.1}", d.as_secs_f64())
+    }
+}
+
+/// The one deadline a connection is under while it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// Before `hello` has been answered: from the connection's start.
+    Hello,
+    /// A request line has started: from its first byte.
+    Line,
+    /// Between requests: from the end of the last one.
+    Idle,
+}
+
 impl Connection<'_> {
+    /// Drops the client, with one log line saying why, and an error line to it when
+    /// `tell`.
+    fn drop_client(&mut self, why: &str, tell: bool) {
+        tracing::warn!(client = self.id, "control client dropped: {why}");
+        if tell {
+            let resp = Response::error(None, ErrorBody::new(format!("{why}; closing")));
+            let _ = self.out.line(&resp);
+        }
+    }
+
     fn serve(&mut self) {
-        let _ = self.stream.set_read_timeout(Some(TICK));
-        let _ = self
-            .stream
-            .set_write_timeout(Some(self.s.opts.write_timeout));
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 64 * 1024];
         let mut scanned = 0;
-        let mut last_request = Instant::now();
+        let connected = Instant::now();
+        let mut last_request = connected;
         let mut line_started: Option<Instant> = None;
+        let opts = &self.s.opts;
         loop {
             if self.s.stop.load(Ordering::SeqCst) {
                 return;
             }
+            // The deadline holds however the bytes trickle in: it is measured from the
+            // start of the wait, checked after every read, and no read waits past it.
+            let (wait, deadline) = if !self.greeted {
+                (Wait::Hello, connected + opts.line_timeout)
+            } else if let Some(t) = line_started {
+                (Wait::Line, t + opts.line_timeout)
+            } else {
+                (Wait::Idle, last_request + opts.idle_timeout)
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                match wait {
+                    Wait::Hello => self.drop_client(
+                        &format!(
+                            "no hello within {} s of connecting",
+                            secs(opts.line_timeout)
+                        ),
+                        true,
+                    ),
+                    Wait::Line => self.drop_client(
+                        &format!(
+                            "request line not finished within {} s",
+                            secs(opts.line_timeout)
+                        ),
+                        true,
+                    ),
+                    Wait::Idle => tracing::info!(
+                        client = self.id,
+                        "control client dropped: no request for {} s",
+                        secs(opts.idle_timeout)
+                    ),
+                }
+                return;
+            }
+            let wake = (deadline - now).clamp(Duration::from_millis(1), TICK);
+            let _ = self.stream.set_read_timeout(Some(wake));
             match self.stream.read(&mut chunk) {
                 Ok(0) => return,
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
-                    line_started.get_or_insert_with(Instant::now);
+                    // Whitespace alone starts no request.
+                    if line_started.is_none() && !chunk[..n].iter().all(u8::is_ascii_whitespace) {
+                        line_started = Some(Instant::now());
+                    }
                     while let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
                         let end = scanned + pos;
                         let line = &buf[..end];
                         let line = line.strip_suffix(b"\r").unwrap_or(line);
-                        let keep_going = line.len() > MAX_LINE || self.handle_line(line);
                         if line.len() > MAX_LINE {
                             self.too_long();
                             return;
                         }
-                        if !keep_going {
+                        // A blank line is no request: it does not reset the idle time.
+                        let blank = line.iter().all(u8::is_ascii_whitespace);
+                        if !blank && !self.handle_line(line) {
                             return;
                         }
                         buf.drain(..=end);
                         scanned = 0;
-                        last_request = Instant::now();
-                        line_started = (!buf.is_empty()).then(Instant::now);
+                        if !blank {
+                            last_request = Instant::now();
+                        }
+                        // What follows the line came in this read (at most a chunk).
+                        line_started =
+                            (!buf.iter().all(u8::is_ascii_whitespace)).then(Instant::now);
                     }
                     scanned = buf.len();
                     if buf.len() > MAX_LINE {
@@ -433,27 +646,7 @@ impl Connection<'_> {
                         return;
                     }
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    let now = Instant::now();
-                    if let Some(t) = line_started
-                        && now - t > self.s.opts.line_timeout
-                    {
-                        let _ = send(
-                            &mut self.stream,
-                            &Response::error(
-                                None,
-                                ErrorBody::new(format!(
-                                    "request line not finished within {} s; closing",
-                                    self.s.opts.line_timeout.as_secs()
-                                )),
-                            ),
-                        );
-                        return;
-                    }
-                    if line_started.is_none() && now - last_request > self.s.opts.idle_timeout {
-                        return;
-                    }
-                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return,
             }
@@ -461,28 +654,89 @@ impl Connection<'_> {
     }
 
     fn too_long(&mut self) {
-        tracing::warn!("control socket: request longer than {MAX_LINE} bytes; client dropped");
-        let _ = send(
-            &mut self.stream,
-            &Response::error(
-                None,
-                ErrorBody::new(format!(
-                    "request longer than {MAX_LINE} bytes; closing the connection"
-                )),
-            ),
-        );
+        self.drop_client(&format!("request longer than {MAX_LINE} bytes"), true);
     }
 
-    /// Handles one complete line; false when the client should be dropped.
+    /// Handles one complete (not blank) line; false when the client should be dropped.
     fn handle_line(&mut self, line: &[u8]) -> bool {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return true;
-        }
-        let resp = match parse_request(line) {
-            Err(e) => Response::error(e.id, e.error),
-            Ok(req) => self.handle(req),
+        let sent = match parse_request(line) {
+            Err(e) => self.out.line(&Response::error(e.id, e.error)),
+            Ok(Request {
+                id,
+                op: Op::DumpFlows(d),
+            }) if self.greeted => self.dump_flows(id, &d.filter),
+            Ok(req) => {
+                let resp = self.handle(req);
+                self.out.line(&resp)
+            }
         };
-        send(&mut self.stream, &resp) && !self.closing
+        match sent {
+            Ok(()) => !self.closing,
+            Err(e @ OutError::TooSlow(_)) => {
+                self.drop_client(&e.to_string(), false);
+                false
+            }
+            Err(e) => {
+                tracing::debug!(client = self.id, "control client gone: {e}");
+                false
+            }
+        }
+    }
+
+    /// `dump_flows`, written out as the flows are rebuilt from the current pipeline
+    /// (at most [`REPLY_CHUNK`] bytes of it gathered at a time): the same line as
+    /// [`execute`] would answer, without ever holding it, or a copy of the flows, in
+    /// memory.
+    fn dump_flows(&mut self, id: u64, filter: &FlowFilter) -> Result<(), OutError> {
+        let pipe = self.s.switch.pipeline();
+        let now = self.s.switch.now();
+        let out = &mut self.out;
+        out.begin();
+        let mut failed = None;
+        let mut first = true;
+        let mut item = Vec::new();
+        let done = pipe.dump_each(filter, now, |d| {
+            let stats = FlowStats {
+                flow: d.flow,
+                packets: d.packets,
+                bytes: d.bytes,
+                duration_ms: d.duration_ms,
+                idle_age_ms: d.idle_age_ms,
+            };
+            item.clear();
+            if first {
+                item.extend_from_slice(format!("{{\"id\":{id},\"ok\":{{\"flows\":[").as_bytes());
+            } else {
+                item.push(b',');
+            }
+            first = false;
+            // Through a json value, for the same key order as every other reply.
+            let written = serde_json::to_value(&stats)
+                .and_then(|v| serde_json::to_writer(&mut item, &v))
+                .map_err(|e| OutError::Io(io::Error::other(format!("internal: {e}"))))
+                .and_then(|()| out.put(&item));
+            match written {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match done {
+            Err(e) => out.line(&Response::error(
+                Some(id),
+                switch_error(SwitchError::from(e)),
+            )),
+            Ok(_) if first => out.line(&Response::ok(id, &DumpFlowsReply { flows: Vec::new() })),
+            Ok(_) => {
+                out.put(b"]}}\n")?;
+                out.flush()
+            }
+        }
     }
 
     fn handle(&mut self, req: Request) -> Response {
@@ -593,7 +847,10 @@ impl Connection<'_> {
                 error: None,
                 frame: Some(frame),
             };
-            if !send(&mut self.stream, &line) {
+            if let Err(e) = self.out.line(&line) {
+                if let OutError::TooSlow(_) = e {
+                    tracing::warn!(client = self.id, "control client dropped: {e}");
+                }
                 client_gone = true;
                 break;
             }

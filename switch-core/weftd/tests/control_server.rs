@@ -728,3 +728,314 @@ fn peer_credentials_are_checked() {
     assert!(out.contains("permission denied"), "{out}");
     assert_eq!(out.lines().count(), 1, "{out}");
 }
+
+/// Writes `byte` to `w` every 100 ms, for at most `limit` or until the server hangs up.
+fn trickle(mut w: UnixStream, byte: u8, limit: Duration) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        while t.elapsed() < limit && w.write_all(&[byte]).is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+/// Reads until the server closes the connection (or `limit`); returns what came.
+fn read_to_close(r: &mut BufReader<UnixStream>, limit: Duration) -> (String, Duration) {
+    let t = Instant::now();
+    r.get_ref().set_read_timeout(Some(limit)).unwrap();
+    let mut all = Vec::new();
+    let _ = r.read_to_end(&mut all);
+    (String::from_utf8_lossy(&all).into_owned(), t.elapsed())
+}
+
+#[test]
+fn a_line_trickled_byte_by_byte_meets_its_deadline() {
+    let fx = Fixture::with(|o| ControlOptions {
+        line_timeout: Duration::from_secs(1),
+        ..o
+    });
+    let mut slow = fx.raw();
+    slow.hello();
+    // One byte every 100 ms: every read returns data, none ever times out.
+    let t = trickle(slow.w.try_clone().unwrap(), b'x', Duration::from_secs(8));
+    let (text, took) = read_to_close(&mut slow.r, Duration::from_secs(8));
+    assert!(
+        text.contains("request line not finished within 1 s; closing"),
+        "{text}"
+    );
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    t.join().unwrap();
+    // Others were served meanwhile and still are.
+    assert_eq!(fx.client().ports().unwrap().ports.len(), 1);
+}
+
+#[test]
+fn a_silent_connection_frees_its_slot_at_the_hello_deadline() {
+    // The idle timeout is the default 10 minutes: the hello deadline is what frees the slot.
+    let fx = Fixture::with(|o| ControlOptions {
+        line_timeout: Duration::from_secs(1),
+        max_clients: 1,
+        ..o
+    });
+    let mut silent = fx.raw();
+    let (text, took) = read_to_close(&mut silent.r, Duration::from_secs(8));
+    assert!(
+        text.contains("no hello within 1 s of connecting; closing"),
+        "{text}"
+    );
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    // Requests other than hello do not stretch it either.
+    let t = Instant::now();
+    let mut chatty = loop {
+        let mut c = fx.raw();
+        let v = c.send(r#"{"id":1,"show":{}}"#);
+        if !message(&v).contains("too many clients") {
+            assert!(message(&v).contains("first request must be hello"), "{v}");
+            break c;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the slot was not freed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let t = Instant::now();
+    let mut text = String::new();
+    while t.elapsed() < Duration::from_secs(8) {
+        if chatty.w.write_all(b"{\"id\":2,\"show\":{}}\n").is_err() {
+            break;
+        }
+        let mut line = String::new();
+        if chatty.r.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        text.push_str(&line);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    text.push_str(&read_to_close(&mut chatty.r, Duration::from_secs(1)).0);
+    assert!(text.contains("no hello within 1 s"), "{text}");
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+    // The slot is free again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(mut c) = Client::connect(&fx.path) {
+            assert!(c.show().is_ok());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was not freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn blank_lines_do_not_keep_an_idle_client() {
+    let fx = Fixture::with(|o| ControlOptions {
+        idle_timeout: Duration::from_secs(1),
+        ..o
+    });
+    let mut c = fx.raw();
+    c.hello();
+    let t = trickle(c.w.try_clone().unwrap(), b'\n', Duration::from_secs(8));
+    let (text, took) = read_to_close(&mut c.r, Duration::from_secs(8));
+    assert_eq!(text, "");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    t.join().unwrap();
+}
+
+#[test]
+fn a_request_as_long_as_the_limit_with_an_unknown_token_is_cheap() {
+    let fx = Fixture::new();
+    let mut c = fx.raw();
+    c.hello();
+    let token = "x".repeat(weft_proto::MAX_LINE - 100);
+    let t = Instant::now();
+    let v = c.send(&format!(
+        r#"{{"id":2,"bundle":{{"text":"{token}=1 actions=drop"}}}}"#
+    ));
+    let took = t.elapsed();
+    let m = message(&v);
+    assert!(m.starts_with("flow line 1: unknown field 'xxx"), "{m:.200}");
+    assert!(m.ends_with("xxx…'"), "{m:.200}");
+    assert!(m.len() < 200, "{} bytes: {m:.200}", m.len());
+    // Sending and parsing 16 MiB, no suggestion search over it.
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    // The same with an unknown action.
+    let v = c.send(&format!(
+        r#"{{"id":3,"bundle":{{"text":"actions={token}"}}}}"#
+    ));
+    let m = message(&v);
+    assert!(
+        m.starts_with("flow line 1: unknown action 'xxx"),
+        "{m:.200}"
+    );
+    assert!(m.len() < 200, "{} bytes: {m:.200}", m.len());
+    assert!(t.elapsed() < Duration::from_secs(16), "{:?}", t.elapsed());
+    // The connection goes on.
+    let v = c.send(r#"{"id":4,"show":{}}"#);
+    assert_eq!(v["ok"]["flows"], 0, "{v}");
+}
+
+/// `n` distinct flows as a flows file.
+fn many_flows(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "priority={},ip,nw_dst=198.19.{}.{},nw_src=198.18.0.{} actions=drop\n",
+                1 + i % 1000,
+                (i >> 8) & 255,
+                i & 255,
+                i >> 16
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_dump_is_streamed_as_the_same_line_and_a_slow_reader_is_dropped() {
+    let fx = Fixture::with(|o| ControlOptions {
+        write_timeout: Duration::from_secs(1),
+        ..o
+    });
+    let n = 20_000;
+    fx.client()
+        .bundle(parse_bundle_file(&many_flows(n)).unwrap())
+        .unwrap();
+    // A reader that keeps up gets every flow, on one line that is exactly what the
+    // reply's value prints as (the form of every other reply).
+    let mut c = fx.raw();
+    c.hello();
+    c.w.write_all(b"{\"id\":7,\"dump_flows\":{}}\n").unwrap();
+    let mut line = String::new();
+    c.r.read_line(&mut line).unwrap();
+    let line = line.strip_suffix('\n').unwrap();
+    let resp: weft_proto::Response = serde_json::from_str(line).unwrap();
+    assert_eq!(resp.id, Some(7));
+    assert_eq!(resp.to_line(), line);
+    let flows = resp
+        .into_result::<weft_proto::DumpFlowsReply>()
+        .unwrap()
+        .flows;
+    assert_eq!(flows.len(), n);
+    assert!(
+        flows
+            .windows(2)
+            .all(|w| w[0].flow.priority >= w[1].flow.priority)
+    );
+    // Filters and errors as before.
+    let v = c.send(r#"{"id":8,"dump_flows":{"text":"ip,nw_dst=198.19.3.0/24"}}"#);
+    assert_eq!(v["ok"]["flows"].as_array().unwrap().len(), 256, "{v:.200}");
+    let v = c.send(r#"{"id":9,"dump_flows":{"text":"table=9"}}"#);
+    assert_eq!(v.to_string(), r#"{"id":9,"ok":{"flows":[]}}"#);
+    let v = c.send(r#"{"id":10,"dump_flows":{"text":"in_port=nosuch"}}"#);
+    assert!(message(&v).contains("nosuch"), "{v}");
+
+    // A reader that takes 64 KiB every half second never leaves one write waiting for
+    // a second, but keeps the response waiting longer than that in all: dropped.
+    let mut slow = fx.raw();
+    slow.hello();
+    slow.w.write_all(b"{\"id\":2,\"dump_flows\":{}}\n").unwrap();
+    let t = Instant::now();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    slow.r
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let complete = loop {
+        assert!(t.elapsed() < Duration::from_secs(15), "never dropped");
+        std::thread::sleep(Duration::from_millis(500));
+        match slow.r.read(&mut buf) {
+            Ok(0) | Err(_) => break false,
+            Ok(k) => {
+                got += k;
+                if buf[..k].ends_with(b"\n") {
+                    break true;
+                }
+            }
+        }
+    };
+    assert!(!complete, "the slow reader got all {got} bytes");
+    assert!(got < line.len(), "{got}");
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    // Meanwhile, and after, others are served.
+    assert_eq!(fx.client().show().unwrap().flows, n);
+}
+
+/// The resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+#[test]
+fn clients_that_do_not_read_their_dumps_cost_little_memory() {
+    // weftd as its own process, so that its memory is measured alone.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("weftd.sock");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_weftd"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--control")
+        .arg(&sock)
+        .args(["--workers", "1"])
+        .env("RUST_LOG", "warn")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(child);
+    let pid = child.0.id();
+    let t = Instant::now();
+    let mut c = loop {
+        if let Ok(c) = Client::connect(&sock) {
+            break c;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "weftd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let n = 30_000;
+    c.bundle(parse_bundle_file(&many_flows(n)).unwrap())
+        .unwrap();
+    // Warm up: one full dump read to the end.
+    assert_eq!(c.dump_flows(FlowFilter::all()).unwrap().flows.len(), n);
+    let before = rss_mib(pid);
+    // Ten clients ask for every flow (about 10 MB of json each) and read one byte.
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        let mut r = Raw::connect(&sock);
+        r.hello();
+        r.w.write_all(b"{\"id\":2,\"dump_flows\":{}}\n").unwrap();
+        idle.push(r);
+    }
+    for r in &mut idle {
+        let mut one = [0u8; 1];
+        r.r.read_exact(&mut one).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = rss_mib(pid);
+    assert!(
+        after < before + 64,
+        "rss {before} MiB before, {after} MiB with 10 dumps waiting"
+    );
+    // And weftd still answers.
+    drop(idle);
+    assert_eq!(c.show().unwrap().flows, n);
+    drop(child);
+}
