@@ -317,6 +317,12 @@ impl Worker {
                                 port.counters.drop(PortDrop::Io(IoDrop::Truncated));
                                 continue;
                             }
+                            if is_vlan_tagged(&self.rx[HEADROOM..HEADROOM + n]) {
+                                // A pod's port is an untagged access port: a tag from
+                                // the pod would reach the other side still tagged.
+                                port.counters.drop(PortDrop::Io(IoDrop::VlanTagged));
+                                continue;
+                            }
                             match VirtioNetHdr::parse(&hdr) {
                                 Ok(h)
                                     if h.gso_kind() != VirtioNetHdr::GSO_NONE
@@ -968,6 +974,16 @@ impl Worker {
             }
         }
     }
+}
+
+/// Whether an Ethernet frame carries a VLAN tag (802.1Q or 802.1ad TPID).
+#[inline]
+fn is_vlan_tagged(frame: &[u8]) -> bool {
+    use crate::flow_key::{ETH_TYPE_QINQ, ETH_TYPE_VLAN};
+    matches!(
+        frame.get(12..14).map(|t| u16::from_be_bytes([t[0], t[1]])),
+        Some(ETH_TYPE_VLAN | ETH_TYPE_QINQ)
+    )
 }
 
 /// The TAP queue to write a frame to: a symmetric hash of its addresses and ports, so
