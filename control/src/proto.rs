@@ -731,7 +731,15 @@ pub struct BundleReply {
     /// `replace_flows` only: flows left alone because they did not change.
     #[serde(default)]
     pub unchanged: usize,
+    /// What was applied but probably not meant: a port number no port has (in
+    /// `in_port=`, `output:` or `resubmit`), one line each, at most
+    /// [`MAX_WARNINGS`]. Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
+
+/// The most warnings a [`BundleReply`] carries (the last one says how many more).
+pub const MAX_WARNINGS: usize = 16;
 
 /// One flow with its counters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -520,6 +520,67 @@ fn ports_flows_stats_fdb_and_trace_through_the_client() {
     );
 }
 
+/// OVS accepts flows that name a port number no port has, and so does Weft (a port may
+/// get it later), but the reply warns about each such use (`weftctl` prints them): a
+/// typo in `output:99` or `in_port=99` used to fail silently.
+#[test]
+fn flows_with_unknown_port_numbers_are_applied_with_warnings() {
+    let fx = Fixture::new();
+    let mut c = fx.client();
+    let r = c
+        .bundle(
+            parse_bundle_file(
+                "priority=5,in_port=1 actions=output:99\n\
+                 \n\
+                 priority=6,in_port=98 actions=output:vx0\n\
+                 priority=7,ip actions=resubmit(97,1),output:99\n\
+                 priority=8,in_port=vx0 actions=output:1,resubmit(1,2)\n",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(r.added, 4, "applied all the same");
+    assert_eq!(
+        r.warnings,
+        [
+            "flow line 1: output:99: no port has number 99; packets sent to it are dropped (no_such_port) until one does",
+            "flow line 3: in_port=98: no port has number 98; the flow matches no packet until one does",
+            "flow line 4: resubmit(97,...): no port has number 97; the flow matches no packet until one does",
+        ]
+    );
+    // Modify changes are checked too; known ports give no warning.
+    let m = control::flow::parse_flow_mod(
+        control::flow::FlowModCommand::ModifyStrict,
+        "priority=6,in_port=98 actions=output:42",
+    )
+    .unwrap();
+    let r = c.bundle(control::flow::Bundle::new(vec![m])).unwrap();
+    assert_eq!(r.modified, 1);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(r.warnings[0].starts_with("change 1: output:42: no port has number 42"));
+    let ok = c
+        .bundle(parse_bundle_file("priority=9,in_port=vx0 actions=output:1\n").unwrap())
+        .unwrap();
+    assert!(ok.warnings.is_empty(), "{:?}", ok.warnings);
+    // replace_flows warns as well, even when nothing changes.
+    let flows = parse_flows_file("priority=5,in_port=1 actions=output:99\n").unwrap();
+    let r = c.replace_flows(flows.clone()).unwrap();
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    let r = c.replace_flows(flows).unwrap();
+    assert_eq!(r.unchanged, 1);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    // At most MAX_WARNINGS, the last one counting the rest.
+    let many: String = (0..40)
+        .map(|i| format!("priority={},ip actions=output:{}\n", 100 + i, 1000 + i))
+        .collect();
+    let r = c.bundle(parse_bundle_file(&many).unwrap()).unwrap();
+    assert_eq!(r.warnings.len(), control::proto::MAX_WARNINGS);
+    assert_eq!(
+        r.warnings.last().unwrap(),
+        "25 more unknown port numbers not listed (at most 16 warnings)"
+    );
+}
+
 #[test]
 fn fdb_shows_what_normal_learned() {
     let fx = Fixture::new();
