@@ -683,6 +683,20 @@ fn mac_flood_from_a_pod_is_stopped_by_the_spoof_guard() {
     let link = cl.pod("m11").ns.ip("-s link show eth0").unwrap();
     eprintln!("spoof guard dropped {dropped} frames; the pod's eth0:\n{link}");
     assert!(dropped >= 20_000, "spoof-guard drops {dropped}: {drops:?}");
+    // The metrics say which flow dropped them: the spoof guard (table 0, priority 100,
+    // the tenant's cookie), not just `explicit_drop`.
+    let m = cl.metrics("n1").unwrap();
+    let guard = m
+        .get(
+            "weft_flow_drops_total",
+            &[("table", "0"), ("priority", "100"), ("cookie", "0x64")],
+        )
+        .unwrap_or(0);
+    assert!(
+        guard >= dropped,
+        "spoof guard in the metrics: {guard}\n{}",
+        m.body
+    );
     transfer(&mut cl, "m12", "m21", &to, 5201, 10 << 20);
     finish(cl);
 }

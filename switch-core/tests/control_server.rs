@@ -581,6 +581,61 @@ fn flows_with_unknown_port_numbers_are_applied_with_warnings() {
     );
 }
 
+/// A `drop` flow's drops are attributable in the metrics: `weft_flow_drops_total` by
+/// the flow's table, priority and cookie (the datapath's `explicit_drop` alone does not
+/// say whether the spoof guard or a table's catch-all dropped a packet).
+#[test]
+fn drop_flows_are_counted_by_table_priority_and_cookie() {
+    let fx = Fixture::new();
+    let mut c = fx.client();
+    c.bundle(
+        parse_bundle_file(
+            "cookie=0x7,priority=50,udp actions=drop\n\
+             cookie=0x8,priority=1 actions=drop\n\
+             cookie=0x9,priority=40,udp,tp_dst=2000 actions=output:99\n",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    fx.send_vxlan(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let drops = loop {
+        let s = fx.switch.stats();
+        if s.flow_drops.iter().map(|d| d.packets).sum::<u64>() >= 3 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        drops.flow_drops,
+        [
+            switch_core::pipeline::FlowDropCount {
+                table: 0,
+                priority: 1,
+                cookie: 8,
+                packets: 0
+            },
+            switch_core::pipeline::FlowDropCount {
+                table: 0,
+                priority: 50,
+                cookie: 7,
+                packets: 3
+            },
+        ],
+        "only drop flows, each with its own count"
+    );
+    let text = switch_core::service::metrics::render(&drops);
+    assert!(
+        text.contains("\nweft_flow_drops_total{table=\"0\",priority=\"50\",cookie=\"0x7\"} 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nweft_drops_total{reason=\"explicit_drop\"} 3\n"),
+        "{text}"
+    );
+}
+
 #[test]
 fn fdb_shows_what_normal_learned() {
     let fx = Fixture::new();

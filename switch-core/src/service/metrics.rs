@@ -17,6 +17,7 @@
 //! | `weft_table_flows` (gauge), `weft_table_{lookups,matches,misses}_total` | `table` |
 //! | `weft_cache_hits_total`, `weft_cache_misses_total` | |
 //! | `weft_drops_total` | `reason` |
+//! | `weft_flow_drops_total` | `table`, `priority`, `cookie` |
 //! | `weft_pipeline_version` (gauge) | |
 //! | `weft_mac_entries` (gauge), `weft_mac_capacity` (gauge), `weft_mac_evictions_total`, `weft_mac_moves_total` | |
 
@@ -85,6 +86,9 @@ pub struct StatsSnapshot {
     pub cache_misses: u64,
     /// Datapath drops by reason (all workers).
     pub drops: Vec<(String, u64)>,
+    /// Packets dropped by `drop` flows, per table, priority and cookie: which flows
+    /// the `explicit_drop` of [`StatsSnapshot::drops`] came from.
+    pub flow_drops: Vec<crate::pipeline::FlowDropCount>,
     /// The published pipeline version.
     pub pipeline_version: u64,
     /// Live entries of the MAC table of `normal`.
@@ -209,6 +213,21 @@ pub fn render(s: &StatsSnapshot) -> String {
         "counter",
         "Frames dropped by the datapath, by reason.",
         &mut s.drops.iter().map(|(r, n)| (labels(&[("reason", r)]), *n)),
+    );
+    family(
+        "weft_flow_drops_total",
+        "counter",
+        "Frames dropped by drop flows (explicit_drop), by the flows' table, priority and cookie.",
+        &mut s.flow_drops.iter().map(|d| {
+            (
+                labels(&[
+                    ("table", &d.table.to_string()),
+                    ("priority", &d.priority.to_string()),
+                    ("cookie", &format!("{:#x}", d.cookie)),
+                ]),
+                d.packets,
+            )
+        }),
     );
     family(
         "weft_pipeline_version",
@@ -545,6 +564,20 @@ mod tests {
             cache_hits: 70,
             cache_misses: 30,
             drops: vec![("table_miss".into(), 10), ("ttl_expired".into(), 4)],
+            flow_drops: vec![
+                crate::pipeline::FlowDropCount {
+                    table: 0,
+                    priority: 100,
+                    cookie: 0x64,
+                    packets: 12,
+                },
+                crate::pipeline::FlowDropCount {
+                    table: 20,
+                    priority: 0,
+                    cookie: 0x64,
+                    packets: 3,
+                },
+            ],
             pipeline_version: 7,
             mac_entries: 5,
             mac_capacity: 8192,
@@ -629,12 +662,20 @@ mod tests {
         assert_eq!(get("weft_cache_hits_total"), 70);
         assert_eq!(get("weft_cache_misses_total"), 30);
         assert_eq!(get(r#"weft_drops_total{reason="ttl_expired"}"#), 4);
+        assert_eq!(
+            get(r#"weft_flow_drops_total{table="0",priority="100",cookie="0x64"}"#),
+            12
+        );
+        assert_eq!(
+            get(r#"weft_flow_drops_total{table="20",priority="0",cookie="0x64"}"#),
+            3
+        );
         assert_eq!(get("weft_pipeline_version"), 7);
         assert_eq!(get("weft_mac_entries"), 5);
         assert_eq!(get("weft_mac_capacity"), 8192);
         assert_eq!(get("weft_mac_evictions_total"), 3);
         assert_eq!(get("weft_mac_moves_total"), 1);
-        assert_eq!(m.len(), 4 * 2 + 3 + 4 * 2 + 2 + 2 + 1 + 4);
+        assert_eq!(m.len(), 4 * 2 + 3 + 4 * 2 + 2 + 2 + 2 + 1 + 4);
         // An empty snapshot is still valid output.
         let empty = parse_text(&render(&StatsSnapshot::default()));
         assert_eq!(empty.len(), 7, "the unlabelled families always appear");
