@@ -559,8 +559,13 @@ fn resolve(op: Op) -> Result<Op, ErrorBody> {
     })
 }
 
+/// The TTL (hop limit) of a traced IP packet that names none: what Linux sends with.
+pub const TRACE_TTL: u8 = 64;
+
 /// Reads a trace packet: match fields in flow syntax, nothing else (no `table`,
-/// `cookie` or `priority`, no actions).
+/// `cookie` or `priority`, no actions). A field left out is 0, except the TTL of an IP
+/// packet: without `nw_ttl` it is [`TRACE_TTL`], as a real packet's would be (a TTL of
+/// 0 ended every trace through `dec_ttl` in `ttl_expired`).
 pub fn trace_packet(text: &str) -> Result<Match, ErrorBody> {
     let f = parse_filter(text).map_err(|e| ErrorBody::new(format!("packet: {}", e.kind)))?;
     if f.table.is_some() || f.cookie.is_some() || f.priority.is_some() {
@@ -568,7 +573,11 @@ pub fn trace_packet(text: &str) -> Result<Match, ErrorBody> {
             "packet: only header fields (no table, cookie or priority)",
         ));
     }
-    Ok(f.matches)
+    let mut m = f.matches;
+    if (m.is_ipv4() || m.is_ipv6()) && m.nw_ttl.is_none() {
+        m.nw_ttl = Some(crate::flow::Masked::exact(TRACE_TTL));
+    }
+    Ok(m)
 }
 
 /// A response as it travels: the echoed `id` (`null` when the request had none that

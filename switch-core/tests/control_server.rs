@@ -636,6 +636,51 @@ fn drop_flows_are_counted_by_table_priority_and_cookie() {
     );
 }
 
+/// A traced IP packet without `nw_ttl` has a real TTL (64), as the packet it stands for
+/// does: routed flows (`dec_ttl`, as l3 clusters have) used to end every such trace in
+/// `final: drop (ttl_expired)`, the trace `weft-demo --keep` suggests among them.
+#[test]
+fn a_traced_ip_packet_has_a_real_ttl_unless_one_is_named() {
+    let fx = Fixture::new();
+    let mut c = fx.client();
+    let udp = free_udp_port();
+    let gn = PortSpec::parse(
+        "gn0",
+        &["type=geneve", "local=127.0.0.1", &format!("dst_port={udp}")],
+    )
+    .unwrap();
+    assert_eq!(c.add_port(gn).unwrap(), 2);
+    c.bundle(
+        parse_bundle_file(
+            "priority=10,ip actions=dec_ttl,output:gn0\n\
+             priority=10,ipv6 actions=dec_ttl,output:gn0\n",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for packet in [
+        "in_port=vx0,tcp,nw_src=198.19.1.2,nw_dst=198.19.2.2,tp_dst=80",
+        "in_port=vx0,tcp6,ipv6_src=2001:2:0:1::2,ipv6_dst=2001:2:0:2::2,tp_dst=80",
+    ] {
+        let t = c.trace(packet).unwrap();
+        assert_eq!(t.drop, None, "{packet}:\n{}", t.text);
+        assert_eq!(t.actions, ["output:2"], "{packet}:\n{}", t.text);
+        assert!(
+            t.text.contains("nw_ttl=64"),
+            "the TTL used is shown: {}",
+            t.text
+        );
+    }
+    // A TTL that is named is used as it is.
+    let t = c.trace("in_port=vx0,ip,nw_ttl=1").unwrap();
+    assert_eq!(t.drop.as_deref(), Some("ttl_expired"), "{}", t.text);
+    let t = c.trace("in_port=vx0,ip,nw_ttl=2").unwrap();
+    assert_eq!(t.actions, ["output:2"], "{}", t.text);
+    // Not IP: no TTL is made up.
+    let t = c.trace("in_port=vx0,arp").unwrap();
+    assert!(!t.text.contains("nw_ttl"), "{}", t.text);
+}
+
 #[test]
 fn fdb_shows_what_normal_learned() {
     let fx = Fixture::new();
