@@ -126,6 +126,13 @@ pub(crate) fn check_actions(
             Action::Output(p) | Action::Resubmit { port: Some(p), .. } => check_port(p)?,
             _ => {}
         }
+        // A tunnel ID the tunnels cannot carry (set_tunnel, set_field, load, JSON).
+        if let Some((Field::TunId, v)) = a.as_set_field() {
+            let bits = v.value.to_u128() & v.mask.to_u128();
+            if bits > u128::from(MAX_TUN_ID) {
+                return Err(FlowError::TunnelIdTooWide(bits as u64));
+            }
+        }
         match a {
             Action::GotoTable(t) => {
                 if i + 1 != actions.len() {
@@ -160,16 +167,6 @@ pub(crate) fn check_actions(
                     return Err(FlowError::ValueOutsideMask(*field));
                 }
             }
-            _ => {}
-        }
-        // A tunnel ID the tunnels cannot carry (set_tunnel, set_field, load, JSON).
-        if let Some((Field::TunId, v)) = a.as_set_field() {
-            let bits = v.value.to_u128() & v.mask.to_u128();
-            if bits > u128::from(MAX_TUN_ID) {
-                return Err(FlowError::TunnelIdTooWide(bits as u64));
-            }
-        }
-        match a {
             Action::Move { src, dst } => {
                 if src.field.kind() == ValueKind::Port {
                     return Err(FlowError::NotReadable(src.field));
