@@ -14,6 +14,9 @@
 //!   Weave's fast datapath do it) in both directions.
 //! - A MAC flood (30,000 random source MACs) from a pod, and through a tunnel from the
 //!   kernel node: the MAC table stays within its capacity and other traffic flows.
+//! - Path MTU discovery with the cluster's own flows, l3 and l2: a pod whose MTU is
+//!   larger than the overlay's gets weftd's "fragmentation needed" / "packet too big"
+//!   (IPv4 and IPv6) and its TCP recovers.
 //! - Nothing is left behind: each test ends by checking that none of its namespaces
 //!   and none of its processes remain, also after a panic.
 //!
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use netns_tests::cluster::{ClusterLab, PodRun, leftovers, neighbour_mac};
 use netns_tests::lab::{Ns, privileged};
-use netns_tests::node::{nettool_binary, tcp_transfer};
+use netns_tests::node::{nettool_binary, ping_output, tcp_transfer};
 use weftctl::cluster::Cluster;
 
 const MB50: u64 = 50 * 1024 * 1024;
@@ -680,6 +683,20 @@ fn mac_flood_from_a_pod_is_stopped_by_the_spoof_guard() {
     let link = cl.pod("m11").ns.ip("-s link show eth0").unwrap();
     eprintln!("spoof guard dropped {dropped} frames; the pod's eth0:\n{link}");
     assert!(dropped >= 20_000, "spoof-guard drops {dropped}: {drops:?}");
+    // The metrics say which flow dropped them: the spoof guard (table 0, priority 100,
+    // the tenant's cookie), not just `explicit_drop`.
+    let m = cl.metrics("n1").unwrap();
+    let guard = m
+        .get(
+            "weft_flow_drops_total",
+            &[("table", "0"), ("priority", "100"), ("cookie", "0x64")],
+        )
+        .unwrap_or(0);
+    assert!(
+        guard >= dropped,
+        "spoof guard in the metrics: {guard}\n{}",
+        m.body
+    );
     transfer(&mut cl, "m12", "m21", &to, 5201, 10 << 20);
     finish(cl);
 }
@@ -750,6 +767,85 @@ fn mac_flood_through_a_tunnel_keeps_the_mac_table_bounded() {
     transfer(&mut cl, "f12", "f21", &f21, 5301, 10 << 20);
     assert!(cl.weftd_running("n2"), "{}", cl.logs());
     finish(cl);
+}
+
+/// Pings `to` from `ns` with DF set and `size` bytes of payload: ping's output.
+fn ping_df(ns: &Ns, to: &str, size: u32) -> (bool, String) {
+    let size = size.to_string();
+    let mut args = vec!["-n", "-M", "do", "-s", &size, "-c", "2", "-W", "1", to];
+    if to.contains(':') {
+        args.insert(0, "-6");
+    }
+    ping_output(ns, &args)
+}
+
+/// Path MTU with the flows `weftctl compile` makes for `mode`: pods a11 and a21 raise
+/// their MTU to 1500 over the 1450 overlay. weftd must answer a too-big packet so that
+/// the sender gets it: in l3 mode the flows have rewritten the frame's MACs (and TTL)
+/// by the time the tunnel refuses it, and a reply built from that frame went to the
+/// gateway's MAC, from the pod's own, and never reached the pod.
+fn path_mtu(mode: &str) {
+    let _s = serial();
+    let test = format!("path_mtu_{mode}");
+    if !privileged(&test) {
+        return;
+    }
+    let c = parse(&describe("vxlan", mode, 100, "p", 2, 1, true));
+    let mut cl = build(&[&c], None);
+    for pod in ["p11", "p21"] {
+        cl.pod(pod).ns.ip("link set eth0 mtu 1500").unwrap();
+    }
+    let p11 = cl.pod("p11").ns.clone();
+    let (to4, to6) = (ip4(&cl, "p21"), ip6(&cl, "p21"));
+    for to in [&to4, &to6] {
+        assert!(
+            p11.wait_for_ping(to, Duration::from_secs(5)).is_some(),
+            "{test}: p11 cannot ping {to}\n{}",
+            cl.logs()
+        );
+    }
+    let too_big = |cl: &ClusterLab, node: &str| {
+        cl.metrics(node)
+            .unwrap()
+            .get("weft_port_drops_total", &[("reason", "too_big")])
+            .unwrap_or(0)
+    };
+    // TCP first, before either pod has learnt the path MTU (a pod that has advertises
+    // the smaller MSS): p21's full-size segments are refused, its kernel lowers the
+    // path MTU, and the transfer completes.
+    let before = too_big(&cl, "n2");
+    let to = ip4(&cl, "p11");
+    transfer(&mut cl, "p21", "p11", &to, 5401, 10 << 20);
+    assert!(too_big(&cl, "n2") > before, "{test}: p21's TCP hit the MTU");
+    for (to, fits) in [(&to4, 1422), (&to6, 1402)] {
+        let before = too_big(&cl, "n1");
+        // 1500 bytes of IP: refused at the tunnel; the ICMP error reaches the pod, whose
+        // kernel says so for the first request and refuses the second itself.
+        let (ok, out) = ping_df(&p11, to, fits + 50);
+        assert!(!ok, "{test}: 1500 bytes cannot cross: {out}");
+        assert!(
+            out.contains("1450"),
+            "{test}: the pod got no too-big reply with the tunnel's MTU (ping {to}): {out}\n{}",
+            cl.logs()
+        );
+        assert!(too_big(&cl, "n1") > before, "{test}: too_big counted");
+        // The pod's kernel now knows the path MTU: it refuses to send 1500 bytes itself.
+        let route = p11.ip(&format!("route get {to}")).unwrap();
+        assert!(route.contains("mtu 1450"), "{test}: {route}");
+        let (ok, out) = ping_df(&p11, to, fits);
+        assert!(ok, "{test}: exactly 1450 bytes cross: {out}");
+    }
+    finish(cl);
+}
+
+#[test]
+fn path_mtu_l3_too_big_reaches_the_pod() {
+    path_mtu("l3");
+}
+
+#[test]
+fn path_mtu_l2_too_big_reaches_the_pod() {
+    path_mtu("l2");
 }
 
 /// A failing test leaves nothing behind either: the lab's drop stops the `weftd`s and

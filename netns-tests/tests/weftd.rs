@@ -511,6 +511,95 @@ fn path_mtu_too_big_from_weftd_and_tcp_still_works() {
     assert!(ok, "1450 bytes of IPv6 cross: {out}");
 }
 
+/// Sends `frame` `count` times out of `eth0` in `ns` through an AF_PACKET socket.
+fn send_raw(ns: &Ns, frame: &[u8], count: u32) {
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+         s.bind(('eth0', 0))\n\
+         f = bytes.fromhex('{}')\n\
+         for i in range({count}):\n\
+         \x20   s.send(f)\n",
+        hex(frame)
+    );
+    let o = ns
+        .command("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A pod's TAP port is an untagged access port: VLAN-tagged frames (802.1Q and
+/// 802.1ad) from a pod are dropped and counted (`vlan_tagged`), as OVS drops them on an
+/// access port, even where the flows would forward them (these forward everything).
+/// They used to reach the other pod still tagged. Untagged traffic is not affected.
+#[test]
+fn vlan_tagged_frames_from_a_pod_are_dropped_and_counted() {
+    let _s = serial();
+    if !privileged("vlan_tagged_frames_from_a_pod_are_dropped_and_counted") {
+        return;
+    }
+    let p = l2_pair("vxlan", 1450, "");
+    assert!(
+        p.pod(1)
+            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
+            .is_some(),
+        "untagged traffic crosses\n{}",
+        p.logs()
+    );
+    let mac = |s: String| -> Vec<u8> {
+        s.split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    };
+    let delivered = || {
+        p.weftd[1]
+            .metrics()
+            .unwrap()
+            .port("weft_port_tx_packets_total", "pod")
+    };
+    const N: u32 = 50;
+    for tpid in [[0x81, 0x00], [0x88, 0xa8]] {
+        // To pod2, from pod1, tag VLAN 5, then a local-experimental EtherType.
+        let mut f = mac(pod_mac(2));
+        f.extend(mac(pod_mac(1)));
+        f.extend([tpid[0], tpid[1], 0x00, 0x05, 0x88, 0xb5]);
+        f.extend([0xab; 46]);
+        let before = delivered();
+        let drops = p.weftd[0]
+            .metrics()
+            .unwrap()
+            .port_drops("pod", "vlan_tagged");
+        send_raw(p.pod(1), &f, N);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = p.weftd[0]
+                .metrics()
+                .unwrap()
+                .port_drops("pod", "vlan_tagged");
+            if now >= drops + u64::from(N) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{tpid:x?}: {} of {N} tagged frames counted as vlan_tagged (pod2 was sent {})\n{}",
+                now - drops,
+                delivered() - before,
+                p.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let passed = delivered() - before;
+        assert!(
+            passed < u64::from(N),
+            "{tpid:x?}: the tagged frames reached pod2 ({passed} frames sent to it)"
+        );
+    }
+    // Untagged traffic still crosses.
+    assert!(p.pod(2).ping("198.19.0.1", 2, 1), "{}", p.logs());
+}
+
 /// An Ethernet frame for the inner part of crafted tunnel packets.
 fn inner_frame() -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 2, 2, 0x02, 0, 0, 0, 1, 2, 0x08, 0x00];

@@ -92,6 +92,9 @@ pub enum FlowError {
     /// `resubmit` with neither port nor table.
     #[error("resubmit needs a port or a table")]
     EmptyResubmit,
+    /// An action sets a tunnel ID wider than the tunnels carry.
+    #[error("tun_id {0:#x} is out of range: VXLAN and Geneve carry a 24-bit VNI (0 to 0xffffff)")]
+    TunnelIdTooWide(u64),
 }
 
 /// What went wrong in flow text.

@@ -46,6 +46,8 @@ use serde::{Deserialize, Serialize};
 
 /// The highest table number.
 pub const MAX_TABLE: u8 = 253;
+/// The largest tunnel ID an action may set: VXLAN and Geneve carry a 24-bit VNI.
+pub const MAX_TUN_ID: u64 = 0x00ff_ffff;
 /// The priority of a flow that does not give one (as in OVS).
 pub const DEFAULT_PRIORITY: u16 = 32768;
 
@@ -131,6 +133,13 @@ pub(crate) fn check_actions(
         match a {
             Action::Output(p) | Action::Resubmit { port: Some(p), .. } => check_port(p)?,
             _ => {}
+        }
+        // A tunnel ID the tunnels cannot carry (set_tunnel, set_field, load, JSON).
+        if let Some((Field::TunId, v)) = a.as_set_field() {
+            let bits = v.value.to_u128() & v.mask.to_u128();
+            if bits > u128::from(MAX_TUN_ID) {
+                return Err(FlowError::TunnelIdTooWide(bits as u64));
+            }
         }
         match a {
             Action::GotoTable(t) => {

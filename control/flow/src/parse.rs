@@ -920,14 +920,18 @@ fn parse_action(p: &Parser<'_>, tok: Tok<'_>) -> Result<Option<Action>, ParseErr
         }
         "set_tunnel" | "set_tunnel64" => {
             let v = need("ID")?;
-            let max = if lname == "set_tunnel" {
-                u64::from(u32::MAX)
-            } else {
-                u64::MAX
-            };
+            // OVS takes 32 (64) bits, but VXLAN and Geneve carry 24: a larger value was
+            // cut to its low 24 bits on the wire, a different tenant's VNI.
             let n = parse_u64(v)
-                .filter(|n| *n <= max)
-                .ok_or_else(|| p.bad(tok, &lname, v, "a tunnel id (VNI)"))?;
+                .filter(|n| *n <= super::MAX_TUN_ID)
+                .ok_or_else(|| {
+                    p.bad(
+                        tok,
+                        &lname,
+                        v,
+                        "a VNI 0 to 0xffffff (VXLAN and Geneve carry 24 bits)",
+                    )
+                })?;
             Action::SetTunnel(n)
         }
         _ => {

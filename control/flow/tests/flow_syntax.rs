@@ -639,13 +639,13 @@ fn move_actions() {
 #[test]
 fn other_rewrite_actions() {
     let f = canon(
-        "ip actions=mod_dl_src:aa:bb:cc:dd:ee:01,mod_dl_dst:aa:bb:cc:dd:ee:02,mod_nw_src:10.0.0.1,mod_nw_dst:10.0.0.2,mod_nw_ttl:9,set_tunnel:100,set_tunnel64:0x100000000,dec_ttl",
-        "ip actions=mod_dl_src:aa:bb:cc:dd:ee:01,mod_dl_dst:aa:bb:cc:dd:ee:02,mod_nw_src:10.0.0.1,mod_nw_dst:10.0.0.2,mod_nw_ttl:9,set_tunnel:0x64,set_tunnel64:0x100000000,dec_ttl",
+        "ip actions=mod_dl_src:aa:bb:cc:dd:ee:01,mod_dl_dst:aa:bb:cc:dd:ee:02,mod_nw_src:10.0.0.1,mod_nw_dst:10.0.0.2,mod_nw_ttl:9,set_tunnel:100,set_tunnel64:0xffffff,dec_ttl",
+        "ip actions=mod_dl_src:aa:bb:cc:dd:ee:01,mod_dl_dst:aa:bb:cc:dd:ee:02,mod_nw_src:10.0.0.1,mod_nw_dst:10.0.0.2,mod_nw_ttl:9,set_tunnel:0x64,set_tunnel:0xffffff,dec_ttl",
     );
     assert_eq!(f.actions[0], Action::ModDlSrc(mac("aa:bb:cc:dd:ee:01")));
     assert_eq!(f.actions[3], Action::ModNwDst(ip("10.0.0.2")));
     assert_eq!(f.actions[5], Action::SetTunnel(100));
-    assert_eq!(f.actions[6], Action::SetTunnel(1 << 32));
+    assert_eq!(f.actions[6], Action::SetTunnel(0xff_ffff));
     assert_eq!(f.actions[7], Action::DecTtl);
     assert_eq!(
         f.actions[5].as_set_field(),
@@ -653,6 +653,54 @@ fn other_rewrite_actions() {
     );
     assert!(err("actions=mod_nw_src:10.0.0.1").contains("nw_src requires ip"));
     assert!(err("actions=set_tunnel:0x100000000").contains("invalid value"));
+}
+
+/// VXLAN and Geneve carry a 24-bit VNI: a wider tunnel ID used to be cut to its low 24
+/// bits at the tunnel (0x1000000 went out as VNI 0), whichever way it was set.
+#[test]
+fn tunnel_ids_wider_than_24_bits_are_refused() {
+    for a in [
+        "set_tunnel:0x1000000",
+        "set_tunnel64:0x100000000",
+        "set_tunnel:16777216",
+    ] {
+        let e = err(&format!("actions={a}"));
+        assert!(
+            e.contains("invalid value")
+                && e.contains("0 to 0xffffff (VXLAN and Geneve carry 24 bits)"),
+            "{a}: {e}"
+        );
+    }
+    for a in [
+        "set_field:0x1000000->tun_id",
+        "load:0x1000000->NXM_NX_TUN_ID[]",
+        "load:0x1->NXM_NX_TUN_ID[24..31]",
+        "set_field:0x100000000/0x100000000->tun_id",
+    ] {
+        let e = err(&format!("actions={a}"));
+        assert!(
+            e.contains("out of range") && e.contains("24-bit VNI"),
+            "{a}: {e}"
+        );
+    }
+    // The largest VNI, and writes of zero to the bits above it, are fine.
+    for a in [
+        "set_tunnel:0xffffff",
+        "set_field:0xffffff->tun_id",
+        "load:0->NXM_NX_TUN_ID[24..63]",
+        "load:0xffffff->NXM_NX_TUN_ID[0..23]",
+    ] {
+        flow(&format!("actions={a}"));
+    }
+    // The same check for a flow that arrives as JSON.
+    let mut f = flow("actions=set_tunnel:1");
+    f.actions[0] = Action::SetTunnel(1 << 24);
+    assert_eq!(
+        f.validate().unwrap_err().to_string(),
+        "tun_id 0x1000000 is out of range: VXLAN and Geneve carry a 24-bit VNI (0 to 0xffffff)"
+    );
+    // Matching on a wider tun_id is not refused (it never matches a received packet).
+    flow("tun_id=0x1000000 actions=drop");
 }
 
 const ARP_RESPONDER: &str = "table=0,priority=200,arp,arp_op=1,arp_tpa=198.19.1.1 actions=move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],set_field:aa:bb:cc:dd:ee:01->eth_src,load:0x2->NXM_OF_ARP_OP[],move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],set_field:aa:bb:cc:dd:ee:01->arp_sha,move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],set_field:198.19.1.1->arp_spa,in_port";
@@ -870,7 +918,7 @@ fn json_round_trip() {
     let j = serde_json::to_string(&f).unwrap();
     assert_eq!(serde_json::from_str::<Flow>(&j).unwrap(), f);
     let f2 = flow(
-        "cookie=0x5,table=3,priority=9,idle_timeout=4,hard_timeout=5,in_port=vxlan0,tcp6,ipv6_src=fd00::/64,tp_dst=0x50/0xfff0,tun_id=0x64,reg2=0x1/0x3 actions=resubmit(,7),output:2,set_tunnel64:0x100000000,goto_table:4",
+        "cookie=0x5,table=3,priority=9,idle_timeout=4,hard_timeout=5,in_port=vxlan0,tcp6,ipv6_src=fd00::/64,tp_dst=0x50/0xfff0,tun_id=0x64,reg2=0x1/0x3 actions=resubmit(,7),output:2,set_tunnel:0xabcdef,goto_table:4",
     );
     let j = serde_json::to_string(&f2).unwrap();
     assert_eq!(serde_json::from_str::<Flow>(&j).unwrap(), f2);

@@ -162,6 +162,8 @@ fn build(
                 if mask == 0 {
                     continue;
                 }
+                // An action sets no tun_id bit above the 24 the tunnels carry.
+                let v = if f == Field::TunId { v & 0xff_ffff } else { v };
                 Action::SetField {
                     field: f,
                     value: masked(f, v, mask),
@@ -191,7 +193,7 @@ fn build(
             9 if m.is_ipv4() => Action::ModNwSrc(Ipv4Addr::from(v as u32)),
             10 if m.is_ipv4() => Action::ModNwDst(Ipv4Addr::from(v as u32)),
             11 if m.is_ipv4() || m.is_ipv6() => Action::ModNwTtl(v as u8),
-            11 => Action::SetTunnel(v as u64),
+            11 => Action::SetTunnel((v & 0xff_ffff) as u64),
             _ => Action::DecTtl,
         };
         acts.push(a);

@@ -627,8 +627,13 @@ fn resolve(op: Op) -> Result<Op, ErrorBody> {
     })
 }
 
+/// The TTL (hop limit) of a traced IP packet that names none: what Linux sends with.
+pub const TRACE_TTL: u8 = 64;
+
 /// Reads a trace packet: match fields in flow syntax, nothing else (no `table`,
-/// `cookie` or `priority`, no actions).
+/// `cookie` or `priority`, no actions). A field left out is 0, except the TTL of an IP
+/// packet: without `nw_ttl` it is [`TRACE_TTL`], as a real packet's would be (a TTL of
+/// 0 ended every trace through `dec_ttl` in `ttl_expired`).
 pub fn trace_packet(text: &str) -> Result<Match, ErrorBody> {
     let f = parse_filter(text).map_err(|e| ErrorBody::new(format!("packet: {}", e.kind)))?;
     if f.table.is_some() || f.cookie.is_some() || f.priority.is_some() {
@@ -636,7 +641,11 @@ pub fn trace_packet(text: &str) -> Result<Match, ErrorBody> {
             "packet: only header fields (no table, cookie or priority)",
         ));
     }
-    Ok(f.matches)
+    let mut m = f.matches;
+    if (m.is_ipv4() || m.is_ipv6()) && m.nw_ttl.is_none() {
+        m.nw_ttl = Some(weft_flow::Masked::exact(TRACE_TTL));
+    }
+    Ok(m)
 }
 
 /// A response as it travels: the echoed `id` (`null` when the request had none that
@@ -846,7 +855,15 @@ pub struct BundleReply {
     /// `replace_flows` only: flows left alone because they did not change.
     #[serde(default)]
     pub unchanged: usize,
+    /// What was applied but probably not meant: a port number no port has (in
+    /// `in_port=`, `output:` or `resubmit`), one line each, at most
+    /// [`MAX_WARNINGS`]. Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
+
+/// The most warnings a [`BundleReply`] carries (the last one says how many more).
+pub const MAX_WARNINGS: usize = 16;
 
 /// One flow with its counters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -408,6 +408,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
     };
     let mut client = Client::connect(&cli.socket)?;
     let result = client.call(op)?;
+    if let Some(w) = result.get("warnings").and_then(|w| w.as_array()) {
+        // Flow changes were applied; what looks wrong in them goes to stderr (also
+        // with -o json, whose stdout stays one JSON value).
+        for w in w.iter().filter_map(|w| w.as_str()) {
+            eprintln!("weftctl: warning: {w}");
+        }
+    }
     if cli.output == Format::Json {
         print_json(&result);
         return Ok(());

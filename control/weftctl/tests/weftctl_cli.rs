@@ -213,3 +213,41 @@ fn server_errors_are_one_line_with_exit_1() {
     let req = rx.recv().unwrap();
     assert_eq!(req["bundle"]["lines"], json!([1, 3]), "{req}");
 }
+
+/// Warnings in a flow change's reply (port numbers no port has) go to stderr, one line
+/// each, and the command still succeeds (the flows were applied); stdout stays empty.
+#[test]
+fn bundle_warnings_are_printed_to_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s");
+    let warning = "change 1: output:99: no port has number 99; packets sent to it are dropped (no_such_port) until one does";
+    let _rx = fake_server(
+        &sock,
+        json!({"version": 3, "added": 1, "replaced": 0, "modified": 0, "deleted": 0, "warnings": [warning]}),
+        false,
+    );
+    let o = run(&[
+        "-s",
+        sock.to_str().unwrap(),
+        "add-flow",
+        "actions=output:99",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), format!("weftctl: warning: {warning}\n"));
+    assert_eq!(stdout(&o), "");
+    // Without warnings nothing is printed.
+    let sock2 = dir.path().join("s2");
+    let _rx = fake_server(
+        &sock2,
+        json!({"version": 3, "added": 1, "replaced": 0, "modified": 0, "deleted": 0}),
+        false,
+    );
+    let o = run(&[
+        "-s",
+        sock2.to_str().unwrap(),
+        "add-flow",
+        "actions=output:1",
+    ]);
+    assert!(o.status.success());
+    assert_eq!(stderr(&o), "");
+}

@@ -46,11 +46,14 @@ pub enum IoDrop {
     BadOffload,
     /// A frame or datagram larger than the read buffer (cut short by the kernel).
     Truncated,
+    /// A VLAN-tagged frame (802.1Q or 802.1ad) from a TAP port: a pod's port is an
+    /// untagged access port, as an OVS port without `trunks` is (see DESIGN.md).
+    VlanTagged,
 }
 
 impl IoDrop {
     /// Every reason, in counter order.
-    pub const ALL: [IoDrop; 10] = [
+    pub const ALL: [IoDrop; 11] = [
         IoDrop::TooBig,
         IoDrop::NoTunnelDst,
         IoDrop::TunnelFamily,
@@ -61,6 +64,7 @@ impl IoDrop {
         IoDrop::UnknownRemote,
         IoDrop::BadOffload,
         IoDrop::Truncated,
+        IoDrop::VlanTagged,
     ];
 
     /// The label value.
@@ -76,6 +80,7 @@ impl IoDrop {
             IoDrop::UnknownRemote => "unknown_remote",
             IoDrop::BadOffload => "bad_offload",
             IoDrop::Truncated => "truncated",
+            IoDrop::VlanTagged => "vlan_tagged",
         }
     }
 }

@@ -54,6 +54,9 @@ pub struct StatsSnapshot {
     pub cache_misses: u64,
     /// Datapath drops by reason (all workers).
     pub drops: Vec<(String, u64)>,
+    /// Packets dropped by `drop` flows, per table, priority and cookie: which flows
+    /// the `explicit_drop` of [`StatsSnapshot::drops`] came from.
+    pub flow_drops: Vec<weft_pipeline::FlowDropCount>,
     /// The published pipeline version.
     pub pipeline_version: u64,
     /// Live entries of the MAC table of `normal`.

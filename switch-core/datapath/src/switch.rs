@@ -745,6 +745,7 @@ impl Switch {
                 .iter()
                 .map(|(r, n)| (r.as_str().to_string(), *n))
                 .collect(),
+            flow_drops: pipe.drop_flow_counts(),
             pipeline_version: pipe.version(),
             mac_entries: self.shared.macs.entries(self.shared.now()).len() as u64,
             mac_capacity: self.shared.macs.capacity() as u64,

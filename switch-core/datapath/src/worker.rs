@@ -317,6 +317,12 @@ impl Worker {
                                 port.counters.drop(PortDrop::Io(IoDrop::Truncated));
                                 continue;
                             }
+                            if is_vlan_tagged(&self.rx[HEADROOM..HEADROOM + n]) {
+                                // A pod's port is an untagged access port: a tag from
+                                // the pod would reach the other side still tagged.
+                                port.counters.drop(PortDrop::Io(IoDrop::VlanTagged));
+                                continue;
+                            }
                             match VirtioNetHdr::parse(&hdr) {
                                 Ok(h)
                                     if h.gso_kind() != VirtioNetHdr::GSO_NONE
@@ -616,7 +622,7 @@ impl Worker {
             }
             match *a {
                 DpAction::Output { port, .. } => self.emit(
-                    ports, port, buf_is_rx, fstart, len, state, None, in_port, pipe,
+                    ports, port, buf_is_rx, fstart, len, &key, state, None, in_port, pipe,
                 ),
                 DpAction::Normal { .. } => {
                     self.shared.macs.learn(pipe.ports(), state, now);
@@ -624,16 +630,18 @@ impl Worker {
                     {
                         Forward::Port { port, tun_dst } => {
                             let t = (tun_dst != 0).then_some(tun_dst);
-                            self.emit(ports, port, buf_is_rx, fstart, len, state, t, in_port, pipe)
+                            self.emit(
+                                ports, port, buf_is_rx, fstart, len, &key, state, t, in_port, pipe,
+                            )
                         }
                         Forward::Flood => {
-                            self.flood(ports, buf_is_rx, fstart, len, state, in_port, pipe)
+                            self.flood(ports, buf_is_rx, fstart, len, &key, state, in_port, pipe)
                         }
                         Forward::Drop(r) => in_port.counters.drop(PortDrop::Pipeline(r)),
                     }
                 }
                 DpAction::Flood { .. } => {
-                    self.flood(ports, buf_is_rx, fstart, len, state, in_port, pipe)
+                    self.flood(ports, buf_is_rx, fstart, len, &key, state, in_port, pipe)
                 }
             }
         }
@@ -646,6 +654,7 @@ impl Worker {
         buf_is_rx: bool,
         start: usize,
         len: usize,
+        orig: &FlowKey,
         state: &FlowKey,
         in_port: &PortIo,
         pipe: &Pipeline,
@@ -653,13 +662,14 @@ impl Worker {
         for p in pipe.ports().flood_ports(state.in_port(), state.tun_id()) {
             if ports.get(p.number).is_some() {
                 self.emit(
-                    ports, p.number, buf_is_rx, start, len, state, None, in_port, pipe,
+                    ports, p.number, buf_is_rx, start, len, orig, state, None, in_port, pipe,
                 );
             }
         }
     }
 
-    /// Sends the frame at `buf[start..start + len]` (`rx` or `tx`) out of `port`.
+    /// Sends the frame at `buf[start..start + len]` (`rx` or `tx`) out of `port`. The
+    /// frame was parsed into `orig` and has been rewritten to `state`.
     #[allow(clippy::too_many_arguments)]
     fn emit(
         &mut self,
@@ -668,6 +678,7 @@ impl Worker {
         buf_is_rx: bool,
         start: usize,
         len: usize,
+        orig: &FlowKey,
         state: &FlowKey,
         tun_dst: Option<u128>,
         in_port: &PortIo,
@@ -743,8 +754,8 @@ impl Worker {
                 };
                 let first = seg.next_len().unwrap_or(len);
                 if first.saturating_sub(ETH_LEN) > usize::from(conf.mtu) {
-                    let frame_copy_len = len.min(self.aux.len());
-                    self.too_big(buf_is_rx, start, frame_copy_len, conf.mtu, in_port, out);
+                    let from = (in_port, orig, state);
+                    self.too_big(buf_is_rx, start, len, conf.mtu, from, out);
                     return;
                 }
                 let dst = match conf.remote {
@@ -835,15 +846,9 @@ impl Worker {
                     return;
                 };
                 let first = seg.next_len().unwrap_or(len);
-                if first - ETH_LEN > usize::from(conf.mtu) {
-                    self.too_big(
-                        buf_is_rx,
-                        start,
-                        len.min(self.aux.len()),
-                        conf.mtu,
-                        in_port,
-                        out,
-                    );
+                if first.saturating_sub(ETH_LEN) > usize::from(conf.mtu) {
+                    let from = (in_port, orig, state);
+                    self.too_big(buf_is_rx, start, len, conf.mtu, from, out);
                     return;
                 }
                 let dst = match conf.remote {
@@ -922,31 +927,60 @@ impl Worker {
     }
 
     /// Drops a frame too big for `out` and answers the sender through its TAP.
+    ///
+    /// `from` is the ingress port, the key the frame was parsed into and the state it
+    /// was rewritten to. The reply is addressed from the frame as it arrived, not as the
+    /// pipeline rewrote it (in l3 mode the flows set the next hop's MACs and decrement
+    /// the TTL, and a service flow may rewrite the destination): the rewrites are undone
+    /// in place, the reply is built, and they are done again (a flood sends the same
+    /// buffer to further ports). So the reply goes to the sender's MAC from the MAC the
+    /// sender addressed (its gateway in l3 mode), and quotes the header the sender's
+    /// kernel knows, which it needs to find the socket and the route.
     fn too_big(
         &mut self,
         buf_is_rx: bool,
         start: usize,
         len: usize,
         mtu: u16,
-        in_port: &PortIo,
+        from: (&PortIo, &FlowKey, &FlowKey),
         out: &PortIo,
     ) {
+        let (in_port, orig, state) = from;
         out.counters.drop(PortDrop::Io(IoDrop::TooBig));
         let PortDev::Tap(tap) = &in_port.dev else {
             return;
         };
-        let frame = if buf_is_rx {
-            &self.rx[start..start + len]
+        let buf: &mut [u8] = if buf_is_rx {
+            &mut self.rx
         } else {
-            &self.tx[start..start + len]
+            &mut self.tx
         };
-        if let Some(n) = too_big_reply(frame, mtu, &mut self.aux) {
+        let frame = &mut buf[start..start + len];
+        let restored = weft_pipeline::commit::commit(frame, state, orig).is_ok();
+        let reply = if restored {
+            too_big_reply(frame, mtu, &mut self.aux)
+        } else {
+            None
+        };
+        // The rewrites succeeded before, so they do again.
+        let _ = weft_pipeline::commit::commit(frame, orig, state);
+        if let Some(n) = reply {
             match tap.send(self.id, &self.aux[..n]) {
                 Ok(_) => in_port.counters.tx(n),
                 Err(_) => in_port.counters.drop(PortDrop::Io(IoDrop::TxError)),
             }
         }
     }
+}
+
+/// Whether an Ethernet frame carries a VLAN tag (802.1Q or 802.1ad TPID).
+#[inline]
+fn is_vlan_tagged(frame: &[u8]) -> bool {
+    use weft_pipeline::flow_key::{ETH_TYPE_QINQ, ETH_TYPE_VLAN};
+    matches!(
+        frame.get(12..14).map(|t| u16::from_be_bytes([t[0], t[1]])),
+        Some(ETH_TYPE_VLAN | ETH_TYPE_QINQ)
+    )
 }
 
 /// The TAP queue to write a frame to: a symmetric hash of its addresses and ports, so

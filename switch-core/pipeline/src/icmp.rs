@@ -7,11 +7,14 @@
 //! would behind a router with a smaller link. An IPv4 packet without DF is dropped
 //! without a reply (a router would fragment it; the overlay does not fragment).
 //!
-//! The reply is built into a caller's buffer (no allocation). Its source is the original
-//! destination (the pod's kernel accepts the message from any source; this one is in
-//! the pod's own world and needs no extra address), its Ethernet addresses are the
-//! original ones swapped, and it quotes as much of the original packet as RFC 1812 and
-//! RFC 4443 allow (576 and 1280 bytes of reply).
+//! The reply is built into a caller's buffer (no allocation) from the frame as the pod
+//! sent it, before the pipeline's rewrites (the worker undoes them first, see
+//! `Worker::too_big`). Its source is the original destination (the pod's kernel accepts
+//! the message from any source; this one is in the pod's own world and needs no extra
+//! address), its Ethernet addresses are the original ones swapped (to the pod's MAC,
+//! from the MAC the pod addressed: the peer in l2 mode, its gateway in l3 mode), and it
+//! quotes as much of the original packet as RFC 1812 and RFC 4443 allow (576 and 1280
+//! bytes of reply).
 
 use encap::checksum;
 

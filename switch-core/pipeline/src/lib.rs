@@ -129,6 +129,7 @@ pub use error::{InstallError, InstallErrorKind};
 pub use exec::{DpAction, MAX_DEPTH, MAX_LOOKUPS, MAX_OUTPUTS, MAX_STATES, MAX_VISITS, Resolved};
 pub use normal::{Forward, Learned, MacEntry, MacTable, Send, for_each_send};
 pub use ports::{PortInfo, PortKind, PortMap, PortMapError};
+
 pub use trace::{Trace, TraceStep};
 
 use exec::{Count, NoRecord, Walk};
@@ -224,6 +225,20 @@ pub(crate) struct FlowSlot {
     pub(crate) present: Presence,
 }
 
+/// Packets dropped by the `drop` flows of one table, priority and cookie (see
+/// [`Pipeline::drop_flow_counts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowDropCount {
+    /// The table.
+    pub table: u8,
+    /// The flows' priority.
+    pub priority: u16,
+    /// The flows' cookie.
+    pub cookie: u64,
+    /// Packets they dropped.
+    pub packets: u64,
+}
+
 /// One table of a snapshot.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Table {
@@ -274,6 +289,33 @@ impl Pipeline {
     /// Drop counters (shared by all versions).
     pub fn drops(&self) -> &DropCounters {
         &self.drops
+    }
+
+    /// The packets dropped by `drop` flows (empty action lists), summed per table,
+    /// priority and cookie, in that order: which flow dropped what, for the metrics
+    /// (`weft_flow_drops_total`). Read from the per-flow counters the packet path
+    /// already keeps, so it costs the datapath nothing; a flow replaced with other
+    /// actions or deleted takes its count with it, as its `n_packets` does.
+    pub fn drop_flow_counts(&self) -> Vec<FlowDropCount> {
+        let mut sums: std::collections::BTreeMap<(u8, u16, u64), u64> = Default::default();
+        for (t, table) in self.tables.iter().enumerate() {
+            for r in table.cls.iter() {
+                let slot = r.payload();
+                if slot.ops.is_empty() {
+                    *sums
+                        .entry((t as u8, r.priority(), slot.cookie))
+                        .or_default() += slot.stats.packets();
+                }
+            }
+        }
+        sums.into_iter()
+            .map(|((table, priority, cookie), packets)| FlowDropCount {
+                table,
+                priority,
+                cookie,
+                packets,
+            })
+            .collect()
     }
 
     /// Number of flows in table `t`.

@@ -56,7 +56,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use weft_flow::{Bundle, Flow, FlowFilter, PortRef};
+use weft_flow::{Action, Bundle, Flow, FlowFilter, FlowMod, PortRef};
 use weft_proto::{
     self as proto, AddPortReply, BundleReply, DumpFlowsReply, Empty, ErrorBody, FdbEntry, FdbReply,
     FlowStats, HelloReply, MAX_LINE, Op, PortCounters, PortInfo, PortsReply, Request, Response,
@@ -933,6 +933,14 @@ pub fn execute(sw: &Switch, op: Op) -> Result<serde_json::Value, ErrorBody> {
                 lines: b.lines,
             };
             let o = sw.apply(&bundle).map_err(switch_error)?;
+            let flows = bundle.changes.iter().map(|c| match c {
+                FlowMod::Add { flow } => (Some(&flow.matches), flow.actions.as_slice()),
+                FlowMod::Modify { actions, .. } | FlowMod::ModifyStrict { actions, .. } => {
+                    (None, actions.as_slice())
+                }
+                FlowMod::Delete { .. } | FlowMod::DeleteStrict { .. } => (None, &[][..]),
+            });
+            let warnings = port_warnings(flows, &bundle.lines, sw.pipeline().ports());
             tracing::info!(
                 changes = bundle.changes.len(),
                 added = o.added,
@@ -949,6 +957,7 @@ pub fn execute(sw: &Switch, op: Op) -> Result<serde_json::Value, ErrorBody> {
                 modified: o.modified,
                 deleted: o.deleted,
                 unchanged: 0,
+                warnings,
             })
         }
         Op::ReplaceFlows(r) => replace_flows(sw, r.flows, r.lines),
@@ -1083,6 +1092,13 @@ fn replace_flows(
         }
         line_of.insert((f.table, f.priority, m), *line);
     }
+    let warnings = port_warnings(
+        wanted
+            .iter()
+            .map(|(_, f)| (Some(&f.matches), f.actions.as_slice())),
+        &lines,
+        current.ports(),
+    );
     let scratch = Pipeline::new(current.ports().clone());
     let (scratch, _) = scratch
         .apply(&Bundle::add_flows(wanted), sw.now())
@@ -1109,6 +1125,7 @@ fn replace_flows(
         return to_value(&BundleReply {
             version: sw.pipeline().version(),
             unchanged,
+            warnings,
             ..BundleReply::default()
         });
     }
@@ -1128,7 +1145,76 @@ fn replace_flows(
         modified: o.modified,
         deleted: o.deleted,
         unchanged,
+        warnings,
     })
+}
+
+/// Warnings for port numbers that no port has, in the matches and actions of the
+/// changes (in order; `lines` are their source lines when known). OVS accepts such
+/// flows, and so does Weft (a port may get that number later), but a typo'd number
+/// otherwise fails silently: a flow that never matches, or a counted `no_such_port`
+/// drop. One warning per distinct use of a number, at most [`proto::MAX_WARNINGS`].
+fn port_warnings<'a>(
+    changes: impl Iterator<Item = (Option<&'a weft_flow::Match>, &'a [Action])>,
+    lines: &[usize],
+    ports: &weft_pipeline::PortMap,
+) -> Vec<String> {
+    let missing = |p: &PortRef| match p {
+        PortRef::Number(n) if ports.get(*n).is_none() => Some(*n),
+        _ => None,
+    };
+    let mut seen: Vec<(&'static str, u32)> = Vec::new();
+    let mut out = Vec::new();
+    let mut more = 0usize;
+    for (i, (m, actions)) in changes.enumerate() {
+        let mut uses: Vec<(&'static str, u32)> = Vec::new();
+        if let Some(n) = m.and_then(|m| m.in_port.as_ref()).and_then(missing) {
+            uses.push(("in_port", n));
+        }
+        for a in actions {
+            match a {
+                Action::Output(p) => uses.extend(missing(p).map(|n| ("output", n))),
+                Action::Resubmit { port: Some(p), .. } => {
+                    uses.extend(missing(p).map(|n| ("resubmit", n)))
+                }
+                _ => {}
+            }
+        }
+        for u in uses {
+            if seen.contains(&u) {
+                continue;
+            }
+            seen.push(u);
+            if out.len() + 1 >= proto::MAX_WARNINGS {
+                more += 1;
+                continue;
+            }
+            let at = match lines.get(i) {
+                Some(l) => format!("flow line {l}"),
+                None => format!("change {}", i + 1),
+            };
+            let (what, n) = u;
+            let effect = match what {
+                "output" => "packets sent to it are dropped (no_such_port)",
+                _ => "the flow matches no packet",
+            };
+            let spelled = match what {
+                "in_port" => format!("in_port={n}"),
+                "output" => format!("output:{n}"),
+                _ => format!("resubmit({n},...)"),
+            };
+            out.push(format!(
+                "{at}: {spelled}: no port has number {n}; {effect} until one does"
+            ));
+        }
+    }
+    if more > 0 {
+        out.push(format!(
+            "{more} more unknown port numbers not listed (at most {} warnings)",
+            proto::MAX_WARNINGS
+        ));
+    }
+    out
 }
 
 /// `trace`: the packet as a flow key, walked through the current pipeline with the

@@ -18,6 +18,7 @@
 //! | `weft_table_flows` (gauge), `weft_table_{lookups,matches,misses}_total` | `table` |
 //! | `weft_cache_hits_total`, `weft_cache_misses_total` | |
 //! | `weft_drops_total` | `reason` |
+//! | `weft_flow_drops_total` | `table`, `priority`, `cookie` |
 //! | `weft_pipeline_version` (gauge) | |
 //! | `weft_mac_entries` (gauge), `weft_mac_capacity` (gauge), `weft_mac_evictions_total`, `weft_mac_moves_total` | |
 
@@ -157,6 +158,21 @@ pub fn render(s: &StatsSnapshot) -> String {
         "counter",
         "Frames dropped by the datapath, by reason.",
         &mut s.drops.iter().map(|(r, n)| (labels(&[("reason", r)]), *n)),
+    );
+    family(
+        "weft_flow_drops_total",
+        "counter",
+        "Frames dropped by drop flows (explicit_drop), by the flows' table, priority and cookie.",
+        &mut s.flow_drops.iter().map(|d| {
+            (
+                labels(&[
+                    ("table", &d.table.to_string()),
+                    ("priority", &d.priority.to_string()),
+                    ("cookie", &format!("{:#x}", d.cookie)),
+                ]),
+                d.packets,
+            )
+        }),
     );
     family(
         "weft_pipeline_version",
@@ -495,6 +511,20 @@ mod tests {
             cache_hits: 70,
             cache_misses: 30,
             drops: vec![("table_miss".into(), 10), ("ttl_expired".into(), 4)],
+            flow_drops: vec![
+                weft_pipeline::FlowDropCount {
+                    table: 0,
+                    priority: 100,
+                    cookie: 0x64,
+                    packets: 12,
+                },
+                weft_pipeline::FlowDropCount {
+                    table: 20,
+                    priority: 0,
+                    cookie: 0x64,
+                    packets: 3,
+                },
+            ],
             pipeline_version: 7,
             mac_entries: 5,
             mac_capacity: 8192,
@@ -584,14 +614,22 @@ mod tests {
         assert_eq!(get("weft_cache_hits_total"), 70);
         assert_eq!(get("weft_cache_misses_total"), 30);
         assert_eq!(get(r#"weft_drops_total{reason="ttl_expired"}"#), 4);
+        assert_eq!(
+            get(r#"weft_flow_drops_total{table="0",priority="100",cookie="0x64"}"#),
+            12
+        );
+        assert_eq!(
+            get(r#"weft_flow_drops_total{table="20",priority="0",cookie="0x64"}"#),
+            3
+        );
         assert_eq!(get("weft_pipeline_version"), 7);
         assert_eq!(get("weft_mac_entries"), 5);
         assert_eq!(get("weft_mac_capacity"), 8192);
         assert_eq!(get("weft_mac_evictions_total"), 3);
         assert_eq!(get("weft_mac_moves_total"), 1);
         // Up and the four counters of two ports, three drops, four table metrics of two
-        // tables, and the unlabelled families.
-        assert_eq!(m.len(), 5 * 2 + 3 + 4 * 2 + 2 + 2 + 1 + 4);
+        // tables, two flow drops, and the unlabelled families.
+        assert_eq!(m.len(), 5 * 2 + 3 + 4 * 2 + 2 + 2 + 2 + 1 + 4);
         // An empty snapshot is still valid output.
         let empty = parse_text(&render(&StatsSnapshot::default()));
         assert_eq!(empty.len(), 7, "the unlabelled families always appear");

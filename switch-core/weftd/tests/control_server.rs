@@ -519,6 +519,167 @@ fn ports_flows_stats_fdb_and_trace_through_the_client() {
     );
 }
 
+/// OVS accepts flows that name a port number no port has, and so does Weft (a port may
+/// get it later), but the reply warns about each such use (`weftctl` prints them): a
+/// typo in `output:99` or `in_port=99` used to fail silently.
+#[test]
+fn flows_with_unknown_port_numbers_are_applied_with_warnings() {
+    let fx = Fixture::new();
+    let mut c = fx.client();
+    let r = c
+        .bundle(
+            parse_bundle_file(
+                "priority=5,in_port=1 actions=output:99\n\
+                 \n\
+                 priority=6,in_port=98 actions=output:vx0\n\
+                 priority=7,ip actions=resubmit(97,1),output:99\n\
+                 priority=8,in_port=vx0 actions=output:1,resubmit(1,2)\n",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(r.added, 4, "applied all the same");
+    assert_eq!(
+        r.warnings,
+        [
+            "flow line 1: output:99: no port has number 99; packets sent to it are dropped (no_such_port) until one does",
+            "flow line 3: in_port=98: no port has number 98; the flow matches no packet until one does",
+            "flow line 4: resubmit(97,...): no port has number 97; the flow matches no packet until one does",
+        ]
+    );
+    // Modify changes are checked too; known ports give no warning.
+    let m = weft_flow::parse_flow_mod(
+        weft_flow::FlowModCommand::ModifyStrict,
+        "priority=6,in_port=98 actions=output:42",
+    )
+    .unwrap();
+    let r = c.bundle(weft_flow::Bundle::new(vec![m])).unwrap();
+    assert_eq!(r.modified, 1);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(r.warnings[0].starts_with("change 1: output:42: no port has number 42"));
+    let ok = c
+        .bundle(parse_bundle_file("priority=9,in_port=vx0 actions=output:1\n").unwrap())
+        .unwrap();
+    assert!(ok.warnings.is_empty(), "{:?}", ok.warnings);
+    // replace_flows warns as well, even when nothing changes.
+    let flows = parse_flows_file("priority=5,in_port=1 actions=output:99\n").unwrap();
+    let r = c.replace_flows(flows.clone()).unwrap();
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    let r = c.replace_flows(flows).unwrap();
+    assert_eq!(r.unchanged, 1);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    // At most MAX_WARNINGS, the last one counting the rest.
+    let many: String = (0..40)
+        .map(|i| format!("priority={},ip actions=output:{}\n", 100 + i, 1000 + i))
+        .collect();
+    let r = c.bundle(parse_bundle_file(&many).unwrap()).unwrap();
+    assert_eq!(r.warnings.len(), weft_proto::MAX_WARNINGS);
+    assert_eq!(
+        r.warnings.last().unwrap(),
+        "25 more unknown port numbers not listed (at most 16 warnings)"
+    );
+}
+
+/// A `drop` flow's drops are attributable in the metrics: `weft_flow_drops_total` by
+/// the flow's table, priority and cookie (the datapath's `explicit_drop` alone does not
+/// say whether the spoof guard or a table's catch-all dropped a packet).
+#[test]
+fn drop_flows_are_counted_by_table_priority_and_cookie() {
+    let fx = Fixture::new();
+    let mut c = fx.client();
+    c.bundle(
+        parse_bundle_file(
+            "cookie=0x7,priority=50,udp actions=drop\n\
+             cookie=0x8,priority=1 actions=drop\n\
+             cookie=0x9,priority=40,udp,tp_dst=2000 actions=output:99\n",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    fx.send_vxlan(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let drops = loop {
+        let s = fx.switch.stats();
+        if s.flow_drops.iter().map(|d| d.packets).sum::<u64>() >= 3 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        drops.flow_drops,
+        [
+            weft_pipeline::FlowDropCount {
+                table: 0,
+                priority: 1,
+                cookie: 8,
+                packets: 0
+            },
+            weft_pipeline::FlowDropCount {
+                table: 0,
+                priority: 50,
+                cookie: 7,
+                packets: 3
+            },
+        ],
+        "only drop flows, each with its own count"
+    );
+    let text = switch_core::service::metrics::render(&drops);
+    assert!(
+        text.contains("\nweft_flow_drops_total{table=\"0\",priority=\"50\",cookie=\"0x7\"} 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nweft_drops_total{reason=\"explicit_drop\"} 3\n"),
+        "{text}"
+    );
+}
+
+/// A traced IP packet without `nw_ttl` has a real TTL (64), as the packet it stands for
+/// does: routed flows (`dec_ttl`, as l3 clusters have) used to end every such trace in
+/// `final: drop (ttl_expired)`, the trace `weft-demo --keep` suggests among them.
+#[test]
+fn a_traced_ip_packet_has_a_real_ttl_unless_one_is_named() {
+    let fx = Fixture::new();
+    let mut c = fx.client();
+    let udp = free_udp_port();
+    let gn = PortSpec::parse(
+        "gn0",
+        &["type=geneve", "local=127.0.0.1", &format!("dst_port={udp}")],
+    )
+    .unwrap();
+    assert_eq!(c.add_port(gn).unwrap(), 2);
+    c.bundle(
+        parse_bundle_file(
+            "priority=10,ip actions=dec_ttl,output:gn0\n\
+             priority=10,ipv6 actions=dec_ttl,output:gn0\n",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for packet in [
+        "in_port=vx0,tcp,nw_src=198.19.1.2,nw_dst=198.19.2.2,tp_dst=80",
+        "in_port=vx0,tcp6,ipv6_src=2001:2:0:1::2,ipv6_dst=2001:2:0:2::2,tp_dst=80",
+    ] {
+        let t = c.trace(packet).unwrap();
+        assert_eq!(t.drop, None, "{packet}:\n{}", t.text);
+        assert_eq!(t.actions, ["output:2"], "{packet}:\n{}", t.text);
+        assert!(
+            t.text.contains("nw_ttl=64"),
+            "the TTL used is shown: {}",
+            t.text
+        );
+    }
+    // A TTL that is named is used as it is.
+    let t = c.trace("in_port=vx0,ip,nw_ttl=1").unwrap();
+    assert_eq!(t.drop.as_deref(), Some("ttl_expired"), "{}", t.text);
+    let t = c.trace("in_port=vx0,ip,nw_ttl=2").unwrap();
+    assert_eq!(t.actions, ["output:2"], "{}", t.text);
+    // Not IP: no TTL is made up.
+    let t = c.trace("in_port=vx0,arp").unwrap();
+    assert!(!t.text.contains("nw_ttl"), "{}", t.text);
+}
+
 #[test]
 fn fdb_shows_what_normal_learned() {
     let fx = Fixture::new();
