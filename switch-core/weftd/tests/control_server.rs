@@ -624,7 +624,7 @@ fn drop_flows_are_counted_by_table_priority_and_cookie() {
         ],
         "only drop flows, each with its own count"
     );
-    let text = switch_core::service::metrics::render(&drops);
+    let text = weftd::metrics::render(&drops);
     assert!(
         text.contains("\nweft_flow_drops_total{table=\"0\",priority=\"50\",cookie=\"0x7\"} 3\n"),
         "{text}"
