@@ -222,11 +222,20 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
     let mut padded = eth(0x0800, None, &ipv4(6, 0, &[], &tcp(40000, 80, b"")));
     padded.extend_from_slice(&[0; 6]);
     vec![
-        ("ipv4-tcp", eth(0x0800, None, &ipv4(6, 0, &[], &tcp(40000, 80, data)))),
+        (
+            "ipv4-tcp",
+            eth(0x0800, None, &ipv4(6, 0, &[], &tcp(40000, 80, data))),
+        ),
         ("ipv4-tcp-padded", padded),
-        ("ipv4-udp", eth(0x0800, None, &ipv4(17, 0, &[], &udp(30001, 53, data)))),
+        (
+            "ipv4-udp",
+            eth(0x0800, None, &ipv4(17, 0, &[], &udp(30001, 53, data))),
+        ),
         ("ipv4-udp-nocsum", eth(0x0800, None, &udp0)),
-        ("ipv4-icmp", eth(0x0800, None, &ipv4(1, 0, &[], &icmp_echo(8)))),
+        (
+            "ipv4-icmp",
+            eth(0x0800, None, &ipv4(1, 0, &[], &icmp_echo(8))),
+        ),
         (
             "ipv4-options-tcp",
             eth(
@@ -245,14 +254,28 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "vlan-ipv4-tcp",
-            eth(0x0800, Some((0x8100, 0x2064)), &ipv4(6, 0, &[], &tcp(1, 443, data))),
+            eth(
+                0x0800,
+                Some((0x8100, 0x2064)),
+                &ipv4(6, 0, &[], &tcp(1, 443, data)),
+            ),
         ),
         (
             "qinq-ipv4-udp",
-            eth(0x0800, Some((0x88a8, 0x0005)), &ipv4(17, 0, &[], &udp(1, 4789, data))),
+            eth(
+                0x0800,
+                Some((0x88a8, 0x0005)),
+                &ipv4(17, 0, &[], &udp(1, 4789, data)),
+            ),
         ),
-        ("ipv6-tcp", eth(0x86dd, None, &ipv6(6, 6, &[], &tcp(40000, 80, data)))),
-        ("ipv6-udp", eth(0x86dd, None, &ipv6(17, 17, &[], &udp(5353, 53, data)))),
+        (
+            "ipv6-tcp",
+            eth(0x86dd, None, &ipv6(6, 6, &[], &tcp(40000, 80, data))),
+        ),
+        (
+            "ipv6-udp",
+            eth(0x86dd, None, &ipv6(17, 17, &[], &udp(5353, 53, data))),
+        ),
         (
             "ipv6-icmp6",
             eth(0x86dd, None, &ipv6(58, 58, &[], &icmp_echo(128))),
@@ -315,7 +338,11 @@ fn tunnels() -> [Option<TunIn>; 3] {
 
 /// Position of `f` in the writable (or, for `Move`'s source, readable) field list.
 fn w(f: CField) -> u8 {
-    let all: Vec<CField> = CField::ALL.iter().copied().filter(|f| f.writable()).collect();
+    let all: Vec<CField> = CField::ALL
+        .iter()
+        .copied()
+        .filter(|f| f.writable())
+        .collect();
     all.iter().position(|x| *x == f).unwrap() as u8
 }
 
@@ -440,14 +467,22 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         tun: None,
         frame: &MAC_A,
     };
-    out.push(("flow_key", "drop-too_short".into(), encode::flow_key(&short)));
+    out.push((
+        "flow_key",
+        "drop-too_short".into(),
+        encode::flow_key(&short),
+    ));
     let tag = eth(0x0800, Some((0x8100, 1)), &[]);
     let vlan = FlowKeyInput {
         in_port: 1,
         tun: None,
         frame: &tag[..16],
     };
-    out.push(("flow_key", "drop-truncated_vlan".into(), encode::flow_key(&vlan)));
+    out.push((
+        "flow_key",
+        "drop-truncated_vlan".into(),
+        encode::flow_key(&vlan),
+    ));
     // A TCP rewrite of a later fragment (no L4 header there) must fail, not write.
     let later = eth(0x0800, None, &ipv4(6, 0x0010, &[], b"0123456789abcdefghij"));
     let input = CommitInput {
@@ -456,7 +491,11 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         ops: vec![set(CField::TpDst, 1)],
         frame: &later,
     };
-    out.push(("commit", "fail-tcp-later-fragment".into(), encode::commit(&input)));
+    out.push((
+        "commit",
+        "fail-tcp-later-fragment".into(),
+        encode::commit(&input),
+    ));
     out
 }
 
