@@ -27,7 +27,7 @@
 //!   addresses, ports (and IPv6 flow label), the next sequence number, the same ACK
 //!   number, data offset, window and flags (except that CWR is only allowed on the first
 //!   segment and PSH/FIN on the last), byte-identical TCP options, the same TTL/hop limit,
-//!   TOS/traffic class and DF bit, a payload no larger than the first segment's (a shorter
+//!   TOS/traffic class and DF bit (and no IPv4 reserved flag bit), a payload no larger than the first segment's (a shorter
 //!   one ends the super-frame) and an IP length of at most 65535. The IPv4 ID is not
 //!   checked. IPv4 packets with options are not coalesced (as in the kernel).
 //!
@@ -785,6 +785,9 @@ pub fn refresh_partial_checksum(hdr: &VirtioNetHdr, frame: &mut [u8]) {
     }
 }
 
+/// The reserved ("evil", RFC 3514) bit of the IPv4 flags / fragment offset word.
+const IPV4_RESERVED_FLAG: u16 = 0x8000;
+
 /// Largest IP packet (IPv4 total length, or IPv6 header plus payload length) a
 /// coalesced super-frame may reach.
 pub const MAX_IP_LEN: usize = 65535;
@@ -878,7 +881,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
         }
         let startable = valid
             && plen > 0
-            && (p.v6 || p.l4 - p.l3 == 20)
+            && (p.v6 || (p.l4 - p.l3 == 20 && be16(f, p.l3 + 6) & IPV4_RESERVED_FLAG == 0))
             && flags
                 & (tcp_flags::SYN
                     | tcp_flags::RST
@@ -967,7 +970,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
             // Traffic class and hop limit.
             be32(s, q.l3) & 0x0ff0_0000 == be32(f, p.l3) & 0x0ff0_0000 && s[q.l3 + 7] == f[p.l3 + 7]
         } else {
+            // As the kernel's inet_gro_receive, any fragment-word bit but DF (here: the
+            // reserved bit; fragments never parse) ends the super-frame, so that no
+            // segment's bit is lost in, or copied into, the merged header.
             p.l4 - p.l3 == 20
+                && be16(f, p.l3 + 6) & IPV4_RESERVED_FLAG == 0
                 && s[q.l3 + 1] == f[p.l3 + 1]
                 && s[q.l3 + 8] == f[p.l3 + 8]
                 && (be16(s, q.l3 + 6) ^ be16(f, p.l3 + 6)) & 0x4000 == 0

@@ -343,7 +343,9 @@ fn commit_l4(
     let (csum_off, hdr_len, pseudo, wide) = match proto {
         IPPROTO_TCP => (16, 20, true, true),
         IPPROTO_UDP => (6, 8, true, true),
-        IPPROTO_ICMP if !v6 => (2, 4, false, false),
+        // ICMP: 8 bytes, as flow_key reads it; a shorter header has no type/code in the
+        // key, and writing the word would overwrite a type the flow never saw.
+        IPPROTO_ICMP if !v6 => (2, 8, false, false),
         IPPROTO_ICMPV6 if v6 => (2, 4, true, false),
         _ => {
             for f in [Field::TpSrc, Field::TpDst] {
