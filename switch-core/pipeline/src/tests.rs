@@ -1542,7 +1542,10 @@ fn net_change_replays_to_the_new_version() {
     for lines in [
         &["del table=9"][..],
         &["del-strict table=0,priority=99,tcp"],
-        &["add table=4,priority=1 actions=drop", "del-strict table=4,priority=1"],
+        &[
+            "add table=4,priority=1 actions=drop",
+            "del-strict table=4,priority=1",
+        ],
     ] {
         let (_, _, net) = old.apply_net(&mods(lines), 5).unwrap();
         assert!(net.is_empty(), "{lines:?}: {net:?}");
