@@ -269,6 +269,13 @@ impl Lab {
         stop_child(&mut child, grace)
     }
 
+    /// Kills one process with SIGKILL at once (a crash) and reaps it.
+    pub fn kill(&mut self, id: ProcId) -> Option<std::process::ExitStatus> {
+        let (_, mut child) = self.procs.get_mut(id.0)?.take()?;
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
     /// Deletes one namespace now (it is otherwise deleted on drop).
     pub fn delete_netns(&mut self, ns: &Ns) -> Result<()> {
         self.namespaces.retain(|n| n != ns);

@@ -292,6 +292,12 @@ impl Weftd {
         lab.stop(p, Duration::from_secs(5))
     }
 
+    /// Kills it with SIGKILL (a crash: nothing runs after the signal).
+    pub fn kill(&mut self, lab: &mut Lab) -> Option<ExitStatus> {
+        let p = self.proc.take()?;
+        lab.kill(p)
+    }
+
     /// Stops it (which must be a clean exit 0) and starts it again with the same
     /// configuration and state directory. Returns when the new process is started.
     pub fn restart(&mut self, lab: &mut Lab) -> Result<()> {

@@ -1104,9 +1104,18 @@ fn a_full_state_directory_refuses_changes_and_the_node_still_starts() {
     let mut d = p.weftd.remove(1);
     stop_cleanly(&mut d, &mut p.lab);
     let dir = d.dir().join("state");
-    let saved = std::fs::read(dir.join("state.json")).unwrap();
+    // The snapshot and the journal, whichever there are.
+    let saved: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    assert!(!saved.is_empty(), "state saved in {}", dir.display());
     let _full = Tmpfs::mount(&dir, "64k");
-    std::fs::write(dir.join("state.json"), &saved).unwrap();
+    for (name, bytes) in &saved {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
     {
         use std::io::Write;
         let mut fill = std::fs::File::create(dir.join("fill")).unwrap();
@@ -1135,8 +1144,19 @@ fn a_full_state_directory_refuses_changes_and_the_node_still_starts() {
         "{}",
         d.log(&p.lab)
     );
-    let flow = "table=0,priority=300,in_port=pod,udp actions=drop";
-    let o = weftctl(&d, &["add-flow", flow]);
+    // More than a page of journal, so that it cannot fit in the slack of the
+    // journal's last page (which a full file system still lets a write fill).
+    let file = d.dir().join("big-change.flows");
+    let flows: String = (0..100)
+        .map(|i| {
+            format!(
+                "table=0,priority=300,in_port=pod,udp,tp_dst={} actions=drop\n",
+                1000 + i
+            )
+        })
+        .collect();
+    std::fs::write(&file, flows).unwrap();
+    let o = weftctl(&d, &["add-flows", &file.display().to_string()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "refused");
     assert!(
@@ -1161,6 +1181,112 @@ fn a_full_state_directory_refuses_changes_and_the_node_still_starts() {
         2,
         "the node's own flows are there:\n{flows}"
     );
+    stop_cleanly(&mut d, &mut p.lab);
+    p.weftd.insert(1, d);
+}
+
+/// The flows of `dump-flows` without their counters, sorted.
+fn flow_table(d: &Weftd, lab: &netns_tests::lab::Lab) -> Vec<String> {
+    let mut v: Vec<String> = weftctl_ok(d, lab, &["dump-flows"])
+        .lines()
+        .filter(|l| l.contains("actions="))
+        .map(|l| match l.find("idle_age=") {
+            Some(at) => l[at..].split_once(", ").map_or(l, |(_, f)| f).to_string(),
+            None => l.to_string(),
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The guarantee of the journal: a change answered `ok` is in the page cache before
+/// the answer, so it survives `kill -9` of weftd right after; and a torn last journal
+/// entry (a crash in the middle of a write) is ignored and logged at start.
+#[test]
+fn a_change_answered_ok_survives_kill_9_and_a_torn_journal_tail_is_ignored() {
+    let _s = serial();
+    if !privileged("a_change_answered_ok_survives_kill_9_and_a_torn_journal_tail_is_ignored") {
+        return;
+    }
+    let mut p = l2_pair("vxlan", 1450, "");
+    let mut d = p.weftd.remove(1);
+    for prio in [301, 302, 303] {
+        weftctl_ok(
+            &d,
+            &p.lab,
+            &[
+                "add-flow",
+                &format!("table=0,priority={prio},in_port=pod,udp,tp_dst={prio} actions=drop"),
+            ],
+        );
+    }
+    weftctl_ok(
+        &d,
+        &p.lab,
+        &[
+            "del-flows",
+            "--strict",
+            "table=0,priority=302,in_port=pod,udp,tp_dst=302",
+        ],
+    );
+    let want = flow_table(&d, &p.lab);
+    assert!(want.iter().any(|f| f.contains("priority=303")), "{want:?}");
+    assert!(!want.iter().any(|f| f.contains("priority=302")), "{want:?}");
+    // Right after the last ok: no clean stop, no fsync.
+    weftctl_ok(
+        &d,
+        &p.lab,
+        &[
+            "add-flow",
+            "table=0,priority=304,in_port=pod,udp,tp_dst=304 actions=drop",
+        ],
+    );
+    assert!(d.kill(&mut p.lab).is_some(), "killed");
+    let mut want = want;
+    want.push("priority=304,udp,in_port=1,tp_dst=304 actions=drop".to_string());
+    want.sort();
+    d.start_again(&mut p.lab).unwrap();
+    d.wait_ready(&mut p.lab, READY).unwrap();
+    let got = flow_table(&d, &p.lab);
+    assert_eq!(got.len(), want.len(), "{got:#?}\n{}", d.log(&p.lab));
+    assert!(got.iter().any(|f| f.contains("priority=304")), "{got:#?}");
+    assert!(
+        p.pod(1)
+            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
+            .is_some(),
+        "forwards after the crash\n{}",
+        d.log(&p.lab)
+    );
+    // A torn last entry: killed again, half an entry at the journal's end.
+    assert!(d.kill(&mut p.lab).is_some());
+    let journal = d.dir().join("state").join("journal");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&journal)
+            .unwrap();
+        f.write_all(b"#999 200 00000000deadbeef\n+ table=0,priority=305,ud")
+            .unwrap();
+    }
+    d.start_again(&mut p.lab).unwrap();
+    d.wait_ready(&mut p.lab, READY).unwrap();
+    assert_eq!(flow_table(&d, &p.lab), got, "{}", d.log(&p.lab));
+    let log = d.log(&p.lab);
+    assert!(log.contains("a torn last entry"), "logged\n{log}");
+    // And the journal goes on after it (the torn tail was cut off).
+    weftctl_ok(
+        &d,
+        &p.lab,
+        &[
+            "add-flow",
+            "table=0,priority=306,in_port=pod,udp,tp_dst=306 actions=drop",
+        ],
+    );
+    d.restart(&mut p.lab).unwrap();
+    d.wait_ready(&mut p.lab, READY).unwrap();
+    let last = flow_table(&d, &p.lab);
+    assert_eq!(last.len(), got.len() + 1, "{last:#?}\n{}", d.log(&p.lab));
     stop_cleanly(&mut d, &mut p.lab);
     p.weftd.insert(1, d);
 }

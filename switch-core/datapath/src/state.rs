@@ -1,10 +1,13 @@
 //! What the switch persists, and the hook it persists it through.
 //!
-//! The switch hands a [`SavedState`] (every port with its number, every flow) to its
-//! [`StateStore`] after each change it makes, and is given one back at start
-//! ([`Switch::start`](crate::Switch::start)). Where and how it is stored is the
-//! store's business: `weftd` writes `<state_dir>/state.json` atomically
-//! (`weftd::state`); a switch without a store saves nothing.
+//! The switch hands each change it makes to its [`StateStore`] as [`Record`]s (what
+//! changed, not the whole state: a bundle's net effect, a port added or deleted), and
+//! now and then a snapshot of the whole state, walked from an immutable pipeline
+//! version off the control lock. It is given a [`SavedState`] (every port with its
+//! number, every flow) back at start ([`Switch::start`](crate::Switch::start)). Where
+//! and how it is stored is the store's business: `weftd` keeps a journal and a
+//! snapshot in its state directory (`weftd::state`); a switch without a store saves
+//! nothing.
 
 use std::io;
 
@@ -37,10 +40,48 @@ impl Default for SavedState {
     }
 }
 
-/// Where the switch saves its state. Called under the switch's control lock, so one
-/// save at a time; an error is the switch's [`SwitchError::Save`](crate::SwitchError::Save)
-/// (the change itself was made).
+/// One change to the saved state, as a journal records it: a change from the control
+/// socket is a list of these (a bundle's net effect, a port added or deleted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A flow added, replaced or modified, as installed (ports as numbers).
+    AddFlow(Flow),
+    /// A flow removed; its identity (table, priority, match) counts, not its actions.
+    DelFlow(Flow),
+    /// Every flow of a table removed.
+    ClearTable(u8),
+    /// A port added, with its number.
+    AddPort(PortSpec),
+    /// A port deleted, by name.
+    DelPort(String),
+}
+
+/// Hands every flow of the state to `each` until it returns false (a snapshot is
+/// written as it is walked, without a copy of the table).
+pub type FlowWalk<'a> = &'a mut dyn FnMut(&mut dyn FnMut(Flow) -> bool);
+
+/// Where the switch saves its state: a journal of changes and, now and then, a
+/// snapshot of the whole state.
+///
+/// [`append`](Self::append) is called under the switch's control lock, before the
+/// change it records is published; an error refuses the change (for the control
+/// socket's changes). The switch's state thread calls [`sync`](Self::sync) (at most
+/// every 100 ms, when something was appended) and, when
+/// [`snapshot_due`](Self::snapshot_due), [`begin_snapshot`](Self::begin_snapshot)
+/// under the control lock then [`write_snapshot`](Self::write_snapshot) without it.
 pub trait StateStore: Send + Sync + std::fmt::Debug {
-    /// Persists `state`, replacing what was saved before.
-    fn save(&self, state: &SavedState) -> io::Result<()>;
+    /// Appends one change to the journal, so that it survives the process being
+    /// killed once this returns (it need not be on disk yet: see `sync`).
+    fn append(&self, records: &[Record]) -> io::Result<()>;
+    /// Makes what was appended durable (fsync); cheap when nothing was.
+    fn sync(&self) -> io::Result<()>;
+    /// Whether the journal has grown enough that a snapshot should replace it.
+    fn snapshot_due(&self) -> bool;
+    /// Starts a snapshot of the state as it is after the last append (the caller
+    /// holds the lock that orders appends, and takes the state to write under it).
+    /// Returns the snapshot's sequence number, for `write_snapshot`.
+    fn begin_snapshot(&self) -> io::Result<u64>;
+    /// Writes the snapshot begun as `seq` (the state: `ports` and the flows `flows`
+    /// walks) and drops the journal it makes redundant.
+    fn write_snapshot(&self, seq: u64, ports: &[PortSpec], flows: FlowWalk<'_>) -> io::Result<()>;
 }

@@ -1,10 +1,18 @@
 //! [`Switch`]: a node's datapath, and the control-side operations on it.
 //!
-//! Every change from the control socket is validated, then saved as the state it
-//! would make, and only then published: if the save fails the change is refused and
-//! nothing changed (the failure is logged). The config file's ports and flows are the
-//! exception: the file itself is their record and is applied again at every start, so
-//! a failed save after applying them is logged and not undone.
+//! Every change from the control socket is validated, then its net effect is appended
+//! to the state store's journal (one write, no fsync: see `weftd::state`), and only
+//! then published: if the append fails the change is refused and nothing changed (the
+//! failure is logged). The cost of saving is the change's, not the table's. The
+//! config file's ports and flows, and flow expiry, are the exception: the file itself
+//! is their record (applied again at every start), and expired flows are gone, so a
+//! failed append is logged and not undone, and a snapshot is written soon instead.
+//!
+//! The `weft-state` thread fsyncs the journal every 100 ms when something was
+//! appended, and writes a snapshot of the whole state when the store says the journal
+//! has grown enough: it takes the snapshot's sequence number, the ports and the
+//! current (immutable) pipeline version under the control lock, and walks the flows
+//! into the snapshot without it, so changes go on meanwhile.
 //!
 //! A port whose device or sockets cannot be opened at start (its pod's namespace is
 //! gone, its local address is missing) does not stop the node: it is kept *down*, with
@@ -25,11 +33,12 @@ use weft_flow::{Bundle, Flow, FlowFilter, FlowMod};
 
 use crate::port::Attach;
 use crate::port::netns::{NetnsId, netns_id};
-use crate::state::{SavedState, StateStore};
+use crate::state::{Record, SavedState, StateStore};
 use crate::stats::{PortStats, StatsSnapshot, TableStats};
 use weft_pipeline::drop::DropReason;
 use weft_pipeline::{
-    BundleOutcome, ExpiredFlow, FlowDump, InstallError, MacEntry, Pipeline, PortMap, SharedPipeline,
+    BundleOutcome, ExpiredFlow, FlowDump, InstallError, MacEntry, NetChange, Pipeline, PortMap,
+    SharedPipeline,
 };
 
 use super::io::{PortDev, PortIo, PortSet};
@@ -54,7 +63,7 @@ pub struct SwitchOptions {
     pub mac_capacity: usize,
     /// Ageing of MAC table entries, in milliseconds.
     pub mac_ageing_ms: u64,
-    /// Where the state is saved after each change (`None`: not saved).
+    /// Where each change is journaled and the state snapshotted (`None`: not saved).
     pub state_store: Option<Arc<dyn StateStore>>,
     /// TAP offloads (TSO/USO super-frames, checksum offload) with userspace
     /// segmentation, UDP GSO/GRO on the tunnels and coalescing towards the pods.
@@ -133,8 +142,7 @@ pub enum SwitchError {
         /// The port that owns it.
         by: String,
     },
-    /// Saving the state the change would make failed: the change was refused and
-    /// not applied.
+    /// Journaling the change failed: the change was refused and not applied.
     #[error("{0}; the change was not applied")]
     Save(String),
 }
@@ -179,9 +187,9 @@ pub struct PortStatus {
 
 /// Control-side state, changed by one writer at a time.
 struct Control {
-    /// The state as last written to (or read from) the state directory: a change that
-    /// leaves it as it is writes nothing.
-    saved: Option<SavedState>,
+    /// A change was applied that the journal does not hold (an append failed for a
+    /// change that is not refused: expiry, the config file): a snapshot is due.
+    snapshot_needed: bool,
     /// Names of ports the config file declared (a reload may remove them).
     config_ports: BTreeSet<String>,
     /// Flows the config's flows file installed (a reload deletes those it drops).
@@ -262,7 +270,7 @@ impl Switch {
             stats,
             threads: Mutex::new(Vec::new()),
             control: Arc::new(Mutex::new(Control {
-                saved: None,
+                snapshot_needed: false,
                 config_ports: BTreeSet::new(),
                 config_flows: Vec::new(),
                 config_applied: false,
@@ -301,6 +309,19 @@ impl Switch {
                     error,
                 })?,
         );
+        if let Some(store) = sw.options.state_store.clone() {
+            let ports = Arc::clone(&sw.ports);
+            let control = Arc::clone(&sw.control);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("weft-state".into())
+                    .spawn(move || state_loop(&ports, &control, &*store))
+                    .map_err(|error| SwitchError::Open {
+                        name: "state thread".into(),
+                        error,
+                    })?,
+            );
+        }
         *sw.threads.lock().unwrap_or_else(|e| e.into_inner()) = threads;
         Ok(sw)
     }
@@ -312,8 +333,9 @@ impl Switch {
     /// Re-attaches the saved ports (one that cannot be opened is kept down, see the
     /// module docs) and installs the saved flows.
     fn restore(&self, saved: SavedState) -> Result<(), SwitchError> {
-        let mut c = self.lock();
-        for spec in saved.ports.clone() {
+        let _c = self.lock();
+        let SavedState { ports, flows, .. } = saved;
+        for spec in ports {
             match self.ports.add(spec.clone(), Attach::CreateOrReattach) {
                 Ok(_) => {}
                 // Not a port that can be kept (a second port of one name or number in
@@ -324,8 +346,8 @@ impl Switch {
                 Err(e) => self.ports.keep_down(spec, &e),
             }
         }
-        if !saved.flows.is_empty() {
-            let flows = saved.flows.clone().into_iter().enumerate().collect();
+        if !flows.is_empty() {
+            let flows = flows.into_iter().enumerate().collect();
             self.shared
                 .pipeline
                 .apply(&Bundle::add_flows(flows), self.shared.now())?;
@@ -337,7 +359,6 @@ impl Switch {
             flows = self.shared.pipeline.load().len(),
             "restored saved state"
         );
-        c.saved = Some(saved);
         Ok(())
     }
 
@@ -356,10 +377,8 @@ impl Switch {
         let mut c = self.lock();
         let shared = self.ports.check_new(&mut spec)?;
         let io = self.ports.open(&spec, shared, Attach::Create)?;
-        let mut st = self.state();
-        st.ports.push(spec.clone());
-        st.ports.sort_by_key(|p| p.ofport);
-        if let Err(e) = self.save_state(&mut c, st, &format!("add-port '{}'", spec.name)) {
+        let record = [Record::AddPort(spec.clone())];
+        if let Err(e) = self.record(&mut c, &record, &format!("add-port '{}'", spec.name)) {
             if let PortDev::Tap(t) = &io.dev
                 && !t.reattached()
                 && let Err(u) = t.unpersist()
@@ -384,16 +403,15 @@ impl Switch {
     /// sockets closed, its learned MAC addresses forgotten. Flows that name it stay
     /// (as in OVS); output to it counts as `no_such_port`.
     ///
-    /// A port that is down is deleted as well (it is no longer retried). The state
-    /// without the port is saved first; if that fails the port stays.
+    /// A port that is down is deleted as well (it is no longer retried). The deletion
+    /// is journaled first; if that fails the port stays.
     pub fn del_port(&self, name: &str) -> Result<(), SwitchError> {
         let mut c = self.lock();
-        let mut st = self.state();
-        if !st.ports.iter().any(|p| p.name == name) {
+        if !self.ports.specs().iter().any(|p| p.name == name) {
             return Err(SwitchError::NoSuchPort(name.to_string()));
         }
-        st.ports.retain(|p| p.name != name);
-        self.save_state(&mut c, st, &format!("del-port '{name}'"))?;
+        let record = [Record::DelPort(name.to_string())];
+        self.record(&mut c, &record, &format!("del-port '{name}'"))?;
         self.del_port_locked(name)?;
         c.config_ports.remove(name);
         Ok(())
@@ -430,20 +448,15 @@ impl Switch {
         Ok(())
     }
 
-    /// Applies a bundle of flow changes atomically: validated, the resulting state
-    /// saved, and only then published; if the save fails nothing changes.
+    /// Applies a bundle of flow changes atomically: validated, its net effect
+    /// journaled, and only then published; if the journal append fails nothing
+    /// changes. A bundle that changes nothing writes nothing.
     pub fn apply(&self, bundle: &Bundle) -> Result<BundleOutcome, SwitchError> {
         let mut c = self.lock();
-        let ports = self.state().ports;
         self.shared
             .pipeline
-            .apply_then(bundle, self.shared.now(), |next| {
-                let st = SavedState {
-                    ports,
-                    flows: next.flows(),
-                    ..SavedState::default()
-                };
-                self.save_state(&mut c, st, "flow change")
+            .apply_then(bundle, self.shared.now(), |_, net| {
+                self.record(&mut c, &net_records(net), "flow change")
             })
     }
 
@@ -568,10 +581,10 @@ impl Switch {
         self.ports.state()
     }
 
-    /// Writes `st` (the state a change would make) unless it is what the state
-    /// directory holds already. A failure is logged as `what` refused.
-    fn save_state(&self, c: &mut Control, st: SavedState, what: &str) -> Result<(), SwitchError> {
-        save_if_changed(&self.options, c, st).map_err(|e| {
+    /// Journals a change from the control socket (`records`; nothing when empty). A
+    /// failure is logged as `what` refused.
+    fn record(&self, _c: &mut Control, records: &[Record], what: &str) -> Result<(), SwitchError> {
+        append(&self.options, records).map_err(|e| {
             tracing::error!("{what} refused: {e}");
             SwitchError::Save(e.to_string())
         })
@@ -604,6 +617,8 @@ impl Switch {
         };
         let current = self.shared.ports.load_full();
         let down: Vec<PortSpec> = self.ports.down().iter().map(|d| d.spec.clone()).collect();
+        // What the config changed, journaled at the end (a failure is logged).
+        let mut records = Vec::new();
         for spec in ports {
             let existing = current
                 .iter()
@@ -618,8 +633,9 @@ impl Switch {
                         Ok(self.ports.publish_new(io))
                     });
                     match added {
-                        Ok(_) => {}
+                        Ok(_) => records.push(Record::AddPort(numbered)),
                         Err(e @ SwitchError::Open { .. }) if first => {
+                            records.push(Record::AddPort(numbered.clone()));
                             self.ports.keep_down(numbered, &e)
                         }
                         Err(e) => return Err(e),
@@ -633,7 +649,11 @@ impl Switch {
                         );
                     } else {
                         self.del_port_locked(&spec.name)?;
-                        self.ports.add(spec.clone(), attach)?;
+                        records.push(Record::DelPort(spec.name.clone()));
+                        let mut numbered = spec.clone();
+                        let n = self.ports.add(numbered.clone(), attach)?;
+                        numbered.ofport = Some(n);
+                        records.push(Record::AddPort(numbered));
                     }
                 }
                 Some(_) => {}
@@ -645,6 +665,7 @@ impl Switch {
             if !ports.iter().any(|p| p.name == name) {
                 if self.del_port_locked(&name).is_ok() {
                     tracing::info!(port = %name, "removed: no longer in the config");
+                    records.push(Record::DelPort(name.clone()));
                 }
                 c.config_ports.remove(&name);
             }
@@ -670,15 +691,20 @@ impl Switch {
             lines.push(*line);
         }
         if !changes.is_empty() {
-            self.shared
-                .pipeline
-                .apply(&Bundle { changes, lines }, self.shared.now())?;
+            self.shared.pipeline.apply_then(
+                &Bundle { changes, lines },
+                self.shared.now(),
+                |_, net| -> Result<(), SwitchError> {
+                    records.extend(net_records(net));
+                    Ok(())
+                },
+            )?;
         }
         c.config_flows = new_flows;
-        let st = self.state();
-        if let Err(e) = save_if_changed(&self.options, &mut c, st) {
+        if let Err(e) = append(&self.options, &records) {
+            c.snapshot_needed = true;
             tracing::error!(
-                "{e}; the configuration is applied (and is applied again from the config file at the next start)"
+                "cannot save state: {e}; the configuration is applied (and is applied again from the config file at the next start)"
             );
         }
         Ok(())
@@ -755,7 +781,7 @@ impl Switch {
     }
 
     /// Stops the workers (TAP devices stay, so the pods keep their configuration) and
-    /// saves the state.
+    /// makes the journal durable (and writes a snapshot if one is due).
     pub fn stop(&self) {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return;
@@ -773,10 +799,16 @@ impl Switch {
         for t in threads {
             let _ = t.join();
         }
-        let mut c = self.lock();
-        let st = self.state();
-        if let Err(e) = save_if_changed(&self.options, &mut c, st) {
-            tracing::error!("saving state at stop: {e}");
+        if let Some(store) = &self.options.state_store {
+            if let Err(e) = store.sync() {
+                tracing::error!("saving state at stop: {e}");
+            }
+            let needed = self.lock().snapshot_needed;
+            if (needed || store.snapshot_due())
+                && let Err(e) = snapshot(&self.ports, &self.control, &**store)
+            {
+                tracing::error!("writing the state snapshot at stop: {e}");
+            }
         }
     }
 
@@ -812,28 +844,105 @@ fn expiry_loop(ports: &Ports, control: &Mutex<Control>) {
         let gone: Vec<ExpiredFlow> = shared.pipeline.expire(shared.now());
         if !gone.is_empty() {
             tracing::debug!(flows = gone.len(), "flows expired");
-            if let Err(e) = save_if_changed(&ports.options, &mut c, ports.state()) {
-                tracing::error!("saving state after expiry: {e}");
+            let records: Vec<Record> = gone
+                .into_iter()
+                .map(|e| {
+                    let mut f = e.flow.flow;
+                    f.actions.clear();
+                    Record::DelFlow(f)
+                })
+                .collect();
+            if let Err(e) = append(&ports.options, &records) {
+                c.snapshot_needed = true;
+                tracing::error!("saving state after expiry: {e}; a snapshot will follow");
             }
         }
     }
 }
 
-/// Writes `st` to the state directory unless it is what was last written there.
-fn save_if_changed(
-    options: &SwitchOptions,
-    c: &mut Control,
-    st: SavedState,
-) -> std::io::Result<()> {
-    let Some(store) = &options.state_store else {
-        return Ok(());
-    };
-    if c.saved.as_ref() == Some(&st) {
-        return Ok(());
+/// A bundle's net change as journal records: tables cleared first, then the flows
+/// removed and the flows added (disjoint identities).
+fn net_records(net: &NetChange) -> Vec<Record> {
+    let mut v = Vec::with_capacity(net.cleared.len() + net.deleted.len() + net.added.len());
+    v.extend(net.cleared.iter().map(|t| Record::ClearTable(*t)));
+    v.extend(net.deleted.iter().cloned().map(Record::DelFlow));
+    v.extend(net.added.iter().cloned().map(Record::AddFlow));
+    v
+}
+
+/// Appends `records` to the store's journal (nothing when there are none, or no store).
+fn append(options: &SwitchOptions, records: &[Record]) -> std::io::Result<()> {
+    match &options.state_store {
+        Some(store) if !records.is_empty() => store.append(records),
+        _ => Ok(()),
     }
-    store.save(&st)?;
-    c.saved = Some(st);
-    Ok(())
+}
+
+/// How often the state thread looks at the journal (fsync, snapshot due).
+const STATE_TICK: Duration = Duration::from_millis(100);
+/// How long after a failed snapshot the next is tried.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(5);
+
+/// The `weft-state` thread: fsyncs the journal (at most every [`STATE_TICK`], when
+/// something was appended) and writes a snapshot when one is due.
+fn state_loop(ports: &Ports, control: &Mutex<Control>, store: &dyn StateStore) {
+    let shared = &ports.shared;
+    let mut last_error = String::new();
+    let mut next_snapshot = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(STATE_TICK);
+        let mut result = store.sync();
+        let needed = control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot_needed;
+        if result.is_ok() && (needed || store.snapshot_due()) && Instant::now() >= next_snapshot {
+            let t0 = Instant::now();
+            result = snapshot(ports, control, store);
+            match &result {
+                Ok(()) => tracing::info!(
+                    ms = t0.elapsed().as_millis() as u64,
+                    "state snapshot written"
+                ),
+                Err(_) => next_snapshot = Instant::now() + SNAPSHOT_RETRY,
+            }
+        }
+        match result {
+            Ok(()) => last_error.clear(),
+            Err(e) => {
+                let e = e.to_string();
+                if e != last_error {
+                    tracing::error!("saving state: {e} (retrying)");
+                    last_error = e;
+                }
+            }
+        }
+    }
+}
+
+/// Writes a snapshot of the state: its sequence number, ports and pipeline version
+/// are taken under the control lock, the flows are walked from that version without it.
+fn snapshot(
+    ports: &Ports,
+    control: &Mutex<Control>,
+    store: &dyn StateStore,
+) -> std::io::Result<()> {
+    let (seq, specs, pipe, was_needed) = {
+        let mut c = control.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = store.begin_snapshot()?;
+        let was = std::mem::replace(&mut c.snapshot_needed, false);
+        (seq, ports.specs(), ports.shared.pipeline.load_full(), was)
+    };
+    let written = store.write_snapshot(seq, &specs, &mut |each| {
+        let _ = pipe.dump_each(&FlowFilter::all(), 0, |d| each(d.flow));
+    });
+    if written.is_err() && was_needed {
+        control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot_needed = true;
+    }
+    written
 }
 
 impl Ports {
@@ -841,8 +950,8 @@ impl Ports {
         self.down.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Ports (up and down, by number) and flows.
-    fn state(&self) -> SavedState {
+    /// Every port (up and down), by number.
+    fn specs(&self) -> Vec<PortSpec> {
         let mut ports: Vec<PortSpec> = self
             .shared
             .ports
@@ -852,8 +961,13 @@ impl Ports {
             .chain(self.down().iter().map(|d| d.spec.clone()))
             .collect();
         ports.sort_by_key(|p| p.ofport);
+        ports
+    }
+
+    /// Ports (up and down, by number) and flows.
+    fn state(&self) -> SavedState {
         SavedState {
-            ports,
+            ports: self.specs(),
             flows: self.shared.pipeline.load().flows(),
             ..SavedState::default()
         }

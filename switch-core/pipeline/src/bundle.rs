@@ -31,6 +31,30 @@ pub struct BundleOutcome {
     pub deleted: usize,
 }
 
+/// What a bundle changed, as the state a journal needs to replay it: the tables it
+/// emptied, then the flows it added or changed (as they are now) and the flows it
+/// removed (identity only: table, priority, match). Proportional to the change, not
+/// to the tables. Counters are not part of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetChange {
+    /// Tables emptied by a catch-all delete (before `added` and `deleted`).
+    pub cleared: Vec<u8>,
+    /// Flows added, replaced or modified, as installed (ports as numbers).
+    pub added: Vec<Flow>,
+    /// Flows removed that were in the old version (no actions).
+    pub deleted: Vec<Flow>,
+}
+
+impl NetChange {
+    /// Whether the bundle left every table as it was.
+    pub fn is_empty(&self) -> bool {
+        self.cleared.is_empty() && self.added.is_empty() && self.deleted.is_empty()
+    }
+}
+
+/// A flow identity a change touched: table, value, mask, priority.
+type Touched = (u8, FlowKey, FlowMask, u16);
+
 /// One flow as dump-flows shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowDump {
@@ -97,6 +121,49 @@ pub(crate) fn rule_flow(table: u8, r: RuleRef<'_, FlowSlot>, with_actions: bool)
             Vec::new()
         },
     }
+}
+
+/// Rebuilds a `weft_flow::Flow` from a slot found by identity.
+fn slot_flow(table: u8, key: &FlowKey, mask: &FlowMask, priority: u16, s: &FlowSlot) -> Flow {
+    Flow {
+        cookie: s.cookie,
+        table,
+        priority,
+        idle_timeout: s.idle_timeout,
+        hard_timeout: s.hard_timeout,
+        matches: rebuild_match(key, mask, s.present),
+        actions: s.ops.iter().map(rebuild_action).collect(),
+    }
+}
+
+/// The net effect of a bundle that turned `old` into `next`, from the identities it
+/// touched and the tables it emptied.
+fn net_change(old: &Pipeline, next: &Pipeline, touched: &[Touched], cleared: Vec<u8>) -> NetChange {
+    let mut seen = std::collections::HashSet::with_capacity(touched.len());
+    let mut out = NetChange {
+        cleared,
+        ..NetChange::default()
+    };
+    for (t, key, mask, prio) in touched {
+        let ti = usize::from(*t);
+        if let Some(s) = next.tables[ti].cls.get(key, mask, *prio) {
+            let f = slot_flow(*t, key, mask, *prio, s);
+            if seen.insert((f.table, f.priority, f.matches.clone())) {
+                out.added.push(f);
+            }
+        } else if let Some(s) = old.tables[ti].cls.get(key, mask, *prio) {
+            let mut f = slot_flow(*t, key, mask, *prio, s);
+            f.actions.clear();
+            if out.cleared.contains(t) {
+                // The table's clear removes it already.
+                continue;
+            }
+            if seen.insert((f.table, f.priority, f.matches.clone())) {
+                out.deleted.push(f);
+            }
+        }
+    }
+    out
 }
 
 fn dump_of(table: u8, r: RuleRef<'_, FlowSlot>, now: Millis) -> FlowDump {
@@ -185,6 +252,8 @@ fn apply_one(
     change: &FlowMod,
     now: Millis,
     out: &mut BundleOutcome,
+    touched: &mut Vec<Touched>,
+    cleared: &mut Vec<u8>,
 ) -> Result<(), InstallErrorKind> {
     match change {
         FlowMod::Add { flow } => {
@@ -220,6 +289,7 @@ fn apply_one(
                 t.n_timeouts += usize::from(new_timeouts);
                 out.added += 1;
             }
+            touched.push((flow.table, key, mask, flow.priority));
         }
         FlowMod::Modify { filter, actions } | FlowMod::ModifyStrict { filter, actions } => {
             let strict = change.is_strict();
@@ -239,6 +309,7 @@ fn apply_one(
                     if let Some(s) = table.cls.get_mut(k, m, *p) {
                         s.ops = ops.clone();
                         out.modified += 1;
+                        touched.push((t, *k, *m, *p));
                     }
                 }
             }
@@ -255,6 +326,9 @@ fn apply_one(
                 if everything {
                     out.deleted += tables[ti].cls.len();
                     tables[ti] = Arc::new(Table::default());
+                    if !cleared.contains(&t) {
+                        cleared.push(t);
+                    }
                     continue;
                 }
                 let sel = select(&tables[ti], t, &filter, strict, ports)?;
@@ -266,6 +340,7 @@ fn apply_one(
                     if let Some(s) = table.cls.remove(k, m, *p) {
                         table.n_timeouts -= usize::from(has_timeouts(&s));
                         out.deleted += 1;
+                        touched.push((t, *k, *m, *p));
                     }
                 }
             }
@@ -278,7 +353,7 @@ pub(crate) fn apply(
     p: &Pipeline,
     bundle: &Bundle,
     now: Millis,
-) -> Result<(Pipeline, BundleOutcome), InstallError> {
+) -> Result<(Pipeline, BundleOutcome, NetChange), InstallError> {
     bundle.validate().map_err(|e| InstallError {
         index: e.index,
         line: e.line,
@@ -290,8 +365,19 @@ pub(crate) fn apply(
         version,
         ..BundleOutcome::default()
     };
+    let mut touched = Vec::new();
+    let mut cleared = Vec::new();
     for (index, change) in bundle.changes.iter().enumerate() {
-        apply_one(&mut tables, &p.ports, change, now, &mut out).map_err(|kind| InstallError {
+        apply_one(
+            &mut tables,
+            &p.ports,
+            change,
+            now,
+            &mut out,
+            &mut touched,
+            &mut cleared,
+        )
+        .map_err(|kind| InstallError {
             index,
             line: bundle.line_of(index),
             kind,
@@ -302,7 +388,8 @@ pub(crate) fn apply(
         tables,
         ..p.clone_shallow()
     };
-    Ok((next, out))
+    let net = net_change(p, &next, &touched, cleared);
+    Ok((next, out, net))
 }
 
 impl Pipeline {

@@ -123,7 +123,7 @@ use crate::classifier::Classifier;
 use crate::drop::{DropCounters, DropReason};
 use crate::flow_key::FlowKey;
 
-pub use bundle::{BundleOutcome, ExpireReason, ExpiredFlow, FlowDump};
+pub use bundle::{BundleOutcome, ExpireReason, ExpiredFlow, FlowDump, NetChange};
 pub use cache::FlowCache;
 pub use error::{InstallError, InstallErrorKind};
 pub use exec::{DpAction, MAX_DEPTH, MAX_LOOKUPS, MAX_OUTPUTS, MAX_STATES, MAX_VISITS, Resolved};
@@ -379,6 +379,16 @@ impl Pipeline {
         bundle: &Bundle,
         now: Millis,
     ) -> Result<(Pipeline, BundleOutcome), InstallError> {
+        bundle::apply(self, bundle, now).map(|(p, o, _)| (p, o))
+    }
+
+    /// [`apply`](Self::apply), also returning the bundle's [`NetChange`] (what a
+    /// journal records to replay it).
+    pub fn apply_net(
+        &self,
+        bundle: &Bundle,
+        now: Millis,
+    ) -> Result<(Pipeline, BundleOutcome, NetChange), InstallError> {
         bundle::apply(self, bundle, now)
     }
 
@@ -432,17 +442,17 @@ impl SharedPipeline {
     }
 
     /// Validates and applies a bundle like [`SharedPipeline::apply`], but publishes the
-    /// new version only if `accept` (given it, e.g. to save it) succeeds; otherwise
-    /// nothing changes and `accept`'s error is returned.
+    /// new version only if `accept` (given it and the bundle's net change, e.g. to
+    /// journal it) succeeds; otherwise nothing changes and `accept`'s error is returned.
     pub fn apply_then<E: From<InstallError>>(
         &self,
         bundle: &Bundle,
         now: Millis,
-        accept: impl FnOnce(&Pipeline) -> Result<(), E>,
+        accept: impl FnOnce(&Pipeline, &NetChange) -> Result<(), E>,
     ) -> Result<BundleOutcome, E> {
         let _w = self.lock();
-        let (next, outcome) = self.current.load().apply(bundle, now)?;
-        accept(&next)?;
+        let (next, outcome, net) = self.current.load().apply_net(bundle, now)?;
+        accept(&next, &net)?;
         self.current.store(Arc::new(next));
         Ok(outcome)
     }

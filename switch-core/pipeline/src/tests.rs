@@ -1478,3 +1478,76 @@ fn for_each_send_expands_normal_and_flood_with_learning() {
     let r = p.process(&tcp_key(10), 60, 0, &mut cache).clone();
     assert_eq!(sends(&r, &mut macs), vec![1, 2, 3]);
 }
+
+/// The net change of a bundle, replayed on the old version's flows the way a journal
+/// replays it (clear tables, delete identities, add flows), gives the new version's
+/// flows exactly; and a bundle that changes nothing has an empty net change.
+#[test]
+fn net_change_replays_to_the_new_version() {
+    use std::collections::BTreeSet;
+    fn replay(old: &Pipeline, net: &NetChange) -> BTreeSet<String> {
+        let mut flows: Vec<weft_flow::Flow> = old.flows();
+        flows.retain(|f| !net.cleared.contains(&f.table));
+        flows.retain(|f| !net.deleted.iter().any(|d| d.same_identity(f)));
+        flows.retain(|f| !net.added.iter().any(|a| a.same_identity(f)));
+        flows.extend(net.added.iter().cloned());
+        flows.iter().map(|f| f.to_string()).collect()
+    }
+    let old = pipe(&[
+        "table=0,priority=10,in_port=pod1 actions=output:pod2",
+        "table=0,priority=10,in_port=pod2 actions=output:pod1",
+        "table=0,priority=0 actions=drop",
+        "table=1,cookie=0x5,priority=7,ip,nw_dst=198.19.0.1 actions=output:pod3",
+        "table=1,cookie=0x6,priority=7,ip,nw_dst=198.19.0.2 actions=output:pod3",
+        "table=2,priority=1 actions=normal",
+    ]);
+    let mods = |lines: &[&str]| {
+        Bundle::new(
+            lines
+                .iter()
+                .map(|l| {
+                    let (cmd, rest) = l.split_once(' ').unwrap_or((l, ""));
+                    let cmd = match cmd {
+                        "add" => FlowModCommand::Add,
+                        "mod" => FlowModCommand::Modify,
+                        "del" => FlowModCommand::Delete,
+                        "del-strict" => FlowModCommand::DeleteStrict,
+                        other => panic!("{other}"),
+                    };
+                    parse_flow_mod(cmd, rest).unwrap_or_else(|e| panic!("{l}: {e}"))
+                })
+                .collect(),
+        )
+    };
+    let cases: &[&[&str]] = &[
+        &["add table=0,priority=20,tcp actions=drop"],
+        &["add table=0,priority=10,in_port=pod1 actions=output:pod3"],
+        &["del table=1,cookie=0x5/0xffffffffffffffff"],
+        &["del-strict table=0,priority=10,in_port=pod2"],
+        &["mod table=1 actions=output:pod1"],
+        &["del table=2", "add table=2,priority=3 actions=flood"],
+        &["add table=3,priority=1 actions=drop", "del table=3"],
+        &["del", "add table=0,priority=1 actions=normal"],
+    ];
+    for lines in cases {
+        let (next, _, net) = old.apply_net(&mods(lines), 5).unwrap();
+        let want: BTreeSet<String> = next.flows().iter().map(|f| f.to_string()).collect();
+        assert_eq!(replay(&old, &net), want, "{lines:?}: {net:?}");
+        assert!(
+            net.added.len() + net.deleted.len() <= 2 * lines.len().max(2),
+            "proportional to the change: {lines:?}: {net:?}"
+        );
+    }
+    // Deleting what is not there, or adding a flow and deleting it again: no change.
+    for lines in [
+        &["del table=9"][..],
+        &["del-strict table=0,priority=99,tcp"],
+        &[
+            "add table=4,priority=1 actions=drop",
+            "del-strict table=4,priority=1",
+        ],
+    ] {
+        let (_, _, net) = old.apply_net(&mods(lines), 5).unwrap();
+        assert!(net.is_empty(), "{lines:?}: {net:?}");
+    }
+}

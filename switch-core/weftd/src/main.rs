@@ -2,7 +2,7 @@
 //!
 //! Start-up: flags → configuration (`--config FILE`, flags on top; a bad configuration
 //! is one line on stderr and exit status 2) → logging (`RUST_LOG`, default `info`) →
-//! signal handlers → saved state (`<state_dir>/state.json`; a corrupt file stops
+//! signal handlers → saved state (`<state_dir>/snapshot` and `journal`; a corrupt file stops
 //! `weftd` with exit status 1 rather than drop the node's flows) → the node (see
 //! [`start_node`]) → the control socket (`--control`, see
 //! `weftd::control_server`) → the metrics server → `READY=1` to systemd.
@@ -22,9 +22,7 @@ use tracing_subscriber::EnvFilter;
 use weft_datapath::{Switch, SwitchOptions};
 use weftd::control_server::{ControlOptions, ControlServer};
 use weftd::notify::{self, READY, RELOADING, STOPPING};
-use weftd::{
-    Args, Config, MetricsServer, Node, SavedState, Signal, SignalListener, StateDir, state,
-};
+use weftd::{Args, Config, MetricsServer, Node, SavedState, Signal, SignalListener, StateDir};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -48,12 +46,16 @@ fn main() -> ExitCode {
 /// Builds the node's datapath from the configuration and the state saved by the
 /// previous run (`None` on a first start): ports re-attached and flows installed before
 /// the workers start.
-fn start_node(cfg: &Config, saved: Option<SavedState>) -> anyhow::Result<Arc<Switch>> {
+fn start_node(
+    cfg: &Config,
+    store: Arc<StateDir>,
+    saved: Option<SavedState>,
+) -> anyhow::Result<Arc<Switch>> {
     let options = SwitchOptions {
         workers: cfg.workers,
         offloads: cfg.offloads,
         pin_cpus: cfg.pin_cpus,
-        state_store: Some(Arc::new(StateDir(cfg.state_dir.clone()))),
+        state_store: Some(store),
         ..SwitchOptions::default()
     };
     let sw = Switch::start(options, saved).context("cannot start the datapath")?;
@@ -95,17 +97,18 @@ fn run(args: &Args, mut cfg: Config) -> anyhow::Result<()> {
         "weftd {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let saved = state::load(&cfg.state_dir)?;
+    let store = Arc::new(StateDir::new(cfg.state_dir.clone()));
+    let saved = store.load()?;
     match &saved {
         Some(s) => info!(
             ports = s.ports.len(),
             flows = s.flows.len(),
             "restored state from {}",
-            state::state_path(&cfg.state_dir).display()
+            cfg.state_dir.display()
         ),
         None => info!("no saved state in {}: first start", cfg.state_dir.display()),
     }
-    let switch = start_node(&cfg, saved)?;
+    let switch = start_node(&cfg, store, saved)?;
     let node: Arc<dyn Node> = Arc::clone(&switch) as Arc<dyn Node>;
     node.apply_config(&cfg)
         .context("cannot apply the configuration")?;

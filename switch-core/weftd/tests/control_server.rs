@@ -46,7 +46,7 @@ impl Fixture {
         let switch = Arc::new(
             Switch::start(
                 SwitchOptions {
-                    state_store: Some(Arc::new(weftd::StateDir(dir.path().join("state")))),
+                    state_store: Some(Arc::new(weftd::StateDir::new(dir.path().join("state")))),
                     ..SwitchOptions::default()
                 },
                 None,

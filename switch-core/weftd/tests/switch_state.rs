@@ -6,8 +6,11 @@ use std::net::UdpSocket;
 use std::path::Path;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use weft_datapath::{PortState, SavedState, Switch, SwitchError, SwitchOptions};
+use weft_datapath::{
+    PortState, Record, SavedState, StateStore, Switch, SwitchError, SwitchOptions,
+};
 use weft_flow::port::PortSpec;
 use weft_flow::{Bundle, FlowFilter, parse_flow};
 use weftd::state;
@@ -23,23 +26,76 @@ fn free_udp_port() -> u16 {
     probe.local_addr().unwrap().port()
 }
 
+/// The state directory's store, whose appends can be made to fail (as on a full
+/// disk: tests/weftd.rs in netns-tests does it with a real full file system).
+#[derive(Debug)]
+struct Store {
+    dir: state::StateDir,
+    fail: AtomicBool,
+}
+
+impl StateStore for Store {
+    fn append(&self, records: &[Record]) -> std::io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other(format!(
+                "cannot save state to {}: No space left on device",
+                self.dir.dir().display()
+            )));
+        }
+        self.dir.append(records)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.dir.sync()
+    }
+    fn snapshot_due(&self) -> bool {
+        self.dir.snapshot_due()
+    }
+    fn begin_snapshot(&self) -> std::io::Result<u64> {
+        self.dir.begin_snapshot()
+    }
+    fn write_snapshot(
+        &self,
+        seq: u64,
+        ports: &[PortSpec],
+        flows: weft_datapath::FlowWalk<'_>,
+    ) -> std::io::Result<()> {
+        self.dir.write_snapshot(seq, ports, flows)
+    }
+}
+
+thread_local! {
+    static STORE: std::cell::RefCell<Option<Arc<Store>>> = const { std::cell::RefCell::new(None) };
+}
+
 fn options(dir: &Path) -> SwitchOptions {
+    let store = Arc::new(Store {
+        dir: state::StateDir::new(dir),
+        fail: AtomicBool::new(false),
+    });
+    STORE.with(|s| *s.borrow_mut() = Some(Arc::clone(&store)));
     SwitchOptions {
-        state_store: Some(Arc::new(state::StateDir(dir.to_path_buf()))),
+        state_store: Some(store),
         ..SwitchOptions::default()
     }
+}
+
+/// The state with its flows in a fixed order (a replayed journal's order is not the
+/// table's).
+fn sorted(mut s: SavedState) -> SavedState {
+    s.flows.sort_by_key(|f| f.to_string());
+    s
 }
 
 fn add_flow(text: &str) -> Bundle {
     Bundle::add_flows(vec![(1, parse_flow(text).unwrap())])
 }
 
-/// Makes every save fail (as a full disk does): a directory where the temporary file
-/// is written. Returns a closure that undoes it.
-fn block_saves(dir: &Path) -> impl FnOnce() + use<> {
-    let tmp = dir.join(state::TMP_FILE);
-    std::fs::create_dir(&tmp).unwrap();
-    move || std::fs::remove_dir(&tmp).unwrap()
+/// Makes every append of the last store `options` made fail (as a full disk does).
+/// Returns a closure that undoes it.
+fn block_saves(_dir: &Path) -> impl FnOnce() + use<> {
+    let store = STORE.with(|s| s.borrow().clone()).unwrap();
+    store.fail.store(true, Ordering::SeqCst);
+    move || store.fail.store(false, Ordering::SeqCst)
 }
 
 #[test]
@@ -53,8 +109,8 @@ fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
     .unwrap();
     sw.apply(&add_flow("priority=1,in_port=tun0 actions=drop"))
         .unwrap();
-    let on_disk = state::load(dir.path()).unwrap().unwrap();
-    assert_eq!(on_disk, sw.state(), "saved after each change");
+    let on_disk = sorted(state::load(dir.path()).unwrap().unwrap());
+    assert_eq!(on_disk, sorted(sw.state()), "saved after each change");
 
     let unblock = block_saves(dir.path());
     // A flow change.
@@ -89,14 +145,17 @@ fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
     assert!(matches!(e, SwitchError::Save(_)), "{e:?}");
     assert!(sw.ports().iter().any(|p| p.spec.name == "tun0"), "kept");
     // Nothing on disk changed either.
-    assert_eq!(state::load(dir.path()).unwrap().unwrap(), on_disk);
+    assert_eq!(sorted(state::load(dir.path()).unwrap().unwrap()), on_disk);
 
     // Once saves work again, so do changes.
     unblock();
     sw.apply(&add_flow("priority=2,in_port=tun0 actions=drop"))
         .unwrap();
     assert_eq!(sw.dump_flows(&FlowFilter::all()).unwrap().len(), 2);
-    assert_eq!(state::load(dir.path()).unwrap().unwrap(), sw.state());
+    assert_eq!(
+        sorted(state::load(dir.path()).unwrap().unwrap()),
+        sorted(sw.state())
+    );
 }
 
 /// A change that leaves the state as it is writes nothing, so it works on a full disk.
