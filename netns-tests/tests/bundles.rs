@@ -127,7 +127,11 @@ fn without_clocks(dump: &str) -> String {
 }
 
 fn version(sock: &Path) -> u64 {
-    Client::connect(sock).unwrap().show().unwrap().pipeline_version
+    Client::connect(sock)
+        .unwrap()
+        .show()
+        .unwrap()
+        .pipeline_version
 }
 
 fn flow_count(sock: &Path) -> usize {
@@ -164,7 +168,11 @@ fn a_streamed_bundle_that_fails_on_its_last_part_changes_nothing() {
         .collect();
     assert_eq!(without_clocks(&dump), without_clocks(&one_line));
     // -o json: one object per flow per line, the same flows.
-    let json = ok(&sock, &["-o", "json", "dump-flows", "cookie=0x1/0xffff"], None);
+    let json = ok(
+        &sock,
+        &["-o", "json", "dump-flows", "cookie=0x1/0xffff"],
+        None,
+    );
     let objs: Vec<serde_json::Value> = json
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
@@ -207,7 +215,11 @@ fn a_streamed_bundle_that_fails_on_its_last_part_changes_nothing() {
 
     // replace-flows in parts, its difference computed in weftd: half the flows stay
     // (unchanged), half go, 10 are new.
-    let keep: String = base.lines().take(50_000).map(|l| format!("{l}\n")).collect();
+    let keep: String = base
+        .lines()
+        .take(50_000)
+        .map(|l| format!("{l}\n"))
+        .collect();
     let wanted = keep.clone() + &flows(2, 10, 3);
     let r = ok(&sock, &["-o", "json", "replace-flows", "-"], Some(&wanted));
     let r: serde_json::Value = serde_json::from_str(&r).unwrap();
@@ -221,7 +233,11 @@ fn a_streamed_bundle_that_fails_on_its_last_part_changes_nothing() {
         .take(20_000)
         .map(|l| l.split(" actions=").next().unwrap().to_string() + "\n")
         .collect();
-    ok(&sock, &["del-flows", "--strict", "--file", "-"], Some(&gone));
+    ok(
+        &sock,
+        &["del-flows", "--strict", "--file", "-"],
+        Some(&gone),
+    );
     assert_eq!(flow_count(&sock), 30_010);
 }
 
@@ -267,10 +283,17 @@ fn a_client_gone_mid_bundle_leaves_nothing() {
     let mut other = Client::connect(&sock).unwrap();
     for n in 1..=4 {
         let e = other.bundle_commit(n).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("no open bundle {n} on this connection")), "{e}");
+        assert!(
+            e.starts_with(&format!("no open bundle {n} on this connection")),
+            "{e}"
+        );
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(version(&sock), v, "a bundle of a client that went away was applied");
+    assert_eq!(
+        version(&sock),
+        v,
+        "a bundle of a client that went away was applied"
+    );
     assert_eq!(flow_count(&sock), 1000);
     // Discarded explicitly: nothing either; and the connection goes on.
     let b = other.bundle_open(false).unwrap();

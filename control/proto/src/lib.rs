@@ -791,7 +791,11 @@ fn resolve(op: Op) -> Result<Op, ErrorBody> {
 /// Reads the text of a bundle part: one change per line as `command` says, blank
 /// lines and `#` comments skipped, the first line numbered `first_line` (errors and
 /// the bundle's `lines` carry the file's line numbers).
-pub fn parse_part(text: &str, command: PartCommand, first_line: usize) -> Result<Bundle, ErrorBody> {
+pub fn parse_part(
+    text: &str,
+    command: PartCommand,
+    first_line: usize,
+) -> Result<Bundle, ErrorBody> {
     let cmd = command.flow_mod_command();
     let mut b = Bundle::default();
     for (i, raw) in text.lines().enumerate() {
@@ -1384,11 +1388,24 @@ mod tests {
                 text: None,
             }),
             Op::ReplaceFlows(ReplaceArgs {
-                flows: vec![flow],
+                flows: vec![flow.clone()],
                 lines: vec![],
                 text: None,
             }),
             Op::DumpFlows(DumpFlowsArgs::default()),
+            Op::DumpFlows(DumpFlowsArgs {
+                stream: true,
+                ..DumpFlowsArgs::default()
+            }),
+            Op::BundleOpen(BundleOpenArgs { replace: true }),
+            Op::BundleAdd(BundleAddArgs {
+                bundle: 2,
+                changes: vec![FlowMod::Add { flow: flow.clone() }],
+                lines: vec![7],
+                ..BundleAddArgs::default()
+            }),
+            Op::BundleCommit(BundleRef { bundle: 2 }),
+            Op::BundleDiscard(BundleRef { bundle: 3 }),
             Op::Stats(NoArgs {}),
             Op::Fdb(NoArgs {}),
             Op::Trace(TraceArgs {
@@ -1406,6 +1423,51 @@ mod tests {
             let back = parse_request(r.to_line().as_bytes()).unwrap();
             assert_eq!(back, r, "{}", r.to_line());
         }
+    }
+
+    #[test]
+    fn bundle_parts_name_the_files_lines() {
+        // A part starting at line 1001 of its file: lines keep the file's numbers,
+        // comments and blank lines count as lines but hold no change.
+        let line = r##"{"id":5,"bundle_add":{"bundle":1,"first_line":1001,"text":"# c\npriority=1 actions=drop\n\npriority=2,ip actions=drop\n"}}"##;
+        let Op::BundleAdd(a) = parse_request(line.as_bytes()).unwrap().op else {
+            panic!("not a bundle_add");
+        };
+        assert_eq!(a.lines, vec![1002, 1004]);
+        assert_eq!(a.changes.len(), 2);
+        assert_eq!(a.text, None);
+        let bad = r#"{"id":6,"bundle_add":{"bundle":1,"first_line":1001,"text":"priority=1 actions=drop\npriority=2,tcp,tp_dts=1 actions=drop\n"}}"#;
+        let e = err(bad);
+        assert_eq!(e.id, Some(6));
+        assert_eq!(e.error.line, Some(1002));
+        assert_eq!(
+            e.error.message,
+            "flow line 1002: unknown field 'tp_dts' (did you mean tp_dst?)"
+        );
+        // Delete parts are filters, strict ones with a priority.
+        let del = r#"{"id":7,"bundle_add":{"bundle":1,"command":"delete_strict","text":"priority=9,ip,nw_dst=198.19.0.1\n"}}"#;
+        let Op::BundleAdd(a) = parse_request(del.as_bytes()).unwrap().op else {
+            panic!("not a bundle_add");
+        };
+        assert!(
+            matches!(&a.changes[0], FlowMod::DeleteStrict { filter } if filter.priority == Some(9))
+        );
+        assert_eq!(a.lines, vec![1]);
+        // A delete part has no actions; text and changes are not both given.
+        assert!(
+            err(
+                r#"{"id":8,"bundle_add":{"bundle":1,"command":"delete","text":"ip actions=drop"}}"#
+            )
+            .error
+            .message
+            .starts_with("flow line 1: ")
+        );
+        assert_eq!(
+            err(r#"{"id":9,"bundle_add":{"bundle":1,"text":"","changes":[{"command":"delete","filter":{}}]}}"#)
+                .error
+                .message,
+            "bundle_add: give either the json form or 'text', not both"
+        );
     }
 
     #[test]

@@ -369,7 +369,11 @@ impl Config {
                 &args.max_flows_per_table,
                 &mut self.max_flows_per_table,
             ),
-            ("max-bundle-flows", &args.max_bundle_flows, &mut self.max_bundle_flows),
+            (
+                "max-bundle-flows",
+                &args.max_bundle_flows,
+                &mut self.max_bundle_flows,
+            ),
         ] {
             if let Some(v) = value {
                 *slot = v
@@ -1197,5 +1201,46 @@ allowed_remotes = ["198.18.0.0/24", "198.18.1.5"]
         }
         assert!(old.changes(&old).is_empty());
         assert_eq!(diff_ports(&[], &[]).to_string(), "no port changes");
+    }
+
+    #[test]
+    fn flow_limits_from_the_file_and_flags() {
+        let d = Config::default();
+        assert_eq!(d.max_flows, 2_000_000);
+        assert_eq!(d.max_flows_per_table, 1_000_000);
+        assert_eq!(d.max_bundle_flows, 2_000_000);
+        let mut cfg =
+            parse("max_flows = 30\nmax_flows_per_table = 20\nmax_bundle_flows = 10\n").unwrap();
+        assert_eq!(
+            (cfg.max_flows, cfg.max_flows_per_table, cfg.max_bundle_flows),
+            (30, 20, 10)
+        );
+        assert_eq!(
+            err("max_flows = 0"),
+            "weftd.toml line 1: bad value '0' for max_flows: expected a number of flows from 1 to 100000000"
+        );
+        assert!(
+            err("max_bundle_flows = \"many\"").contains("bad value 'many' for max_bundle_flows")
+        );
+        assert!(err("max_flow = 1").contains("(did you mean max_flows?)"));
+        let args = Args {
+            max_bundle_flows: Some("5".into()),
+            ..Args::default()
+        };
+        cfg.apply_flags(&args).unwrap();
+        assert_eq!(cfg.max_bundle_flows, 5);
+        let bad = Args {
+            max_flows_per_table: Some("-1".into()),
+            ..Args::default()
+        };
+        assert_eq!(
+            cfg.apply_flags(&bad).unwrap_err().to_string(),
+            "--max-flows-per-table: bad value '-1': expected a number of flows from 1 to 100000000"
+        );
+        let other = Config {
+            max_flows: 31,
+            ..cfg.clone()
+        };
+        assert_eq!(cfg.changes(&other).needs_restart, ["max_flows"]);
     }
 }

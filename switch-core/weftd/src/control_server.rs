@@ -847,9 +847,15 @@ impl Connection<'_> {
             }
             Op::BundleAdd(a) => {
                 let max = self.s.opts.max_bundle_flows;
-                let p = self.bundles.get_mut(&a.bundle).ok_or_else(|| no_such(a.bundle))?;
+                let p = self
+                    .bundles
+                    .get_mut(&a.bundle)
+                    .ok_or_else(|| no_such(a.bundle))?;
                 if p.replace
-                    && let Some(i) = a.changes.iter().position(|c| !matches!(c, FlowMod::Add { .. }))
+                    && let Some(i) = a
+                        .changes
+                        .iter()
+                        .position(|c| !matches!(c, FlowMod::Add { .. }))
                 {
                     return Err(ErrorBody {
                         message: format!(
@@ -875,7 +881,10 @@ impl Connection<'_> {
                 to_value(&proto::BundleAddReply { changes: total })
             }
             Op::BundleCommit(r) => {
-                let p = self.bundles.remove(&r.bundle).ok_or_else(|| no_such(r.bundle))?;
+                let p = self
+                    .bundles
+                    .remove(&r.bundle)
+                    .ok_or_else(|| no_such(r.bundle))?;
                 let sw = &self.s.switch;
                 let _g = lock(&self.s.changes);
                 if p.replace {
@@ -900,7 +909,9 @@ impl Connection<'_> {
                 }
             }
             Op::BundleDiscard(r) => {
-                self.bundles.remove(&r.bundle).ok_or_else(|| no_such(r.bundle))?;
+                self.bundles
+                    .remove(&r.bundle)
+                    .ok_or_else(|| no_such(r.bundle))?;
                 to_value(&Empty {})
             }
             _ => Err(ErrorBody::new("internal: not a bundle operation")),
