@@ -16,10 +16,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{
-    self as proto, AddPort, AddPortReply, BundleArgs, BundleReply, CaptureArgs, CaptureDone,
-    CaptureFrame, DelPort, DumpFlowsArgs, DumpFlowsReply, Empty, ErrorBody, FdbReply, Hello,
-    HelloReply, NoArgs, Op, PortsReply, ReplaceArgs, Request, Response, ShowReply, StatsReply,
-    TraceArgs, TraceReply,
+    self as proto, AddPort, AddPortReply, BundleAddArgs, BundleAddReply, BundleArgs,
+    BundleOpenArgs, BundleOpenReply, BundleRef, BundleReply, CaptureArgs, CaptureDone,
+    CaptureFrame, DelPort, DumpDone, DumpFlowsArgs, DumpFlowsReply, Empty, ErrorBody, FdbReply,
+    FlowStats, Hello, HelloReply, NoArgs, Op, PartCommand, PortsReply, ReplaceArgs, Request,
+    Response, ShowReply, StatsReply, TraceArgs, TraceReply,
 };
 use weft_flow::port::PortSpec;
 use weft_flow::{Bundle, Flow, FlowFilter};
@@ -51,7 +52,22 @@ pub enum ClientError {
     /// The server refused the request or the operation failed.
     #[error("{0}")]
     Server(ErrorBody),
+    /// Reading the input (a flows file) failed.
+    #[error("{}", io_text(.0))]
+    Input(std::io::Error),
 }
+
+/// An error line the server could not tie to a request (it then disconnects).
+fn unaddressed(resp: Response) -> ClientError {
+    match resp.error {
+        Some(e) => ClientError::Server(e),
+        None => ClientError::Protocol("response without an id".into()),
+    }
+}
+
+/// How much flow text [`Client::stream_bundle`] sends in one part (whole lines: a part
+/// is at least one line).
+pub const PART_BYTES: usize = 1 << 20;
 
 /// An I/O error's message without the trailing "(os error N)".
 pub fn io_text(e: &std::io::Error) -> String {
@@ -123,8 +139,8 @@ impl Client {
         &self.server
     }
 
-    /// Sends one request and returns the raw `ok` result.
-    pub fn call(&mut self, op: Op) -> Result<Value, ClientError> {
+    /// Sends one request; returns its `id`.
+    fn send(&mut self, op: Op) -> Result<u64, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut line = Request { id, op }.to_line();
@@ -132,28 +148,37 @@ impl Client {
         self.writer
             .write_all(line.as_bytes())
             .map_err(ClientError::Io)?;
+        Ok(id)
+    }
+
+    /// Reads one response line (using `buf`).
+    fn read_response(&mut self, buf: &mut String) -> Result<Response, ClientError> {
+        buf.clear();
+        let n = self.reader.read_line(buf).map_err(ClientError::Io)?;
+        if n == 0 {
+            return Err(ClientError::Protocol(
+                "the server closed the connection".into(),
+            ));
+        }
+        serde_json::from_str(buf.trim_end())
+            .map_err(|e| ClientError::Protocol(format!("bad response: {e}")))
+    }
+
+    /// Sends one request and returns the raw `ok` result.
+    pub fn call(&mut self, op: Op) -> Result<Value, ClientError> {
+        let id = self.send(op)?;
         let mut buf = String::new();
         loop {
-            buf.clear();
-            let n = self.reader.read_line(&mut buf).map_err(ClientError::Io)?;
-            if n == 0 {
-                return Err(ClientError::Protocol(
-                    "the server closed the connection".into(),
-                ));
-            }
-            let resp: Response = serde_json::from_str(buf.trim_end())
-                .map_err(|e| ClientError::Protocol(format!("bad response: {e}")))?;
+            let resp = self.read_response(&mut buf)?;
             match resp.id {
-                // Frames of a capture are read by `Client::capture`.
-                Some(got) if got == id && resp.frame.is_some() => continue,
+                // Frames of a capture are read by `Client::capture`, dump parts by
+                // `Client::dump_flows_each`.
+                Some(got) if got == id && (resp.frame.is_some() || resp.flows.is_some()) => {
+                    continue;
+                }
                 Some(got) if got == id => {}
                 // An error the server could not tie to a request (it then disconnects).
-                None => {
-                    if let Some(e) = resp.error {
-                        return Err(ClientError::Server(e));
-                    }
-                    return Err(ClientError::Protocol("response without an id".into()));
-                }
+                None => return Err(unaddressed(resp)),
                 Some(_) => continue,
             }
             return match (resp.ok, resp.error) {
@@ -227,7 +252,130 @@ impl Client {
 
     /// `dump_flows`.
     pub fn dump_flows(&mut self, filter: FlowFilter) -> Result<DumpFlowsReply, ClientError> {
-        self.call_typed(Op::DumpFlows(DumpFlowsArgs { filter, text: None }))
+        self.call_typed(Op::DumpFlows(DumpFlowsArgs {
+            filter,
+            text: None,
+            stream: false,
+        }))
+    }
+
+    /// `dump_flows` in parts: calls `on_part` with each part (at most
+    /// [`proto::DUMP_PART_FLOWS`] flows) as it arrives; returns how many flows there
+    /// were. When `on_part` returns false the rest is not read (the connection is then
+    /// of no further use: drop the client).
+    pub fn dump_flows_each(
+        &mut self,
+        filter: FlowFilter,
+        mut on_part: impl FnMut(Vec<FlowStats>) -> bool,
+    ) -> Result<usize, ClientError> {
+        let id = self.send(Op::DumpFlows(DumpFlowsArgs {
+            filter,
+            text: None,
+            stream: true,
+        }))?;
+        let mut buf = String::new();
+        loop {
+            let resp = self.read_response(&mut buf)?;
+            match resp.id {
+                Some(got) if got == id => {}
+                None => return Err(unaddressed(resp)),
+                Some(_) => continue,
+            }
+            if let Some(part) = resp.flows {
+                if !on_part(part) {
+                    return Ok(0);
+                }
+                continue;
+            }
+            return match (resp.ok, resp.error) {
+                (_, Some(e)) => Err(ClientError::Server(e)),
+                (Some(v), None) => serde_json::from_value::<DumpDone>(v)
+                    .map(|d| d.flows)
+                    .map_err(|e| ClientError::Protocol(format!("unexpected reply: {e}"))),
+                (None, None) => Err(ClientError::Protocol(
+                    "response has neither 'ok' nor 'error'".into(),
+                )),
+            };
+        }
+    }
+
+    /// `bundle_open`: returns the bundle's number.
+    pub fn bundle_open(&mut self, replace: bool) -> Result<u64, ClientError> {
+        let r: BundleOpenReply = self.call_typed(Op::BundleOpen(BundleOpenArgs { replace }))?;
+        Ok(r.bundle)
+    }
+
+    /// `bundle_add` of lines of flow text (`first_line` is the number of the first in
+    /// its file); returns how many changes the bundle holds.
+    pub fn bundle_add_text(
+        &mut self,
+        bundle: u64,
+        command: PartCommand,
+        text: String,
+        first_line: usize,
+    ) -> Result<usize, ClientError> {
+        let r: BundleAddReply = self.call_typed(Op::BundleAdd(BundleAddArgs {
+            bundle,
+            command,
+            text: Some(text),
+            first_line: Some(first_line),
+            ..BundleAddArgs::default()
+        }))?;
+        Ok(r.changes)
+    }
+
+    /// `bundle_commit`: applies the bundle whole.
+    pub fn bundle_commit(&mut self, bundle: u64) -> Result<BundleReply, ClientError> {
+        self.call_typed(Op::BundleCommit(BundleRef { bundle }))
+    }
+
+    /// `bundle_discard`.
+    pub fn bundle_discard(&mut self, bundle: u64) -> Result<(), ClientError> {
+        let _: Empty = self.call_typed(Op::BundleDiscard(BundleRef { bundle }))?;
+        Ok(())
+    }
+
+    /// Sends a flows file of any length as one bundle in parts of about
+    /// [`PART_BYTES`] (whole lines), then commits it: `add-flows`, `del-flows`,
+    /// `mod-flows` (as `command` says) or, with `replace`, `replace-flows`. Nothing is
+    /// parsed here: weftd parses each part as it arrives and names the file's line in
+    /// an error. On any error the bundle is discarded (by weftd when the connection
+    /// ends, or at once when it can be told).
+    pub fn stream_bundle(
+        &mut self,
+        mut input: impl BufRead,
+        command: PartCommand,
+        replace: bool,
+    ) -> Result<BundleReply, ClientError> {
+        let bundle = self.bundle_open(replace)?;
+        let mut part = String::with_capacity(PART_BYTES + 4096);
+        let mut first_line = 1;
+        let mut lines_in_part = 0;
+        loop {
+            let n = input.read_line(&mut part).map_err(ClientError::Input)?;
+            if n > 0 {
+                lines_in_part += 1;
+                if !part.ends_with('\n') {
+                    part.push('\n');
+                }
+            }
+            if (n == 0 && lines_in_part > 0) || part.len() >= PART_BYTES {
+                let text = std::mem::replace(&mut part, String::with_capacity(PART_BYTES + 4096));
+                if let Err(e) = self.bundle_add_text(bundle, command, text, first_line) {
+                    if matches!(e, ClientError::Server(_)) {
+                        // weftd dropped the bundle with the error already.
+                        let _ = self.bundle_discard(bundle);
+                    }
+                    return Err(e);
+                }
+                first_line += lines_in_part;
+                lines_in_part = 0;
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        self.bundle_commit(bundle)
     }
 
     /// `stats`.

@@ -46,8 +46,8 @@ use serde_json::{Map, Value};
 
 use weft_flow::port::PortSpec;
 use weft_flow::{
-    Bundle, BundleError, Flow, FlowFilter, FlowMod, Match, ParseError, excerpt, parse_filter,
-    parse_flows_file,
+    Bundle, BundleError, Flow, FlowFilter, FlowMod, FlowModCommand, Match, ParseError, excerpt,
+    parse_filter, parse_flow_mod, parse_flows_file,
 };
 
 /// The protocol version this crate speaks.
@@ -201,6 +201,123 @@ pub struct DumpFlowsArgs {
     /// The filter in `dump-flows` text form (`table=0,ip`), instead of `filter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Answer in parts as the tables are walked: lines `{"id":N,"flows":[...]}` of at
+    /// most [`DUMP_PART_FLOWS`] flows each, then `{"id":N,"ok":{"flows":COUNT}}`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stream: bool,
+}
+
+/// The most flows in one part of a streamed dump.
+pub const DUMP_PART_FLOWS: usize = 1000;
+
+/// The final answer of a streamed dump.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DumpDone {
+    /// How many flows the parts carried.
+    pub flows: usize,
+}
+
+/// What the flow lines of a `bundle_add` part are (as the `weftctl` command that sends
+/// them): `add` (full flows, the default), `modify`/`modify_strict` (a filter and
+/// `actions=`), `delete`/`delete_strict` (a filter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartCommand {
+    /// `add-flows`: every line a flow.
+    #[default]
+    Add,
+    /// `mod-flows`: every line a filter with `actions=`.
+    Modify,
+    /// `mod-flows --strict`.
+    ModifyStrict,
+    /// `del-flows`: every line a filter.
+    Delete,
+    /// `del-flows --strict`.
+    DeleteStrict,
+}
+
+impl PartCommand {
+    fn is_add(&self) -> bool {
+        *self == PartCommand::Add
+    }
+
+    /// The flow language's form of the command.
+    pub fn flow_mod_command(self) -> FlowModCommand {
+        match self {
+            PartCommand::Add => FlowModCommand::Add,
+            PartCommand::Modify => FlowModCommand::Modify,
+            PartCommand::ModifyStrict => FlowModCommand::ModifyStrict,
+            PartCommand::Delete => FlowModCommand::Delete,
+            PartCommand::DeleteStrict => FlowModCommand::DeleteStrict,
+        }
+    }
+}
+
+/// `bundle_open`: starts a bundle that is sent in parts ([`BundleAddArgs`]) and applied
+/// whole at `bundle_commit` (OpenFlow 1.4's bundle model). It lives with the
+/// connection: a connection that ends before the commit leaves nothing behind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleOpenArgs {
+    /// A replace-flows bundle: its parts are the wanted flows, and the commit changes
+    /// only what differs (as `replace_flows`). Otherwise the parts are changes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub replace: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The result of `bundle_open`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleOpenReply {
+    /// The bundle's number, for `bundle_add`, `bundle_commit` and `bundle_discard`.
+    pub bundle: u64,
+}
+
+/// `bundle_add`: one part of an open bundle, checked as it arrives (a part with an
+/// error discards the bundle). Either `changes` (with optional `lines`) or `text`,
+/// lines of flow text read as `command` says, numbered from `first_line`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleAddArgs {
+    /// The bundle (from `bundle_open`).
+    pub bundle: u64,
+    /// What the lines of `text` are (default `add`).
+    #[serde(default, skip_serializing_if = "PartCommand::is_add")]
+    pub command: PartCommand,
+    /// The changes, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<FlowMod>,
+    /// Source line of each change (empty, or as long as `changes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<usize>,
+    /// Lines of flow text (one change per line, `#` comments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The line number of the first line of `text` in its file (default 1), so that
+    /// errors and warnings name the file's line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_line: Option<usize>,
+}
+
+/// The result of `bundle_add`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleAddReply {
+    /// Changes (or, in a replace bundle, flows) the bundle holds so far.
+    pub changes: usize,
+}
+
+/// `bundle_commit` and `bundle_discard`: which bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleRef {
+    /// The bundle (from `bundle_open`).
+    pub bundle: u64,
 }
 
 fn is_all(f: &FlowFilter) -> bool {
@@ -306,6 +423,14 @@ pub enum Op {
     Bundle(BundleArgs),
     /// Replace all flows, changing only what differs → [`BundleReply`].
     ReplaceFlows(ReplaceArgs),
+    /// Start a bundle sent in parts → [`BundleOpenReply`].
+    BundleOpen(BundleOpenArgs),
+    /// One part of an open bundle → [`BundleAddReply`].
+    BundleAdd(BundleAddArgs),
+    /// Apply an open bundle whole → [`BundleReply`].
+    BundleCommit(BundleRef),
+    /// Drop an open bundle → [`Empty`].
+    BundleDiscard(BundleRef),
     /// Flows with counters → [`DumpFlowsReply`].
     DumpFlows(DumpFlowsArgs),
     /// Counters → [`StatsReply`].
@@ -329,6 +454,10 @@ impl Op {
             Op::DelPort(_) => "del_port",
             Op::Bundle(_) => "bundle",
             Op::ReplaceFlows(_) => "replace_flows",
+            Op::BundleOpen(_) => "bundle_open",
+            Op::BundleAdd(_) => "bundle_add",
+            Op::BundleCommit(_) => "bundle_commit",
+            Op::BundleDiscard(_) => "bundle_discard",
             Op::DumpFlows(_) => "dump_flows",
             Op::Stats(_) => "stats",
             Op::Fdb(_) => "fdb",
@@ -341,7 +470,11 @@ impl Op {
     pub fn changes_state(&self) -> bool {
         matches!(
             self,
-            Op::AddPort(_) | Op::DelPort(_) | Op::Bundle(_) | Op::ReplaceFlows(_)
+            Op::AddPort(_)
+                | Op::DelPort(_)
+                | Op::Bundle(_)
+                | Op::ReplaceFlows(_)
+                | Op::BundleCommit(_)
         )
     }
 }
@@ -617,7 +750,35 @@ fn resolve(op: Op) -> Result<Op, ErrorBody> {
             filter
                 .validate()
                 .map_err(|e| ErrorBody::new(format!("filter: {e}")))?;
-            Op::DumpFlows(DumpFlowsArgs { filter, text: None })
+            Op::DumpFlows(DumpFlowsArgs {
+                filter,
+                text: None,
+                stream: d.stream,
+            })
+        }
+        Op::BundleAdd(a) => {
+            let bundle = match a.text {
+                Some(_) if !a.changes.is_empty() || !a.lines.is_empty() => {
+                    return Err(both("bundle_add"));
+                }
+                Some(t) => parse_part(&t, a.command, a.first_line.unwrap_or(1))?,
+                None => {
+                    check_lines(a.changes.len(), &a.lines, "bundle_add")?;
+                    Bundle {
+                        changes: a.changes,
+                        lines: a.lines,
+                    }
+                }
+            };
+            bundle.validate()?;
+            Op::BundleAdd(BundleAddArgs {
+                bundle: a.bundle,
+                command: PartCommand::Add,
+                changes: bundle.changes,
+                lines: bundle.lines,
+                text: None,
+                first_line: None,
+            })
         }
         Op::Trace(t) => {
             trace_packet(&t.packet)?;
@@ -625,6 +786,29 @@ fn resolve(op: Op) -> Result<Op, ErrorBody> {
         }
         other => other,
     })
+}
+
+/// Reads the text of a bundle part: one change per line as `command` says, blank
+/// lines and `#` comments skipped, the first line numbered `first_line` (errors and
+/// the bundle's `lines` carry the file's line numbers).
+pub fn parse_part(
+    text: &str,
+    command: PartCommand,
+    first_line: usize,
+) -> Result<Bundle, ErrorBody> {
+    let cmd = command.flow_mod_command();
+    let mut b = Bundle::default();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("");
+        if line.trim().is_empty() {
+            continue;
+        }
+        let n = first_line.saturating_add(i);
+        let change = parse_flow_mod(cmd, line).map_err(|e| ErrorBody::from(e.at_line(n)))?;
+        b.changes.push(change);
+        b.lines.push(n);
+    }
+    Ok(b)
 }
 
 /// The TTL (hop limit) of a traced IP packet that names none: what Linux sends with.
@@ -664,6 +848,9 @@ pub struct Response {
     /// A frame of a running `capture` (neither `ok` nor `error`: more lines follow).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame: Option<CaptureFrame>,
+    /// A part of a streamed `dump_flows` (neither `ok` nor `error`: more lines follow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<Vec<FlowStats>>,
 }
 
 impl Response {
@@ -675,6 +862,7 @@ impl Response {
                 ok: Some(v),
                 error: None,
                 frame: None,
+                flows: None,
             },
             Err(e) => Response::error(Some(id), ErrorBody::new(format!("internal: {e}"))),
         }
@@ -696,6 +884,7 @@ impl Response {
             ok: None,
             error: Some(error),
             frame: None,
+            flows: None,
         }
     }
 
@@ -1199,11 +1388,24 @@ mod tests {
                 text: None,
             }),
             Op::ReplaceFlows(ReplaceArgs {
-                flows: vec![flow],
+                flows: vec![flow.clone()],
                 lines: vec![],
                 text: None,
             }),
             Op::DumpFlows(DumpFlowsArgs::default()),
+            Op::DumpFlows(DumpFlowsArgs {
+                stream: true,
+                ..DumpFlowsArgs::default()
+            }),
+            Op::BundleOpen(BundleOpenArgs { replace: true }),
+            Op::BundleAdd(BundleAddArgs {
+                bundle: 2,
+                changes: vec![FlowMod::Add { flow: flow.clone() }],
+                lines: vec![7],
+                ..BundleAddArgs::default()
+            }),
+            Op::BundleCommit(BundleRef { bundle: 2 }),
+            Op::BundleDiscard(BundleRef { bundle: 3 }),
             Op::Stats(NoArgs {}),
             Op::Fdb(NoArgs {}),
             Op::Trace(TraceArgs {
@@ -1221,6 +1423,51 @@ mod tests {
             let back = parse_request(r.to_line().as_bytes()).unwrap();
             assert_eq!(back, r, "{}", r.to_line());
         }
+    }
+
+    #[test]
+    fn bundle_parts_name_the_files_lines() {
+        // A part starting at line 1001 of its file: lines keep the file's numbers,
+        // comments and blank lines count as lines but hold no change.
+        let line = r##"{"id":5,"bundle_add":{"bundle":1,"first_line":1001,"text":"# c\npriority=1 actions=drop\n\npriority=2,ip actions=drop\n"}}"##;
+        let Op::BundleAdd(a) = parse_request(line.as_bytes()).unwrap().op else {
+            panic!("not a bundle_add");
+        };
+        assert_eq!(a.lines, vec![1002, 1004]);
+        assert_eq!(a.changes.len(), 2);
+        assert_eq!(a.text, None);
+        let bad = r#"{"id":6,"bundle_add":{"bundle":1,"first_line":1001,"text":"priority=1 actions=drop\npriority=2,tcp,tp_dts=1 actions=drop\n"}}"#;
+        let e = err(bad);
+        assert_eq!(e.id, Some(6));
+        assert_eq!(e.error.line, Some(1002));
+        assert_eq!(
+            e.error.message,
+            "flow line 1002: unknown field 'tp_dts' (did you mean tp_dst?)"
+        );
+        // Delete parts are filters, strict ones with a priority.
+        let del = r#"{"id":7,"bundle_add":{"bundle":1,"command":"delete_strict","text":"priority=9,ip,nw_dst=198.19.0.1\n"}}"#;
+        let Op::BundleAdd(a) = parse_request(del.as_bytes()).unwrap().op else {
+            panic!("not a bundle_add");
+        };
+        assert!(
+            matches!(&a.changes[0], FlowMod::DeleteStrict { filter } if filter.priority == Some(9))
+        );
+        assert_eq!(a.lines, vec![1]);
+        // A delete part has no actions; text and changes are not both given.
+        assert!(
+            err(
+                r#"{"id":8,"bundle_add":{"bundle":1,"command":"delete","text":"ip actions=drop"}}"#
+            )
+            .error
+            .message
+            .starts_with("flow line 1: ")
+        );
+        assert_eq!(
+            err(r#"{"id":9,"bundle_add":{"bundle":1,"text":"","changes":[{"command":"delete","filter":{}}]}}"#)
+                .error
+                .message,
+            "bundle_add: give either the json form or 'text', not both"
+        );
     }
 
     #[test]

@@ -4,19 +4,21 @@
 //! Every command parses its arguments locally with the flow language's parser (so a
 //! typo is reported with its line and column before anything is sent), sends one
 //! request (see `weft_proto`) and prints the reply like the OVS tool would; `-o
-//! json` prints the raw JSON result instead. Any error is one line on stderr
+//! json` prints the raw JSON result instead. Files (`add-flows`, `replace-flows`,
+//! `del-flows --file`) are the exception: they are streamed to weftd as one bundle in
+//! parts of about 1 MiB of flow text, which weftd parses (its errors name the file's
+//! line), so a file of any length works; `dump-flows` prints its answer as it arrives. Any error is one line on stderr
 //! (`weftctl: ...`) and exit status 1 (2 for a command line that does not parse).
 
-use std::io::Read;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use weft_flow::parse_flows_file;
 use weft_flow::port::PortSpec;
-use weft_flow::{Bundle, FlowModCommand, parse_bundle_file, parse_filter, parse_flow_mod};
-use weft_proto::client::{Client, DEFAULT_SOCKET};
-use weft_proto::{self as proto, CaptureArgs, NoArgs, Op};
+use weft_flow::{Bundle, FlowModCommand, parse_filter, parse_flow_mod};
+use weft_proto::client::{Client, ClientError, DEFAULT_SOCKET};
+use weft_proto::{self as proto, CaptureArgs, NoArgs, Op, PartCommand};
 use weftctl::proto_text;
 
 #[derive(Parser, Debug)]
@@ -99,15 +101,19 @@ enum Command {
         #[arg(required = true, num_args = 1.., value_name = "FLOW")]
         flow: Vec<String>,
     },
-    /// Delete the flows a match selects (all flows without a match).
+    /// Delete the flows a match selects (all flows without a match), or those each
+    /// line of a file selects (one atomic bundle).
     #[command(
         name = "del-flows",
-        after_help = "Examples:\n  weftctl del-flows\n  weftctl del-flows table=1\n  weftctl del-flows --strict 'priority=100,ip,nw_dst=198.19.2.0/24'"
+        after_help = "Examples:\n  weftctl del-flows\n  weftctl del-flows table=1\n  weftctl del-flows --strict 'priority=100,ip,nw_dst=198.19.2.0/24'\n  weftctl del-flows --strict --file stale.txt"
     )]
     DelFlows {
         /// Only the flow with exactly this match and priority.
         #[arg(long)]
         strict: bool,
+        /// A file (or - for stdin) of matches, one per line, deleted as one bundle.
+        #[arg(long, value_name = "FILE", conflicts_with = "matches")]
+        file: Option<String>,
         /// A match (with table=, cookie=, priority= for --strict).
         #[arg(num_args = 0.., value_name = "MATCH")]
         matches: Vec<String>,
@@ -267,20 +273,82 @@ fn capture(
     Ok(())
 }
 
-fn read_input(file: &str) -> Result<String, Failure> {
+/// A flows file (or stdin for `-`), read as it is sent.
+fn open_input(file: &str) -> Result<Box<dyn BufRead>, Failure> {
     if file == "-" {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map_err(|e| {
-            Failure(format!(
-                "reading stdin: {}",
-                weft_proto::client::io_text(&e)
-            ))
-        })?;
-        Ok(s)
+        Ok(Box::new(std::io::stdin().lock()))
     } else {
-        std::fs::read_to_string(file)
-            .map_err(|e| Failure(format!("{file}: {}", weft_proto::client::io_text(&e))))
+        let f = std::fs::File::open(file)
+            .map_err(|e| Failure(format!("{file}: {}", weft_proto::client::io_text(&e))))?;
+        Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
     }
+}
+
+/// `add-flows`, `replace-flows`, `del-flows --file`: the file streamed to weftd as one
+/// bundle in parts (weftd parses them; an error names the file's line).
+fn stream_file(
+    socket: &std::path::Path,
+    file: &str,
+    command: PartCommand,
+    replace: bool,
+    output: Format,
+) -> Result<(), Failure> {
+    let input = open_input(file)?;
+    let mut client = Client::connect(socket)?;
+    let reply = client
+        .stream_bundle(input, command, replace)
+        .map_err(|e| match e {
+            ClientError::Input(io) => Failure(format!(
+                "{}: {}",
+                if file == "-" { "reading stdin" } else { file },
+                weft_proto::client::io_text(&io)
+            )),
+            other => Failure::from(other),
+        })?;
+    for w in &reply.warnings {
+        eprintln!("weftctl: warning: {w}");
+    }
+    if output == Format::Json {
+        print_json(&serde_json::to_value(&reply)?);
+    }
+    Ok(())
+}
+
+/// `dump-flows`: prints each part as it arrives (text like ovs-ofctl, or with `-o
+/// json` one JSON object per flow per line).
+fn dump_flows(
+    socket: &std::path::Path,
+    filter: weft_flow::FlowFilter,
+    output: Format,
+) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut client = Client::connect(socket)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut line = String::new();
+    let mut closed = false;
+    client.dump_flows_each(filter, |part| {
+        for f in &part {
+            line.clear();
+            if output == Format::Json {
+                let v = serde_json::to_value(f).unwrap_or_default();
+                line.push_str(&v.to_string());
+            } else {
+                line.push_str(&proto_text::flow_line(f));
+            }
+            line.push('\n');
+            // A closed pipe (`| head`) ends the output quietly.
+            if out.write_all(line.as_bytes()).is_err() {
+                closed = true;
+                return false;
+            }
+        }
+        true
+    })?;
+    if !closed {
+        let _ = out.flush();
+    }
+    Ok(())
 }
 
 /// Prints to stdout; a closed pipe (`| head`) ends the output quietly.
@@ -351,7 +419,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             FlowModCommand::Add,
             &flow.join(" "),
         )?])),
-        Command::AddFlows { file } => bundle_op(parse_bundle_file(&read_input(file)?)?),
+        Command::AddFlows { file } => {
+            return stream_file(&cli.socket, file, PartCommand::Add, false, cli.output);
+        }
         Command::ModFlows { strict, flow } => {
             let cmd = if *strict {
                 FlowModCommand::ModifyStrict
@@ -360,7 +430,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             bundle_op(Bundle::new(vec![parse_flow_mod(cmd, &flow.join(" "))?]))
         }
-        Command::DelFlows { strict, matches } => {
+        Command::DelFlows {
+            strict,
+            file: Some(file),
+            ..
+        } => {
+            let cmd = if *strict {
+                PartCommand::DeleteStrict
+            } else {
+                PartCommand::Delete
+            };
+            return stream_file(&cli.socket, file, cmd, false, cli.output);
+        }
+        Command::DelFlows {
+            strict, matches, ..
+        } => {
             let cmd = if *strict {
                 FlowModCommand::DeleteStrict
             } else {
@@ -369,17 +453,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             bundle_op(Bundle::new(vec![parse_flow_mod(cmd, &matches.join(" "))?]))
         }
         Command::ReplaceFlows { file } => {
-            let (lines, flows) = parse_flows_file(&read_input(file)?)?.into_iter().unzip();
-            Op::ReplaceFlows(proto::ReplaceArgs {
-                flows,
-                lines,
-                text: None,
-            })
+            return stream_file(&cli.socket, file, PartCommand::Add, true, cli.output);
         }
-        Command::DumpFlows { matches } => Op::DumpFlows(proto::DumpFlowsArgs {
-            filter: parse_filter(&matches.join(" "))?,
-            text: None,
-        }),
+        Command::DumpFlows { matches } => {
+            return dump_flows(&cli.socket, parse_filter(&matches.join(" "))?, cli.output);
+        }
         Command::DumpPorts | Command::DumpTables => Op::Stats(NoArgs {}),
         Command::FdbShow => Op::Fdb(NoArgs {}),
         Command::Trace { packet } => {
@@ -421,7 +499,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
     let text = match &cli.command {
         Command::Show => proto_text::show(&typed(result)?),
-        Command::DumpFlows { .. } => proto_text::dump_flows(&typed(result)?),
         Command::DumpPorts => proto_text::dump_ports(&typed(result)?),
         Command::DumpTables => proto_text::dump_tables(&typed(result)?),
         Command::FdbShow => proto_text::fdb_show(&typed(result)?),

@@ -57,6 +57,38 @@ fn fake_server(path: &Path, reply: Value, error: bool) -> mpsc::Receiver<Value> 
     rx
 }
 
+/// A fake weftd that answers `hello`, then each of the next requests with the lines of
+/// its entry of `script` (each line's `id` set to the request's), and reports the
+/// requests it got.
+fn scripted_server(path: &Path, script: Vec<Vec<Value>>) -> mpsc::Receiver<Value> {
+    let listener = UnixListener::bind(path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let hello: Value = serde_json::from_str(&line).unwrap();
+        let resp =
+            json!({"id": hello["id"], "ok": {"version": 1, "name": "weftd", "software": "0.1.0"}});
+        writeln!(w, "{resp}").unwrap();
+        for lines in script {
+            line.clear();
+            if r.read_line(&mut line).unwrap() == 0 {
+                return;
+            }
+            let req: Value = serde_json::from_str(&line).unwrap();
+            for mut l in lines {
+                l["id"] = req["id"].clone();
+                writeln!(w, "{l}").unwrap();
+            }
+            let _ = tx.send(req);
+        }
+    });
+    rx
+}
+
 #[test]
 fn cannot_connect_is_one_line() {
     let o = run(&["-s", "/nonexistent/weft.sock", "show"]);
@@ -76,21 +108,20 @@ fn bad_flows_are_refused_before_connecting() {
         "priority=1 actions=drop\n# comment\npriority=2,nw_sorc=1.2.3.4 actions=drop\n",
     )
     .unwrap();
-    let o = run(&["-s", "/nonexistent", "add-flows", file.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    // Files are parsed by weftd as they stream in (its errors name the file's line:
+    // `server_errors_are_one_line_with_exit_1`); without a weftd they are not read.
+    for cmd in ["add-flows", "replace-flows"] {
+        let o = run(&["-s", "/nonexistent", cmd, file.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(
+            stderr(&o),
+            "weftctl: cannot connect to /nonexistent: No such file or directory (is weftd running?)\n"
+        );
+    }
+    let o = run(&["-s", "/nonexistent", "add-flows", "/nonexistent/flows.txt"]);
     assert_eq!(
         stderr(&o),
-        "weftctl: flow line 3: unknown field 'nw_sorc' (did you mean nw_src?)\n"
-    );
-    let o = run(&[
-        "-s",
-        "/nonexistent",
-        "replace-flows",
-        file.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        stderr(&o),
-        "weftctl: flow line 3: unknown field 'nw_sorc' (did you mean nw_src?)\n"
+        "weftctl: /nonexistent/flows.txt: No such file or directory\n"
     );
     let o = run(&["-s", "/nonexistent", "add-flow", "tcp,tp_dst=80"]);
     assert_eq!(
@@ -160,23 +191,43 @@ fn dump_flows_sends_the_filter_and_prints_like_ovs_ofctl() {
         weft_flow::parse_flow("priority=100,ip,nw_dst=198.19.2.0/24 actions=output:2").unwrap(),
     )
     .unwrap();
-    let reply = json!({"flows": [{"flow": flow, "packets": 10, "bytes": 980, "duration_ms": 12345, "idle_age_ms": 3000}]});
-    let rx = fake_server(&sock, reply.clone(), false);
+    let one = json!({"flow": flow, "packets": 10, "bytes": 980, "duration_ms": 12345, "idle_age_ms": 3000});
+    // Two parts, then the count: printed as they come, in order.
+    let answer = vec![
+        json!({"flows": [one, one]}),
+        json!({"flows": [one]}),
+        json!({"ok": {"flows": 3}}),
+    ];
+    let rx = scripted_server(&sock, vec![answer.clone()]);
     let o = run(&["-s", sock.to_str().unwrap(), "dump-flows", "table=0,ip"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        stdout(&o),
-        " cookie=0x0, duration=12.345s, table=0, n_packets=10, n_bytes=980, idle_age=3, priority=100,ip,nw_dst=198.19.2.0/24 actions=output:2\n"
-    );
+    let line = " cookie=0x0, duration=12.345s, table=0, n_packets=10, n_bytes=980, idle_age=3, priority=100,ip,nw_dst=198.19.2.0/24 actions=output:2\n";
+    assert_eq!(stdout(&o), line.repeat(3));
     let req = rx.recv().unwrap();
     assert_eq!(req["dump_flows"]["filter"]["table"], 0, "{req}");
+    assert_eq!(req["dump_flows"]["stream"], true, "{req}");
 
-    // -o json prints the raw result.
+    // -o json: one JSON object per flow per line.
     let sock2 = dir.path().join("s2");
-    let _rx = fake_server(&sock2, reply.clone(), false);
+    let _rx = scripted_server(&sock2, vec![answer]);
     let o = run(&["-s", sock2.to_str().unwrap(), "-o", "json", "dump-flows"]);
-    let printed: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(printed, reply);
+    let lines: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines, vec![one.clone(), one.clone(), one]);
+
+    // An error after parts: one line, exit 1.
+    let sock3 = dir.path().join("s3");
+    let _rx = scripted_server(
+        &sock3,
+        vec![vec![
+            json!({"error": {"message": "filter: unknown port 'x'"}}),
+        ]],
+    );
+    let o = run(&["-s", sock3.to_str().unwrap(), "dump-flows", "in_port=x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), "weftctl: filter: unknown port 'x'\n");
 }
 
 #[test]
@@ -189,10 +240,15 @@ fn server_errors_are_one_line_with_exit_1() {
         "priority=1 actions=drop\n\npriority=2,ip actions=output:nosuch\n",
     )
     .unwrap();
-    let rx = fake_server(
+    let rx = scripted_server(
         &sock,
-        json!({"message": "flow line 3: unknown port 'nosuch'", "line": 3, "index": 1}),
-        true,
+        vec![
+            vec![json!({"ok": {"bundle": 4}})],
+            vec![json!({"ok": {"changes": 2}})],
+            vec![
+                json!({"error": {"message": "flow line 3: unknown port 'nosuch'", "line": 3, "index": 1}}),
+            ],
+        ],
     );
     let mut child = Command::new(WEFTCTL)
         .args(["-s", sock.to_str().unwrap(), "add-flows", "-"])
@@ -209,9 +265,16 @@ fn server_errors_are_one_line_with_exit_1() {
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stderr(&o), "weftctl: flow line 3: unknown port 'nosuch'\n");
-    // The bundle carried the file's line numbers.
-    let req = rx.recv().unwrap();
-    assert_eq!(req["bundle"]["lines"], json!([1, 3]), "{req}");
+    // The file went as a bundle in parts: its text from line 1, then the commit.
+    assert_eq!(rx.recv().unwrap()["bundle_open"], json!({}));
+    let add = rx.recv().unwrap();
+    assert_eq!(add["bundle_add"]["bundle"], 4, "{add}");
+    assert_eq!(add["bundle_add"]["first_line"], 1, "{add}");
+    assert_eq!(
+        add["bundle_add"]["text"],
+        "priority=1 actions=drop\n\npriority=2,ip actions=output:nosuch\n"
+    );
+    assert_eq!(rx.recv().unwrap()["bundle_commit"], json!({"bundle": 4}));
 }
 
 /// Warnings in a flow change's reply (port numbers no port has) go to stderr, one line

@@ -37,8 +37,8 @@ use crate::state::{Record, SavedState, StateStore};
 use crate::stats::{PortStats, StatsSnapshot, TableStats};
 use weft_pipeline::drop::DropReason;
 use weft_pipeline::{
-    BundleOutcome, ExpiredFlow, FlowDump, InstallError, MacEntry, NetChange, Pipeline, PortMap,
-    SharedPipeline,
+    BundleOutcome, ExpiredFlow, FlowDump, FlowLimits, InstallError, MacEntry, NetChange, Pipeline,
+    PortMap, SharedPipeline,
 };
 
 use super::io::{PortDev, PortIo, PortSet};
@@ -70,6 +70,8 @@ pub struct SwitchOptions {
     pub offloads: bool,
     /// Pin worker `i` to CPU `i` (modulo the CPUs this process may use).
     pub pin_cpus: bool,
+    /// How many flows the tables may hold (a bundle that would exceed it is refused).
+    pub flow_limits: FlowLimits,
 }
 
 impl Default for SwitchOptions {
@@ -82,6 +84,7 @@ impl Default for SwitchOptions {
             state_store: None,
             offloads: true,
             pin_cpus: false,
+            flow_limits: FlowLimits::default(),
         }
     }
 }
@@ -233,7 +236,9 @@ impl Switch {
     pub fn start(options: SwitchOptions, saved: Option<SavedState>) -> Result<Switch, SwitchError> {
         let workers = options.workers.max(1);
         let shared = Arc::new(Shared {
-            pipeline: SharedPipeline::new(Pipeline::new(PortMap::new())),
+            pipeline: SharedPipeline::new(
+                Pipeline::new(PortMap::new()).with_limits(options.flow_limits),
+            ),
             ports: ArcSwap::from_pointee(PortSet::default()),
             macs: SharedMacTable::new(options.mac_capacity, options.mac_ageing_ms),
             stop: AtomicBool::new(false),

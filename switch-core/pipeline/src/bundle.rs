@@ -9,12 +9,12 @@ use weft_flow::{Bundle, DEFAULT_PRIORITY, Flow, FlowFilter, FlowMod, PortRef};
 use crate::classifier::RuleRef;
 use crate::flow_key::{FlowKey, FlowMask};
 
-use super::error::{InstallError, InstallErrorKind};
+use super::error::{InstallError, InstallErrorKind, Limit};
 use super::ports::PortMap;
 use super::translate::{
     Op, compile_actions, compile_match, rebuild_action, rebuild_match, writes_something,
 };
-use super::{FlowSlot, FlowStats, Millis, Pipeline, Table};
+use super::{FlowLimits, FlowSlot, FlowStats, Millis, Pipeline, Table};
 
 /// What a bundle did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -349,6 +349,40 @@ fn apply_one(
     Ok(())
 }
 
+/// Refuses tables that hold more flows than `limits` allow (after a bundle of
+/// `changes` changes; the error names the last change, for want of a better one).
+fn check_limits(
+    tables: &[Arc<Table>],
+    limits: FlowLimits,
+    changes: usize,
+) -> Result<(), InstallError> {
+    let refuse = |kind| InstallError {
+        index: changes.saturating_sub(1),
+        line: None,
+        kind,
+    };
+    let mut total = 0usize;
+    for (t, table) in tables.iter().enumerate() {
+        let n = table.cls.len();
+        if n > limits.max_flows_per_table {
+            return Err(refuse(InstallErrorKind::TooManyFlows {
+                what: format!("table {t}"),
+                flows: n,
+                limit: Limit::MaxFlowsPerTable(limits.max_flows_per_table),
+            }));
+        }
+        total += n;
+    }
+    if total > limits.max_flows {
+        return Err(refuse(InstallErrorKind::TooManyFlows {
+            what: "the switch".into(),
+            flows: total,
+            limit: Limit::MaxFlows(limits.max_flows),
+        }));
+    }
+    Ok(())
+}
+
 pub(crate) fn apply(
     p: &Pipeline,
     bundle: &Bundle,
@@ -383,6 +417,7 @@ pub(crate) fn apply(
             kind,
         })?;
     }
+    check_limits(&tables, p.limits, bundle.changes.len())?;
     let next = Pipeline {
         version,
         tables,
@@ -401,6 +436,7 @@ impl Pipeline {
             ports: self.ports.clone(),
             table_stats: self.table_stats.clone(),
             drops: self.drops.clone(),
+            limits: self.limits,
         }
     }
 

@@ -125,7 +125,7 @@ use crate::flow_key::FlowKey;
 
 pub use bundle::{BundleOutcome, ExpireReason, ExpiredFlow, FlowDump, NetChange};
 pub use cache::FlowCache;
-pub use error::{InstallError, InstallErrorKind};
+pub use error::{InstallError, InstallErrorKind, Limit};
 pub use exec::{DpAction, MAX_DEPTH, MAX_LOOKUPS, MAX_OUTPUTS, MAX_STATES, MAX_VISITS, Resolved};
 pub use normal::{Forward, Learned, MacEntry, MacTable, Send, for_each_send};
 pub use ports::{PortInfo, PortKind, PortMap, PortMapError};
@@ -247,6 +247,32 @@ pub(crate) struct Table {
     pub(crate) n_timeouts: usize,
 }
 
+/// How many flows the tables may hold. A bundle that would leave more is refused
+/// whole (nothing changes) with an error that names the limit and its setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowLimits {
+    /// Flows in all tables together (`max_flows`).
+    pub max_flows: usize,
+    /// Flows in any one table (`max_flows_per_table`).
+    pub max_flows_per_table: usize,
+}
+
+impl FlowLimits {
+    /// The default of `max_flows`: room for an Antrea-scale node's million flows twice.
+    pub const DEFAULT_MAX_FLOWS: usize = 2_000_000;
+    /// The default of `max_flows_per_table`.
+    pub const DEFAULT_MAX_FLOWS_PER_TABLE: usize = 1_000_000;
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        FlowLimits {
+            max_flows: FlowLimits::DEFAULT_MAX_FLOWS,
+            max_flows_per_table: FlowLimits::DEFAULT_MAX_FLOWS_PER_TABLE,
+        }
+    }
+}
+
 /// An immutable snapshot of the flow tables and the port map. See the module docs.
 #[derive(Clone, Debug)]
 pub struct Pipeline {
@@ -255,6 +281,7 @@ pub struct Pipeline {
     pub(crate) ports: Arc<PortMap>,
     pub(crate) table_stats: Arc<[TableStats]>,
     pub(crate) drops: Arc<DropCounters>,
+    pub(crate) limits: FlowLimits,
 }
 
 impl Pipeline {
@@ -267,7 +294,20 @@ impl Pipeline {
             ports: Arc::new(ports),
             table_stats: (0..N_TABLES).map(|_| TableStats::default()).collect(),
             drops: Arc::new(DropCounters::default()),
+            limits: FlowLimits::default(),
         }
+    }
+
+    /// The same snapshot with other flow limits (they hold from the next bundle on;
+    /// flows already installed stay).
+    pub fn with_limits(mut self, limits: FlowLimits) -> Pipeline {
+        self.limits = limits;
+        self
+    }
+
+    /// The flow limits bundles are checked against.
+    pub fn limits(&self) -> FlowLimits {
+        self.limits
     }
 
     /// This snapshot's version: unique in the process, and increasing along the

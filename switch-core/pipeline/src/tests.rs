@@ -1551,3 +1551,45 @@ fn net_change_replays_to_the_new_version() {
         assert!(net.is_empty(), "{lines:?}: {net:?}");
     }
 }
+
+#[test]
+fn a_bundle_over_a_flow_limit_is_refused_whole() {
+    let limits = crate::FlowLimits {
+        max_flows: 4,
+        max_flows_per_table: 3,
+    };
+    let p = Pipeline::new(ports()).with_limits(limits);
+    let four: Vec<String> = (1..=4)
+        .map(|i| format!("priority={i},ip actions=drop"))
+        .collect();
+    let four: Vec<&str> = four.iter().map(String::as_str).collect();
+    let e = p.apply(&add_bundle(&four), 0).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "table 0 would have 4 flows; the limit is 3 (max_flows_per_table in weftd.toml)"
+    );
+    let (p, _) = p.apply(&add_bundle(&four[..3]), 0).unwrap();
+    // Replacing a flow (same identity) does not count twice.
+    let (p, o) = p.apply(&add_bundle(&four[..1]), 0).unwrap();
+    assert_eq!(o.replaced, 1);
+    let e = p
+        .apply(
+            &add_bundle(&[
+                "table=1,priority=1,ip actions=drop",
+                "table=1,priority=2,ip actions=drop",
+            ]),
+            0,
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the switch would have 5 flows; the limit is 4 (max_flows in weftd.toml)"
+    );
+    assert_eq!(p.len(), 3);
+    assert_eq!(p.limits(), limits);
+    // The limits hold in every later version.
+    let (p, _) = p
+        .apply(&add_bundle(&["table=1,priority=1,ip actions=drop"]), 0)
+        .unwrap();
+    assert_eq!(p.limits(), limits);
+}

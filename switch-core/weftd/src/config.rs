@@ -8,6 +8,9 @@
 //! metrics = "127.0.0.1:9464"
 //! control = "/run/weft/weftd.sock"
 //! flows = "flows.txt"            # relative to this file's directory
+//! max_flows = 2000000            # flows in all tables
+//! max_flows_per_table = 1000000  # flows in one table
+//! max_bundle_flows = 2000000     # changes in one bundle (add-flows, replace-flows)
 //!
 //! [[port]]
 //! name = "pod1"
@@ -56,8 +59,15 @@ const KEYS: &[&str] = &[
     "control",
     "control_group",
     "flows",
+    "max_flows",
+    "max_flows_per_table",
+    "max_bundle_flows",
     "port",
 ];
+
+/// The most any flow limit may be set to.
+pub const MAX_LIMIT: usize = 100_000_000;
+const LIMIT_EXPECTED: &str = "a number of flows from 1 to 100000000";
 
 const WORKERS_EXPECTED: &str = "a number of worker threads from 1 to 256";
 const METRICS_EXPECTED: &str = "a socket address like 127.0.0.1:9464 or [::1]:9464";
@@ -104,6 +114,16 @@ pub struct Args {
     /// A flows file (ovs-ofctl syntax) installed at start.
     #[arg(long, value_name = "FILE")]
     pub flows: Option<PathBuf>,
+    /// The most flows in all tables together [default: 2000000].
+    #[arg(long, value_name = "N")]
+    pub max_flows: Option<String>,
+    /// The most flows in one table [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub max_flows_per_table: Option<String>,
+    /// The most changes in one bundle (add-flows, replace-flows, del-flows) [default:
+    /// 2000000].
+    #[arg(long, value_name = "N")]
+    pub max_bundle_flows: Option<String>,
 }
 
 /// Why the configuration was refused: one line that names the file, line and field.
@@ -162,6 +182,12 @@ pub struct Config {
     pub flows: Vec<(usize, Flow)>,
     /// The ports the file declares, in file order.
     pub ports: Vec<PortSpec>,
+    /// The most flows in all tables together.
+    pub max_flows: usize,
+    /// The most flows in one table.
+    pub max_flows_per_table: usize,
+    /// The most changes in one bundle.
+    pub max_bundle_flows: usize,
 }
 
 impl Default for Config {
@@ -178,8 +204,15 @@ impl Default for Config {
             flows_file: None,
             flows: Vec::new(),
             ports: Vec::new(),
+            max_flows: weft_pipeline::FlowLimits::DEFAULT_MAX_FLOWS,
+            max_flows_per_table: weft_pipeline::FlowLimits::DEFAULT_MAX_FLOWS_PER_TABLE,
+            max_bundle_flows: crate::control_server::DEFAULT_MAX_BUNDLE_FLOWS,
         }
     }
+}
+
+fn valid_limit(n: usize) -> bool {
+    (1..=MAX_LIMIT).contains(&n)
 }
 
 /// One worker per available CPU, at least one and at most [`MAX_WORKERS`].
@@ -261,6 +294,17 @@ impl Config {
                     let dir = file.parent().unwrap_or(Path::new(""));
                     cfg.flows_file = Some(if p.is_relative() { dir.join(p) } else { p });
                 }
+                "max_flows" | "max_flows_per_table" | "max_bundle_flows" => {
+                    let n = integer(value.get_ref())
+                        .and_then(|n| usize::try_from(n).ok())
+                        .filter(|n| valid_limit(*n))
+                        .ok_or_else(|| src.bad_value(value, name, LIMIT_EXPECTED))?;
+                    match name {
+                        "max_flows" => cfg.max_flows = n,
+                        "max_flows_per_table" => cfg.max_flows_per_table = n,
+                        _ => cfg.max_bundle_flows = n,
+                    }
+                }
                 "port" => cfg.ports = src.ports(value)?,
                 other => {
                     let mut message = format!("unknown key '{other}'");
@@ -318,6 +362,30 @@ impl Config {
         if let Some(f) = &args.flows {
             self.flows_file = Some(non_empty_path("flows", f)?);
         }
+        for (flag, value, slot) in [
+            ("max-flows", &args.max_flows, &mut self.max_flows),
+            (
+                "max-flows-per-table",
+                &args.max_flows_per_table,
+                &mut self.max_flows_per_table,
+            ),
+            (
+                "max-bundle-flows",
+                &args.max_bundle_flows,
+                &mut self.max_bundle_flows,
+            ),
+        ] {
+            if let Some(v) = value {
+                *slot = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| valid_limit(*n))
+                    .ok_or_else(|| ConfigError::Flag {
+                        flag,
+                        message: format!("bad value '{v}': expected {LIMIT_EXPECTED}"),
+                    })?;
+            }
+        }
         Ok(())
     }
 
@@ -365,6 +433,15 @@ impl Config {
         }
         if self.control_group != new.control_group {
             needs_restart.push("control_group");
+        }
+        if self.max_flows != new.max_flows {
+            needs_restart.push("max_flows");
+        }
+        if self.max_flows_per_table != new.max_flows_per_table {
+            needs_restart.push("max_flows_per_table");
+        }
+        if self.max_bundle_flows != new.max_bundle_flows {
+            needs_restart.push("max_bundle_flows");
         }
         ConfigChanges {
             ports: diff_ports(&self.ports, &new.ports),
@@ -1124,5 +1201,46 @@ allowed_remotes = ["198.18.0.0/24", "198.18.1.5"]
         }
         assert!(old.changes(&old).is_empty());
         assert_eq!(diff_ports(&[], &[]).to_string(), "no port changes");
+    }
+
+    #[test]
+    fn flow_limits_from_the_file_and_flags() {
+        let d = Config::default();
+        assert_eq!(d.max_flows, 2_000_000);
+        assert_eq!(d.max_flows_per_table, 1_000_000);
+        assert_eq!(d.max_bundle_flows, 2_000_000);
+        let mut cfg =
+            parse("max_flows = 30\nmax_flows_per_table = 20\nmax_bundle_flows = 10\n").unwrap();
+        assert_eq!(
+            (cfg.max_flows, cfg.max_flows_per_table, cfg.max_bundle_flows),
+            (30, 20, 10)
+        );
+        assert_eq!(
+            err("max_flows = 0"),
+            "weftd.toml line 1: bad value '0' for max_flows: expected a number of flows from 1 to 100000000"
+        );
+        assert!(
+            err("max_bundle_flows = \"many\"").contains("bad value 'many' for max_bundle_flows")
+        );
+        assert!(err("max_flow = 1").contains("(did you mean max_flows?)"));
+        let args = Args {
+            max_bundle_flows: Some("5".into()),
+            ..Args::default()
+        };
+        cfg.apply_flags(&args).unwrap();
+        assert_eq!(cfg.max_bundle_flows, 5);
+        let bad = Args {
+            max_flows_per_table: Some("-1".into()),
+            ..Args::default()
+        };
+        assert_eq!(
+            cfg.apply_flags(&bad).unwrap_err().to_string(),
+            "--max-flows-per-table: bad value '-1': expected a number of flows from 1 to 100000000"
+        );
+        let other = Config {
+            max_flows: 31,
+            ..cfg.clone()
+        };
+        assert_eq!(cfg.changes(&other).needs_restart, ["max_flows"]);
     }
 }

@@ -84,11 +84,21 @@ pub struct ControlOptions {
     /// A client that keeps one response waiting (does not read it) for this long in all
     /// is dropped.
     pub write_timeout: Duration,
+    /// The most changes (flows) one bundle may hold, whether sent in one request or in
+    /// parts (`max_bundle_flows`).
+    pub max_bundle_flows: usize,
 }
+
+/// The default of [`ControlOptions::max_bundle_flows`]: room for an Antrea-scale
+/// node's million flows twice.
+pub const DEFAULT_MAX_BUNDLE_FLOWS: usize = 2_000_000;
+
+/// How many bundles one connection may have open at once.
+pub const MAX_OPEN_BUNDLES: usize = 8;
 
 impl ControlOptions {
     /// Defaults for `path`: no group, 64 clients, 10 minutes idle, 30 s per line, 10 s
-    /// per response.
+    /// per response, bundles of at most [`DEFAULT_MAX_BUNDLE_FLOWS`] changes.
     pub fn new(path: impl Into<PathBuf>) -> ControlOptions {
         ControlOptions {
             path: path.into(),
@@ -97,6 +107,7 @@ impl ControlOptions {
             idle_timeout: Duration::from_secs(600),
             line_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
+            max_bundle_flows: DEFAULT_MAX_BUNDLE_FLOWS,
         }
     }
 }
@@ -496,6 +507,8 @@ fn accept_loop(s: &Arc<Shared>, listener: UnixListener) {
                     out: Out::new(out, sc.opts.write_timeout),
                     greeted: false,
                     closing: false,
+                    bundles: HashMap::new(),
+                    next_bundle: 1,
                 };
                 conn.serve();
                 lock(&sc.clients).remove(&id);
@@ -529,6 +542,19 @@ struct Connection<'a> {
     greeted: bool,
     /// Set when the connection must end after the current response.
     closing: bool,
+    /// Bundles opened on this connection and not yet committed or discarded; they end
+    /// with it.
+    bundles: HashMap<u64, Pending>,
+    next_bundle: u64,
+}
+
+/// A bundle being sent in parts: what its parts held so far (each checked as it came).
+#[derive(Debug, Default)]
+struct Pending {
+    /// A replace-flows bundle (its changes are the wanted flows, all adds).
+    replace: bool,
+    changes: Vec<FlowMod>,
+    lines: Vec<usize>,
 }
 
 /// A duration in seconds for a message: `30`, or `0.5` when not whole.
@@ -664,6 +690,10 @@ impl Connection<'_> {
             Ok(Request {
                 id,
                 op: Op::DumpFlows(d),
+            }) if self.greeted && d.stream => self.dump_stream(id, &d.filter),
+            Ok(Request {
+                id,
+                op: Op::DumpFlows(d),
             }) if self.greeted => self.dump_flows(id, &d.filter),
             Ok(req) => {
                 let resp = self.handle(req);
@@ -739,6 +769,155 @@ impl Connection<'_> {
         }
     }
 
+    /// `dump_flows` with `stream`: parts of at most [`proto::DUMP_PART_FLOWS`] flows,
+    /// each its own line (`{"id":N,"flows":[...]}`), written as the tables are walked,
+    /// then `{"id":N,"ok":{"flows":COUNT}}`. At most [`REPLY_CHUNK`] bytes are held.
+    fn dump_stream(&mut self, id: u64, filter: &FlowFilter) -> Result<(), OutError> {
+        let pipe = self.s.switch.pipeline();
+        let now = self.s.switch.now();
+        let out = &mut self.out;
+        out.begin();
+        let head = format!("{{\"id\":{id},\"flows\":[");
+        let mut failed = None;
+        let mut in_part = 0usize;
+        let mut count = 0usize;
+        let mut item = Vec::new();
+        let done = pipe.dump_each(filter, now, |d| {
+            item.clear();
+            if in_part == 0 {
+                item.extend_from_slice(head.as_bytes());
+            } else {
+                item.push(b',');
+            }
+            write_flow_stats(&mut item, d);
+            in_part += 1;
+            count += 1;
+            if in_part == proto::DUMP_PART_FLOWS {
+                item.extend_from_slice(b"]}\n");
+                in_part = 0;
+            }
+            match out.put(&item) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if in_part > 0 {
+            out.put(b"]}\n")?;
+        }
+        let last = match done {
+            Err(e) => Response::error(Some(id), switch_error(SwitchError::from(e))),
+            Ok(_) => Response::ok(id, &proto::DumpDone { flows: count }),
+        };
+        out.put(last.to_line().as_bytes())?;
+        out.put(b"\n")?;
+        out.flush()
+    }
+
+    /// Bundles sent in parts (`bundle_open`, `bundle_add`, `bundle_commit`,
+    /// `bundle_discard`): they live in this connection until committed or discarded.
+    fn bundle_op(&mut self, op: Op) -> Result<serde_json::Value, ErrorBody> {
+        let no_such = |n: u64| {
+            ErrorBody::new(format!(
+                "no open bundle {n} on this connection (never opened, or already committed or discarded)"
+            ))
+        };
+        match op {
+            Op::BundleOpen(a) => {
+                if self.bundles.len() >= MAX_OPEN_BUNDLES {
+                    return Err(ErrorBody::new(format!(
+                        "{MAX_OPEN_BUNDLES} bundles are open on this connection already (the most there may be); commit or discard one"
+                    )));
+                }
+                let n = self.next_bundle;
+                self.next_bundle += 1;
+                self.bundles.insert(
+                    n,
+                    Pending {
+                        replace: a.replace,
+                        ..Pending::default()
+                    },
+                );
+                to_value(&proto::BundleOpenReply { bundle: n })
+            }
+            Op::BundleAdd(a) => {
+                let max = self.s.opts.max_bundle_flows;
+                let p = self
+                    .bundles
+                    .get_mut(&a.bundle)
+                    .ok_or_else(|| no_such(a.bundle))?;
+                if p.replace
+                    && let Some(i) = a
+                        .changes
+                        .iter()
+                        .position(|c| !matches!(c, FlowMod::Add { .. }))
+                {
+                    return Err(ErrorBody {
+                        message: format!(
+                            "{}: a replace-flows bundle holds only flows to add",
+                            a.lines
+                                .get(i)
+                                .map_or(format!("change {}", i + 1), |l| format!("flow line {l}"))
+                        ),
+                        line: a.lines.get(i).copied(),
+                        index: Some(p.changes.len() + i),
+                    });
+                }
+                let total = p.changes.len() + a.changes.len();
+                check_bundle_size(total, max)?;
+                // Lines are kept for every change or for none (a part without them
+                // numbers its changes as the bundle's changes).
+                if a.lines.len() == a.changes.len() && p.lines.len() == p.changes.len() {
+                    p.lines.extend_from_slice(&a.lines);
+                } else {
+                    p.lines.clear();
+                }
+                p.changes.extend(a.changes);
+                to_value(&proto::BundleAddReply { changes: total })
+            }
+            Op::BundleCommit(r) => {
+                let p = self
+                    .bundles
+                    .remove(&r.bundle)
+                    .ok_or_else(|| no_such(r.bundle))?;
+                let sw = &self.s.switch;
+                let _g = lock(&self.s.changes);
+                if p.replace {
+                    let flows = p
+                        .changes
+                        .into_iter()
+                        .filter_map(|c| match c {
+                            FlowMod::Add { flow } => Some(flow),
+                            _ => None,
+                        })
+                        .collect();
+                    replace_flows(sw, flows, p.lines)
+                } else {
+                    execute(
+                        sw,
+                        Op::Bundle(proto::BundleArgs {
+                            changes: p.changes,
+                            lines: p.lines,
+                            text: None,
+                        }),
+                    )
+                }
+            }
+            Op::BundleDiscard(r) => {
+                self.bundles
+                    .remove(&r.bundle)
+                    .ok_or_else(|| no_such(r.bundle))?;
+                to_value(&Empty {})
+            }
+            _ => Err(ErrorBody::new("internal: not a bundle operation")),
+        }
+    }
+
     fn handle(&mut self, req: Request) -> Response {
         let id = req.id;
         if let Op::Hello(h) = &req.op {
@@ -776,7 +955,20 @@ impl Connection<'_> {
             return self.capture(id, args);
         }
         let name = req.op.name();
-        let result = if req.op.changes_state() {
+        let max = self.s.opts.max_bundle_flows;
+        let too_big = match &req.op {
+            Op::Bundle(b) => check_bundle_size(b.changes.len(), max).err(),
+            Op::ReplaceFlows(r) => check_bundle_size(r.flows.len(), max).err(),
+            _ => None,
+        };
+        let result = if let Some(e) = too_big {
+            Err(e)
+        } else if matches!(
+            req.op,
+            Op::BundleOpen(_) | Op::BundleAdd(_) | Op::BundleCommit(_) | Op::BundleDiscard(_)
+        ) {
+            self.bundle_op(req.op)
+        } else if req.op.changes_state() {
             let _g = lock(&self.s.changes);
             execute(&self.s.switch, req.op)
         } else {
@@ -788,6 +980,7 @@ impl Connection<'_> {
                 ok: Some(v),
                 error: None,
                 frame: None,
+                flows: None,
             },
             Err(e) => {
                 tracing::debug!(op = name, "control request failed: {e}");
@@ -846,6 +1039,7 @@ impl Connection<'_> {
                 ok: None,
                 error: None,
                 frame: Some(frame),
+                flows: None,
             };
             if let Err(e) = self.out.line(&line) {
                 if let OutError::TooSlow(_) = e {
@@ -869,6 +1063,32 @@ impl Connection<'_> {
                 snaplen: cap.snaplen() as u32,
             },
         )
+    }
+}
+
+/// Refuses a bundle of more than `max` changes, naming the limit and its setting.
+fn check_bundle_size(changes: usize, max: usize) -> Result<(), ErrorBody> {
+    if changes > max {
+        return Err(ErrorBody::new(format!(
+            "bundle has {changes} flows; the limit is {}",
+            weft_pipeline::Limit::MaxBundleFlows(max)
+        )));
+    }
+    Ok(())
+}
+
+/// One flow of a dump as JSON (members in alphabetical order, as every reply).
+fn write_flow_stats(out: &mut Vec<u8>, d: weft_pipeline::FlowDump) {
+    let stats = FlowStats {
+        flow: d.flow,
+        packets: d.packets,
+        bytes: d.bytes,
+        duration_ms: d.duration_ms,
+        idle_age_ms: d.idle_age_ms,
+    };
+    // Through a json value, for the same key order as every other reply.
+    if let Ok(v) = serde_json::to_value(&stats) {
+        let _ = serde_json::to_writer(&mut *out, &v);
     }
 }
 
@@ -1049,6 +1269,9 @@ pub fn execute(sw: &Switch, op: Op) -> Result<serde_json::Value, ErrorBody> {
         Op::Capture(_) => Err(ErrorBody::new(
             "capture streams its frames on the connection that asked for it",
         )),
+        Op::BundleOpen(_) | Op::BundleAdd(_) | Op::BundleCommit(_) | Op::BundleDiscard(_) => Err(
+            ErrorBody::new("a bundle sent in parts lives on the connection that opened it"),
+        ),
     }
 }
 

@@ -56,6 +56,10 @@ fn start_node(
         offloads: cfg.offloads,
         pin_cpus: cfg.pin_cpus,
         state_store: Some(store),
+        flow_limits: weft_pipeline::FlowLimits {
+            max_flows: cfg.max_flows,
+            max_flows_per_table: cfg.max_flows_per_table,
+        },
         ..SwitchOptions::default()
     };
     let sw = Switch::start(options, saved).context("cannot start the datapath")?;
@@ -115,6 +119,7 @@ fn run(args: &Args, mut cfg: Config) -> anyhow::Result<()> {
     let control = ControlServer::start(
         ControlOptions {
             group: cfg.control_group.clone(),
+            max_bundle_flows: cfg.max_bundle_flows,
             ..ControlOptions::new(&cfg.control)
         },
         switch,
