@@ -243,11 +243,17 @@ fn serves_metrics_reloads_and_stops_on_sigterm() {
     );
     assert!(err.contains("bad value 'x' for workers"), "{err}");
     assert!(err.contains("SIGTERM: stopping"), "{err}");
-    // State was saved (atomically: no temporary file left), with the port and flow.
-    let saved = std::fs::read_to_string(state.join("state.json")).unwrap();
-    assert!(saved.contains("\"vx0\""), "{saved}");
-    assert!(saved.contains("\"normal\""), "{saved}");
-    assert!(!state.join("state.json.tmp").exists());
+    // State was saved (journal and snapshot: no temporary file left), with the port
+    // and flow, and it reads back as weftd's next start reads it.
+    let saved = weftd::state::load(&state)
+        .unwrap()
+        .expect("state was saved");
+    assert!(saved.ports.iter().any(|p| p.name == "vx0"), "{saved:?}");
+    assert!(
+        saved.flows.iter().any(|f| f.to_string().contains("normal")),
+        "{saved:?}"
+    );
+    assert!(!state.join(weftd::state::TMP_FILE).exists());
 }
 
 #[test]
