@@ -746,14 +746,39 @@ impl FlowKey {
         Ok(key)
     }
 
+    /// Parses a frame into a new key and says where its headers are: the one parse of a
+    /// frame, whose offsets everything after it (commit, the TAP queue choice, offloads,
+    /// ICMP replies) reuses instead of parsing again.
+    #[inline]
+    pub fn extract_with_offsets(
+        frame: &[u8],
+        in_port: u32,
+        tun: &TunnelMeta,
+    ) -> Result<(FlowKey, HeaderOffsets), ParseDrop> {
+        let mut key = FlowKey::ZERO;
+        let offs = key.extract_offsets_into(frame, in_port, tun)?;
+        Ok((key, offs))
+    }
+
     /// Parses a frame into `self`, overwriting every field (registers and metadata are
     /// reset to 0, as for a frame entering table 0).
+    #[inline]
     pub fn extract_into(
         &mut self,
         frame: &[u8],
         in_port: u32,
         tun: &TunnelMeta,
     ) -> Result<(), ParseDrop> {
+        self.extract_offsets_into(frame, in_port, tun).map(|_| ())
+    }
+
+    /// [`FlowKey::extract_into`] that also returns where the headers are.
+    pub fn extract_offsets_into(
+        &mut self,
+        frame: &[u8],
+        in_port: u32,
+        tun: &TunnelMeta,
+    ) -> Result<HeaderOffsets, ParseDrop> {
         *self = FlowKey::ZERO;
         let w = &mut self.words;
         w[0] = tun.tun_id;
@@ -770,6 +795,10 @@ impl FlowKey {
         let mut dl_type = be16(eth[12], eth[13]);
         let mut tci = 0u16;
         let mut l3 = &frame[14..];
+        let mut offs = HeaderOffsets {
+            l3: 14,
+            ..HeaderOffsets::default()
+        };
         if dl_type == ETH_TYPE_VLAN || dl_type == ETH_TYPE_QINQ {
             let Some(tag) = l3.first_chunk::<4>() else {
                 return Err(ParseDrop::TruncatedVlan);
@@ -777,6 +806,7 @@ impl FlowKey {
             tci = be16(tag[0], tag[1]) | 0x1000;
             dl_type = be16(tag[2], tag[3]);
             l3 = &l3[4..];
+            offs.l3 = 18;
         }
         if dl_type < 0x0600 {
             dl_type = DL_TYPE_NONE;
@@ -785,14 +815,68 @@ impl FlowKey {
         w[11] = src;
         w[12] = dst;
 
-        match dl_type {
+        let ip = match dl_type {
             ETH_TYPE_IPV4 => parse_ipv4(w, l3),
             ETH_TYPE_IPV6 => parse_ipv6(w, l3),
-            ETH_TYPE_ARP => parse_arp(w, l3),
-            _ => {}
+            ETH_TYPE_ARP => {
+                parse_arp(w, l3);
+                None
+            }
+            _ => None,
+        };
+        if let Some(ip) = ip {
+            // Offsets inside `l3`, which is at most a frame long: they fit.
+            offs.end = offs.l3 + ip.end as u32;
+            offs.l4 = ip.l4.map_or(0, |l4| offs.l3 + l4 as u32);
         }
-        Ok(())
+        Ok(offs)
     }
+}
+
+/// Where the headers of a frame are, as [`FlowKey::extract_with_offsets`] found them.
+/// Offsets count from the start of the frame; the pipeline's rewrites never move them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HeaderOffsets {
+    /// Start of the L3 header: 14, or 18 behind one VLAN tag.
+    pub l3: u32,
+    /// Start of the L4 header, when the frame is IP with a header the key parsed past
+    /// (not a later fragment, no broken IPv6 extension chain); 0 otherwise. The L4 header
+    /// itself may be truncated (then the key's `tp_src`/`tp_dst` are 0).
+    pub l4: u32,
+    /// End of the IP packet (its total or payload length; Ethernet padding after it is
+    /// not part of it) when the L3 header is a valid IPv4 or IPv6 header; 0 otherwise.
+    pub end: u32,
+}
+
+impl HeaderOffsets {
+    /// The offsets of a frame parsed on its own (for callers that hold no key).
+    pub fn of(frame: &[u8]) -> Option<HeaderOffsets> {
+        let mut scratch = FlowKey::ZERO;
+        scratch
+            .extract_offsets_into(frame, 0, &TunnelMeta::NONE)
+            .ok()
+    }
+
+    /// Whether the frame has a valid IPv4 or IPv6 header at [`HeaderOffsets::l3`].
+    #[inline]
+    pub fn has_ip(&self) -> bool {
+        self.end != 0
+    }
+
+    /// Where the L4 header is, if the parse reached one.
+    #[inline]
+    pub fn l4(&self) -> Option<usize> {
+        (self.l4 != 0).then_some(self.l4 as usize)
+    }
+}
+
+/// Where an IP header's payload is, relative to the IP header.
+#[derive(Clone, Copy)]
+struct IpSpan {
+    /// Start of the L4 header (None: a later fragment or a broken extension chain).
+    l4: Option<usize>,
+    /// End of the IP packet.
+    end: usize,
 }
 
 #[inline(always)]
@@ -840,14 +924,12 @@ fn parse_arp(w: &mut [u64; KEY_WORDS], p: &[u8]) {
 }
 
 #[inline]
-fn parse_ipv4(w: &mut [u64; KEY_WORDS], p: &[u8]) {
-    let Some(h) = p.first_chunk::<20>() else {
-        return;
-    };
+fn parse_ipv4(w: &mut [u64; KEY_WORDS], p: &[u8]) -> Option<IpSpan> {
+    let h = p.first_chunk::<20>()?;
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     let tot_len = be16(h[2], h[3]) as usize;
     if h[0] >> 4 != 4 || ihl < 20 || tot_len < ihl || tot_len > p.len() {
-        return;
+        return None;
     }
     let frag = be16(h[6], h[7]);
     let off = frag & 0x1fff;
@@ -862,20 +944,26 @@ fn parse_ipv4(w: &mut [u64; KEY_WORDS], p: &[u8]) {
     w[11] |= (proto as u64) << 48 | ((h[1] & 0xfc) as u64) << 56;
     w[12] |= (h[8] as u64) << 48 | (nw_frag as u64) << 56;
     w[13] = be32(&h[12..16]) as u64 | (be32(&h[16..20]) as u64) << 32;
-    if nw_frag & FRAG_LATER == 0 {
-        // Ethernet padding after tot_len is not L4 payload.
-        parse_l4(w, proto, &p[ihl..tot_len], IPPROTO_ICMP);
+    if nw_frag & FRAG_LATER != 0 {
+        return Some(IpSpan {
+            l4: None,
+            end: tot_len,
+        });
     }
+    // Ethernet padding after tot_len is not L4 payload.
+    parse_l4(w, proto, &p[ihl..tot_len], IPPROTO_ICMP);
+    Some(IpSpan {
+        l4: Some(ihl),
+        end: tot_len,
+    })
 }
 
 #[inline]
-fn parse_ipv6(w: &mut [u64; KEY_WORDS], p: &[u8]) {
-    let Some(h) = p.first_chunk::<40>() else {
-        return;
-    };
+fn parse_ipv6(w: &mut [u64; KEY_WORDS], p: &[u8]) -> Option<IpSpan> {
+    let h = p.first_chunk::<40>()?;
     let payload_len = be16(h[4], h[5]) as usize;
     if h[0] >> 4 != 6 || 40 + payload_len > p.len() {
-        return;
+        return None;
     }
     let tclass = (h[0] << 4) | (h[1] >> 4);
     w[14] = be64(&h[8..16]);
@@ -931,9 +1019,15 @@ fn parse_ipv6(w: &mut [u64; KEY_WORDS], p: &[u8]) {
     }
     w[11] |= (nxt as u64) << 48 | ((tclass & 0xfc) as u64) << 56;
     w[12] |= (h[7] as u64) << 48 | (nw_frag as u64) << 56;
-    if l4_ok && nw_frag & FRAG_LATER == 0 {
-        parse_l4(w, nxt, rest, IPPROTO_ICMPV6);
+    let end = 40 + payload_len;
+    if !(l4_ok && nw_frag & FRAG_LATER == 0) {
+        return Some(IpSpan { l4: None, end });
     }
+    parse_l4(w, nxt, rest, IPPROTO_ICMPV6);
+    Some(IpSpan {
+        l4: Some(end - rest.len()),
+        end,
+    })
 }
 
 /// TCP (20-byte header), UDP (8), ICMP (8: type, code, checksum, rest) and ICMPv6 (4).

@@ -97,6 +97,7 @@ pub mod cache;
 pub mod classifier;
 pub mod commit;
 pub mod drop;
+pub mod egress;
 pub mod emc;
 pub mod error;
 pub mod exec;
