@@ -178,11 +178,11 @@ struct L4 {
 
 /// The L4 header the parse found (`None`: a later fragment, a broken IPv6 extension
 /// chain, or no valid IP header).
-fn l4_of(offs: &HeaderOffsets, orig: &FlowKey) -> Option<L4> {
+fn l4_of(offs: &HeaderOffsets) -> Option<L4> {
     offs.l4().map(|at| L4 {
         at,
         end: offs.end as usize,
-        proto: orig.nw_proto(),
+        proto: offs.proto,
     })
 }
 
@@ -253,7 +253,7 @@ fn commit_ipv4(
         }
     }
     frame[l3 + 10..l3 + 12].copy_from_slice(&csum.to_be_bytes());
-    commit_l4(frame, l4_of(offs, orig), false, orig, target, &addrs, fail);
+    commit_l4(frame, l4_of(offs), false, orig, target, &addrs, fail);
 }
 
 fn commit_ipv6(
@@ -305,7 +305,7 @@ fn commit_ipv6(
             addrs[i] = Some(AddrChange::V6(u128::from_be_bytes(old), new));
         }
     }
-    commit_l4(frame, l4_of(offs, orig), true, orig, target, &addrs, fail);
+    commit_l4(frame, l4_of(offs), true, orig, target, &addrs, fail);
 }
 
 /// Writes ports / ICMP type and code and fixes the L4 checksum for them and for the

@@ -827,7 +827,10 @@ impl FlowKey {
         if let Some(ip) = ip {
             // Offsets inside `l3`, which is at most a frame long: they fit.
             offs.end = offs.l3 + ip.end as u32;
-            offs.l4 = ip.l4.map_or(0, |l4| offs.l3 + l4 as u32);
+            if let Some(l4) = ip.l4 {
+                offs.l4 = offs.l3 + l4 as u32;
+                offs.proto = ip.proto;
+            }
         }
         Ok(offs)
     }
@@ -846,6 +849,10 @@ pub struct HeaderOffsets {
     /// End of the IP packet (its total or payload length; Ethernet padding after it is
     /// not part of it) when the L3 header is a valid IPv4 or IPv6 header; 0 otherwise.
     pub end: u32,
+    /// The protocol of the header at [`HeaderOffsets::l4`] (IPv4 protocol, or the IPv6
+    /// next header after the extension headers); 0 without one. It is the frame's, not
+    /// the key's (a flow may set the key's `nw_proto`).
+    pub proto: u8,
 }
 
 impl HeaderOffsets {
@@ -877,6 +884,8 @@ struct IpSpan {
     l4: Option<usize>,
     /// End of the IP packet.
     end: usize,
+    /// The protocol of the L4 header.
+    proto: u8,
 }
 
 #[inline(always)]
@@ -948,6 +957,7 @@ fn parse_ipv4(w: &mut [u64; KEY_WORDS], p: &[u8]) -> Option<IpSpan> {
         return Some(IpSpan {
             l4: None,
             end: tot_len,
+            proto,
         });
     }
     // Ethernet padding after tot_len is not L4 payload.
@@ -955,6 +965,7 @@ fn parse_ipv4(w: &mut [u64; KEY_WORDS], p: &[u8]) -> Option<IpSpan> {
     Some(IpSpan {
         l4: Some(ihl),
         end: tot_len,
+        proto,
     })
 }
 
@@ -1021,12 +1032,17 @@ fn parse_ipv6(w: &mut [u64; KEY_WORDS], p: &[u8]) -> Option<IpSpan> {
     w[12] |= (h[7] as u64) << 48 | (nw_frag as u64) << 56;
     let end = 40 + payload_len;
     if !(l4_ok && nw_frag & FRAG_LATER == 0) {
-        return Some(IpSpan { l4: None, end });
+        return Some(IpSpan {
+            l4: None,
+            end,
+            proto: nxt,
+        });
     }
     parse_l4(w, nxt, rest, IPPROTO_ICMPV6);
     Some(IpSpan {
         l4: Some(end - rest.len()),
         end,
+        proto: nxt,
     })
 }
 
@@ -1548,6 +1564,55 @@ mod tests {
             FlowKey::extract(&arp_request(), 2, &TunnelMeta::NONE).unwrap()
         );
         assert_eq!(k.reg(0), 0);
+    }
+
+    #[test]
+    fn offsets_of_the_headers_the_parse_found() {
+        let o = |f: &[u8]| {
+            FlowKey::extract_with_offsets(f, 1, &TunnelMeta::NONE)
+                .unwrap()
+                .1
+        };
+        let f = tcp4_frame();
+        let at = |l3, l4, end, proto| HeaderOffsets { l3, l4, end, proto };
+        assert_eq!(o(&f), at(14, 34, f.len() as u32, IPPROTO_TCP));
+        // Behind a VLAN tag everything moves by 4.
+        let mut tagged = f[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]);
+        tagged.extend_from_slice(&f[12..]);
+        assert_eq!(o(&tagged), at(18, 38, tagged.len() as u32, IPPROTO_TCP));
+        // IPv4 options; Ethernet padding is not part of the IP packet.
+        let mut ip = ipv4(IPPROTO_UDP, [1, 2, 3, 4], [5, 6, 7, 8], 0, &[1, 1, 1, 0]);
+        ip[0] = 0x46;
+        ip.extend(udp(1, 2));
+        let tot = ip.len() as u16;
+        ip[2..4].copy_from_slice(&tot.to_be_bytes());
+        let mut g = eth(MAC_B, MAC_A, ETH_TYPE_IPV4);
+        g.extend(ip);
+        let end = g.len() as u32;
+        g.extend_from_slice(&[0; 6]);
+        assert_eq!(o(&g), at(14, 38, end, IPPROTO_UDP));
+        // IPv6 behind a hop-by-hop header: L4 after it, with its protocol.
+        let s: Ipv6Addr = "fd00::1".parse().unwrap();
+        let mut payload = vec![IPPROTO_UDP, 0, 1, 4, 0, 0, 0, 0];
+        payload.extend(udp(9, 9));
+        let mut v6 = eth(MAC_B, MAC_A, ETH_TYPE_IPV6);
+        v6.extend(ipv6(0, s, s, &payload));
+        assert_eq!(o(&v6), at(14, 62, v6.len() as u32, IPPROTO_UDP));
+        // A later fragment has no L4 header; ARP and a bad IPv4 header no IP.
+        let mut frag = eth(MAC_B, MAC_A, ETH_TYPE_IPV4);
+        frag.extend(ipv4(
+            IPPROTO_UDP,
+            [1, 2, 3, 4],
+            [5, 6, 7, 8],
+            185,
+            &udp(1, 2),
+        ));
+        assert_eq!(o(&frag), at(14, 0, frag.len() as u32, 0));
+        assert_eq!(o(&arp_request()), at(14, 0, 0, 0));
+        assert_eq!(o(&f[..14 + 20 + 10]), at(14, 0, 0, 0));
+        assert_eq!(HeaderOffsets::of(&f), Some(o(&f)));
+        assert_eq!(HeaderOffsets::of(&f[..13]), None);
     }
 
     proptest! {
