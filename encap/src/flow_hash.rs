@@ -216,6 +216,24 @@ pub fn flow_hash_ip(packet: &[u8], seed: u32) -> Option<u32> {
 /// Hash of the flow of an Ethernet frame: of its IPv4/IPv6 flow (after up to two VLAN
 /// tags), else of its MAC addresses keyed by the EtherType (Linux's fallback).
 pub fn flow_hash_ethernet(frame: &[u8], seed: u32) -> u32 {
+    let (off, ethertype) = ethertype_after_tags(frame);
+    if let Some(h) = ip_flow_hash(frame, off, ethertype, seed) {
+        return h;
+    }
+    let macs = [be32(frame, 0), be32(frame, 4), be32(frame, 8)];
+    jhash2(&macs, seed ^ u32::from(ethertype))
+}
+
+/// Hash of the IPv4/IPv6 flow of an Ethernet frame (after up to two VLAN tags), `None`
+/// when it carries no parseable IP packet. Symmetric: both directions of a flow hash
+/// alike, which is what the datapath's choice of a TAP queue needs.
+pub fn flow_hash_ethernet_ip(frame: &[u8], seed: u32) -> Option<u32> {
+    let (off, ethertype) = ethertype_after_tags(frame);
+    ip_flow_hash(frame, off, ethertype, seed)
+}
+
+/// The offset of the EtherType field after up to two VLAN tags, and its value.
+fn ethertype_after_tags(frame: &[u8]) -> (usize, u16) {
     let mut off = 12;
     let mut ethertype = be16(frame, off).unwrap_or(0);
     for _ in 0..2 {
@@ -224,13 +242,14 @@ pub fn flow_hash_ethernet(frame: &[u8], seed: u32) -> u32 {
             ethertype = be16(frame, off).unwrap_or(0);
         }
     }
-    if (ethertype == crate::ETHERTYPE_IPV4 || ethertype == crate::ETHERTYPE_IPV6)
-        && let Some(h) = frame.get(off + 2..).and_then(|ip| flow_hash_ip(ip, seed))
-    {
-        return h;
+    (off, ethertype)
+}
+
+fn ip_flow_hash(frame: &[u8], off: usize, ethertype: u16, seed: u32) -> Option<u32> {
+    if ethertype != crate::ETHERTYPE_IPV4 && ethertype != crate::ETHERTYPE_IPV6 {
+        return None;
     }
-    let macs = [be32(frame, 0), be32(frame, 4), be32(frame, 8)];
-    jhash2(&macs, seed ^ u32::from(ethertype))
+    frame.get(off + 2..).and_then(|ip| flow_hash_ip(ip, seed))
 }
 
 #[cfg(test)]
@@ -308,6 +327,9 @@ mod tests {
         f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         f[14..].copy_from_slice(&ip);
         assert_eq!(Some(flow_hash_ethernet(&f, 3)), flow_hash_ip(&ip, 3));
+        assert_eq!(flow_hash_ethernet_ip(&f, 3), flow_hash_ip(&ip, 3));
+        assert_eq!(flow_hash_ethernet_ip(&arp, 3), None);
         let _ = flow_hash_ethernet(&[], 0);
+        assert_eq!(flow_hash_ethernet_ip(&[], 0), None);
     }
 }

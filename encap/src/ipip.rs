@@ -90,6 +90,20 @@ impl IpipTemplate {
         inner_start: usize,
         inner_len: usize,
     ) -> Result<Range<usize>, DropReason> {
+        self.encapsulate_to(buf, inner_start, inner_len, self.dst)
+    }
+
+    /// [`IpipTemplate::encapsulate`] toward `dst` instead of the template's destination:
+    /// one template per tunnel port serves a `remote=flow` port too, whose peer is
+    /// chosen per packet (its address and its share of the checksum are written in).
+    #[inline]
+    pub fn encapsulate_to(
+        &self,
+        buf: &mut [u8],
+        inner_start: usize,
+        inner_len: usize,
+        dst: Ipv4Addr,
+    ) -> Result<Range<usize>, DropReason> {
         let start = inner_start
             .checked_sub(HEADROOM)
             .ok_or(DropReason::NoHeadroom)?;
@@ -155,7 +169,13 @@ impl IpipTemplate {
         hdr[5] = ident[1];
         hdr[6] = flags;
         hdr[9] = proto;
+        let dst = dst.octets();
+        hdr[16..20].copy_from_slice(&dst);
+        // `base_sum` holds the template's destination words; swap in `dst`'s (adding
+        // the ones' complement of a sum takes it away).
         let s = self.base_sum
+            + (0xffff - checksum::sum(&self.dst.octets()))
+            + checksum::sum(&dst)
             + u64::from(tos)
             + total as u64
             + u64::from(u16::from_be_bytes(ident))
@@ -203,4 +223,36 @@ pub fn decap_ipip(packet: &[u8]) -> Result<Decapsulated<'_>, DropReason> {
         options: Options::EMPTY,
         oam: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encapsulate_to_another_peer_is_the_template_of_that_peer() {
+        let src = Ipv4Addr::new(198, 18, 0, 1);
+        let flow = IpipTemplate::new(src, Ipv4Addr::UNSPECIFIED, IpipParams::default());
+        let mut inner = [0u8; 40];
+        inner[0] = 0x45;
+        inner[2..4].copy_from_slice(&40u16.to_be_bytes());
+        inner[6] = 0x40;
+        inner[8] = 64;
+        inner[9] = 17;
+        for dst in [
+            Ipv4Addr::new(198, 18, 0, 2),
+            Ipv4Addr::new(255, 255, 255, 255),
+            Ipv4Addr::new(0, 0, 0, 1),
+        ] {
+            let fixed = IpipTemplate::new(src, dst, IpipParams::default());
+            let mut a = [0u8; 60];
+            a[20..].copy_from_slice(&inner);
+            let mut b = a;
+            let ra = fixed.encapsulate(&mut a, 20, 40).unwrap();
+            let rb = flow.encapsulate_to(&mut b, 20, 40, dst).unwrap();
+            assert_eq!(ra, rb);
+            assert_eq!(a, b, "{dst}");
+            assert_eq!(checksum::checksum(&b[..20]), 0, "outer checksum verifies");
+        }
+    }
 }

@@ -312,6 +312,33 @@ fn overlay(encap: &str, mode: &str, v6: bool) {
         }
     }
 
+    if encap == "ipip" {
+        // IP-in-IP decrements the inner TTL as a router does: a ping sent with TTL 2
+        // (1 after the l3 flows' dec_ttl) is refused by the encapsulation on n1, and
+        // counted as that, not as a decapsulation drop.
+        let drops = |reason: &str| {
+            cl.metrics("n1")
+                .unwrap()
+                .get("weft_port_drops_total", &[("reason", reason)])
+                .unwrap_or(0)
+        };
+        let before = drops("encap_ttl_expired");
+        let to = ip4(&cl, "a21");
+        let (ok, out) = ping_output(&a11, &["-n", "-t", "2", "-c", "2", "-W", "1", &to]);
+        assert!(!ok, "{test}: a TTL 2 ping crossed IP-in-IP: {out}");
+        assert_eq!(
+            drops("encap_ttl_expired") - before,
+            2,
+            "{test}: both TTL 2 pings counted as encap_ttl_expired\n{}",
+            cl.metrics("n1").unwrap().body
+        );
+        assert_eq!(
+            drops("decap_ttl_expired"),
+            0,
+            "{test}: nothing was decapsulated"
+        );
+    }
+
     // UDP both ways, on the same node and across nodes.
     let (a12, a21) = (ip4(&cl, "a12"), ip4(&cl, "a21"));
     let a11ip = ip4(&cl, "a11");

@@ -18,6 +18,7 @@ use weft_flow::port::{Key, PortKind as SpecKind, PortSpec, Remote};
 use crate::port::socket::{IPPROTO_IPIP, IPPROTO_IPV6};
 use crate::port::{Attach, RawIpSocket, Tap, UdpTunnelSocket};
 use weft_pipeline::drop::DropReason;
+use weft_pipeline::egress::{EgressDrop, EgressPort, EgressPorts, TunnelEgress, TunnelEncap};
 use weft_pipeline::{PortKind, PortMap};
 
 /// Why the datapath dropped a packet at a port (beyond the pipeline's reasons and
@@ -49,6 +50,17 @@ pub enum IoDrop {
     /// A VLAN-tagged frame (802.1Q or 802.1ad) from a TAP port: a pod's port is an
     /// untagged access port, as an OVS port without `trunks` is (see DESIGN.md).
     VlanTagged,
+}
+
+impl From<EgressDrop> for IoDrop {
+    fn from(d: EgressDrop) -> IoDrop {
+        match d {
+            EgressDrop::NoTunnelDst => IoDrop::NoTunnelDst,
+            EgressDrop::TunnelFamily => IoDrop::TunnelFamily,
+            EgressDrop::NotIp => IoDrop::NotIp,
+            EgressDrop::BadOffload => IoDrop::BadOffload,
+        }
+    }
 }
 
 impl IoDrop {
@@ -88,11 +100,12 @@ impl IoDrop {
 const PIPE_DROPS: usize = DropReason::COUNT;
 const DECAP_DROPS: usize = encap::DropReason::COUNT;
 const IO_DROPS: usize = IoDrop::ALL.len();
+const ENCAP_DROPS: usize = encap::DropReason::COUNT;
 /// Number of per-port drop counters.
-pub const PORT_DROPS: usize = PIPE_DROPS + DECAP_DROPS + IO_DROPS;
+pub const PORT_DROPS: usize = PIPE_DROPS + DECAP_DROPS + IO_DROPS + ENCAP_DROPS;
 
 /// One drop counter slot of a port: a pipeline reason (for packets received on the
-/// port), a decapsulation reason, or a port reason.
+/// port), a decapsulation reason, a port reason, or an encapsulation reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PortDrop {
     /// The pipeline dropped a packet that came in on this port.
@@ -101,6 +114,9 @@ pub enum PortDrop {
     Decap(encap::DropReason),
     /// The port itself dropped it.
     Io(IoDrop),
+    /// `encap` refused to encapsulate a packet sent to this port (e.g. IP-in-IP and an
+    /// inner TTL that would reach 0).
+    Encap(encap::DropReason),
 }
 
 impl PortDrop {
@@ -110,6 +126,7 @@ impl PortDrop {
             PortDrop::Pipeline(r) => r.index(),
             PortDrop::Decap(r) => PIPE_DROPS + r as usize,
             PortDrop::Io(r) => PIPE_DROPS + DECAP_DROPS + r as usize,
+            PortDrop::Encap(r) => PIPE_DROPS + DECAP_DROPS + IO_DROPS + r as usize,
         }
     }
 
@@ -118,17 +135,21 @@ impl PortDrop {
             PortDrop::Pipeline(DropReason::ALL[i])
         } else if i < PIPE_DROPS + DECAP_DROPS {
             PortDrop::Decap(encap::DropReason::ALL[i - PIPE_DROPS])
-        } else {
+        } else if i < PIPE_DROPS + DECAP_DROPS + IO_DROPS {
             PortDrop::Io(IoDrop::ALL[i - PIPE_DROPS - DECAP_DROPS])
+        } else {
+            PortDrop::Encap(encap::DropReason::ALL[i - PIPE_DROPS - DECAP_DROPS - IO_DROPS])
         }
     }
 
-    /// The Prometheus label value (decapsulation reasons carry a `decap_` prefix).
+    /// The Prometheus label value (decapsulation reasons carry a `decap_` prefix,
+    /// encapsulation reasons an `encap_` one).
     pub fn label(self) -> String {
         match self {
             PortDrop::Pipeline(r) => r.as_str().to_string(),
             PortDrop::Decap(r) => format!("decap_{}", r.as_str()),
             PortDrop::Io(r) => r.as_str().to_string(),
+            PortDrop::Encap(r) => format!("encap_{}", r.as_str()),
         }
     }
 }
@@ -238,6 +259,9 @@ pub struct IpipTunnel {
     pub v6: RawIpSocket,
     /// Outer source address.
     pub local: Ipv4Addr,
+    /// The outer header, built once when the port opens (toward its fixed remote, or
+    /// stamped with the packet's peer for `remote=flow`).
+    pub template: encap::IpipTemplate,
 }
 
 /// What a port is, with its open descriptors (one per port: size does not matter).
@@ -286,6 +310,8 @@ pub struct PortIo {
     pub dev: PortDev,
     /// Tunnel settings (tunnels only).
     pub tunnel: Option<TunnelConf>,
+    /// What the egress decision knows of the port (fixed when it opens).
+    pub egress: EgressPort,
     /// Counters.
     pub counters: PortCounters,
     /// A running `weftctl capture`, if any.
@@ -434,17 +460,39 @@ impl PortIo {
                 };
                 let v4 = RawIpSocket::open(IPPROTO_IPIP, Some(local))?;
                 let v6 = RawIpSocket::open(IPPROTO_IPV6, Some(local))?;
+                let conf = tunnel_conf(spec, t, false);
+                let remote = match conf.remote {
+                    Some(IpAddr::V4(a)) => a,
+                    // remote=flow (a fixed remote has local's family: parse checks it).
+                    _ => Ipv4Addr::UNSPECIFIED,
+                };
+                let template = encap::IpipTemplate::new(
+                    local,
+                    remote,
+                    encap::IpipParams {
+                        ttl: conf.ttl,
+                        decrement_inner_ttl: true,
+                    },
+                );
                 (
-                    PortDev::Ipip(IpipTunnel { v4, v6, local }),
-                    Some(tunnel_conf(spec, t, false)),
+                    PortDev::Ipip(IpipTunnel {
+                        v4,
+                        v6,
+                        local,
+                        template,
+                    }),
+                    Some(conf),
                 )
             }
         };
+        let egress = egress_of(&dev, tunnel.as_ref())
+            .ok_or_else(|| io::Error::other("tunnel port without its settings"))?;
         Ok(PortIo {
             ofport,
             spec: spec.clone(),
             dev,
             tunnel,
+            egress,
             counters: PortCounters::default(),
             capture: arc_swap::ArcSwapOption::empty(),
         })
@@ -456,6 +504,31 @@ impl PortIo {
             PortDev::Tap(_) => PortKind::Tap,
             _ => PortKind::Tunnel,
         }
+    }
+}
+
+/// The egress decision's view of a port (`None`: a tunnel without its settings).
+fn egress_of(dev: &PortDev, conf: Option<&TunnelConf>) -> Option<EgressPort> {
+    let tunnel = |encap, ipv6| {
+        conf.map(|c| {
+            EgressPort::Tunnel(TunnelEgress {
+                encap,
+                remote: c.remote,
+                key: c.key,
+                mtu: c.mtu,
+                ipv6,
+            })
+        })
+    };
+    match dev {
+        PortDev::Tap(t) => Some(EgressPort::Tap {
+            vnet_hdr: t.vnet_hdr(),
+        }),
+        PortDev::Udp(u) => tunnel(
+            TunnelEncap::Udp,
+            u.sockets.first().is_some_and(|s| s.local_addr().is_ipv6()),
+        ),
+        PortDev::Ipip(_) => tunnel(TunnelEncap::Ipip, false),
     }
 }
 
@@ -475,6 +548,13 @@ fn tunnel_conf(spec: &PortSpec, t: &weft_flow::port::TunnelOptions, v6: bool) ->
         allowed: t.allowed_remotes.clone(),
         mtu,
         ttl: t.ttl.unwrap_or(64),
+    }
+}
+
+impl EgressPorts for PortSet {
+    #[inline]
+    fn egress(&self, port: u32) -> Option<EgressPort> {
+        self.get(port).map(|p| p.egress)
     }
 }
 
@@ -601,5 +681,34 @@ impl PortSet {
             }
         }
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_drop_slot_has_its_own_index_and_label() {
+        let mut all: Vec<PortDrop> = Vec::new();
+        all.extend(DropReason::ALL.iter().map(|&r| PortDrop::Pipeline(r)));
+        all.extend(encap::DropReason::ALL.iter().map(|&r| PortDrop::Decap(r)));
+        all.extend(IoDrop::ALL.iter().map(|&r| PortDrop::Io(r)));
+        all.extend(encap::DropReason::ALL.iter().map(|&r| PortDrop::Encap(r)));
+        assert_eq!(all.len(), PORT_DROPS);
+        let mut labels = std::collections::HashSet::new();
+        for (i, d) in all.iter().enumerate() {
+            assert_eq!(d.index(), i, "{d:?}");
+            assert_eq!(PortDrop::from_index(i), *d);
+            assert!(labels.insert(d.label()), "{} twice", d.label());
+        }
+        // An encapsulation refusal is not counted as a decapsulation one.
+        let ttl = encap::DropReason::TtlExpired;
+        assert_eq!(PortDrop::Encap(ttl).label(), "encap_ttl_expired");
+        assert_eq!(PortDrop::Decap(ttl).label(), "decap_ttl_expired");
+        let c = PortCounters::default();
+        c.drop(PortDrop::Encap(ttl));
+        assert_eq!(c.drop_count(PortDrop::Encap(ttl)), 1);
+        assert_eq!(c.drop_count(PortDrop::Decap(ttl)), 0);
     }
 }

@@ -10,12 +10,16 @@
 //! of 0 — "none", IPv4 only — stays 0). Metadata fields (registers, tunnel fields,
 //! `in_port`) are not in the frame and are ignored.
 //!
+//! The headers are where the parse found them ([`HeaderOffsets`]): the datapath passes
+//! the offsets `FlowKey::extract_with_offsets` returned to [`commit_at`], so the frame is
+//! not parsed again (no IPv6 extension chain walked twice); [`commit`] finds them itself.
+//!
 //! Never panics: a frame too short for a header the key says it has leaves that field
 //! unwritten, and the first such field is returned as the error.
 
 use crate::flow_key::{
-    ETH_TYPE_ARP, ETH_TYPE_IPV4, ETH_TYPE_IPV6, ETH_TYPE_QINQ, ETH_TYPE_VLAN, FRAG_LATER, Field,
-    FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    ETH_TYPE_ARP, ETH_TYPE_IPV4, ETH_TYPE_IPV6, ETH_TYPE_QINQ, ETH_TYPE_VLAN, Field, FlowKey,
+    HeaderOffsets, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 /// Adds `new - old` for one 16-bit word to a checksum, as RFC 1624 eqn. 3.
@@ -67,6 +71,25 @@ fn mac_bytes(v: u128) -> [u8; 6] {
 /// must be the key the frame was parsed into. Returns the first field that could not
 /// be written (the frame is too short or lacks the header), after writing all others.
 pub fn commit(frame: &mut [u8], orig: &FlowKey, target: &FlowKey) -> Result<(), Field> {
+    let offs = HeaderOffsets::of(frame).unwrap_or_else(|| HeaderOffsets {
+        l3: if matches!(rd16(frame, 12), Some(ETH_TYPE_VLAN | ETH_TYPE_QINQ)) {
+            18
+        } else {
+            14
+        },
+        ..HeaderOffsets::default()
+    });
+    commit_at(frame, &offs, orig, target)
+}
+
+/// [`commit`] for a frame whose headers are at `offs` (what the parse into `orig`
+/// returned).
+pub fn commit_at(
+    frame: &mut [u8],
+    offs: &HeaderOffsets,
+    orig: &FlowKey,
+    target: &FlowKey,
+) -> Result<(), Field> {
     let mut first_err: Option<Field> = None;
     let mut fail = |f: Field| {
         first_err.get_or_insert(f);
@@ -78,14 +101,11 @@ pub fn commit(frame: &mut [u8], orig: &FlowKey, target: &FlowKey) -> Result<(), 
             fail(f);
         }
     }
-    let mut l3 = 14;
-    if matches!(rd16(frame, 12), Some(ETH_TYPE_VLAN | ETH_TYPE_QINQ)) {
-        l3 = 18;
-    }
+    let l3 = offs.l3 as usize;
     match orig.dl_type() {
         ETH_TYPE_ARP => commit_arp(frame, l3, orig, target, &mut fail),
-        ETH_TYPE_IPV4 => commit_ipv4(frame, l3, orig, target, &mut fail),
-        ETH_TYPE_IPV6 => commit_ipv6(frame, l3, orig, target, &mut fail),
+        ETH_TYPE_IPV4 => commit_ipv4(frame, offs, orig, target, &mut fail),
+        ETH_TYPE_IPV6 => commit_ipv6(frame, offs, orig, target, &mut fail),
         _ => {
             for f in [
                 Field::NwSrc,
@@ -156,13 +176,24 @@ struct L4 {
     proto: u8,
 }
 
+/// The L4 header the parse found (`None`: a later fragment, a broken IPv6 extension
+/// chain, or no valid IP header).
+fn l4_of(offs: &HeaderOffsets) -> Option<L4> {
+    offs.l4().map(|at| L4 {
+        at,
+        end: offs.end as usize,
+        proto: offs.proto,
+    })
+}
+
 fn commit_ipv4(
     frame: &mut [u8],
-    l3: usize,
+    offs: &HeaderOffsets,
     orig: &FlowKey,
     target: &FlowKey,
     fail: &mut impl FnMut(Field),
 ) {
+    let l3 = offs.l3 as usize;
     let changed = |f: Field| orig.get(f) != target.get(f);
     let hdr_ok = frame.len() >= l3 + 20 && frame[l3] >> 4 == 4 && frame[l3] & 0x0f >= 5;
     let ihl = if hdr_ok {
@@ -222,56 +253,17 @@ fn commit_ipv4(
         }
     }
     frame[l3 + 10..l3 + 12].copy_from_slice(&csum.to_be_bytes());
-    let l4 = (orig.nw_frag() & FRAG_LATER == 0).then(|| L4 {
-        at: l3 + ihl,
-        end: l3 + tot,
-        proto: frame[l3 + 9],
-    });
-    commit_l4(frame, l4, false, orig, target, &addrs, fail);
-}
-
-/// The L4 header of an IPv6 packet after the extension headers flow_key skips too;
-/// `None` for a later fragment or a malformed chain.
-fn ipv6_l4(frame: &[u8], l3: usize) -> Option<L4> {
-    let payload = usize::from(rd16(frame, l3 + 4)?);
-    let end = l3 + 40 + payload;
-    if end > frame.len() {
-        return None;
-    }
-    let mut nxt = *frame.get(l3 + 6)?;
-    let mut at = l3 + 40;
-    for _ in 0..8 {
-        let len = match nxt {
-            0 | 43 | 60 => (usize::from(*frame.get(at + 1)?) + 1) * 8,
-            51 => (usize::from(*frame.get(at + 1)?) + 2) * 4,
-            44 => {
-                if rd16(frame, at + 2)? >> 3 != 0 {
-                    return None;
-                }
-                8
-            }
-            _ => break,
-        };
-        if at + len > end {
-            return None;
-        }
-        nxt = frame[at];
-        at += len;
-    }
-    Some(L4 {
-        at,
-        end,
-        proto: nxt,
-    })
+    commit_l4(frame, l4_of(offs), false, orig, target, &addrs, fail);
 }
 
 fn commit_ipv6(
     frame: &mut [u8],
-    l3: usize,
+    offs: &HeaderOffsets,
     orig: &FlowKey,
     target: &FlowKey,
     fail: &mut impl FnMut(Field),
 ) {
+    let l3 = offs.l3 as usize;
     let changed = |f: Field| orig.get(f) != target.get(f);
     let payload = rd16(frame, l3 + 4).map_or(0, usize::from);
     if !(frame.len() >= l3 + 40 && frame[l3] >> 4 == 6 && l3 + 40 + payload <= frame.len()) {
@@ -313,8 +305,7 @@ fn commit_ipv6(
             addrs[i] = Some(AddrChange::V6(u128::from_be_bytes(old), new));
         }
     }
-    let l4 = ipv6_l4(frame, l3);
-    commit_l4(frame, l4, true, orig, target, &addrs, fail);
+    commit_l4(frame, l4_of(offs), true, orig, target, &addrs, fail);
 }
 
 /// Writes ports / ICMP type and code and fixes the L4 checksum for them and for the
@@ -331,7 +322,10 @@ fn commit_l4(
     let changed = |f: Field| orig.get(f) != target.get(f);
     let ports_changed = changed(Field::TpSrc) || changed(Field::TpDst);
     let any_addr = addrs.iter().any(Option::is_some);
-    let Some(L4 { at, end, proto }) = l4 else {
+    let Some(L4 { at, end, proto }) = l4.map(|l| L4 {
+        end: l.end.min(frame.len()),
+        ..l
+    }) else {
         for f in [Field::TpSrc, Field::TpDst] {
             if changed(f) {
                 fail(f);

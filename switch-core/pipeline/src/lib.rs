@@ -4,7 +4,8 @@
 //! Its parts: the flow key ([`flow_key`]: a frame parsed into fixed words), the
 //! tuple-space [`classifier`], the exact-match cache ([`emc`]), drop reasons
 //! ([`drop`]), the tables, actions and bundles (this module), `normal` and its MAC
-//! tables ([`normal`], [`macs`]), trace, and the ICMP "too big" replies ([`icmp`]).
+//! tables ([`normal`], [`macs`]), the egress decision that completes the answer for each
+//! copy of a packet ([`egress`]), trace, and the ICMP "too big" replies ([`icmp`]).
 //! It takes flows from `weft-flow` and frames' headers from `encap`; `weft-datapath`
 //! runs it on real devices. No libc, sockets, threads or clock: time is passed in
 //! ([`Millis`]), and there is no `unsafe` (`forbid(unsafe_code)`).
@@ -68,8 +69,9 @@
 //! output, and the flows and tables whose counters a hit must bump (up to
 //! [`MAX_VISITS`]; a longer walk is not cached). `normal` and `flood` stay symbolic
 //! ([`DpAction::Normal`], [`DpAction::Flood`]) because they depend on the MAC table and
-//! MAC learning is a per-packet side effect; the datapath evaluates them with
-//! [`normal`](normal::normal) against its [`MacTable`]. A hit costs one EMC probe and
+//! MAC learning is a per-packet side effect; [`egress::plan`] evaluates them (with
+//! [`normal`](normal::normal) against the datapath's MAC table) when it turns each
+//! action into the complete answer the datapath executes. A hit costs one EMC probe and
 //! the counter bumps, and never allocates. A walk that would need more outputs or
 //! states than fit drops the packet as `too_many_outputs` (no truncation: a partial
 //! action list would be a silent misforwarding).
@@ -97,6 +99,7 @@ pub mod cache;
 pub mod classifier;
 pub mod commit;
 pub mod drop;
+pub mod egress;
 pub mod emc;
 pub mod error;
 pub mod exec;
@@ -394,8 +397,9 @@ impl Pipeline {
     /// flow, table and drop counters bumped. Never allocates.
     ///
     /// The caller then, for each [`DpAction`]: writes the state's header changes into
-    /// the frame ([`commit::commit`]), and sends it, running [`normal::normal`] /
-    /// [`PortMap::flood_ports`] for `normal` and `flood`.
+    /// the frame ([`commit::commit_at`]), and executes what [`egress::plan`] makes of
+    /// the action (which runs [`normal::normal`] / [`PortMap::flood_ports`] for `normal`
+    /// and `flood`).
     #[inline]
     pub fn process<'c>(
         &self,

@@ -67,8 +67,9 @@ impl std::fmt::Debug for Tap {
 nix::ioctl_write_int!(tunsetpersist, b'T', 203);
 nix::ioctl_write_ptr!(tunsetvnethdrsz, b'T', 216, libc::c_int);
 
-/// Length of the `virtio_net_hdr` in front of every frame of a queue with offloads on.
-pub const VNET_HDR_LEN: usize = 10;
+/// Length of the `virtio_net_hdr` in front of every frame of a queue with offloads on
+/// (encap's, where the header's format is: one constant for both).
+pub use encap::offload::VIRTIO_NET_HDR_LEN as VNET_HDR_LEN;
 
 impl Tap {
     /// Creates (or re-attaches to) the TAP device `ifname` with `queues` queues, in the

@@ -1,0 +1,543 @@
+//! The sending side of a worker: one frame through the pipeline, its rewrites committed,
+//! and each [`Emit`] of the pipeline's answer executed on the devices.
+//!
+//! Nothing here decides where a packet goes, to which peer, with which VNI, or whether
+//! it fits: `weft_pipeline::egress::plan` did. What is left is the syscalls and the
+//! buffers: writing to a TAP (through the port's coalescer, with or without the
+//! `virtio_net_hdr`, or cut into segments), pushing the port's tunnel header (built once
+//! per port) in front of each segment in the transmit queue, answering "too big", and
+//! counting what the devices refused.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use encap::offload::{Coalescer, Segmenter, VirtioNetHdr};
+use weft_pipeline::drop::DropReason;
+use weft_pipeline::egress::{ETH_LEN, EgressCtx, Emit, FrameInfo, TapWrite, plan};
+use weft_pipeline::flow_key::{Field, FlowKey, HeaderOffsets, TunnelMeta};
+use weft_pipeline::icmp::too_big_reply;
+use weft_pipeline::{DpAction, Pipeline};
+
+use super::super::batch::{GSO_MAX_BYTES, GSO_MAX_SEGS, TxMsg, TxOutcome, TxQueue};
+use super::super::capture::Direction;
+use super::super::io::{IoDrop, PortDev, PortDrop, PortIo, PortSet};
+use super::{GRO_FLOWS, HEADROOM, Worker};
+use crate::port::tap::VNET_HDR_LEN;
+
+/// The coalescer of one TAP port.
+pub(super) struct Gro {
+    /// The TAP port (0: free).
+    pub(super) port: u32,
+    pub(super) co: Coalescer<Box<[u8]>, GRO_FLOWS>,
+}
+
+/// A worker's sending side.
+pub(super) struct Out {
+    /// The worker's id: its TAP queue and its tunnel socket.
+    pub(super) id: usize,
+    /// A copy of the frame per output when there are several (headroom in front).
+    pub(super) tx: Box<[u8]>,
+    /// Segments and replies are built here.
+    pub(super) aux: Box<[u8]>,
+    /// The `virtio_net_hdr` of the frame being processed (all zero: a plain frame).
+    pub(super) cur: VirtioNetHdr,
+    /// Tunnel output, sent with one `sendmmsg` per batch.
+    pub(super) txq: TxQueue,
+    /// Coalescers for the TAP ports (empty with offloads off).
+    pub(super) gro: Vec<Gro>,
+}
+
+/// One copy of a frame on its way out: where it is, where it came from, and the keys it
+/// was parsed into and rewritten to.
+struct Copy<'a> {
+    in_port: &'a PortIo,
+    /// In the receive buffer (else in [`Out::tx`]).
+    in_rx: bool,
+    start: usize,
+    len: usize,
+    orig: &'a FlowKey,
+    state: &'a FlowKey,
+    offs: &'a HeaderOffsets,
+}
+
+/// Fields whose rewrite invalidates the partial checksum of an offloaded frame.
+const PSEUDO_HEADER: [Field; 6] = [
+    Field::NwSrc,
+    Field::NwDst,
+    Field::Ipv6Src,
+    Field::Ipv6Dst,
+    Field::TpSrc,
+    Field::TpDst,
+];
+
+impl Worker {
+    /// Runs one frame (`rx[start..start + len]`) through the pipeline and out.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn process(
+        &mut self,
+        ports: &PortSet,
+        in_port: &PortIo,
+        start: usize,
+        len: usize,
+        tun: &TunnelMeta,
+        pipe: &Pipeline,
+        now: u64,
+    ) {
+        in_port.capture(&self.rx[start..start + len], Direction::Rx);
+        let (key, offs) = match FlowKey::extract_with_offsets(
+            &self.rx[start..start + len],
+            in_port.ofport,
+            tun,
+        ) {
+            Ok(k) => k,
+            Err(e) => {
+                let r = DropReason::from(e);
+                pipe.count_drop(r);
+                in_port.counters.drop(PortDrop::Pipeline(r));
+                return;
+            }
+        };
+        // The resolved list lives in the cache; take what we need out of it so that the
+        // buffers can be borrowed mutably while sending.
+        let res = pipe.process(&key, len as u64, now, &mut self.cache);
+        if let Some(r) = res.drop_reason() {
+            in_port.counters.drop(PortDrop::Pipeline(r));
+            return;
+        }
+        let n = res.actions().len();
+        let mut actions = [DpAction::Flood { state: 0 }; weft_pipeline::MAX_OUTPUTS];
+        actions[..n].copy_from_slice(res.actions());
+        let mut states = [FlowKey::ZERO; weft_pipeline::MAX_STATES];
+        for (i, s) in states.iter_mut().enumerate() {
+            if actions[..n].iter().any(|a| a.state() == i) {
+                *s = *res.state(i);
+            }
+        }
+        let info = FrameInfo::new(&self.rx[start..start + len], &key, &offs, &self.out.cur);
+        let coalesce = !self.out.gro.is_empty();
+        let single = n == 1 && matches!(actions[0], DpAction::Output { .. });
+        for a in &actions[..n] {
+            let state = &states[a.state()];
+            // The frame as this output sees it, with the header rewrites committed.
+            let (in_rx, fstart) = if single {
+                (true, start)
+            } else {
+                self.out.tx[HEADROOM..HEADROOM + len].copy_from_slice(&self.rx[start..start + len]);
+                (false, HEADROOM)
+            };
+            {
+                let buf: &mut [u8] = if in_rx {
+                    &mut self.rx
+                } else {
+                    &mut self.out.tx
+                };
+                let frame = &mut buf[fstart..fstart + len];
+                if weft_pipeline::commit::commit_at(frame, &offs, &key, state).is_err() {
+                    in_port
+                        .counters
+                        .drop(PortDrop::Pipeline(DropReason::NoOutput));
+                    continue;
+                }
+                // An offloaded frame's checksum field holds the pseudo-header sum, not a
+                // full checksum: commit's incremental update is wrong for it, so after an
+                // address or port rewrite it is computed again from the new addresses.
+                if self.out.cur.flags & VirtioNetHdr::F_NEEDS_CSUM != 0
+                    && PSEUDO_HEADER.iter().any(|&f| key.get(f) != state.get(f))
+                {
+                    encap::offload::refresh_partial_checksum(&self.out.cur, frame);
+                }
+            }
+            if matches!(a, DpAction::Normal { .. }) {
+                self.shared.macs.learn(pipe.ports(), state, now);
+            }
+            let ctx = EgressCtx {
+                map: pipe.ports(),
+                macs: &self.shared.macs,
+                ports,
+                now,
+                coalesce,
+            };
+            let copy = Copy {
+                in_port,
+                in_rx,
+                start: fstart,
+                len,
+                orig: &key,
+                state,
+                offs: &offs,
+            };
+            let (rx, out) = (&mut self.rx, &mut self.out);
+            plan(&ctx, a, state, &info, |e| {
+                out.execute(e, rx, ports, pipe, &copy)
+            });
+        }
+    }
+}
+
+impl Out {
+    /// Executes one emit of the pipeline's answer for the copy `c`.
+    fn execute(&mut self, e: Emit, rx: &mut [u8], ports: &PortSet, pipe: &Pipeline, c: &Copy<'_>) {
+        let port = match e {
+            Emit::Refused(r) => {
+                if r == DropReason::NoSuchPort {
+                    pipe.count_drop(r);
+                }
+                c.in_port.counters.drop(PortDrop::Pipeline(r));
+                return;
+            }
+            Emit::Tap { port, .. }
+            | Emit::Tunnel { port, .. }
+            | Emit::TooBig { port, .. }
+            | Emit::Drop { port, .. } => port,
+        };
+        let Some(out) = ports.get(port) else {
+            // The plan saw the same port set: not reached.
+            return;
+        };
+        let frame: &[u8] = if c.in_rx {
+            &rx[c.start..c.start + c.len]
+        } else {
+            &self.tx[c.start..c.start + c.len]
+        };
+        out.capture(frame, Direction::Tx);
+        match e {
+            Emit::Drop { reason, .. } => out.counters.drop(PortDrop::Io(reason.into())),
+            Emit::TooBig { mtu, .. } => {
+                out.counters.drop(PortDrop::Io(IoDrop::TooBig));
+                self.too_big(rx, c, mtu);
+            }
+            Emit::Tap { write, .. } => {
+                let PortDev::Tap(t) = &out.dev else { return };
+                match write {
+                    TapWrite::Coalesce => {
+                        // Decapsulated (or plain) frame: coalesce TCP segments of one flow.
+                        let g = match self.gro.iter().position(|g| g.port == port) {
+                            Some(g) => g,
+                            None => {
+                                let g = self.gro.iter().position(|g| g.port == 0).unwrap_or(0);
+                                if self.gro[g].port != 0 {
+                                    // All in use: write out the first one's frames and take it.
+                                    let old = ports.get(self.gro[g].port);
+                                    self.gro[g].co.flush(|h, f| tap_write(old, h, f));
+                                }
+                                self.gro[g].port = port;
+                                g
+                            }
+                        };
+                        self.gro[g]
+                            .co
+                            .push(frame, |h, f| tap_write(Some(out), h, f));
+                    }
+                    TapWrite::Whole => {
+                        // Frames of this port held for coalescing go first, so that a flow
+                        // mixing plain and offloaded frames stays in order.
+                        if let Some(g) = self.gro.iter_mut().find(|g| g.port == port) {
+                            g.co.flush(|h, f| tap_write(Some(out), h, f));
+                            g.port = 0;
+                        }
+                        tap_write(Some(out), &self.cur, frame);
+                    }
+                    // No offloads on this TAP: `tap_write` leaves the (all-zero) header out.
+                    TapWrite::Plain => tap_write(Some(out), &self.cur, frame),
+                    TapWrite::Segment => {
+                        let Ok(mut seg) = Segmenter::new(&self.cur, frame) else {
+                            out.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                            return;
+                        };
+                        while let Some(Ok(n)) = seg.write_next(&mut self.aux) {
+                            let f = &self.aux[..n];
+                            match t.send(flow_queue(f, t.queue_count()), f) {
+                                Ok(_) => out.counters.tx(n),
+                                Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
+                            }
+                        }
+                    }
+                }
+            }
+            Emit::Tunnel { dst, vni, .. } => {
+                let Ok(seg) = Segmenter::new(&self.cur, frame) else {
+                    out.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                    return;
+                };
+                match &out.dev {
+                    PortDev::Udp(_) => send_udp(&mut self.txq, self.id, ports, out, seg, dst, vni),
+                    PortDev::Ipip(_) => send_ipip(&mut self.txq, ports, out, seg, dst),
+                    PortDev::Tap(_) => {}
+                }
+            }
+            Emit::Refused(_) => {}
+        }
+    }
+
+    /// Writes out every coalesced frame held for the TAPs.
+    pub(super) fn flush_gro(&mut self, ports: &PortSet) {
+        for g in self.gro.iter_mut().filter(|g| g.port != 0) {
+            let out = ports.get(g.port);
+            g.co.flush(|h, f| tap_write(out, h, f));
+            g.port = 0;
+        }
+    }
+
+    /// Answers the sender of a frame too big for a tunnel through its TAP.
+    ///
+    /// The reply is addressed from the frame as it arrived, not as the pipeline
+    /// rewrote it (in l3 mode the flows set the next hop's MACs and decrement the TTL,
+    /// and a service flow may rewrite the destination): the rewrites are undone in place,
+    /// the reply is built, and they are done again (a flood sends the same buffer to
+    /// further ports). So the reply goes to the sender's MAC from the MAC the sender
+    /// addressed (its gateway in l3 mode), and quotes the header the sender's kernel
+    /// knows, which it needs to find the socket and the route.
+    fn too_big(&mut self, rx: &mut [u8], c: &Copy<'_>, mtu: u16) {
+        let PortDev::Tap(tap) = &c.in_port.dev else {
+            return;
+        };
+        let buf: &mut [u8] = if c.in_rx { rx } else { &mut self.tx };
+        let frame = &mut buf[c.start..c.start + c.len];
+        let restored = weft_pipeline::commit::commit_at(frame, c.offs, c.state, c.orig).is_ok();
+        let reply = if restored {
+            too_big_reply(frame, mtu, &mut self.aux)
+        } else {
+            None
+        };
+        // The rewrites succeeded before, so they do again.
+        let _ = weft_pipeline::commit::commit_at(frame, c.offs, c.orig, c.state);
+        if let Some(n) = reply {
+            match tap.send(self.id, &self.aux[..n]) {
+                Ok(_) => c.in_port.counters.tx(n),
+                Err(_) => c.in_port.counters.drop(PortDrop::Io(IoDrop::TxError)),
+            }
+        }
+    }
+}
+
+/// Queues the segments of a frame to a VXLAN/Geneve peer, behind the port's tunnel
+/// header: one message per UDP GSO train (or per datagram without GSO).
+fn send_udp(
+    txq: &mut TxQueue,
+    id: usize,
+    ports: &PortSet,
+    out: &PortIo,
+    mut seg: Segmenter<'_>,
+    dst: IpAddr,
+    vni: u32,
+) {
+    let PortDev::Udp(u) = &out.dev else { return };
+    let sock = &u.sockets[id % u.sockets.len()];
+    let to = SocketAddr::new(dst, u.dst_port);
+    let fd = sock.send_fd();
+    let hl = u.header.len();
+    let Some(first) = seg.next_len() else { return };
+    let dgram = hl + first;
+    while seg.next_len().is_some() {
+        let per = if txq.gso() {
+            (GSO_MAX_BYTES / dgram).clamp(1, GSO_MAX_SEGS)
+        } else {
+            1
+        };
+        let want = dgram * per.min(seg.remaining());
+        if !txq.has_room(want) {
+            flush_tx(txq, ports);
+        }
+        let off = txq.used();
+        let free = txq.free();
+        let (mut at, mut count) = (0, 0);
+        let mut refused = None;
+        while count < per {
+            let Some(l) = seg.next_len() else { break };
+            if hl + l > dgram || at + hl + l > free.len() {
+                break;
+            }
+            match seg.write_next(&mut free[at + hl..]) {
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+            if let Err(r) = u.header.encapsulate(free, at + hl, l, vni) {
+                refused = Some(r);
+                break;
+            }
+            at += hl + l;
+            count += 1;
+            if hl + l < dgram {
+                break;
+            }
+        }
+        if count == 0 {
+            let why = match refused {
+                Some(r) => PortDrop::Encap(r),
+                None => PortDrop::Io(IoDrop::BadOffload),
+            };
+            out.counters.drop_n(why, seg.remaining().max(1));
+            return;
+        }
+        let queued = txq.push(TxMsg {
+            fd,
+            to,
+            off,
+            len: at,
+            seg: dgram,
+            count,
+            ofport: out.ofport,
+        });
+        if !queued {
+            out.counters.drop_n(PortDrop::Io(IoDrop::TxError), count);
+        }
+    }
+}
+
+/// Queues the segments of a frame to an IP-in-IP peer: each written into the transmit
+/// queue with its Ethernet header where the outer IPv4 header goes, which the port's
+/// template (built once) then writes over it.
+fn send_ipip(
+    txq: &mut TxQueue,
+    ports: &PortSet,
+    out: &PortIo,
+    mut seg: Segmenter<'_>,
+    dst: IpAddr,
+) {
+    let PortDev::Ipip(t) = &out.dev else { return };
+    let IpAddr::V4(dst) = dst else {
+        // The plan checked the family: not reached.
+        out.counters.drop(PortDrop::Io(IoDrop::TunnelFamily));
+        return;
+    };
+    const OUTER: usize = encap::ipip::HEADROOM;
+    while let Some(l) = seg.next_len() {
+        if !txq.has_room(OUTER + l) {
+            flush_tx(txq, ports);
+        }
+        let off = txq.used();
+        let free = txq.free();
+        let eth = OUTER - ETH_LEN;
+        if !matches!(seg.write_next(&mut free[eth..]), Some(Ok(_))) {
+            out.counters
+                .drop_n(PortDrop::Io(IoDrop::BadOffload), seg.remaining().max(1));
+            return;
+        }
+        match t
+            .template
+            .encapsulate_to(free, OUTER, l.saturating_sub(ETH_LEN), dst)
+        {
+            Ok(r) => {
+                let queued = txq.push(TxMsg {
+                    fd: t.v4.fd(),
+                    to: SocketAddr::new(IpAddr::V4(dst), 0),
+                    off: off + r.start,
+                    len: r.len(),
+                    seg: 0,
+                    count: 1,
+                    ofport: out.ofport,
+                });
+                if !queued {
+                    out.counters.drop(PortDrop::Io(IoDrop::TxError));
+                }
+            }
+            Err(r) => {
+                // This segment and the ones after it, counted as what they are: refused
+                // by the encapsulation (not by a decapsulation).
+                out.counters.drop_n(PortDrop::Encap(r), seg.remaining() + 1);
+                return;
+            }
+        }
+    }
+}
+
+/// The TAP queue to write a frame to: Weft's one symmetric flow hash (encap's, the one
+/// that picks a tunnel's UDP source port), so that both directions of a flow always use
+/// the same queue; frames that are not IP go to queue 0.
+///
+/// A multi-queue TAP steers what the pod sends to the queue that last wrote that flow
+/// (the kernel's automq flow table). Writing each flow to a fixed queue therefore keeps
+/// the flow on one worker in both directions; writing to the receiving worker's own
+/// queue would move the pod's side of a flow to whichever worker got the peer's last
+/// packet, and a flow that changes worker mid-stream is reordered.
+#[inline]
+fn flow_queue(frame: &[u8], queues: usize) -> usize {
+    if queues <= 1 {
+        return 0;
+    }
+    match encap::flow_hash::flow_hash_ethernet_ip(frame, 0) {
+        Some(h) => ((u64::from(h) * queues as u64) >> 32) as usize,
+        None => 0,
+    }
+}
+
+/// Sends what the transmit queue holds and counts it on the ports.
+pub(super) fn flush_tx(txq: &mut TxQueue, ports: &PortSet) {
+    if txq.is_empty() {
+        return;
+    }
+    txq.flush(|m, o| {
+        let Some(p) = ports.get(m.ofport) else { return };
+        match o {
+            TxOutcome::Sent { count, bytes } => p.counters.tx_n(count, bytes),
+            TxOutcome::Failed { count } => p.counters.drop_n(PortDrop::Io(IoDrop::TxError), count),
+        }
+    });
+}
+
+/// Writes a frame with its `virtio_net_hdr` to a TAP port's queue (a port deleted
+/// meanwhile: dropped).
+fn tap_write(out: Option<&Arc<PortIo>>, hdr: &VirtioNetHdr, frame: &[u8]) {
+    let Some(out) = out else { return };
+    let PortDev::Tap(t) = &out.dev else { return };
+    let mut h = [0u8; VNET_HDR_LEN];
+    let _ = hdr.emit(&mut h);
+    match t.send_with(flow_queue(frame, t.queue_count()), &h, frame) {
+        Ok(_) => out.counters.tx(frame.len()),
+        Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flow_queue;
+
+    fn tcp4(src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16, vlan: bool) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        if vlan {
+            f.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]);
+        }
+        f.extend_from_slice(&[0x08, 0x00]);
+        let mut ip = [0u8; 40];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        ip[20..22].copy_from_slice(&sp.to_be_bytes());
+        ip[22..24].copy_from_slice(&dp.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f
+    }
+
+    #[test]
+    fn flow_queue_is_symmetric_spread_and_sees_through_a_vlan_tag() {
+        let a = tcp4([198, 19, 1, 2], [198, 19, 2, 2], 40000, 80, false);
+        let b = tcp4([198, 19, 2, 2], [198, 19, 1, 2], 80, 40000, false);
+        for q in [2, 3, 4, 8] {
+            assert_eq!(
+                flow_queue(&a, q),
+                flow_queue(&b, q),
+                "both directions, {q} queues"
+            );
+            assert!(flow_queue(&a, q) < q);
+        }
+        // The same flow behind a tag hashes alike (the old hash read raw offsets).
+        let tagged = tcp4([198, 19, 1, 2], [198, 19, 2, 2], 40000, 80, true);
+        assert_eq!(flow_queue(&tagged, 4), flow_queue(&a, 4));
+        // Flows spread over the queues.
+        let mut seen = [false; 4];
+        for sp in 0..64u16 {
+            seen[flow_queue(
+                &tcp4([198, 19, 1, 2], [198, 19, 2, 2], 1000 + sp, 80, false),
+                4,
+            )] = true;
+        }
+        assert!(seen.iter().all(|&s| s), "{seen:?}");
+        // Not IP, or one queue: queue 0.
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(flow_queue(&arp, 4), 0);
+        assert_eq!(flow_queue(&a, 1), 0);
+    }
+}
