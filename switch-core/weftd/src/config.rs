@@ -445,8 +445,9 @@ impl fmt::Display for PortDiff {
     }
 }
 
-/// Compares two port lists by name: which ports a reload adds, removes or changes.
-/// Lists are kept in the order of `new` (added, changed) and `old` (removed).
+/// Compares two port lists by name: which ports a reload adds, removes or changes
+/// ([`PortSpec::same_port`], the test the datapath applies). Lists are kept in the
+/// order of `new` (added, changed) and `old` (removed).
 pub fn diff_ports(old: &[PortSpec], new: &[PortSpec]) -> PortDiff {
     let old_by_name: HashMap<&str, &PortSpec> = old.iter().map(|p| (p.name.as_str(), p)).collect();
     let new_names: HashMap<&str, ()> = new.iter().map(|p| (p.name.as_str(), ())).collect();
@@ -454,7 +455,7 @@ pub fn diff_ports(old: &[PortSpec], new: &[PortSpec]) -> PortDiff {
     for p in new {
         match old_by_name.get(p.name.as_str()) {
             None => diff.added.push(p.clone()),
-            Some(o) if *o != p => diff.changed.push(((*o).clone(), p.clone())),
+            Some(o) if !o.same_port(p) => diff.changed.push(((*o).clone(), p.clone())),
             Some(_) => {}
         }
     }
@@ -1124,5 +1125,21 @@ allowed_remotes = ["198.18.0.0/24", "198.18.1.5"]
         }
         assert!(old.changes(&old).is_empty());
         assert_eq!(diff_ports(&[], &[]).to_string(), "no port changes");
+    }
+
+    /// A reload reports a port as changed exactly when the datapath changes it: a
+    /// number the file no longer gives is kept, so that is no change.
+    #[test]
+    fn reload_diff_keeps_a_port_number_the_file_drops() {
+        let port = |extra: &str| {
+            parse(&format!("[[port]]\nname = \"a\"\ntype = \"tap\"\n{extra}")).unwrap()
+        };
+        let numbered = port("ofport = 3\n");
+        let ch = numbered.changes(&port(""));
+        assert!(ch.ports.is_empty(), "{}", ch.ports);
+        let ch = numbered.changes(&port("ofport = 4\n"));
+        assert_eq!(ch.ports.to_string(), "changed a");
+        let ch = port("").changes(&port("ofport = 4\n"));
+        assert_eq!(ch.ports.to_string(), "changed a");
     }
 }
