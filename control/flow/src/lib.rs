@@ -33,7 +33,9 @@ pub mod print;
 pub mod value;
 
 pub use action::{Action, FieldRange};
-pub use error::{BundleError, EXCERPT_CHARS, FlowError, ParseError, ParseErrorKind, excerpt};
+pub use error::{
+    BundleError, EXCERPT_CHARS, FlowError, ParseError, ParseErrorKind, excerpt, line_at, one_line,
+};
 pub use field::{Field, FieldInfo, Prereq, ValueKind};
 pub use matching::Match;
 

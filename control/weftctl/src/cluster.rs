@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use weft_flow::port::{GENEVE_PORT, PortSpec, VXLAN_PORT, validate_name};
-use weft_flow::{Flow, MacAddr, parse_flow};
+use weft_flow::{Flow, MacAddr, line_at, one_line, parse_flow};
 
 /// Table 0: classification and spoof guard.
 pub const TABLE_CLASSIFIER: u8 = 0;
@@ -428,12 +428,7 @@ struct Src<'a> {
 
 impl Src<'_> {
     fn line(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
+        line_at(self.text.as_bytes(), offset)
     }
 
     fn at(&self, span: Range<usize>, message: String) -> ClusterError {
@@ -511,17 +506,10 @@ impl Cluster {
         let src = Src { text, file };
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(1, |s| src.line(s.start));
-            let message = e
-                .message()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ");
             ClusterError::At {
                 file: file.map(Path::to_path_buf),
                 line,
-                message: message.replace('`', "'"),
+                message: one_line(e.message()),
             }
         })?;
         let c = raw.cluster.get_ref();

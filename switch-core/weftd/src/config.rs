@@ -37,7 +37,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 use weft_flow::parse::did_you_mean;
 use weft_flow::port::{PortError, PortSpec};
-use weft_flow::{Bundle, Flow, parse_flows_file};
+use weft_flow::{Bundle, Flow, line_at, one_line, parse_flows_file};
 
 /// Where state is kept when neither the file nor a flag says.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";
@@ -344,34 +344,48 @@ impl Config {
 
     /// What changed from `self` (the running configuration) to `new` (a reload).
     pub fn changes(&self, new: &Config) -> ConfigChanges {
-        let mut needs_restart = Vec::new();
-        if self.workers != new.workers {
-            needs_restart.push("workers");
-        }
-        if self.offloads != new.offloads {
-            needs_restart.push("offloads");
-        }
-        if self.pin_cpus != new.pin_cpus {
-            needs_restart.push("pin_cpus");
-        }
-        if self.state_dir != new.state_dir {
-            needs_restart.push("state_dir");
-        }
-        if self.metrics != new.metrics {
-            needs_restart.push("metrics");
-        }
-        if self.control != new.control {
-            needs_restart.push("control");
-        }
-        if self.control_group != new.control_group {
-            needs_restart.push("control_group");
-        }
+        let needs_restart = new.clone().keep_restart_settings(self);
         ConfigChanges {
             ports: diff_ports(&self.ports, &new.ports),
             flows_changed: self.flows_file != new.flows_file
                 || !same_flows(&self.flows, &new.flows),
             needs_restart,
         }
+    }
+}
+
+impl Config {
+    /// Sets the settings that take effect only at start (workers, offloads, pin_cpus,
+    /// state_dir, metrics, control, control_group) back to those of `running`, and
+    /// names the ones that differed. A reload applies the rest of the new file.
+    /// This is the one list of those settings: [`Config::changes`] reports from it.
+    pub fn keep_restart_settings(&mut self, running: &Config) -> Vec<&'static str> {
+        fn keep<T: PartialEq + Clone>(
+            changed: &mut Vec<&'static str>,
+            name: &'static str,
+            new: &mut T,
+            running: &T,
+        ) {
+            if new != running {
+                changed.push(name);
+                new.clone_from(running);
+            }
+        }
+        let mut changed = Vec::new();
+        let c = &mut changed;
+        keep(c, "workers", &mut self.workers, &running.workers);
+        keep(c, "offloads", &mut self.offloads, &running.offloads);
+        keep(c, "pin_cpus", &mut self.pin_cpus, &running.pin_cpus);
+        keep(c, "state_dir", &mut self.state_dir, &running.state_dir);
+        keep(c, "metrics", &mut self.metrics, &running.metrics);
+        keep(c, "control", &mut self.control, &running.control);
+        keep(
+            c,
+            "control_group",
+            &mut self.control_group,
+            &running.control_group,
+        );
+        changed
     }
 }
 
@@ -474,7 +488,7 @@ fn read_text(path: &Path) -> Result<String, ConfigError> {
     })?;
     String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
-        let line = line_of(e.as_bytes(), offset);
+        let line = line_at(e.as_bytes(), offset);
         ConfigError::At {
             file: path.to_path_buf(),
             line,
@@ -500,12 +514,6 @@ fn valid_group(g: &str) -> bool {
         && !g.starts_with('-')
         && g.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-}
-
-/// The 1-based line of a byte offset.
-fn line_of(text: &[u8], offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text[..end].iter().filter(|b| **b == b'\n').count() + 1
 }
 
 /// The entries of a table in the order they appear in the file (so the first error
@@ -540,19 +548,12 @@ fn integer(v: &DeValue<'_>) -> Option<i128> {
 fn toml_error(text: &str, file: &Path, e: &toml::de::Error) -> ConfigError {
     let line = e
         .span()
-        .map(|s| line_of(text.as_bytes(), s.start))
+        .map(|s| line_at(text.as_bytes(), s.start))
         .unwrap_or(1);
-    let message = e
-        .message()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
     ConfigError::At {
         file: file.to_path_buf(),
         line,
-        message: format!("invalid TOML: {message}"),
+        message: format!("invalid TOML: {}", one_line(e.message())),
     }
 }
 
@@ -566,7 +567,7 @@ impl Source<'_> {
     fn at(&self, span: Range<usize>, message: String) -> ConfigError {
         ConfigError::At {
             file: self.file.to_path_buf(),
-            line: line_of(self.text.as_bytes(), span.start),
+            line: line_at(self.text.as_bytes(), span.start),
             message,
         }
     }
@@ -611,7 +612,7 @@ impl Source<'_> {
         for item in array.iter() {
             let table = item.get_ref().as_table().ok_or_else(not_tables)?;
             let (spec, name_span) = self.port(item.span(), table)?;
-            let line = line_of(self.text.as_bytes(), name_span.start);
+            let line = line_at(self.text.as_bytes(), name_span.start);
             if let Some(first) = first_line.get(&spec.name) {
                 return Err(self.at(
                     name_span,
@@ -891,6 +892,12 @@ allowed_remotes = ["198.18.0.0/24", "198.18.1.5"]
         assert!(err("control_group = \"a b\"").contains("expected a group name"));
         assert!(err("workers = 2\nworkers = 3").starts_with("weftd.toml line 2: invalid TOML"));
         assert!(err("[[port]\nname=1").starts_with("weftd.toml line 1: invalid TOML"));
+        // toml's multi-line messages become one line, quoted as weftctl's cluster
+        // descriptions quote them (weft_flow::one_line).
+        assert_eq!(
+            err("offloads = tru"),
+            "weftd.toml line 1: invalid TOML: invalid boolean, expected 'true'"
+        );
         assert!(err("port = 3").contains("[[port]]"));
         assert!(err("port = [1]").contains("[[port]]"));
     }
@@ -1125,6 +1132,35 @@ allowed_remotes = ["198.18.0.0/24", "198.18.1.5"]
         }
         assert!(old.changes(&old).is_empty());
         assert_eq!(diff_ports(&[], &[]).to_string(), "no port changes");
+    }
+
+    /// Every setting that needs a restart is reported and set back; ports and flows
+    /// are what a reload applies, so they stay as the new file has them.
+    #[test]
+    fn restart_settings_are_reported_and_kept() {
+        let running = parse("workers = 2\n").unwrap();
+        let mut new = parse(
+            "workers = 3\noffloads = false\npin_cpus = true\nstate_dir = \"/x\"\n\
+             metrics = \"127.0.0.1:1\"\ncontrol = \"/y.sock\"\ncontrol_group = \"g\"\n\
+             [[port]]\nname = \"a\"\ntype = \"tap\"\n",
+        )
+        .unwrap();
+        let all = [
+            "workers",
+            "offloads",
+            "pin_cpus",
+            "state_dir",
+            "metrics",
+            "control",
+            "control_group",
+        ];
+        assert_eq!(running.changes(&new).needs_restart, all);
+        assert_eq!(new.keep_restart_settings(&running), all);
+        assert_eq!(new.ports.len(), 1);
+        new.ports.clear();
+        assert_eq!(new, running);
+        assert!(running.changes(&new).is_empty());
+        assert!(new.keep_restart_settings(&running).is_empty());
     }
 
     /// A reload reports a port as changed exactly when the datapath changes it: a
