@@ -845,7 +845,7 @@ allowed_remotes = ["198.18.0.0/24", "198.18.1.5"]
 
     #[test]
     fn the_example_in_dist_is_valid() {
-        let text = include_str!("../../../dist/weftd.toml");
+        let text = include_str!("../../../../dist/weftd.toml");
         let cfg = Config::from_toml(text, Path::new("dist/weftd.toml")).unwrap();
         assert_eq!(cfg.ports.len(), 2);
         assert_eq!(cfg.metrics, Some("127.0.0.1:9464".parse().unwrap()));
