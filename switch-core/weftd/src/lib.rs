@@ -24,7 +24,6 @@
 //! same `Arc<Switch>`, because the control protocol is the switch's own API (ports,
 //! flows, dumps, traces, captures), not the node's life cycle.
 
-#[path = "config/file.rs"]
 pub mod config;
 pub mod control_server;
 pub mod metrics;

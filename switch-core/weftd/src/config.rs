@@ -1,0 +1,454 @@
+//! `weftd`'s configuration: a TOML file whose every setting is also a flag.
+//!
+//! ```toml
+//! workers = 2
+//! offloads = true                # TAP TSO/USO + UDP GSO/GRO + coalescing (default on)
+//! pin_cpus = false               # worker i on CPU i
+//! state_dir = "/var/lib/weft"
+//! metrics = "127.0.0.1:9464"
+//! control = "/run/weft/weftd.sock"
+//! flows = "flows.txt"            # relative to this file's directory
+//!
+//! [[port]]
+//! name = "pod1"
+//! type = "tap"
+//! netns = "pod1"
+//! mtu = 1450
+//! ```
+//!
+//! The file is read into `toml`'s spanned document tree rather than through serde, so
+//! that every error names the file, the line and the field in one line
+//! (`weftd.toml line 7: port 'pod1': bad value '9x' for mtu: expected an MTU from 68
+//! to 65535`). A `[[port]]` table is turned into the words of `weftctl add-port` and
+//! handed to [`PortSpec::parse`]: the port language is validated in exactly one place.
+//! The flows file is read with control's parser ([`parse_flows_file`]).
+//!
+//! [`Config::load`] reads everything again each time it is called, so `SIGHUP` can
+//! call it once more and compare the result with [`Config::changes`].
+//!
+//! Three parts: this module (the flags, [`Config`] itself, reading the files),
+//! `file` (the TOML file's tree: [`Config::from_toml`]) and `reload` (what a `SIGHUP`
+//! changes: [`Config::changes`], [`Config::keep_restart_settings`], [`diff_ports`]).
+
+mod file;
+mod reload;
+
+pub use reload::{ConfigChanges, PortDiff, diff_ports};
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use weft_flow::port::PortSpec;
+use weft_flow::{Bundle, Flow, line_at, parse_flows_file};
+
+/// Where state is kept when neither the file nor a flag says.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";
+/// The control socket when neither the file nor a flag says.
+pub const DEFAULT_CONTROL: &str = "/run/weft/weftd.sock";
+/// The most worker threads `weftd` accepts.
+pub const MAX_WORKERS: usize = 256;
+
+const WORKERS_EXPECTED: &str = "a number of worker threads from 1 to 256";
+const METRICS_EXPECTED: &str = "a socket address like 127.0.0.1:9464 or [::1]:9464";
+
+/// `weftd`'s command line. Every flag overrides the file's setting of the same name.
+#[derive(Parser, Clone, Debug, Default, PartialEq, Eq)]
+#[command(
+    name = "weftd",
+    version,
+    about = "Weft's per-node virtual switch daemon",
+    long_about = "Weft's per-node virtual switch daemon.\n\n\
+        Settings come from a TOML file (--config); each flag overrides the file's \
+        setting of the same name. Without --config, the flags and the defaults are \
+        the whole configuration.\n\n\
+        Signals: SIGTERM or SIGINT stop cleanly; SIGHUP reloads the configuration file. \
+        Logging follows RUST_LOG (default: info)."
+)]
+pub struct Args {
+    /// The TOML configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the saved ports and flows are kept [default: /var/lib/weft].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Number of worker threads [default: one per CPU].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<String>,
+    /// TAP offloads with userspace segmentation/coalescing and UDP GSO/GRO: on or off
+    /// [default: on].
+    #[arg(long, value_name = "on|off")]
+    pub offloads: Option<String>,
+    /// Pin worker i to CPU i: on or off [default: off].
+    #[arg(long, value_name = "on|off")]
+    pub pin_cpus: Option<String>,
+    /// The control socket [default: /run/weft/weftd.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// A group whose members may also use the control socket.
+    #[arg(long, value_name = "GROUP")]
+    pub control_group: Option<String>,
+    /// A flows file (ovs-ofctl syntax) installed at start.
+    #[arg(long, value_name = "FILE")]
+    pub flows: Option<PathBuf>,
+}
+
+/// Why the configuration was refused: one line that names the file, line and field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Something wrong at a line of the config file or of the flows file.
+    #[error("{} line {line}: {message}", file.display())]
+    At {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+    /// A bad command-line flag.
+    #[error("--{flag}: {message}")]
+    Flag {
+        /// The flag, without dashes.
+        flag: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The complete configuration of one `weftd`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file it was read from, if any (reload reads it again).
+    pub file: Option<PathBuf>,
+    /// Number of worker threads (1..=256).
+    pub workers: usize,
+    /// TAP offloads, UDP GSO/GRO and coalescing.
+    pub offloads: bool,
+    /// Pin each worker to a CPU.
+    pub pin_cpus: bool,
+    /// Where `state.json` lives.
+    pub state_dir: PathBuf,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// The control socket's path.
+    pub control: PathBuf,
+    /// A group whose members may use the control socket besides root and its owner.
+    pub control_group: Option<String>,
+    /// The flows file, resolved (relative to the config file's directory).
+    pub flows_file: Option<PathBuf>,
+    /// The flows of `flows_file`, each with its line number (empty without a file).
+    pub flows: Vec<(usize, Flow)>,
+    /// The ports the file declares, in file order.
+    pub ports: Vec<PortSpec>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            file: None,
+            workers: default_workers(),
+            offloads: true,
+            pin_cpus: false,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            metrics: None,
+            control: PathBuf::from(DEFAULT_CONTROL),
+            control_group: None,
+            flows_file: None,
+            flows: Vec::new(),
+            ports: Vec::new(),
+        }
+    }
+}
+
+/// One worker per available CPU, at least one and at most [`MAX_WORKERS`].
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, MAX_WORKERS)
+}
+
+impl Config {
+    /// Reads the configuration the way `weftd` starts: the file named by `--config`
+    /// (if any), then the flags on top, then the flows file. Call it again to reload.
+    pub fn load(args: &Args) -> Result<Config, ConfigError> {
+        let mut cfg = match &args.config {
+            Some(path) => {
+                let text = read_text(path)?;
+                Config::from_toml(&text, path)?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_flags(args)?;
+        cfg.load_flows()?;
+        Ok(cfg)
+    }
+
+    /// Lays the flags over the file's settings.
+    pub fn apply_flags(&mut self, args: &Args) -> Result<(), ConfigError> {
+        if let Some(d) = &args.state_dir {
+            self.state_dir = non_empty_path("state-dir", d)?;
+        }
+        if let Some(m) = &args.metrics {
+            self.metrics = Some(m.parse().map_err(|_| ConfigError::Flag {
+                flag: "metrics",
+                message: format!("bad value '{m}': expected {METRICS_EXPECTED}"),
+            })?);
+        }
+        if let Some(w) = &args.workers {
+            self.workers = w
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_WORKERS).contains(n))
+                .ok_or_else(|| ConfigError::Flag {
+                    flag: "workers",
+                    message: format!("bad value '{w}': expected {WORKERS_EXPECTED}"),
+                })?;
+        }
+        if let Some(v) = &args.offloads {
+            self.offloads = on_off("offloads", v)?;
+        }
+        if let Some(v) = &args.pin_cpus {
+            self.pin_cpus = on_off("pin-cpus", v)?;
+        }
+        if let Some(c) = &args.control {
+            self.control = non_empty_path("control", c)?;
+        }
+        if let Some(g) = &args.control_group {
+            if !valid_group(g) {
+                return Err(ConfigError::Flag {
+                    flag: "control-group",
+                    message: format!("bad value '{g}': expected a group name"),
+                });
+            }
+            self.control_group = Some(g.clone());
+        }
+        if let Some(f) = &args.flows {
+            self.flows_file = Some(non_empty_path("flows", f)?);
+        }
+        Ok(())
+    }
+
+    /// Reads [`Config::flows_file`] (if set) into [`Config::flows`].
+    pub fn load_flows(&mut self) -> Result<(), ConfigError> {
+        self.flows = match &self.flows_file {
+            None => Vec::new(),
+            Some(path) => {
+                let text = read_text(path)?;
+                parse_flows_file(&text).map_err(|e| ConfigError::At {
+                    file: path.clone(),
+                    line: e.line.unwrap_or(1),
+                    message: e.kind.to_string(),
+                })?
+            }
+        };
+        Ok(())
+    }
+
+    /// The flows file as one bundle that adds every flow (errors name its lines).
+    pub fn flows_bundle(&self) -> Bundle {
+        Bundle::add_flows(self.flows.clone())
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let line = line_at(e.as_bytes(), offset);
+        ConfigError::At {
+            file: path.to_path_buf(),
+            line,
+            message: "not valid UTF-8".into(),
+        }
+    })
+}
+
+fn non_empty_path(flag: &'static str, p: &Path) -> Result<PathBuf, ConfigError> {
+    if p.as_os_str().is_empty() {
+        return Err(ConfigError::Flag {
+            flag,
+            message: "expected a path, got nothing".into(),
+        });
+    }
+    Ok(p.to_path_buf())
+}
+
+/// A POSIX-ish group name: what `groupadd` accepts.
+fn valid_group(g: &str) -> bool {
+    !g.is_empty()
+        && g.len() <= 32
+        && !g.starts_with('-')
+        && g.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+fn on_off(flag: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(ConfigError::Flag {
+            flag,
+            message: format!("bad value '{v}': expected on or off"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config file's text as `weftd.toml` gives it; the error as its one line.
+    pub(super) fn parse(text: &str) -> Result<Config, String> {
+        Config::from_toml(text, Path::new("weftd.toml")).map_err(|e| e.to_string())
+    }
+
+    /// The error `text` gives, which must be one line.
+    pub(super) fn err(text: &str) -> String {
+        let e = parse(text).unwrap_err();
+        assert!(!e.contains('\n'), "error is not one line: {e}");
+        e
+    }
+
+    #[test]
+    fn flags_override_the_file_and_work_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weftd.toml");
+        std::fs::write(
+            &file,
+            "workers = 2\nmetrics = \"127.0.0.1:1\"\nflows = \"f.txt\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("f.txt"),
+            "# comment\ntable=0,priority=10,ip actions=drop\n\ntable=0 actions=normal\n",
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(file.clone()),
+            workers: Some("3".into()),
+            offloads: Some("off".into()),
+            state_dir: Some("/tmp/s".into()),
+            ..Args::default()
+        };
+        let cfg = Config::load(&args).unwrap();
+        assert_eq!(cfg.workers, 3);
+        assert!(!cfg.offloads, "--offloads off");
+        assert!(!cfg.pin_cpus);
+        assert_eq!(cfg.metrics, Some("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(cfg.state_dir, Path::new("/tmp/s"));
+        assert_eq!(cfg.flows.len(), 2);
+        assert_eq!(cfg.flows[0].0, 2);
+        assert_eq!(cfg.flows[1].0, 4);
+        assert_eq!(cfg.flows_bundle().changes.len(), 2);
+
+        // No file at all.
+        let cfg = Config::load(&Args {
+            metrics: Some("[::1]:9464".into()),
+            control: Some("/tmp/c.sock".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.file, None);
+        assert_eq!(cfg.metrics, Some("[::1]:9464".parse().unwrap()));
+        assert_eq!(cfg.control, Path::new("/tmp/c.sock"));
+        assert!(cfg.ports.is_empty());
+
+        let bad = |a: Args| Config::load(&a).unwrap_err().to_string();
+        assert_eq!(
+            bad(Args {
+                workers: Some("0".into()),
+                ..Args::default()
+            }),
+            "--workers: bad value '0': expected a number of worker threads from 1 to 256"
+        );
+        assert_eq!(
+            bad(Args {
+                offloads: Some("maybe".into()),
+                ..Args::default()
+            }),
+            "--offloads: bad value 'maybe': expected on or off"
+        );
+        assert!(
+            bad(Args {
+                metrics: Some("nope".into()),
+                ..Args::default()
+            })
+            .starts_with("--metrics: bad value 'nope'")
+        );
+        let missing = bad(Args {
+            config: Some(dir.path().join("missing.toml")),
+            ..Args::default()
+        });
+        assert!(
+            missing.starts_with("cannot read ") && missing.contains("missing.toml"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn flows_file_errors_name_the_flows_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weftd.toml");
+        std::fs::write(&file, "flows = \"flows.txt\"\n").unwrap();
+        let flows = dir.path().join("flows.txt");
+        std::fs::write(
+            &flows,
+            "table=0 actions=drop\n\n\nnw_sorc=1.2.3.4 actions=drop\n",
+        )
+        .unwrap();
+        let e = Config::load(&Args {
+            config: Some(file.clone()),
+            ..Args::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{} line 4: unknown field 'nw_sorc' (did you mean nw_src?)",
+                flows.display()
+            )
+        );
+        std::fs::remove_file(&flows).unwrap();
+        let e = Config::load(&Args {
+            config: Some(file),
+            ..Args::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!("cannot read {}", flows.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn non_utf8_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weftd.toml");
+        std::fs::write(&file, b"workers = 1\n\xff = 2\n").unwrap();
+        let e = Config::load(&Args {
+            config: Some(file.clone()),
+            ..Args::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, format!("{} line 2: not valid UTF-8", file.display()));
+    }
+}
