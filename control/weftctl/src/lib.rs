@@ -9,5 +9,6 @@
 //! line) and `toml` (cluster descriptions) are dependencies here and in `weftd` only.
 #![warn(missing_docs)]
 
+#[path = "cluster/file.rs"]
 pub mod cluster;
 pub mod proto_text;
