@@ -9,6 +9,5 @@
 //! line) and `toml` (cluster descriptions) are dependencies here and in `weftd` only.
 #![warn(missing_docs)]
 
-#[path = "cluster/file.rs"]
 pub mod cluster;
 pub mod proto_text;
