@@ -111,7 +111,6 @@ pub mod translate;
 mod bundle;
 
 #[cfg(test)]
-#[path = "tests/match_fields.rs"]
 mod tests;
 
 use std::sync::atomic::{AtomicU64, Ordering};
