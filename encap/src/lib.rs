@@ -1,8 +1,12 @@
 //! Wire formats of Weft's overlays: VXLAN (RFC 7348), Geneve (RFC 8926) and IP-in-IP
 //! (RFC 2003), plus the outer IPv4/IPv6/UDP headers that carry them.
 //!
-//! This crate is pure: no sockets, no clock, no allocation and no `unsafe`. It sits
-//! between `switch-core` (which owns buffers, sockets and TAP devices) and the wire.
+//! This crate is pure: no sockets, no clock, no allocation and no `unsafe`. It is the
+//! bottom of the workspace and depends on nothing of Weft: `weft-datapath` (which owns
+//! buffers, sockets and TAP devices) pushes and strips tunnel headers, segments,
+//! coalesces and hashes flows with it; `weft-pipeline` computes checksums with it; the
+//! EtherTypes and IP protocol numbers that `weft-flow` and `weft-pipeline` name are
+//! defined here once ([`ETHERTYPE_IPV4`], [`IPPROTO_TCP`], ...).
 //!
 //! Three layers, from the bottom up:
 //!
