@@ -94,28 +94,29 @@ impl Src<'_> {
     }
 
     fn net4(&self, v: &Spanned<String>, what: &str, key: &str) -> Result<Ipv4Net, ClusterError> {
-        let n: Ipv4Net = self.parse(v, what, key, "an IPv4 prefix like 198.19.0.0/16")?;
-        if n.trunc() != n {
-            return Err(self.at(
-                v.span(),
-                format!(
-                    "{what}{key} {n} has host bits set (did you mean {}?)",
-                    n.trunc()
-                ),
-            ));
-        }
-        Ok(n)
+        let n = self.parse(v, what, key, "an IPv4 prefix like 198.19.0.0/16")?;
+        self.no_host_bits(v, what, key, n, Ipv4Net::trunc)
     }
 
     fn net6(&self, v: &Spanned<String>, what: &str, key: &str) -> Result<Ipv6Net, ClusterError> {
-        let n: Ipv6Net = self.parse(v, what, key, "an IPv6 prefix like 2001:2::/48")?;
-        if n.trunc() != n {
+        let n = self.parse(v, what, key, "an IPv6 prefix like 2001:2::/48")?;
+        self.no_host_bits(v, what, key, n, Ipv6Net::trunc)
+    }
+
+    /// `n`, refused when it has host bits set (`trunc` clears them).
+    fn no_host_bits<N: PartialEq + fmt::Display>(
+        &self,
+        v: &Spanned<String>,
+        what: &str,
+        key: &str,
+        n: N,
+        trunc: fn(&N) -> N,
+    ) -> Result<N, ClusterError> {
+        let t = trunc(&n);
+        if t != n {
             return Err(self.at(
                 v.span(),
-                format!(
-                    "{what}{key} {n} has host bits set (did you mean {}?)",
-                    n.trunc()
-                ),
+                format!("{what}{key} {n} has host bits set (did you mean {t}?)"),
             ));
         }
         Ok(n)
