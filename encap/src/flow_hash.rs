@@ -237,7 +237,7 @@ fn ethertype_after_tags(frame: &[u8]) -> (usize, u16) {
     let mut off = 12;
     let mut ethertype = be16(frame, off).unwrap_or(0);
     for _ in 0..2 {
-        if ethertype == 0x8100 || ethertype == 0x88a8 {
+        if ethertype == crate::ETHERTYPE_VLAN || ethertype == crate::ETHERTYPE_QINQ {
             off += 4;
             ethertype = be16(frame, off).unwrap_or(0);
         }

@@ -24,8 +24,11 @@ const TRANSFER: Duration = Duration::from_secs(20);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// How every test here starts: the shared lock, or `None` when `test` cannot run here
+/// (it needs root; skipped with a message, a failure with `WEFT_REQUIRE_PRIVILEGED=1`).
+fn begin(test: &str) -> Option<MutexGuard<'static, ()>> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    privileged(test).then_some(guard)
 }
 
 fn pod_mac(i: u8) -> String {
@@ -75,6 +78,18 @@ impl Pair {
         &self.pods[usize::from(i) - 1]
     }
 
+    /// Waits (at most 5 s) until pod `from` gets a ping reply from `to`; fails with
+    /// both daemons' logs.
+    fn wait_ping(&self, from: u8, to: &str) {
+        assert!(
+            self.pod(from)
+                .wait_for_ping(to, Duration::from_secs(5))
+                .is_some(),
+            "pod{from} cannot ping {to}\n{}",
+            self.logs()
+        );
+    }
+
     /// Both daemons' logs, for failure messages.
     fn logs(&self) -> String {
         self.weftd.iter().map(|d| d.log(&self.lab)).collect()
@@ -122,18 +137,9 @@ fn l2_pair(kind: &str, pod_mtu: u16, extra: &str) -> Pair {
 }
 
 fn ping_and_transfer(kind: &str) {
-    let _s = serial();
-    if !privileged(kind) {
-        return;
-    }
+    let Some(_s) = begin(kind) else { return };
     let mut p = l2_pair(kind, 1450, "");
-    assert!(
-        p.pod(1)
-            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
-            .is_some(),
-        "pod1 cannot ping pod2 over {kind}\n{}",
-        p.logs()
-    );
+    p.wait_ping(1, "198.19.0.2");
     assert!(
         p.pod(2).ping("198.19.0.1", 3, 1),
         "3 of 3 back\n{}",
@@ -175,19 +181,13 @@ fn offloads_on() -> bool {
 /// its pod than arrived from the tunnel.
 #[test]
 fn odd_sized_tcp_streams_are_byte_identical_through_segmentation_and_coalescing() {
-    let _s = serial();
-    if !privileged("odd_sized_tcp_streams_are_byte_identical_through_segmentation_and_coalescing") {
+    let Some(_s) =
+        begin("odd_sized_tcp_streams_are_byte_identical_through_segmentation_and_coalescing")
+    else {
         return;
-    }
+    };
     let mut p = l2_pair("vxlan", 1450, "");
-    assert!(
-        p.pod(1)
-            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
-            .is_some(),
-        "no ping
-{}",
-        p.logs()
-    );
+    p.wait_ping(1, "198.19.0.2");
     let mut port = 6000;
     // MTU 1450 less IPv4 and TCP headers: 1410; with timestamps (12 bytes): 1398.
     for (timestamps, mss) in [(true, 1398u64), (false, 1410)] {
@@ -292,18 +292,11 @@ fn ipip_pair() -> Pair {
 
 #[test]
 fn ipip_routed_pods_ping_and_verified_tcp_transfer() {
-    let _s = serial();
-    if !privileged("ipip_routed_pods_ping_and_verified_tcp_transfer") {
+    let Some(_s) = begin("ipip_routed_pods_ping_and_verified_tcp_transfer") else {
         return;
-    }
+    };
     let mut p = ipip_pair();
-    assert!(
-        p.pod(1)
-            .wait_for_ping("198.19.2.2", Duration::from_secs(5))
-            .is_some(),
-        "pod1 cannot ping pod2 over ipip\n{}",
-        p.logs()
-    );
+    p.wait_ping(1, "198.19.2.2");
     assert!(
         p.pod(2).ping("198.19.1.2", 3, 1),
         "3 of 3 back\n{}",
@@ -324,20 +317,13 @@ fn ipip_routed_pods_ping_and_verified_tcp_transfer() {
 
 #[test]
 fn restart_keeps_the_pod_and_traffic_resumes_within_a_second() {
-    let _s = serial();
-    if !privileged("restart_keeps_the_pod_and_traffic_resumes_within_a_second") {
+    let Some(_s) = begin("restart_keeps_the_pod_and_traffic_resumes_within_a_second") else {
         return;
-    }
+    };
     let mut p = l2_pair("vxlan", 1450, "");
     let pod2 = p.pod(2).clone();
     pod2.ip("route add 198.19.9.0/24 via 198.19.0.1").unwrap();
-    assert!(
-        p.pod(1)
-            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
-            .is_some(),
-        "{}",
-        p.logs()
-    );
+    p.wait_ping(1, "198.19.0.2");
     // Addresses and MTU, without the operational state (no carrier while weftd is down).
     let addr = |ns: &Ns| {
         let out = ns.ip("-4 -o addr show dev eth0").unwrap();
@@ -408,19 +394,12 @@ fn link_local(pod: &Ns) -> String {
 
 #[test]
 fn path_mtu_too_big_from_weftd_and_tcp_still_works() {
-    let _s = serial();
-    if !privileged("path_mtu_too_big_from_weftd_and_tcp_still_works") {
+    let Some(_s) = begin("path_mtu_too_big_from_weftd_and_tcp_still_works") else {
         return;
-    }
+    };
     // The pods think they have 1500 bytes; the tunnel carries 1450 (1500 less 50).
     let mut p = l2_pair("vxlan", 1500, "");
-    assert!(
-        p.pod(1)
-            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
-            .is_some(),
-        "{}",
-        p.logs()
-    );
+    p.wait_ping(1, "198.19.0.2");
     // TCP first, before either pod has learnt the path MTU (a pod that has would
     // advertise the smaller MSS in its SYN): pod2's full-size segments get the ICMP,
     // its kernel lowers the path MTU, the transfer completes.
@@ -536,18 +515,11 @@ fn send_raw(ns: &Ns, frame: &[u8], count: u32) {
 /// They used to reach the other pod still tagged. Untagged traffic is not affected.
 #[test]
 fn vlan_tagged_frames_from_a_pod_are_dropped_and_counted() {
-    let _s = serial();
-    if !privileged("vlan_tagged_frames_from_a_pod_are_dropped_and_counted") {
+    let Some(_s) = begin("vlan_tagged_frames_from_a_pod_are_dropped_and_counted") else {
         return;
-    }
+    };
     let p = l2_pair("vxlan", 1450, "");
-    assert!(
-        p.pod(1)
-            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
-            .is_some(),
-        "untagged traffic crosses\n{}",
-        p.logs()
-    );
+    p.wait_ping(1, "198.19.0.2");
     let mac = |s: String| -> Vec<u8> {
         s.split(':')
             .map(|b| u8::from_str_radix(b, 16).unwrap())
@@ -629,10 +601,9 @@ fn send_udp(ns: &Ns, to: &str, data: &[u8], count: u32) {
 
 #[test]
 fn malformed_and_forged_tunnel_packets_are_dropped_and_counted() {
-    let _s = serial();
-    if !privileged("malformed_and_forged_tunnel_packets_are_dropped_and_counted") {
+    let Some(_s) = begin("malformed_and_forged_tunnel_packets_are_dropped_and_counted") else {
         return;
-    }
+    };
     // Each node takes tunnel packets only from the other; a Geneve port sits beside the
     // VXLAN one that carries the traffic.
     let mut p = Pair::start(|i, pod| {
@@ -648,13 +619,7 @@ fn malformed_and_forged_tunnel_packets_are_dropped_and_counted() {
             .unwrap();
     }
     let stranger = p.ul.host(&mut p.lab, "x", 9).unwrap();
-    assert!(
-        p.pod(1)
-            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
-            .is_some(),
-        "{}",
-        p.logs()
-    );
+    p.wait_ping(1, "198.19.0.2");
 
     const N: u32 = 20;
     let vx = format!("{}:4789", underlay_ip(2));
@@ -766,18 +731,11 @@ fn malformed_and_forged_tunnel_packets_are_dropped_and_counted() {
 
 #[test]
 fn metrics_are_prometheus_text_and_counters_move() {
-    let _s = serial();
-    if !privileged("metrics_are_prometheus_text_and_counters_move") {
+    let Some(_s) = begin("metrics_are_prometheus_text_and_counters_move") else {
         return;
-    }
+    };
     let p = l2_pair("vxlan", 1450, "");
-    assert!(
-        p.pod(1)
-            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
-            .is_some(),
-        "{}",
-        p.logs()
-    );
+    p.wait_ping(1, "198.19.0.2");
     let before: Vec<_> = p.weftd.iter().map(|d| d.metrics().unwrap()).collect();
     assert!(p.pod(1).ping("198.19.0.2", 5, 1));
     let after: Vec<_> = p.weftd.iter().map(|d| d.metrics().unwrap()).collect();
@@ -856,16 +814,11 @@ fn metrics_are_prometheus_text_and_counters_move() {
 #[test]
 #[ignore = "a measurement, not a check"]
 fn iperf3_over_vxlan() {
-    let _s = serial();
-    if !privileged("iperf3_over_vxlan") {
+    let Some(_s) = begin("iperf3_over_vxlan") else {
         return;
-    }
+    };
     let mut p = l2_pair("vxlan", 1450, "");
-    assert!(
-        p.pod(1)
-            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
-            .is_some()
-    );
+    p.wait_ping(1, "198.19.0.2");
     let mut server = p.pod(2).command("iperf3");
     server.args(["-s", "-1", "-B", "198.19.0.2"]);
     p.lab.spawn("iperf3-server", server).unwrap();
@@ -883,18 +836,11 @@ fn iperf3_over_vxlan() {
 /// send or receive. That stale error must not cost a packet once the peer is back.
 #[test]
 fn ipip_peer_restart_costs_no_packet_after_it_is_back() {
-    let _s = serial();
-    if !privileged("ipip_peer_restart_costs_no_packet_after_it_is_back") {
+    let Some(_s) = begin("ipip_peer_restart_costs_no_packet_after_it_is_back") else {
         return;
-    }
+    };
     let mut p = ipip_pair();
-    assert!(
-        p.pod(1)
-            .wait_for_ping("198.19.2.2", Duration::from_secs(5))
-            .is_some(),
-        "{}",
-        p.logs()
-    );
+    p.wait_ping(1, "198.19.2.2");
     let mut d2 = p.weftd.remove(1);
     assert!(d2.stop(&mut p.lab).is_some_and(|s| s.success()));
     // Packets into a node without weftd: its kernel sends ICMP errors back to node 1.
@@ -954,18 +900,13 @@ fn stop_cleanly(d: &mut Weftd, lab: &mut netns_tests::lab::Lab) {
 /// back, and `del-port` removes a port that is down.
 #[test]
 fn a_pod_namespace_gone_at_restart_leaves_its_port_down_and_the_node_forwarding() {
-    let _s = serial();
-    if !privileged("a_pod_namespace_gone_at_restart_leaves_its_port_down_and_the_node_forwarding") {
+    let Some(_s) =
+        begin("a_pod_namespace_gone_at_restart_leaves_its_port_down_and_the_node_forwarding")
+    else {
         return;
-    }
+    };
     let mut p = l2_pair("vxlan", 1450, "");
-    assert!(
-        p.pod(1)
-            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
-            .is_some(),
-        "{}",
-        p.logs()
-    );
+    p.wait_ping(1, "198.19.0.2");
     // Two more pods on node 2: one comes back, one is deleted with del-port.
     let back = p.lab.netns("back").unwrap();
     let gone = p.lab.netns("gone").unwrap();
@@ -1089,18 +1030,11 @@ impl Drop for Tmpfs {
 /// not written), and a change it cannot save is refused, not applied, and logged.
 #[test]
 fn a_full_state_directory_refuses_changes_and_the_node_still_starts() {
-    let _s = serial();
-    if !privileged("a_full_state_directory_refuses_changes_and_the_node_still_starts") {
+    let Some(_s) = begin("a_full_state_directory_refuses_changes_and_the_node_still_starts") else {
         return;
-    }
+    };
     let mut p = l2_pair("vxlan", 1450, "");
-    assert!(
-        p.pod(1)
-            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
-            .is_some(),
-        "{}",
-        p.logs()
-    );
+    p.wait_ping(1, "198.19.0.2");
     let mut d = p.weftd.remove(1);
     stop_cleanly(&mut d, &mut p.lab);
     let dir = d.dir().join("state");
@@ -1204,10 +1138,10 @@ fn flow_table(d: &Weftd, lab: &netns_tests::lab::Lab) -> Vec<String> {
 /// entry (a crash in the middle of a write) is ignored and logged at start.
 #[test]
 fn a_change_answered_ok_survives_kill_9_and_a_torn_journal_tail_is_ignored() {
-    let _s = serial();
-    if !privileged("a_change_answered_ok_survives_kill_9_and_a_torn_journal_tail_is_ignored") {
+    let Some(_s) = begin("a_change_answered_ok_survives_kill_9_and_a_torn_journal_tail_is_ignored")
+    else {
         return;
-    }
+    };
     let mut p = l2_pair("vxlan", 1450, "");
     let mut d = p.weftd.remove(1);
     for prio in [301, 302, 303] {

@@ -21,6 +21,27 @@ pub fn excerpt(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// The 1-based line of byte `offset` of `text` (an offset past the end is on the last
+/// line): where a file's error is.
+pub fn line_at(text: &[u8], offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text[..end].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+/// A parser's message as one line of an error: its non-empty lines, trimmed, joined with
+/// `; `, and code quoted with `'` as this project's messages quote it (the `toml`
+/// crate's messages span lines and quote with backticks). `weftd`'s config file and
+/// `weftctl`'s cluster descriptions both report their TOML errors through it.
+pub fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+        .replace('`', "'")
+}
+
 /// Why a flow, match or change is invalid, independent of where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FlowError {
@@ -218,3 +239,19 @@ impl fmt::Display for BundleError {
 }
 
 impl std::error::Error for BundleError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_at_and_one_line() {
+        assert_eq!(line_at(b"a\nb\nc", 0), 1);
+        assert_eq!(line_at(b"a\nb\nc", 2), 2);
+        assert_eq!(line_at(b"a\nb\nc", 99), 3);
+        assert_eq!(
+            one_line("invalid table header\n  expected `.`, `]`\n\n"),
+            "invalid table header; expected '.', ']'"
+        );
+    }
+}

@@ -10,22 +10,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::Match;
+use encap::{
+    ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
 
-/// Ethertype of IPv4.
-pub const ETH_TYPE_IPV4: u16 = 0x0800;
-/// Ethertype of ARP.
-pub const ETH_TYPE_ARP: u16 = 0x0806;
-/// Ethertype of IPv6.
-pub const ETH_TYPE_IPV6: u16 = 0x86dd;
-/// IP protocol number of ICMP.
-pub const IPPROTO_ICMP: u8 = 1;
-/// IP protocol number of TCP.
-pub const IPPROTO_TCP: u8 = 6;
-/// IP protocol number of UDP.
-pub const IPPROTO_UDP: u8 = 17;
-/// IP protocol number of ICMPv6.
-pub const IPPROTO_ICMPV6: u8 = 58;
+use super::Match;
 
 /// A field of a packet or of its metadata that flows match, write or copy.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, Serialize, Deserialize)]
@@ -127,17 +117,17 @@ impl Prereq {
     pub fn is_met(self, m: &Match) -> bool {
         let dl = m.dl_type.map(|x| x.value);
         let proto = m.nw_proto.map(|x| x.value);
-        let ip = matches!(dl, Some(ETH_TYPE_IPV4 | ETH_TYPE_IPV6));
+        let ip = matches!(dl, Some(ETHERTYPE_IPV4 | ETHERTYPE_IPV6));
         match self {
             Prereq::None => true,
-            Prereq::Arp => dl == Some(ETH_TYPE_ARP),
-            Prereq::Ipv4 => dl == Some(ETH_TYPE_IPV4),
-            Prereq::Ipv6 => dl == Some(ETH_TYPE_IPV6),
+            Prereq::Arp => dl == Some(ETHERTYPE_ARP),
+            Prereq::Ipv4 => dl == Some(ETHERTYPE_IPV4),
+            Prereq::Ipv6 => dl == Some(ETHERTYPE_IPV6),
             Prereq::Ip => ip,
             Prereq::TcpUdp => ip && matches!(proto, Some(IPPROTO_TCP | IPPROTO_UDP)),
             Prereq::Icmp => {
-                (dl == Some(ETH_TYPE_IPV4) && proto == Some(IPPROTO_ICMP))
-                    || (dl == Some(ETH_TYPE_IPV6) && proto == Some(IPPROTO_ICMPV6))
+                (dl == Some(ETHERTYPE_IPV4) && proto == Some(IPPROTO_ICMP))
+                    || (dl == Some(ETHERTYPE_IPV6) && proto == Some(IPPROTO_ICMPV6))
             }
         }
     }

@@ -1,7 +1,8 @@
 //! `weft-flow`, Weft's flow language: a subset of `ovs-ofctl`'s flow syntax, same
 //! spelling, and the descriptions of ports ([`port::PortSpec`]).
 //!
-//! This crate depends on nothing else of Weft. `weft-pipeline` executes the flows it
+//! Of Weft it depends only on `encap`, for the EtherTypes and IP protocol numbers that
+//! `dl_type` and `nw_proto` name (defined there once). `weft-pipeline` executes the flows it
 //! describes, `weft-proto` carries them (as JSON) over the control socket, and `weftd`
 //! and `weftctl` read them from files and command lines. No I/O: text and values only.
 //!
@@ -32,7 +33,9 @@ pub mod print;
 pub mod value;
 
 pub use action::{Action, FieldRange};
-pub use error::{BundleError, EXCERPT_CHARS, FlowError, ParseError, ParseErrorKind, excerpt};
+pub use error::{
+    BundleError, EXCERPT_CHARS, FlowError, ParseError, ParseErrorKind, excerpt, line_at, one_line,
+};
 pub use field::{Field, FieldInfo, Prereq, ValueKind};
 pub use matching::Match;
 

@@ -4,8 +4,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
+use encap::{ETHERTYPE_IPV4, ETHERTYPE_IPV6};
+
 use super::error::FlowError;
-use super::field::{ETH_TYPE_IPV4, ETH_TYPE_IPV6, Field, ValueKind};
+use super::field::{Field, ValueKind};
 use super::value::{FieldType, FieldValue, MacAddr, Masked, PortRef};
 
 macro_rules! match_struct {
@@ -164,12 +166,12 @@ impl Match {
 
     /// True when this match is IPv4 (`dl_type=0x0800`).
     pub fn is_ipv4(&self) -> bool {
-        self.dl_type.map(|x| x.value) == Some(ETH_TYPE_IPV4)
+        self.dl_type.map(|x| x.value) == Some(ETHERTYPE_IPV4)
     }
 
     /// True when this match is IPv6 (`dl_type=0x86dd`).
     pub fn is_ipv6(&self) -> bool {
-        self.dl_type.map(|x| x.value) == Some(ETH_TYPE_IPV6)
+        self.dl_type.map(|x| x.value) == Some(ETHERTYPE_IPV6)
     }
 
     /// Checks that the match is canonical and consistent: prerequisites met, masks only

@@ -10,11 +10,13 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use super::error::{FlowError, ParseError, ParseErrorKind, excerpt};
-use super::field::{
-    ETH_TYPE_ARP, ETH_TYPE_IPV4, ETH_TYPE_IPV6, Field, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP, ValueKind,
+use encap::{
+    ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
+
+use super::error::{FlowError, ParseError, ParseErrorKind, excerpt};
+use super::field::{Field, ValueKind};
 use super::matching::all_ones;
 use super::value::{FieldValue, MacAddr, Masked, PortRef};
 use super::{
@@ -44,15 +46,15 @@ pub fn parse_u128(s: &str) -> Option<u128> {
 
 /// The match shorthands: name, dl_type, nw_proto.
 pub const SHORTHANDS: [(&str, u16, Option<u8>); 9] = [
-    ("ip", ETH_TYPE_IPV4, None),
-    ("ipv6", ETH_TYPE_IPV6, None),
-    ("arp", ETH_TYPE_ARP, None),
-    ("icmp", ETH_TYPE_IPV4, Some(IPPROTO_ICMP)),
-    ("icmp6", ETH_TYPE_IPV6, Some(IPPROTO_ICMPV6)),
-    ("tcp", ETH_TYPE_IPV4, Some(IPPROTO_TCP)),
-    ("udp", ETH_TYPE_IPV4, Some(IPPROTO_UDP)),
-    ("tcp6", ETH_TYPE_IPV6, Some(IPPROTO_TCP)),
-    ("udp6", ETH_TYPE_IPV6, Some(IPPROTO_UDP)),
+    ("ip", ETHERTYPE_IPV4, None),
+    ("ipv6", ETHERTYPE_IPV6, None),
+    ("arp", ETHERTYPE_ARP, None),
+    ("icmp", ETHERTYPE_IPV4, Some(IPPROTO_ICMP)),
+    ("icmp6", ETHERTYPE_IPV6, Some(IPPROTO_ICMPV6)),
+    ("tcp", ETHERTYPE_IPV4, Some(IPPROTO_TCP)),
+    ("udp", ETHERTYPE_IPV4, Some(IPPROTO_UDP)),
+    ("tcp6", ETHERTYPE_IPV6, Some(IPPROTO_TCP)),
+    ("udp6", ETHERTYPE_IPV6, Some(IPPROTO_UDP)),
 ];
 
 const SETTINGS: [&str; 5] = [

@@ -509,6 +509,36 @@ impl PortSpec {
             _ => None,
         }
     }
+
+    /// True when `wanted` (a port as a config file declares it) describes this port (as
+    /// it runs, or as the file declared it before): the same name, type and options, and
+    /// the same number unless `wanted` gives none (then the port keeps the one it has).
+    /// A reload changes a port exactly when this is false: `weftd` reports what it
+    /// changes and the datapath changes it with this one test.
+    pub fn same_port(&self, wanted: &PortSpec) -> bool {
+        self.name == wanted.name
+            && self.kind == wanted.kind
+            && (wanted.ofport.is_none() || wanted.ofport == self.ofport)
+    }
+}
+
+/// The port drop reasons (their counter labels) that happen on transmit, the frame on
+/// its way out of the port; every other reason a port counts happens on receive.
+///
+/// The one list of them: `weft-datapath` counts these reasons (its `IoDrop`, whose
+/// tests check that each is one of its labels) and the control protocol sums them into
+/// a port's `tx_dropped` (`weft_proto::PortCounters`).
+pub const TX_DROP_REASONS: [&str; 5] = [
+    "too_big",
+    "no_tunnel_dst",
+    "tunnel_family",
+    "tx_error",
+    "not_ip",
+];
+
+/// True for a port drop reason of [`TX_DROP_REASONS`].
+pub fn is_tx_drop(reason: &str) -> bool {
+    TX_DROP_REASONS.contains(&reason)
 }
 
 fn remote_text(r: Remote) -> String {
@@ -584,6 +614,23 @@ mod tests {
         let name = it.next().unwrap();
         let args: Vec<&str> = it.collect();
         PortSpec::parse(name, &args)
+    }
+
+    #[test]
+    fn same_port_keeps_the_running_number_when_the_wanted_one_gives_none() {
+        let running = parse("pod1 type=tap mtu=1450 ofport=3").unwrap();
+        assert!(running.same_port(&parse("pod1 type=tap mtu=1450").unwrap()));
+        assert!(running.same_port(&parse("pod1 type=tap mtu=1450 ofport=3").unwrap()));
+        assert!(!running.same_port(&parse("pod1 type=tap mtu=1450 ofport=4").unwrap()));
+        assert!(!running.same_port(&parse("pod1 type=tap mtu=1400").unwrap()));
+        assert!(!running.same_port(&parse("pod2 type=tap mtu=1450").unwrap()));
+        assert!(!parse("pod1 type=tap mtu=1450").unwrap().same_port(&running));
+    }
+
+    #[test]
+    fn tx_drop_reasons() {
+        assert!(is_tx_drop("too_big") && is_tx_drop("tx_error"));
+        assert!(!is_tx_drop("vlan_tagged") && !is_tx_drop("table_miss"));
     }
 
     #[test]

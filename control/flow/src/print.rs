@@ -10,7 +10,9 @@
 use std::fmt::{self, Write as _};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::field::{ETH_TYPE_ARP, ETH_TYPE_IPV4, ETH_TYPE_IPV6, Field};
+use encap::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
+
+use super::field::Field;
 use super::parse::SHORTHANDS;
 use super::value::{FieldValue, Masked};
 use super::{Action, Bundle, DEFAULT_PRIORITY, FieldRange, Flow, FlowFilter, FlowMod, Match};
@@ -79,7 +81,10 @@ fn match_tokens(m: &Match) -> Vec<String> {
             skip_dl = true;
             skip_proto = true;
         } else if let Some(s) = SHORTHANDS.iter().find(|s| s.1 == dl && s.2.is_none()) {
-            debug_assert!(matches!(dl, ETH_TYPE_IPV4 | ETH_TYPE_IPV6 | ETH_TYPE_ARP));
+            debug_assert!(matches!(
+                dl,
+                ETHERTYPE_IPV4 | ETHERTYPE_IPV6 | ETHERTYPE_ARP
+            ));
             out.push(s.0.to_string());
             skip_dl = true;
         }

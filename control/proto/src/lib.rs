@@ -1105,14 +1105,7 @@ pub struct PortCounters {
     pub error: Option<String>,
 }
 
-/// True for the port drop reasons that happen on transmit (the frame was on its way
-/// out of the port); the others happen on receive.
-pub fn is_tx_drop(reason: &str) -> bool {
-    matches!(
-        reason,
-        "too_big" | "no_tunnel_dst" | "tunnel_family" | "tx_error" | "not_ip"
-    )
-}
+pub use weft_flow::port::is_tx_drop;
 
 impl PortCounters {
     /// Builds the counters, splitting the drops into receive and transmit.

@@ -711,4 +711,20 @@ mod tests {
         assert_eq!(c.drop_count(PortDrop::Encap(ttl)), 1);
         assert_eq!(c.drop_count(PortDrop::Decap(ttl)), 0);
     }
+
+    /// `weft_flow::port::TX_DROP_REASONS` is the one list of transmit drops (the
+    /// control protocol's `tx_dropped` sums them): each is a label this datapath counts,
+    /// so renaming a reason here cannot silently move it to `rx_dropped`.
+    #[test]
+    fn every_tx_drop_reason_is_a_port_drop_label() {
+        let labels: Vec<String> = (0..PORT_DROPS)
+            .map(|i| PortDrop::from_index(i).label())
+            .collect();
+        for reason in weft_flow::port::TX_DROP_REASONS {
+            assert!(
+                labels.iter().any(|l| l == reason),
+                "{reason} is not a port drop label: {labels:?}"
+            );
+        }
+    }
 }

@@ -15,8 +15,9 @@
 //! Workers load the current snapshots once per wake-up (see [`worker`]).
 //!
 //! After every change the switch hands its state (ports and flows) to its
-//! [`StateStore`] (in `weftd`: written atomically to the state directory), and at start it restores that state — ports re-attached, flows
-//! installed — before the first worker reads a packet.
+//! [`StateStore`] (in `weftd`: written atomically to the state directory), and at
+//! start it restores that state — ports re-attached, flows installed — before the
+//! first worker reads a packet.
 
 pub mod batch;
 pub mod capture;

@@ -646,7 +646,7 @@ impl Switch {
                         Err(e) => return Err(e),
                     }
                 }
-                Some(p) if !same_port(p, spec) => {
+                Some(p) if !p.same_port(spec) => {
                     if matches!(p.kind, SpecKind::Tap(_)) && matches!(spec.kind, SpecKind::Tap(_)) {
                         tracing::warn!(
                             port = %spec.name,
@@ -827,15 +827,6 @@ impl Drop for Switch {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Two specs describe the same port (the number is kept when the config has none).
-fn same_port(running: &PortSpec, wanted: &PortSpec) -> bool {
-    let mut w = wanted.clone();
-    if w.ofport.is_none() {
-        w.ofport = running.ofport;
-    }
-    *running == w
 }
 
 /// Removes expired flows (saving the state after) and retries the ports that are down.

@@ -27,9 +27,11 @@
 //! # Versions and bundles (how a bundle becomes visible at once)
 //!
 //! The switch holds the current snapshot in an [`ArcSwap`] ([`SharedPipeline`]).
-//! Workers `load()` it once per batch of packets — no lock, no reference-count
-//! contention — and walk that snapshot for the whole batch, so a packet sees either
-//! the old flows or the new ones, never a mix. A [`Bundle`] is applied by the control
+//! Each worker takes it once per round of polling with [`SharedPipeline::load_full`]
+//! — no lock, one reference-count increment per round, not per packet (a round
+//! drains every ready queue, batch after batch, and an `arc-swap` guard from
+//! [`SharedPipeline::load`] is meant to be short-lived) — and walks that snapshot for
+//! the whole round, so a packet sees either the old flows or the new ones, never a mix. A [`Bundle`] is applied by the control
 //! thread (one writer at a time; readers never wait for it): every change is validated
 //! (`weft-flow`'s checks, then port names, install-time loops), and the changes are
 //! applied in order to a *copy* of the tables. Tables are `Arc`-shared between

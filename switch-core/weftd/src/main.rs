@@ -179,13 +179,7 @@ fn reload(args: &Args, cfg: &mut Config, node: &dyn Node) {
             for setting in &changes.needs_restart {
                 warn!("{setting} changed: takes effect at the next start");
             }
-            new.workers = cfg.workers;
-            new.offloads = cfg.offloads;
-            new.pin_cpus = cfg.pin_cpus;
-            new.state_dir = cfg.state_dir.clone();
-            new.metrics = cfg.metrics;
-            new.control = cfg.control.clone();
-            new.control_group = cfg.control_group.clone();
+            new.keep_restart_settings(cfg);
             if changes.ports.is_empty() && !changes.flows_changed {
                 info!("reload: no port or flow changes");
             } else {

@@ -75,25 +75,12 @@ pub const FRAG_LATER: u8 = 2;
 /// `dl_type` given to 802.3 frames (length field instead of an EtherType), as in OVS.
 pub const DL_TYPE_NONE: u16 = 0x05ff;
 
-/// EtherType of IPv4.
-pub const ETH_TYPE_IPV4: u16 = 0x0800;
-/// EtherType of ARP.
-pub const ETH_TYPE_ARP: u16 = 0x0806;
-/// EtherType of IPv6.
-pub const ETH_TYPE_IPV6: u16 = 0x86dd;
-/// EtherType (TPID) of an 802.1Q VLAN tag.
-pub const ETH_TYPE_VLAN: u16 = 0x8100;
-/// EtherType (TPID) of an 802.1ad service VLAN tag.
-pub const ETH_TYPE_QINQ: u16 = 0x88a8;
-
-/// IP protocol number of ICMP.
-pub const IPPROTO_ICMP: u8 = 1;
-/// IP protocol number of TCP.
-pub const IPPROTO_TCP: u8 = 6;
-/// IP protocol number of UDP.
-pub const IPPROTO_UDP: u8 = 17;
-/// IP protocol number of ICMPv6.
-pub const IPPROTO_ICMPV6: u8 = 58;
+// Defined once in `encap` (with `encap`'s spelling) and named here as the key's code names them.
+pub use encap::{
+    ETHERTYPE_ARP as ETH_TYPE_ARP, ETHERTYPE_IPV4 as ETH_TYPE_IPV4,
+    ETHERTYPE_IPV6 as ETH_TYPE_IPV6, ETHERTYPE_QINQ as ETH_TYPE_QINQ,
+    ETHERTYPE_VLAN as ETH_TYPE_VLAN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 /// Where a field sits in the key: `width` bits starting at bit `shift` of word `word`.
 /// A 128-bit field spans words `word` (high half) and `word + 1` (low half), `shift` 0.
