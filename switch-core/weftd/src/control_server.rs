@@ -433,8 +433,22 @@ fn refuse(stream: UnixStream, message: &str) {
     );
 }
 
-/// How often the accept thread checks for stop when nobody connects.
+/// How often the accept thread checks for stop when nobody connects. It waits in
+/// poll(2) on the listener, so a client that connects is accepted at once (sleeping
+/// instead cost every weftctl command up to this long before its first byte).
 const ACCEPT_TICK: Duration = Duration::from_millis(50);
+
+/// Waits until `listener` has a connection to accept, or [`ACCEPT_TICK`] passed.
+fn wait_for_client(listener: &UnixListener) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    let tick = PollTimeout::from(ACCEPT_TICK.as_millis() as u16);
+    if poll(&mut fds, tick).is_err() {
+        // EINTR or a broken listener: don't spin.
+        std::thread::sleep(ACCEPT_TICK);
+    }
+}
 
 fn accept_loop(s: &Arc<Shared>, listener: UnixListener) {
     // Non-blocking, so that stop never depends on being able to connect to the path
@@ -446,7 +460,7 @@ fn accept_loop(s: &Arc<Shared>, listener: UnixListener) {
         let stream = match listener.accept() {
             Ok((c, _)) => c,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(ACCEPT_TICK);
+                wait_for_client(&listener);
                 continue;
             }
             Err(e) => {
