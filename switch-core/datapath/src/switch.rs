@@ -225,7 +225,7 @@ impl Switch {
     pub fn start(options: SwitchOptions, saved: Option<SavedState>) -> Result<Switch, SwitchError> {
         let workers = options.workers.max(1);
         let shared = Arc::new(Shared {
-            pipeline: SharedPipeline::new(Pipeline::new(PortMap::new())),
+            pipeline: SharedPipeline::new(Pipeline::with_lanes(PortMap::new(), workers)),
             ports: ArcSwap::from_pointee(PortSet::default()),
             macs: SharedMacTable::new(options.mac_capacity, options.mac_ageing_ms),
             stop: AtomicBool::new(false),
