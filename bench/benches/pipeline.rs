@@ -11,6 +11,9 @@
 //! destination MAC and sets a register (unique actions per flow, the expensive case),
 //! table 2 outputs by register.
 //!
+//! `cache_hit_2_workers` is the hit with a second thread hitting the same flows meanwhile
+//! (on a machine with at least two free cores it shows what sharing counters costs).
+//!
 //! Run: `cargo bench -p bench --bench pipeline -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
@@ -152,6 +155,34 @@ fn bench_pass(c: &mut Criterion) {
     let mut cache = FlowCache::new(1024);
     g.bench_function("cache_hit", |b| {
         b.iter(|| black_box(p.process(&keys[7], 100, 0, &mut cache).actions().len()))
+    });
+    // The same hit while a second worker hits the same flows on its own lane: what
+    // counters shared between workers would cost (the line would move between cores).
+    let shared = SharedPipeline::new(Pipeline::with_lanes(ports(), 2));
+    shared.apply(&bundle_of(&texts), 0).unwrap();
+    let p2 = shared.load_full();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut cache = FlowCache::for_lane(1024, 1);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..1000 {
+                    black_box(p2.process(&keys[7], 100, 0, &mut cache).actions().len());
+                }
+            }
+        });
+        // Stops the other worker however this thread leaves the scope (a panic too).
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
+        let mut cache = FlowCache::for_lane(1024, 0);
+        g.bench_function("cache_hit_2_workers", |b| {
+            b.iter(|| black_box(p2.process(&keys[7], 100, 0, &mut cache).actions().len()))
+        });
     });
     g.finish();
 }

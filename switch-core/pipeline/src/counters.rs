@@ -13,7 +13,11 @@
 //!   that the control thread allocates when ids run out. The chunk list is published
 //!   with each pipeline version; chunks never move, so counts written through an older
 //!   version are not lost. An id is given back when the last version holding its flow
-//!   is dropped (no worker can still count against it), and zeroed when reused.
+//!   is dropped (no worker can still count against it: a worker counts only through a
+//!   version it holds, and a cached result only for the version it was made in), and
+//!   zeroed when reused. Giving it back takes the arena's lock; that happens where the
+//!   last reference to an old version goes, which may be a worker ending its batch,
+//!   once per flow of that version, as freeing the version's memory already is.
 //!   Last-used time is one word per flow, stored only when it moves forward (at most
 //!   once per millisecond per flow), so it costs no cache-line traffic per packet.
 //! - **Tables.** Lookups and matches per table per lane, one block of 254 × 16 bytes
