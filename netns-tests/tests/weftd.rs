@@ -742,15 +742,18 @@ fn metrics_are_prometheus_text_and_counters_move() {
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(a.status, 200);
         assert!(
-            a.content_type.starts_with("text/plain; version=0.0.4"),
+            a.content_type
+                .starts_with("application/openmetrics-text; version=1.0.0"),
             "{}",
             a.content_type
         );
         for family in [
-            "# TYPE weft_port_rx_packets_total counter",
-            "# TYPE weft_port_drops_total counter",
-            "# TYPE weft_table_lookups_total counter",
+            // OpenMetrics names a counter family without `_total`, its samples with.
+            "# TYPE weft_port_rx_packets counter",
+            "# TYPE weft_port_drops counter",
+            "# TYPE weft_table_lookups counter",
             "# TYPE weft_table_flows gauge",
+            "\n# EOF\n",
         ] {
             assert!(a.body.contains(family), "{family}\n{}", a.body);
         }

@@ -237,7 +237,7 @@ impl Switch {
         let workers = options.workers.max(1);
         let shared = Arc::new(Shared {
             pipeline: SharedPipeline::new(
-                Pipeline::new(PortMap::new()).with_limits(options.flow_limits),
+                Pipeline::with_lanes(PortMap::new(), workers).with_limits(options.flow_limits),
             ),
             ports: ArcSwap::from_pointee(PortSet::default()),
             macs: SharedMacTable::new(options.mac_capacity, options.mac_ageing_ms),

@@ -9,12 +9,13 @@ use weft_flow::{Bundle, DEFAULT_PRIORITY, Flow, FlowFilter, FlowMod, PortRef};
 use crate::classifier::RuleRef;
 use crate::flow_key::{FlowKey, FlowMask};
 
+use super::counters::Arena;
 use super::error::{InstallError, InstallErrorKind, Limit};
 use super::ports::PortMap;
 use super::translate::{
     Op, compile_actions, compile_match, rebuild_action, rebuild_match, writes_something,
 };
-use super::{FlowLimits, FlowSlot, FlowStats, Millis, Pipeline, Table};
+use super::{FlowLimits, FlowSlot, Millis, Pipeline, Table};
 
 /// What a bundle did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -166,12 +167,13 @@ fn net_change(old: &Pipeline, next: &Pipeline, touched: &[Touched], cleared: Vec
     out
 }
 
-fn dump_of(table: u8, r: RuleRef<'_, FlowSlot>, now: Millis) -> FlowDump {
+fn dump_of(p: &Pipeline, table: u8, r: RuleRef<'_, FlowSlot>, now: Millis) -> FlowDump {
     let st = &r.payload().stats;
+    let counts = p.flow_counts(st);
     FlowDump {
         flow: rule_flow(table, r, true),
-        packets: st.packets(),
-        bytes: st.bytes(),
+        packets: counts.packets,
+        bytes: counts.bytes,
         duration_ms: now.saturating_sub(st.created()),
         idle_age_ms: now.saturating_sub(st.last_used()),
     }
@@ -247,6 +249,7 @@ fn has_timeouts(s: &FlowSlot) -> bool {
 }
 
 fn apply_one(
+    arena: &Arc<Arena>,
     tables: &mut [Arc<Table>],
     ports: &PortMap,
     change: &FlowMod,
@@ -266,7 +269,7 @@ fn apply_one(
             if let Some(old) = t.cls.get_mut(&key, &mask, flow.priority) {
                 // Same identity: replace; counters survive only unchanged actions.
                 if old.ops != ops {
-                    old.stats = Arc::new(FlowStats::new(now));
+                    old.stats = arena.counter(now);
                 }
                 let delta = isize::from(new_timeouts) - isize::from(has_timeouts(old));
                 old.ops = ops;
@@ -278,7 +281,7 @@ fn apply_one(
                 out.replaced += 1;
             } else {
                 let slot = FlowSlot {
-                    stats: Arc::new(FlowStats::new(now)),
+                    stats: arena.counter(now),
                     ops,
                     cookie: flow.cookie,
                     idle_timeout: flow.idle_timeout,
@@ -403,6 +406,7 @@ pub(crate) fn apply(
     let mut cleared = Vec::new();
     for (index, change) in bundle.changes.iter().enumerate() {
         apply_one(
+            &p.arena,
             &mut tables,
             &p.ports,
             change,
@@ -418,9 +422,11 @@ pub(crate) fn apply(
         })?;
     }
     check_limits(&tables, p.limits, bundle.changes.len())?;
+    // The cells of every id handed out so far (those of the new flows included).
     let next = Pipeline {
         version,
         tables,
+        flow_cells: super::counters::FlowCells::new(&p.arena),
         ..p.clone_shallow()
     };
     let net = net_change(p, &next, &touched, cleared);
@@ -434,6 +440,8 @@ impl Pipeline {
             version: self.version(),
             tables: self.tables.clone(),
             ports: self.ports.clone(),
+            arena: self.arena.clone(),
+            flow_cells: self.flow_cells.clone(),
             table_stats: self.table_stats.clone(),
             drops: self.drops.clone(),
             limits: self.limits,
@@ -460,7 +468,7 @@ impl Pipeline {
                     } else {
                         ExpireReason::Idle
                     };
-                    let flow = dump_of(ti as u8, r, now);
+                    let flow = dump_of(self, ti as u8, r, now);
                     doomed.push((
                         ti,
                         r.value(),
@@ -529,7 +537,7 @@ impl Pipeline {
             // Stable, as the order of equal priorities was before.
             rules.sort_by_key(|r| std::cmp::Reverse(r.priority()));
             for r in &rules {
-                if !each(dump_of(t, *r, now)) {
+                if !each(dump_of(self, t, *r, now)) {
                     return Ok(false);
                 }
             }

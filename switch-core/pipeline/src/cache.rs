@@ -5,6 +5,10 @@
 //! reused round-robin; reusing one bumps its generation, so an EMC entry that still
 //! points at a reused slot no longer matches and is a miss. Nothing is allocated after
 //! construction: a hit is one EMC probe, one generation compare and the counter bumps.
+//!
+//! A cache belongs to one worker and counts in that worker's lane of the pipeline's
+//! counters ([`counters`](crate::counters)): the datapath makes each worker's cache
+//! with [`FlowCache::for_lane`] and its own worker number.
 
 use crate::emc::{DEFAULT_ENTRIES, Emc};
 use crate::flow_key::FlowKey;
@@ -18,6 +22,7 @@ pub struct FlowCache {
     slots: Box<[Resolved]>,
     gens: Box<[u32]>,
     next: usize,
+    lane: usize,
     hits: u64,
     misses: u64,
 }
@@ -26,6 +31,7 @@ impl std::fmt::Debug for FlowCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlowCache")
             .field("slots", &self.slots.len())
+            .field("lane", &self.lane)
             .field("hits", &self.hits)
             .field("misses", &self.misses)
             .finish()
@@ -39,9 +45,17 @@ impl Default for FlowCache {
 }
 
 impl FlowCache {
-    /// A cache of `entries` keys (rounded up to a power of two); allocates everything
-    /// now (about 1 KB per entry).
+    /// A cache of `entries` keys (rounded up to a power of two) counting in lane 0;
+    /// allocates everything now (about 1 KB per entry).
     pub fn new(entries: usize) -> FlowCache {
+        FlowCache::for_lane(entries, 0)
+    }
+
+    /// A cache of `entries` keys for the worker that owns counter lane `lane` (see
+    /// [`Pipeline::with_lanes`]). Two caches used from different threads at once must
+    /// have different lanes, or some of their counts are lost (never more than that: a
+    /// lane at or past the pipeline's lanes wraps around).
+    pub fn for_lane(entries: usize, lane: usize) -> FlowCache {
         let emc = Emc::new(entries);
         let n = emc.capacity();
         FlowCache {
@@ -49,9 +63,15 @@ impl FlowCache {
             slots: (0..n).map(|_| Resolved::default()).collect(),
             gens: vec![0; n].into_boxed_slice(),
             next: 0,
+            lane,
             hits: 0,
             misses: 0,
         }
+    }
+
+    /// The counter lane this cache writes.
+    pub fn lane(&self) -> usize {
+        self.lane
     }
 
     /// Lookups answered from the cache.
@@ -85,12 +105,13 @@ impl FlowCache {
     ) -> &Resolved {
         let hash = key.hash();
         let version = p.version();
+        let lane = p.flow_cells.lane(self.lane);
         if let Some(v) = self.emc.lookup(key, hash, version) {
             let (slot, generation) = ((v >> 32) as usize, v as u32);
             if slot < self.slots.len() && self.gens[slot] == generation {
                 self.hits += 1;
                 let r = &self.slots[slot];
-                r.account(p, bytes, now);
+                r.account(p, lane, bytes, now);
                 return r;
             }
         }
@@ -101,8 +122,8 @@ impl FlowCache {
         self.gens[slot] = generation;
         let r = &mut self.slots[slot];
         r.clear();
-        Walk::run(p, key, r, &mut NoRecord, Count::Yes { bytes, now });
-        r.account(p, bytes, now);
+        Walk::run(p, key, r, &mut NoRecord, Count::Yes { lane, bytes, now });
+        r.account(p, lane, bytes, now);
         if r.is_cacheable() {
             self.emc.insert(
                 key,

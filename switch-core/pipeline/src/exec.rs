@@ -3,13 +3,13 @@
 //! recorder, forwarding passes [`NoRecord`], whose methods are empty and inline away.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use crate::drop::DropReason;
 use crate::flow_key::{ETH_TYPE_IPV4, ETH_TYPE_IPV6, FlowKey};
 
+use super::counters::FlowCounter;
 use super::translate::{Op, join, ones, read_field, write_field};
-use super::{FlowSlot, FlowStats, Pipeline};
+use super::{FlowSlot, Pipeline};
 
 /// Maximum number of datapath actions (outputs, `normal`, `flood`) one resolved list
 /// holds. A walk that produces more drops the packet as `too_many_outputs`.
@@ -63,11 +63,11 @@ impl DpAction {
     }
 }
 
-/// One table visited by a walk: its stats and the matched flow's counters (none = miss).
+/// One table visited by a walk: the table and the matched flow's counter (none = miss).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Visit {
     pub(crate) table: u8,
-    pub(crate) flow: Option<Arc<FlowStats>>,
+    pub(crate) flow: Option<Arc<FlowCounter>>,
 }
 
 /// The outcome of a pipeline walk for one key: everything the datapath needs, and it
@@ -180,11 +180,12 @@ impl Resolved {
         true
     }
 
-    /// Counts this result against the snapshot's counters: flows, tables, drops.
+    /// Counts this result against the snapshot's counters in `lane`: flows, tables,
+    /// drops.
     #[inline]
-    pub(crate) fn account(&self, p: &Pipeline, bytes: u64, now: u64) {
+    pub(crate) fn account(&self, p: &Pipeline, lane: usize, bytes: u64, now: u64) {
         for v in &self.visits[..usize::from(self.n_visits)] {
-            p.bump_visit(v.table, v.flow.as_deref(), bytes, now);
+            p.bump_visit(lane, v.table, v.flow.as_deref(), bytes, now);
         }
         if let Some(r) = self.drop_reason() {
             p.drops.bump(r);
@@ -219,11 +220,11 @@ pub(crate) struct NoRecord;
 impl Recorder for NoRecord {}
 
 /// Counting mode of a walk: forwarding bumps counters of visits that do not fit the
-/// resolved list directly (bytes, now); trace never counts.
+/// resolved list directly (in the worker's lane, bytes, now); trace never counts.
 #[derive(Clone, Copy)]
 pub(crate) enum Count {
     No,
-    Yes { bytes: u64, now: u64 },
+    Yes { lane: usize, bytes: u64, now: u64 },
 }
 
 /// One walk in progress.
@@ -267,7 +268,7 @@ impl<'a, R: Recorder> Walk<'a, R> {
         }
     }
 
-    fn record_visit(&mut self, table: u8, flow: Option<&Arc<FlowStats>>) {
+    fn record_visit(&mut self, table: u8, flow: Option<&Arc<FlowCounter>>) {
         let n = usize::from(self.out.n_visits);
         if n < MAX_VISITS {
             self.out.visits[n] = Visit {
@@ -277,8 +278,9 @@ impl<'a, R: Recorder> Walk<'a, R> {
             self.out.n_visits += 1;
         } else {
             self.out.cacheable = false;
-            if let Count::Yes { bytes, now } = self.count {
-                self.p.bump_visit(table, flow.map(|a| &**a), bytes, now);
+            if let Count::Yes { lane, bytes, now } = self.count {
+                self.p
+                    .bump_visit(lane, table, flow.map(|a| &**a), bytes, now);
             }
         }
     }
@@ -403,18 +405,21 @@ impl<'a, R: Recorder> Walk<'a, R> {
 }
 
 impl Pipeline {
-    /// Bumps one table visit: table lookups/matches, the flow's packets/bytes/last-used.
+    /// Bumps one table visit in `lane` (one writer per lane): table lookups/matches,
+    /// the flow's packets/bytes, its last-used time.
     #[inline]
-    pub(crate) fn bump_visit(&self, table: u8, flow: Option<&FlowStats>, bytes: u64, now: u64) {
-        let ts = &self.table_stats[usize::from(table)];
-        ts.lookups.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn bump_visit(
+        &self,
+        lane: usize,
+        table: u8,
+        flow: Option<&FlowCounter>,
+        bytes: u64,
+        now: u64,
+    ) {
+        self.table_stats.bump(lane, table, flow.is_some());
         if let Some(f) = flow {
-            ts.matches.fetch_add(1, Ordering::Relaxed);
-            f.packets.fetch_add(1, Ordering::Relaxed);
-            f.bytes.fetch_add(bytes, Ordering::Relaxed);
-            if f.last_used.load(Ordering::Relaxed) < now {
-                f.last_used.store(now, Ordering::Relaxed);
-            }
+            self.flow_cells.bump(lane, f.id(), bytes);
+            f.touch(now);
         }
     }
 }

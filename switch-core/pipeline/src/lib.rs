@@ -50,13 +50,15 @@
 //! A flow is kept compiled: its match as the classifier's value/mask (plus a bitmap of
 //! which control fields it named, enough to rebuild the `weft_flow::Flow` for dumps and
 //! traces), its actions as a shared list of 24-byte [`Op`](translate::Op)s, and its
-//! counters in an `Arc<FlowStats>` of relaxed atomics (packets, bytes, last used;
-//! created is fixed). Counters are shared by every version the flow lives in, so a
-//! packet counted against an old snapshot is not lost. Adding a flow with the identity
-//! of an installed one replaces it and keeps its counters only when its actions are
-//! unchanged (as `ovs-ofctl replace-flows`); `modify` replaces the actions and keeps
-//! the counters. Per-table counters (lookups, matches; misses = lookups − matches) and
-//! drop counters per [`DropReason`] live outside the versions and are shared by all.
+//! counter identity in an `Arc<`[`FlowCounter`]`>` (an id, created and last-used
+//! times). Packets and bytes are counted per worker, in that worker's lane of dense
+//! arrays indexed by the id, and summed when read ([`counters`]); the identity is
+//! shared by every version the flow lives in, so a packet counted against an old
+//! snapshot is not lost. Adding a flow with the identity of an installed one replaces
+//! it and keeps its counters only when its actions are unchanged (as `ovs-ofctl
+//! replace-flows`); `modify` replaces the actions and keeps the counters. Per-table
+//! counters (lookups, matches; misses = lookups − matches; one block per lane) and drop
+//! counters per [`DropReason`] live outside the versions and are shared by all.
 //!
 //! # The resolved-action cache
 //!
@@ -100,6 +102,7 @@
 pub mod cache;
 pub mod classifier;
 pub mod commit;
+pub mod counters;
 pub mod drop;
 pub mod egress;
 pub mod emc;
@@ -125,11 +128,13 @@ use arc_swap::{ArcSwap, Guard};
 use weft_flow::{Bundle, Flow};
 
 use crate::classifier::Classifier;
+use crate::counters::{Arena, FlowCells, TableCells};
 use crate::drop::{DropCounters, DropReason};
 use crate::flow_key::FlowKey;
 
 pub use bundle::{BundleOutcome, ExpireReason, ExpiredFlow, FlowDump, NetChange};
 pub use cache::FlowCache;
+pub use counters::{FlowCounter, FlowCounts, MAX_LANES, TableStats};
 pub use error::{InstallError, InstallErrorKind, Limit};
 pub use exec::{DpAction, MAX_DEPTH, MAX_LOOKUPS, MAX_OUTPUTS, MAX_STATES, MAX_VISITS, Resolved};
 pub use normal::{Forward, Learned, MacEntry, MacTable, Send, for_each_send};
@@ -154,75 +159,11 @@ pub(crate) fn next_version() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Counters of one flow: relaxed atomics, bumped by every worker without locks.
-#[derive(Debug)]
-pub struct FlowStats {
-    packets: AtomicU64,
-    bytes: AtomicU64,
-    last_used: AtomicU64,
-    created: Millis,
-}
-
-impl FlowStats {
-    fn new(now: Millis) -> FlowStats {
-        FlowStats {
-            packets: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            last_used: AtomicU64::new(now),
-            created: now,
-        }
-    }
-
-    /// Packets that matched the flow.
-    pub fn packets(&self) -> u64 {
-        self.packets.load(Ordering::Relaxed)
-    }
-
-    /// Bytes of those packets.
-    pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
-    /// When the flow last matched a packet (its install time if never).
-    pub fn last_used(&self) -> Millis {
-        self.last_used.load(Ordering::Relaxed)
-    }
-
-    /// When the flow was installed.
-    pub fn created(&self) -> Millis {
-        self.created
-    }
-}
-
-/// Counters of one table (shared by every version).
-#[derive(Debug, Default)]
-pub struct TableStats {
-    lookups: AtomicU64,
-    matches: AtomicU64,
-}
-
-impl TableStats {
-    /// Lookups in the table.
-    pub fn lookups(&self) -> u64 {
-        self.lookups.load(Ordering::Relaxed)
-    }
-
-    /// Lookups that matched a flow.
-    pub fn matches(&self) -> u64 {
-        self.matches.load(Ordering::Relaxed)
-    }
-
-    /// Lookups that matched nothing.
-    pub fn misses(&self) -> u64 {
-        self.lookups().saturating_sub(self.matches())
-    }
-}
-
 /// A compiled flow: the classifier's payload. Its match is the classifier's
 /// value/mask/priority; everything else is here.
 #[derive(Clone, Debug)]
 pub(crate) struct FlowSlot {
-    pub(crate) stats: Arc<FlowStats>,
+    pub(crate) stats: Arc<FlowCounter>,
     pub(crate) ops: Arc<[Op]>,
     pub(crate) cookie: u64,
     pub(crate) idle_timeout: u16,
@@ -284,20 +225,34 @@ pub struct Pipeline {
     version: u64,
     pub(crate) tables: Vec<Arc<Table>>,
     pub(crate) ports: Arc<PortMap>,
-    pub(crate) table_stats: Arc<[TableStats]>,
+    pub(crate) arena: Arc<Arena>,
+    pub(crate) flow_cells: FlowCells,
+    pub(crate) table_stats: Arc<TableCells>,
     pub(crate) drops: Arc<DropCounters>,
     pub(crate) limits: FlowLimits,
 }
 
 impl Pipeline {
-    /// An empty pipeline (every packet misses table 0) over `ports`.
+    /// An empty pipeline (every packet misses table 0) over `ports`, with one counter
+    /// lane (one worker; see [`Pipeline::with_lanes`]).
     pub fn new(ports: PortMap) -> Pipeline {
+        Pipeline::with_lanes(ports, 1)
+    }
+
+    /// An empty pipeline over `ports` whose flow and table counters have `lanes` lanes
+    /// (clamped to 1..=[`MAX_LANES`]): one per worker, each written only by the
+    /// [`FlowCache`] made for it ([`FlowCache::for_lane`]), summed when read. Every
+    /// lane costs 16 bytes per installed flow.
+    pub fn with_lanes(ports: PortMap, lanes: usize) -> Pipeline {
         let empty = Arc::new(Table::default());
+        let arena = Arena::new(lanes);
         Pipeline {
             version: next_version(),
             tables: vec![empty; N_TABLES],
             ports: Arc::new(ports),
-            table_stats: (0..N_TABLES).map(|_| TableStats::default()).collect(),
+            flow_cells: FlowCells::new(&arena),
+            table_stats: Arc::new(TableCells::new(arena.lanes())),
+            arena,
             drops: Arc::new(DropCounters::default()),
             limits: FlowLimits::default(),
         }
@@ -315,6 +270,11 @@ impl Pipeline {
         self.limits
     }
 
+    /// Counter lanes (see [`Pipeline::with_lanes`]).
+    pub fn lanes(&self) -> usize {
+        self.arena.lanes()
+    }
+
     /// This snapshot's version: unique in the process, and increasing along the
     /// history of a [`SharedPipeline`].
     pub fn version(&self) -> u64 {
@@ -326,9 +286,14 @@ impl Pipeline {
         &self.ports
     }
 
-    /// Counters of table `t`.
-    pub fn table_stats(&self, t: u8) -> &TableStats {
-        &self.table_stats[usize::from(t)]
+    /// Counters of table `t` (every lane added up).
+    pub fn table_stats(&self, t: u8) -> TableStats {
+        self.table_stats.sum(t)
+    }
+
+    /// Packets and bytes of flow counter `c` (every lane added up).
+    pub(crate) fn flow_counts(&self, c: &FlowCounter) -> FlowCounts {
+        self.flow_cells.sum(c)
     }
 
     /// Drop counters (shared by all versions).
@@ -349,7 +314,7 @@ impl Pipeline {
                 if slot.ops.is_empty() {
                     *sums
                         .entry((t as u8, r.priority(), slot.cookie))
-                        .or_default() += slot.stats.packets();
+                        .or_default() += self.flow_counts(&slot.stats).packets;
                 }
             }
         }

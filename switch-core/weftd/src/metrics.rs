@@ -1,14 +1,20 @@
 //! Prometheus metrics at `http://ADDR/metrics`.
 //!
-//! The switch fills a plain-data [`StatsSnapshot`] when asked (a callback); the server
-//! renders it in the Prometheus text exposition format (version 0.0.4) per scrape.
-//! Scraping is not the packet path: rendering allocates freely, and the callback is
-//! called once per request from the server's own thread.
+//! The switch fills a plain-data [`StatsSnapshot`] when asked (a callback); a
+//! `prometheus-client` [`Collector`] renders it per scrape in the OpenMetrics text
+//! format (`prometheus_client::encoding::text`), which Prometheus reads natively.
+//! Counters are not kept twice: nothing is registered but the collector, and every
+//! value comes from the snapshot of that scrape. Scraping is not the packet path:
+//! rendering allocates freely, and the callback is called once per request from the
+//! server's own thread.
 //!
-//! The server is a std `TcpListener` on one thread that handles one connection at a
-//! time. Each connection has a deadline ([`CLIENT_DEADLINE`]) for the whole exchange
-//! and the request head is bounded ([`MAX_REQUEST`]), so a client that connects and
-//! sends nothing, or trickles bytes, holds the server up for at most about two seconds.
+//! The HTTP server is `hyper` (HTTP/1.1 only) on a current-thread `tokio` runtime that
+//! lives in the metrics thread alone; nothing of tokio reaches the datapath. Resources
+//! are bounded: at most [`MAX_CLIENTS`] connections are served at once (more are
+//! closed at once), each has a deadline ([`CLIENT_DEADLINE`]) for the whole exchange,
+//! a request head is at most [`MAX_REQUEST`] bytes (431 past that), and every
+//! response closes its connection. A client that connects and sends nothing, or
+//! trickles bytes, holds one slot for at most that deadline and never delays another.
 //!
 //! | metric | labels |
 //! | --- | --- |
@@ -21,220 +27,303 @@
 //! | `weft_flow_drops_total` | `table`, `priority`, `cookie` |
 //! | `weft_pipeline_version` (gauge) | |
 //! | `weft_mac_entries` (gauge), `weft_mac_capacity` (gauge), `weft_mac_evictions_total`, `weft_mac_moves_total` | |
+//!
+//! (A counter's family is named without `_total` in its `# HELP`/`# TYPE` lines and
+//! its samples with it, as OpenMetrics has it.)
 
-use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ALLOW, CONTENT_TYPE as CONTENT_TYPE_HEADER, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::{Semaphore, oneshot};
 
 /// The longest request head (request line and headers) the server reads.
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// How long one client may take, from accept to the last byte of the response.
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
-/// The content type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Connections served at once; more are closed as they come.
+pub const MAX_CLIENTS: usize = 16;
+/// The content type of the OpenMetrics text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub use weft_datapath::stats::{PortStats, StatsSnapshot, TableStats};
 
-/// Renders a snapshot in the Prometheus text exposition format (0.0.4).
-pub fn render(s: &StatsSnapshot) -> String {
-    let mut out = String::with_capacity(1024 + 512 * s.ports.len() + 256 * s.tables.len());
-    let mut family =
-        |name: &str, kind: &str, help: &str, samples: &mut dyn Iterator<Item = (String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        };
-    let port_labels = |p: &PortStats| {
-        labels(&[
-            ("port", &p.name),
-            ("ofport", &p.ofport.to_string()),
-            ("type", p.port_type),
-        ])
-    };
+type Fmt = Result<(), std::fmt::Error>;
+
+/// One family: its descriptor, then one sample per label set.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, M)>,
+    kind: MetricType,
+) -> Fmt {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in samples {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counters<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> Fmt {
     family(
+        enc,
+        name,
+        help,
+        samples.into_iter().map(|(l, v)| (l, ConstCounter::new(v))),
+        MetricType::Counter,
+    )
+}
+
+fn gauges<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> Fmt {
+    family(
+        enc,
+        name,
+        help,
+        samples.into_iter().map(|(l, v)| (l, ConstGauge::new(v))),
+        MetricType::Gauge,
+    )
+}
+
+/// A family of one sample without labels.
+fn single(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric: impl EncodeMetric,
+) -> Fmt {
+    metric.encode(enc.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Fmt {
+    single(enc, name, help, ConstCounter::new(v))
+}
+
+fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Fmt {
+    single(enc, name, help, ConstGauge::new(v))
+}
+
+/// Encodes every family of a snapshot. Names, labels and help texts are those of the
+/// table in the module docs (counters without `_total`: the encoder adds it).
+fn encode_snapshot(s: &StatsSnapshot, enc: &mut DescriptorEncoder<'_>) -> Fmt {
+    let port_labels: Vec<[(&str, String); 3]> = s
+        .ports
+        .iter()
+        .map(|p| {
+            [
+                ("port", p.name.clone()),
+                ("ofport", p.ofport.to_string()),
+                ("type", p.port_type.to_string()),
+            ]
+        })
+        .collect();
+    let per_port = |get: fn(&PortStats) -> u64| {
+        port_labels
+            .iter()
+            .zip(&s.ports)
+            .map(move |(l, p)| (l.clone(), get(p)))
+    };
+    gauges(
+        enc,
         "weft_port_up",
-        "gauge",
         "1 if the port is up, 0 if its device or sockets could not be opened (retried).",
-        &mut s.ports.iter().map(|p| (port_labels(p), u64::from(p.up))),
-    );
+        per_port(|p| u64::from(p.up)),
+    )?;
     type PortField = fn(&PortStats) -> u64;
     let port_counters: [(&str, &str, PortField); 4] = [
         (
-            "weft_port_rx_packets_total",
+            "weft_port_rx_packets",
             "Frames received from the port.",
             |p| p.rx_packets,
         ),
-        (
-            "weft_port_tx_packets_total",
-            "Frames sent to the port.",
-            |p| p.tx_packets,
-        ),
-        (
-            "weft_port_rx_bytes_total",
-            "Bytes received from the port.",
-            |p| p.rx_bytes,
-        ),
-        ("weft_port_tx_bytes_total", "Bytes sent to the port.", |p| {
+        ("weft_port_tx_packets", "Frames sent to the port.", |p| {
+            p.tx_packets
+        }),
+        ("weft_port_rx_bytes", "Bytes received from the port.", |p| {
+            p.rx_bytes
+        }),
+        ("weft_port_tx_bytes", "Bytes sent to the port.", |p| {
             p.tx_bytes
         }),
     ];
     for (name, help, get) in port_counters {
-        family(
-            name,
-            "counter",
-            help,
-            &mut s.ports.iter().map(|p| (port_labels(p), get(p))),
-        );
+        counters(enc, name, help, per_port(get))?;
     }
-    family(
-        "weft_port_drops_total",
-        "counter",
+    counters(
+        enc,
+        "weft_port_drops",
         "Frames dropped at the port, by reason.",
-        &mut s.ports.iter().flat_map(|p| {
+        s.ports.iter().flat_map(|p| {
             p.drops
                 .iter()
-                .map(move |(r, n)| (labels(&[("port", &p.name), ("reason", r)]), *n))
+                .map(move |(r, n)| ([("port", p.name.as_str()), ("reason", r.as_str())], *n))
         }),
-    );
+    )?;
+    let table = |t: &TableStats| [("table", t.id.to_string())];
+    gauges(
+        enc,
+        "weft_table_flows",
+        "Flows installed in the table.",
+        s.tables.iter().map(|t| (table(t), t.flows)),
+    )?;
     type TableField = fn(&TableStats) -> u64;
-    let table_metrics: [(&str, &str, &str, TableField); 4] = [
+    let table_counters: [(&str, &str, TableField); 3] = [
+        ("weft_table_lookups", "Lookups in the table.", |t| t.lookups),
         (
-            "weft_table_flows",
-            "gauge",
-            "Flows installed in the table.",
-            |t| t.flows,
-        ),
-        (
-            "weft_table_lookups_total",
-            "counter",
-            "Lookups in the table.",
-            |t| t.lookups,
-        ),
-        (
-            "weft_table_matches_total",
-            "counter",
+            "weft_table_matches",
             "Lookups in the table that matched a flow.",
             |t| t.matches,
         ),
         (
-            "weft_table_misses_total",
-            "counter",
+            "weft_table_misses",
             "Lookups in the table that matched no flow (dropped).",
             |t| t.misses,
         ),
     ];
-    for (name, kind, help, get) in table_metrics {
-        family(
-            name,
-            kind,
-            help,
-            &mut s
-                .tables
-                .iter()
-                .map(|t| (labels(&[("table", &t.id.to_string())]), get(t))),
-        );
+    for (name, help, get) in table_counters {
+        counters(enc, name, help, s.tables.iter().map(|t| (table(t), get(t))))?;
     }
-    family(
-        "weft_cache_hits_total",
-        "counter",
+    counter(
+        enc,
+        "weft_cache_hits",
         "Exact-match cache hits.",
-        &mut std::iter::once((String::new(), s.cache_hits)),
-    );
-    family(
-        "weft_cache_misses_total",
-        "counter",
+        s.cache_hits,
+    )?;
+    counter(
+        enc,
+        "weft_cache_misses",
         "Exact-match cache misses.",
-        &mut std::iter::once((String::new(), s.cache_misses)),
-    );
-    family(
-        "weft_drops_total",
-        "counter",
+        s.cache_misses,
+    )?;
+    counters(
+        enc,
+        "weft_drops",
         "Frames dropped by the datapath, by reason.",
-        &mut s.drops.iter().map(|(r, n)| (labels(&[("reason", r)]), *n)),
-    );
-    family(
-        "weft_flow_drops_total",
-        "counter",
+        s.drops.iter().map(|(r, n)| ([("reason", r.as_str())], *n)),
+    )?;
+    counters(
+        enc,
+        "weft_flow_drops",
         "Frames dropped by drop flows (explicit_drop), by the flows' table, priority and cookie.",
-        &mut s.flow_drops.iter().map(|d| {
+        s.flow_drops.iter().map(|d| {
             (
-                labels(&[
-                    ("table", &d.table.to_string()),
-                    ("priority", &d.priority.to_string()),
-                    ("cookie", &format!("{:#x}", d.cookie)),
-                ]),
+                [
+                    ("table", d.table.to_string()),
+                    ("priority", d.priority.to_string()),
+                    ("cookie", format!("{:#x}", d.cookie)),
+                ],
                 d.packets,
             )
         }),
-    );
-    family(
+    )?;
+    gauge(
+        enc,
         "weft_pipeline_version",
-        "gauge",
         "The published pipeline version (grows by one per bundle).",
-        &mut std::iter::once((String::new(), s.pipeline_version)),
-    );
-    family(
+        s.pipeline_version,
+    )?;
+    gauge(
+        enc,
         "weft_mac_entries",
-        "gauge",
         "Live entries of the MAC table of normal.",
-        &mut std::iter::once((String::new(), s.mac_entries)),
-    );
-    family(
+        s.mac_entries,
+    )?;
+    gauge(
+        enc,
         "weft_mac_capacity",
-        "gauge",
         "Entries the MAC table can hold.",
-        &mut std::iter::once((String::new(), s.mac_capacity)),
-    );
-    family(
-        "weft_mac_evictions_total",
-        "counter",
+        s.mac_capacity,
+    )?;
+    counter(
+        enc,
+        "weft_mac_evictions",
         "MAC table entries evicted because their set was full (least recently seen first).",
-        &mut std::iter::once((String::new(), s.mac_evictions)),
-    );
-    family(
-        "weft_mac_moves_total",
-        "counter",
+        s.mac_evictions,
+    )?;
+    counter(
+        enc,
+        "weft_mac_moves",
         "Hosts the MAC table saw move to another port.",
-        &mut std::iter::once((String::new(), s.mac_moves)),
-    );
-    out
+        s.mac_moves,
+    )
 }
 
-/// `{a="x",b="y"}` with label values escaped as the text format requires.
-fn labels(pairs: &[(&str, &str)]) -> String {
-    let mut s = String::from("{");
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push_str(k);
-        s.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => s.push_str("\\\\"),
-                '"' => s.push_str("\\\""),
-                '\n' => s.push_str("\\n"),
-                c => s.push(c),
-            }
-        }
-        s.push('"');
+/// The collector of the switch's counters: takes a [`StatsSnapshot`] from its source at
+/// every scrape and encodes it.
+pub struct SwitchCollector {
+    stats: Box<dyn Fn() -> StatsSnapshot + Send + Sync>,
+}
+
+impl std::fmt::Debug for SwitchCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwitchCollector").finish_non_exhaustive()
     }
-    s.push('}');
-    s
+}
+
+impl SwitchCollector {
+    /// A collector reading `stats` at every scrape.
+    pub fn new(stats: impl Fn() -> StatsSnapshot + Send + Sync + 'static) -> SwitchCollector {
+        SwitchCollector {
+            stats: Box::new(stats),
+        }
+    }
+}
+
+impl Collector for SwitchCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Fmt {
+        encode_snapshot(&(self.stats)(), &mut encoder)
+    }
+}
+
+/// A registry holding only the switch's collector.
+pub fn registry(stats: impl Fn() -> StatsSnapshot + Send + Sync + 'static) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(SwitchCollector::new(stats)));
+    r
+}
+
+/// Renders a snapshot in the OpenMetrics text format (what `/metrics` serves).
+pub fn render(s: &StatsSnapshot) -> String {
+    let s = s.clone();
+    encode(&registry(move || s.clone())).unwrap_or_default()
+}
+
+fn encode(r: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::with_capacity(16 * 1024);
+    prometheus_client::encoding::text::encode(&mut out, r)?;
+    Ok(out)
 }
 
 /// The metrics HTTP server. Stops when [`MetricsServer::stop`] is called or it is
 /// dropped.
 pub struct MetricsServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -253,34 +342,29 @@ impl MetricsServer {
     where
         F: Fn() -> StatsSnapshot + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind(addr)?;
+        let listener = std::net::TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let (stop, stopped) = oneshot::channel();
+        let registry = Arc::new(registry(stats));
         let thread = std::thread::Builder::new()
             .name("weft-metrics".into())
             .spawn(move || {
-                for conn in listener.incoming() {
-                    if flag.load(Ordering::Acquire) {
-                        break;
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => accept_loop(l, registry, stopped).await,
+                        Err(e) => tracing::error!("metrics listener: {e}"),
                     }
-                    match conn {
-                        Ok(stream) => {
-                            if let Err(e) = serve(stream, &stats) {
-                                tracing::debug!("metrics client: {e}");
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!("metrics accept: {e}");
-                            // E.g. out of file descriptors: do not spin.
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
+                });
+                // Dropping the runtime ends the connections still open.
             })?;
         Ok(MetricsServer {
             addr,
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
         })
     }
@@ -290,28 +374,18 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Stops the server and waits for its thread (at most one client deadline).
+    /// Stops the server and waits for its thread.
     pub fn stop(mut self) {
         self.stop_inner();
     }
 
     fn stop_inner(&mut self) {
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        self.stop.store(true, Ordering::Release);
-        // Wake the blocking accept with a connection of our own.
-        let mut wake = self.addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(match wake {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        if TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok() {
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        // If the wake-up connection failed the thread is left to die with the process.
     }
 }
 
@@ -321,142 +395,88 @@ impl Drop for MetricsServer {
     }
 }
 
-/// Answers one request on `stream`, within [`CLIENT_DEADLINE`].
-fn serve<F: Fn() -> StatsSnapshot>(mut stream: TcpStream, stats: &F) -> io::Result<()> {
-    let deadline = Instant::now() + CLIENT_DEADLINE;
-    let remaining = || {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "client too slow"))
-    };
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut len = 0;
-    let head_end = loop {
-        if let Some(i) = find_head_end(&buf[..len]) {
-            break Some(i);
-        }
-        if len == buf.len() {
-            break None;
-        }
-        stream.set_read_timeout(Some(remaining()?))?;
-        let n = match stream.read(&mut buf[len..]) {
-            Ok(0) => return Ok(()), // closed before a full request
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.keep_alive(false).max_buf_size(MAX_REQUEST);
+    loop {
+        let conn = tokio::select! {
+            _ = &mut stopped => return,
+            conn = listener.accept() => conn,
         };
-        len += n;
-    };
-    let response = match head_end {
-        None => Response::plain(
-            431,
-            "Request Header Fields Too Large",
-            "request too large\n",
-        ),
-        Some(end) => route(&buf[..end], stats),
-    };
-    stream.set_write_timeout(Some(remaining()?))?;
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        response.status,
-        response.reason,
-        response.content_type,
-        response.body.len()
+        let stream = match conn {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("metrics accept: {e}");
+                // E.g. out of file descriptors: do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("metrics: {MAX_CLIENTS} clients already, one turned away");
+            continue;
+        };
+        let registry = registry.clone();
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            hyper::service::service_fn(move |req| {
+                let registry = registry.clone();
+                async move { Ok::<_, Infallible>(route(&req, &registry)) }
+            }),
+        );
+        tokio::spawn(async move {
+            match tokio::time::timeout(CLIENT_DEADLINE, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("metrics client: {e}"),
+                Err(_) => tracing::debug!("metrics client: too slow, cut off"),
+            }
+            drop(slot);
+        });
+    }
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE_HEADER,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if response.status == 405 {
-        head.push_str("Allow: GET, HEAD\r\n");
+    r
+}
+
+fn route(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/metrics" {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found; metrics are at /metrics\n",
+        );
     }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    if !response.head_only {
-        out.extend_from_slice(response.body.as_bytes());
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
-    // The write timeout bounds each write call; loop under the deadline.
-    let mut sent = 0;
-    while sent < out.len() {
-        stream.set_write_timeout(Some(remaining()?))?;
-        match stream.write(&out[sent..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    match catch_unwind(AssertUnwindSafe(|| encode(registry))) {
+        Ok(Ok(text)) => {
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut()
+                .insert(CONTENT_TYPE_HEADER, HeaderValue::from_static(CONTENT_TYPE));
+            r
         }
-    }
-    // Lingering close: read what the client still sends (briefly), so that closing
-    // with unread input does not reset the connection before it has read the answer.
-    let _ = stream.shutdown(Shutdown::Write);
-    let mut drained = 0;
-    while drained < 64 * 1024 {
-        let Ok(left) = remaining() else { break };
-        stream.set_read_timeout(Some(left.min(Duration::from_millis(200))))?;
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
-        }
-    }
-    Ok(())
-}
-
-/// Where the request head ends (`\r\n\r\n`, or `\n\n` from a sloppy client).
-fn find_head_end(b: &[u8]) -> Option<usize> {
-    b.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| b.windows(2).position(|w| w == b"\n\n"))
-}
-
-struct Response {
-    status: u16,
-    reason: &'static str,
-    content_type: &'static str,
-    body: String,
-    head_only: bool,
-}
-
-impl Response {
-    fn plain(status: u16, reason: &'static str, body: &str) -> Response {
-        Response {
-            status,
-            reason,
-            content_type: "text/plain; charset=utf-8",
-            body: body.to_string(),
-            head_only: false,
-        }
-    }
-}
-
-fn route<F: Fn() -> StatsSnapshot>(head: &[u8], stats: &F) -> Response {
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.trim_end_matches('\r').split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Response::plain(400, "Bad Request", "bad request line\n");
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Response::plain(400, "Bad Request", "expected HTTP/1.x\n");
-    }
-    let path = target.split(['?', '#']).next().unwrap_or_default();
-    if path != "/metrics" {
-        return Response::plain(404, "Not Found", "not found; metrics are at /metrics\n");
-    }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Response::plain(405, "Method Not Allowed", "only GET and HEAD\n"),
-    };
-    match catch_unwind(AssertUnwindSafe(stats)) {
-        Ok(snapshot) => Response {
-            status: 200,
-            reason: "OK",
-            content_type: CONTENT_TYPE,
-            body: render(&snapshot),
-            head_only,
-        },
+        Ok(Err(_)) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics could not be encoded\n",
+        ),
         Err(_) => {
             tracing::error!("metrics: the stats callback panicked");
-            Response::plain(500, "Internal Server Error", "stats unavailable\n")
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "stats unavailable\n")
         }
     }
 }
@@ -465,6 +485,9 @@ fn route<F: Fn() -> StatsSnapshot>(head: &[u8], stats: &F) -> Response {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
 
     fn snapshot() -> StatsSnapshot {
         StatsSnapshot {
@@ -533,22 +556,32 @@ mod tests {
         }
     }
 
-    /// Parses the text format strictly enough to catch malformed output:
-    /// sample name + labels → value, and every sample's family has a TYPE line.
+    /// Parses the OpenMetrics text strictly enough to catch malformed output: sample
+    /// name + labels → value; every sample's family has one HELP and one TYPE line
+    /// before it (a counter family `x` has samples `x_total`), and `# EOF` ends it.
     fn parse_text(text: &str) -> HashMap<String, u64> {
-        let mut typed = HashMap::new();
+        let mut typed: HashMap<String, String> = HashMap::new();
+        let mut helped = std::collections::HashSet::new();
         let mut out = HashMap::new();
-        for line in text.lines() {
+        let body = text
+            .strip_suffix("# EOF\n")
+            .unwrap_or_else(|| panic!("no # EOF at the end: {text}"));
+        for line in body.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').unwrap();
                 assert!(kind == "counter" || kind == "gauge", "{line}");
+                assert!(!name.ends_with("_total"), "{line}");
+                assert!(helped.contains(name), "TYPE before HELP: {line}");
                 assert!(
                     typed.insert(name.to_string(), kind.to_string()).is_none(),
                     "{line}"
                 );
                 continue;
             }
-            if line.starts_with("# HELP ") {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap();
+                assert!(help.ends_with('.') && !help.ends_with(".."), "{line}");
+                assert!(helped.insert(name.to_string()), "{line}");
                 continue;
             }
             assert!(!line.starts_with('#') && !line.is_empty(), "{line:?}");
@@ -558,10 +591,14 @@ mod tests {
                 name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
                 "{name}"
             );
-            assert!(typed.contains_key(name), "no TYPE for {name}");
-            if typed[name] == "counter" {
-                assert!(name.ends_with("_total"), "{name}");
-            }
+            let family = match name.strip_suffix("_total") {
+                Some(f) if typed.get(f).is_some_and(|k| k == "counter") => f,
+                _ => name,
+            };
+            let kind = typed
+                .get(family)
+                .unwrap_or_else(|| panic!("no TYPE for {name}"));
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
             assert!(
                 out.insert(series.to_string(), value.parse().unwrap())
                     .is_none(),
@@ -637,7 +674,21 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(labels(&[("a", "x\"y\\z\nw")]), r#"{a="x\"y\\z\nw"}"#);
+        let mut s = snapshot();
+        s.ports[0].name = "x\"y\\z\nw".into();
+        let text = render(&s);
+        assert!(
+            text.contains(r#"weft_port_up{port="x\"y\\z\nw",ofport="1",type="tap"} 1"#),
+            "{text}"
+        );
+    }
+
+    /// The value of header `name` (any case) in a response head.
+    fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
     }
 
     fn fetch(addr: SocketAddr, request: &str) -> (String, String) {
@@ -658,14 +709,14 @@ mod tests {
 
         let (head, body) = fetch(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-        assert!(
-            head.contains("Content-Type: text/plain; version=0.0.4"),
+        assert_eq!(header(&head, "content-type"), Some(CONTENT_TYPE), "{head}");
+        let len = body.len().to_string();
+        assert_eq!(
+            header(&head, "content-length"),
+            Some(len.as_str()),
             "{head}"
         );
-        assert!(
-            head.contains(&format!("Content-Length: {}", body.len())),
-            "{head}"
-        );
+        assert_eq!(header(&head, "connection"), Some("close"), "{head}");
         let m = parse_text(&body);
         assert_eq!(m["weft_pipeline_version"], 7);
         assert_eq!(
@@ -673,15 +724,23 @@ mod tests {
             10
         );
 
+        // HEAD: the head of a GET (its length too), no body; a 1.0 request gets a 1.0
+        // answer.
         let (head, body) = fetch(addr, "HEAD /metrics?x=1 HTTP/1.0\r\n\r\n");
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-        assert!(body.is_empty());
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
+        assert_eq!(header(&head, "content-type"), Some(CONTENT_TYPE), "{head}");
+        assert_eq!(
+            header(&head, "content-length"),
+            Some(len.as_str()),
+            "{head}"
+        );
+        assert!(body.is_empty(), "{body}");
 
         let (head, _) = fetch(addr, "GET / HTTP/1.1\r\n\r\n");
         assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
         let (head, _) = fetch(addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
         assert!(head.starts_with("HTTP/1.1 405 "), "{head}");
-        assert!(head.contains("Allow: GET, HEAD"), "{head}");
+        assert_eq!(header(&head, "allow"), Some("GET, HEAD"), "{head}");
         let (head, _) = fetch(addr, "garbage\r\n\r\n");
         assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
         let huge = format!(
@@ -705,17 +764,14 @@ mod tests {
     fn a_silent_client_does_not_block_the_next() {
         let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), snapshot).unwrap();
         let addr = server.local_addr();
-        // A client that connects and sends nothing holds the server for one deadline.
+        // A client that connects and sends nothing does not delay the next one.
         let _silent = TcpStream::connect(addr).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let start = Instant::now();
         let (head, _) = fetch(addr, "GET /metrics HTTP/1.1\r\n\r\n");
         let waited = start.elapsed();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(
-            waited < CLIENT_DEADLINE + Duration::from_millis(1000),
-            "{waited:?}"
-        );
+        assert!(waited < CLIENT_DEADLINE / 2, "{waited:?}");
         // A trickling client is cut off at the deadline too.
         let mut trickle = TcpStream::connect(addr).unwrap();
         let start = Instant::now();
@@ -729,6 +785,33 @@ mod tests {
         }
         assert!(closed, "a trickling client was never cut off");
         assert!(start.elapsed() < CLIENT_DEADLINE + Duration::from_secs(2));
+        server.stop();
+    }
+
+    #[test]
+    fn clients_past_the_limit_are_turned_away_until_slots_free_up() {
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), snapshot).unwrap();
+        let addr = server.local_addr();
+        let start = Instant::now();
+        let _silent: Vec<TcpStream> = (0..MAX_CLIENTS)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        // One more is closed at once, without an answer.
+        let mut extra = TcpStream::connect(addr).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = extra.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+        let mut out = Vec::new();
+        let _ = extra.read_to_end(&mut out);
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+        assert!(start.elapsed() < CLIENT_DEADLINE, "{:?}", start.elapsed());
+        // The silent ones are cut off at their deadline; then scrapes work again.
+        std::thread::sleep(CLIENT_DEADLINE + Duration::from_millis(300));
+        let (head, body) = fetch(addr, "GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(parse_text(&body)["weft_pipeline_version"], 7);
         server.stop();
     }
 

@@ -205,7 +205,8 @@ fn serves_metrics_reloads_and_stops_on_sigterm() {
     let resp = wait_for_metrics(addr);
     assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
     assert!(
-        resp.contains("Content-Type: text/plain; version=0.0.4"),
+        resp.to_ascii_lowercase()
+            .contains("\r\ncontent-type: application/openmetrics-text; version=1.0.0"),
         "{resp}"
     );
     assert!(resp.contains("\nweft_pipeline_version "), "{resp}");
@@ -218,7 +219,9 @@ fn serves_metrics_reloads_and_stops_on_sigterm() {
         "{resp}"
     );
     assert!(
-        resp.contains("# TYPE weft_cache_hits_total counter"),
+        resp.contains("# TYPE weft_cache_hits counter\n")
+            && resp.contains("\nweft_cache_hits_total ")
+            && resp.ends_with("\n# EOF\n"),
         "{resp}"
     );
     let resp = http_get(addr, "/nope").unwrap();

@@ -137,7 +137,7 @@ impl Worker {
             id,
             shared,
             poll,
-            cache: FlowCache::new(options.cache_entries),
+            cache: FlowCache::for_lane(options.cache_entries, id),
             stats,
             ports: Arc::new(PortSet::default()),
             registered: Vec::new(),
