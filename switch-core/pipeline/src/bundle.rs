@@ -53,6 +53,14 @@ impl NetChange {
     }
 }
 
+/// What a bundle's changes touched, for its [`NetChange`]: the identities changed and
+/// the tables emptied.
+#[derive(Default)]
+struct Tracked {
+    touched: Vec<Touched>,
+    cleared: Vec<u8>,
+}
+
 /// A flow identity a change touched: table, value, mask, priority.
 type Touched = (u8, FlowKey, FlowMask, u16);
 
@@ -255,9 +263,9 @@ fn apply_one(
     change: &FlowMod,
     now: Millis,
     out: &mut BundleOutcome,
-    touched: &mut Vec<Touched>,
-    cleared: &mut Vec<u8>,
+    track: &mut Tracked,
 ) -> Result<(), InstallErrorKind> {
+    let Tracked { touched, cleared } = track;
     match change {
         FlowMod::Add { flow } => {
             let (key, mask, present) = compile_match(&flow.matches, ports)?;
@@ -402,8 +410,7 @@ pub(crate) fn apply(
         version,
         ..BundleOutcome::default()
     };
-    let mut touched = Vec::new();
-    let mut cleared = Vec::new();
+    let mut track = Tracked::default();
     for (index, change) in bundle.changes.iter().enumerate() {
         apply_one(
             &p.arena,
@@ -412,8 +419,7 @@ pub(crate) fn apply(
             change,
             now,
             &mut out,
-            &mut touched,
-            &mut cleared,
+            &mut track,
         )
         .map_err(|kind| InstallError {
             index,
@@ -429,7 +435,7 @@ pub(crate) fn apply(
         flow_cells: super::counters::FlowCells::new(&p.arena),
         ..p.clone_shallow()
     };
-    let net = net_change(p, &next, &touched, cleared);
+    let net = net_change(p, &next, &track.touched, track.cleared);
     Ok((next, out, net))
 }
 
