@@ -425,12 +425,58 @@ fn send(stream: &UnixStream, budget: Duration, resp: &Response) -> bool {
     }
 }
 
+/// Refused connections whose close is lingering (see [`refuse`]).
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+/// At most this many refused connections linger at once; past it they are closed at once.
+const MAX_LINGERING: usize = 8;
+/// How long a refused connection lingers for the client's request to arrive.
+const LINGER: Duration = Duration::from_millis(200);
+
+/// Answers a refused client with one error line and closes the connection.
+///
+/// The close lingers: the server stops writing, then reads (and discards) what the
+/// client sends for up to [`LINGER`], off the accept thread. Closing at once would
+/// reset a client whose request was still on its way (it then sees `Broken pipe`
+/// instead of the reason). Lingering is bounded by [`MAX_LINGERING`].
 fn refuse(stream: UnixStream, message: &str) {
-    let _ = send(
+    if !send(
         &stream,
         Duration::from_secs(1),
         &Response::error(None, ErrorBody::new(message)),
-    );
+    ) {
+        return;
+    }
+    if LINGERING.fetch_add(1, Ordering::SeqCst) >= MAX_LINGERING {
+        LINGERING.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("weft-ctl-refused".into())
+        .spawn(move || {
+            linger(stream);
+            LINGERING.fetch_sub(1, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        LINGERING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Half-closes `stream` and discards what arrives until EOF, [`LINGER`] or 64 KiB.
+fn linger(mut stream: UnixStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + LINGER;
+    let mut buf = [0u8; 4096];
+    let mut left = 64 * 1024usize;
+    while left > 0 {
+        let now = Instant::now();
+        if now >= until || stream.set_read_timeout(Some(until - now)).is_err() {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
 }
 
 /// How often the accept thread checks for stop when nobody connects. It waits in
