@@ -600,7 +600,14 @@ fn drop_flows_are_counted_by_table_priority_and_cookie() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let drops = loop {
         let s = fx.switch.stats();
-        if s.flow_drops.iter().map(|d| d.packets).sum::<u64>() >= 3 {
+        // A drop is counted on its flow when the flow matches and on its reason when the
+        // worker executes it, a moment later: wait for both.
+        let explicit = s
+            .drops
+            .iter()
+            .find(|(r, _)| r == "explicit_drop")
+            .map_or(0, |(_, n)| *n);
+        if s.flow_drops.iter().map(|d| d.packets).sum::<u64>() >= 3 && explicit >= 3 {
             break s;
         }
         assert!(Instant::now() < deadline, "{s:?}");
