@@ -11,29 +11,6 @@ use encap::{
     UdpTunnelParams, UdpTunnelTemplate, decap_geneve, decap_ip_udp, decap_ipip, decap_vxlan,
 };
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-
-fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target)
-}
-
-fn files(target: &str) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(corpus_dir(target))
-        .unwrap_or_else(|e| panic!("corpus for {target}: {e}"))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
 
 const KNOWN: &[(u16, u8)] = &[(0x0102, 0x80)];
 

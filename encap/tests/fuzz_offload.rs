@@ -6,36 +6,15 @@
 //!
 //! `cargo test -p encap --test fuzz_offload -- --ignored` rewrites the seeds.
 
+mod common;
 #[path = "../fuzz/src/lib.rs"]
 #[allow(dead_code)]
 mod targets;
 
-use std::path::{Path, PathBuf};
+use common::{corpus_dir, files};
 
 use encap::offload::{VIRTIO_NET_HDR_LEN, VirtioNetHdr, segment_into, tcp_flags};
 use targets::{CoalesceInput, CoalesceOp, SegmentOutcome, encode, flow_segment, parse};
-
-fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target)
-}
-
-fn files(target: &str) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(corpus_dir(target))
-        .unwrap_or_else(|e| panic!("corpus for {target}: {e}"))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
 
 fn replay<T>(target: &str, min: usize, f: impl Fn(&[u8]) -> T, check: impl Fn(&str, T)) {
     let all = files(target);

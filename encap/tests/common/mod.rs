@@ -1,6 +1,8 @@
 //! Builders of inner frames shared by the integration tests.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+
 use encap::checksum;
 
 /// Headroom the tests leave in front of inner frames (enough for any template).
@@ -127,4 +129,28 @@ pub fn naive_checksum(data: &[u8]) -> u16 {
         s = (s & 0xffff) + (s >> 16);
     }
     !(s as u16)
+}
+
+/// The fuzz corpus of `target` (`encap/fuzz/corpus/<target>/`).
+pub fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
+}
+
+/// Every file of `target`'s corpus, name and bytes, sorted by name.
+pub fn files(target: &str) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(corpus_dir(target))
+        .unwrap_or_else(|e| panic!("corpus for {target}: {e}"))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
