@@ -50,6 +50,7 @@ pub struct Controller {
     /// The agent's flows as installed (names, as compiled).
     applied: Option<HashMap<FlowId, Flow>>,
     waiting: Option<String>,
+    etcd_ok: bool,
     etcd_error: Option<String>,
     weftd_error: Option<String>,
     conflist_written: bool,
@@ -68,6 +69,7 @@ impl Controller {
             weftd: None,
             applied: None,
             waiting: Some("connecting to etcd".into()),
+            etcd_ok: false,
             etcd_error: None,
             weftd_error: None,
             conflist_written: false,
@@ -99,11 +101,13 @@ impl Controller {
     async fn on_event(&mut self, e: Event) {
         match e {
             Event::Health(Ok(())) => {
+                self.etcd_ok = true;
                 if self.etcd_error.take().is_some() {
                     tracing::info!("etcd reachable again");
                 }
             }
             Event::Health(Err(why)) => {
+                self.etcd_ok = false;
                 self.metrics.etcd_errors.inc();
                 self.etcd_error = Some(why);
             }
@@ -117,7 +121,39 @@ impl Controller {
                     client,
                     lease,
                 } = *s;
+                let mut endpoints = endpoints;
+                // A new lease (the old one expired while etcd was out of reach): the
+                // endpoints recorded on the old one are gone from etcd but not from this
+                // node. Record them again on the new lease.
+                let old_lease = self.etcd.as_ref().map(|(_, l)| *l);
+                let lost: Vec<(String, EndpointRecord)> = match (&self.model, old_lease) {
+                    (Some(m), Some(old)) if old != lease => m
+                        .endpoints
+                        .iter()
+                        .filter(|(id, _)| !endpoints.contains_key(*id))
+                        .map(|(id, e)| (id.clone(), e.clone()))
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 self.etcd = Some((client, lease));
+                for (id, e) in lost {
+                    let Some((c, i)) = id.rsplit_once(':') else {
+                        continue;
+                    };
+                    let a = ap::Attachment {
+                        container_id: c.to_string(),
+                        ifname: i.to_string(),
+                    };
+                    match self.put_endpoint(&a, &e).await {
+                        Ok(()) => {
+                            tracing::info!(endpoint = %id, "recorded the endpoint again on the new lease");
+                            endpoints.insert(id, e);
+                        }
+                        Err(err) => {
+                            tracing::warn!(endpoint = %id, "cannot record the endpoint again: {err}")
+                        }
+                    }
+                }
                 self.etcd_error = None;
                 self.waiting = None;
                 let mtu = match net.mtu {
@@ -140,14 +176,14 @@ impl Controller {
             Event::NodePut(name, n) => {
                 if let Some(m) = &mut self.model {
                     m.peers.insert(name, n);
-                    self.incremental().await;
+                    let _ = self.incremental().await;
                 }
             }
             Event::NodeDel(name) => {
                 if let Some(m) = &mut self.model
                     && m.peers.remove(&name).is_some()
                 {
-                    self.incremental().await;
+                    let _ = self.incremental().await;
                 }
             }
             Event::EndpointPut(id, ep) => {
@@ -155,14 +191,14 @@ impl Controller {
                     && m.endpoints.get(&id) != Some(&ep)
                 {
                     m.endpoints.insert(id, ep);
-                    self.incremental().await;
+                    let _ = self.incremental().await;
                 }
             }
             Event::EndpointDel(id) => {
                 if let Some(m) = &mut self.model
                     && m.endpoints.remove(&id).is_some()
                 {
-                    self.incremental().await;
+                    let _ = self.incremental().await;
                 }
             }
         }
@@ -315,14 +351,21 @@ impl Controller {
         Ok(n)
     }
 
-    /// After one event: the difference between the flows before and after it.
-    async fn incremental(&mut self) {
+    /// After one event: the difference between the flows before and after it. An
+    /// error says the flows could not be brought in line (a full sync was tried too).
+    async fn incremental(&mut self) -> Result<(), String> {
         let Some(applied) = self.applied.take() else {
             // Not in sync with weftd: a full sync does it all.
             self.full_sync().await;
-            return;
+            return match &self.weftd_error {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            };
         };
-        let Some(model) = &self.model else { return };
+        let Some(model) = &self.model else {
+            self.applied = Some(applied);
+            return Ok(());
+        };
         let (plan, skipped) = model.plan();
         for s in &skipped {
             tracing::warn!("left out of the flows: {s}");
@@ -332,14 +375,14 @@ impl Controller {
             Err(e) => {
                 tracing::error!("state does not compile: {e}");
                 self.applied = Some(applied);
-                return;
+                return Err(format!("state does not compile: {e}"));
             }
         };
         let want = model::index(plan.flows);
         let bundle = model::diff(&applied, &want);
         if bundle.changes.is_empty() {
             self.applied = Some(want);
-            return;
+            return Ok(());
         }
         let n = bundle.changes.len();
         let r = match self.connect_weftd() {
@@ -351,12 +394,17 @@ impl Controller {
                 tracing::debug!(changes = n, "flows updated");
                 self.metrics.last_sync.set(now() as i64);
                 self.applied = Some(want);
+                Ok(())
             }
             Err(e) => {
                 tracing::error!("{e}; syncing again");
                 self.metrics.sync_errors.inc();
                 self.weftd = None;
                 self.full_sync().await;
+                match &self.weftd_error {
+                    Some(e2) => Err(format!("{e}; {e2}")),
+                    None => Ok(()),
+                }
             }
         }
     }
@@ -449,7 +497,7 @@ impl Controller {
                 .unwrap_or_default(),
             last_sync: Some(self.metrics.last_sync.get() as u64).filter(|t| *t > 0),
             etcd: ap::EtcdHealth {
-                reachable: self.etcd_error.is_none() && self.etcd.is_some(),
+                reachable: self.etcd_ok,
                 error: self.etcd_error.clone(),
             },
         };
@@ -600,9 +648,24 @@ impl Controller {
             return Err(fail(e));
         }
         if let Some(m) = &mut self.model {
-            m.endpoints.insert(id, rec);
+            m.endpoints.insert(id.clone(), rec);
         }
-        self.incremental().await;
+        if let Err(e) = self.incremental().await {
+            if let Some(m) = &mut self.model {
+                m.endpoints.remove(&id);
+            }
+            let _ = self.incremental().await;
+            let _ = self.weftd.as_mut().map(|w| w.del_port(&port));
+            let key = self.keys.endpoint(
+                &self.cfg.node_name,
+                &a.attachment.container_id,
+                &a.attachment.ifname,
+            );
+            if let Some((c, _)) = self.etcd.as_mut() {
+                let _ = c.delete(key, None).await;
+            }
+            return Err(fail(format!("flows: {e}")));
+        }
         tracing::info!(container = %a.attachment.container_id, ifname = %a.attachment.ifname, %port, %addr, "attached");
         Ok(ap::AttachReply {
             ifname: a.attachment.ifname,
@@ -693,7 +756,7 @@ impl Controller {
             .model
             .as_mut()
             .is_some_and(|m| m.endpoints.remove(&id).is_some());
-        self.incremental().await;
+        let _ = self.incremental().await;
         let key = self
             .keys
             .endpoint(&self.cfg.node_name, &a.container_id, &a.ifname);

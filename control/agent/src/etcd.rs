@@ -97,9 +97,10 @@ pub async fn run(cfg: Config, tx: mpsc::Sender<Event>) {
     let mut backoff = Duration::from_millis(100);
     let mut last_good: Option<NetConfig> = None;
     let mut lease: Option<i64> = None;
+    let mut subnet: Option<Ipv4Net> = None;
     loop {
         let started = tokio::time::Instant::now();
-        let e = session(&cfg, &keys, &tx, &mut last_good, &mut lease).await;
+        let e = session(&cfg, &keys, &tx, &mut last_good, &mut lease, &mut subnet).await;
         tracing::warn!(error = %e, "etcd session ended; listing again after {backoff:?}");
         let _ = tx.send(Event::Health(Err(e))).await;
         if started.elapsed() > Duration::from_secs(10) {
@@ -116,8 +117,9 @@ async fn session(
     tx: &mpsc::Sender<Event>,
     last_good: &mut Option<NetConfig>,
     lease_slot: &mut Option<i64>,
+    prev_subnet: &mut Option<Ipv4Net>,
 ) -> String {
-    match session_inner(cfg, keys, tx, last_good, lease_slot).await {
+    match session_inner(cfg, keys, tx, last_good, lease_slot, prev_subnet).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -135,18 +137,30 @@ async fn session_inner(
     tx: &mpsc::Sender<Event>,
     last_good: &mut Option<NetConfig>,
     lease_slot: &mut Option<i64>,
+    prev_subnet: &mut Option<Ipv4Net>,
 ) -> Result<Never, String> {
     let mut c = connect(cfg).await?;
     let _ = tx.send(Event::Health(Ok(()))).await;
 
     // 1. config: wait while absent; a bad one is refused and the last good one kept.
+    let mut said = String::new();
+    let mut say = |line: String, error: bool| {
+        if line != said {
+            if error {
+                tracing::error!("{line}");
+            } else {
+                tracing::info!("{line}");
+            }
+            said = line;
+        }
+    };
     let (net, config_rev) = loop {
         let r = c.get(keys.config(), None).await.map_err(err)?;
         let rev = r.header().map_or(0, |h| h.revision());
         match r.kvs().first() {
             None => {
                 let line = format!("waiting for the network config at {}", keys.config());
-                tracing::info!("{line}");
+                say(line.clone(), false);
                 let _ = tx.send(Event::Waiting(Some(line))).await;
             }
             Some(kv) => match NetConfig::parse(kv.value()) {
@@ -156,7 +170,7 @@ async fn session_inner(
                 }
                 Err(e) => {
                     let line = format!("{} refused: {e}", keys.config());
-                    tracing::error!("{line}");
+                    say(line.clone(), true);
                     match last_good {
                         Some(n) => {
                             let _ = tx
@@ -206,7 +220,8 @@ async fn session_inner(
     keeper.keep_alive().await.map_err(err)?;
 
     // 3. The subnet.
-    let subnet = take_subnet(&mut c, cfg, keys, &net, lease).await?;
+    let subnet = take_subnet(&mut c, cfg, keys, &net, lease, *prev_subnet).await?;
+    *prev_subnet = Some(subnet);
     let me = NodeRecord {
         public_ip: cfg.public_ip,
         subnet,
@@ -382,6 +397,7 @@ async fn take_subnet(
     keys: &Keys,
     net: &NetConfig,
     lease: i64,
+    prev: Option<Ipv4Net>,
 ) -> Result<Ipv4Net, String> {
     let record = serde_json::to_vec(&SubnetRecord {
         node: cfg.node_name.clone(),
@@ -434,10 +450,15 @@ async fn take_subnet(
                 net.subnet_len, net.pod_cidr
             ));
         }
-        // Try a handful of free subnets from this node's starting point.
+        // Try the subnet this process held before (its lease expired while etcd was
+        // out of reach: its pods still use it), then a handful of free ones from this
+        // node's starting point.
         let mut tried = 0;
-        for i in 0..count {
-            let s = net.nth_subnet(start.wrapping_add(i));
+        let before = prev.filter(|p| net.pod_cidr.contains(p) && p.prefix_len() == net.subnet_len);
+        let order = before
+            .into_iter()
+            .chain((0..count).map(|i| net.nth_subnet(start.wrapping_add(i))));
+        for s in order {
             if taken.contains(&s) {
                 continue;
             }

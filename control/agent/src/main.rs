@@ -36,6 +36,10 @@ enum Command {
         /// `text` (default) or `json`.
         #[arg(short = 'o', long, default_value = "text")]
         output: String,
+        /// The agent's socket (default: the settings' `socket`, else
+        /// /run/weft/agent.sock).
+        #[arg(long = "socket", value_name = "PATH")]
+        status_socket: Option<PathBuf>,
     },
 }
 
@@ -50,7 +54,16 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     match cli.command {
-        Some(Command::Status { output }) => status(settings, &output),
+        Some(Command::Status {
+            output,
+            status_socket,
+        }) => {
+            let mut settings = settings;
+            if status_socket.is_some() {
+                settings.socket = status_socket;
+            }
+            status(settings, &output)
+        }
         None => run(settings),
     }
 }
