@@ -154,7 +154,7 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
     let n1 = ul.node(1).clone();
     let ip = Ipv4Addr::new(198, 18, 0, 1);
     start_etcd(&mut lab, &n1, ip);
-    let weftd = Weftd::start(
+    let mut weftd = Weftd::start(
         &mut lab,
         &n1,
         "weftd",
@@ -386,6 +386,27 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
         "node → pod, after the bad config"
     );
     etcdctl(&n1, ip, &["put", "/weft/v1/config", CONFIG]);
+
+    // weftd restarted: the agent notices the lost connection and syncs again.
+    let syncs = agent.log(&lab).matches("synced weftd").count();
+    weftd.restart(&mut lab).unwrap();
+    weftd.wait_ready(&mut lab, Duration::from_secs(10)).unwrap();
+    let start = Instant::now();
+    while agent.log(&lab).matches("synced weftd").count() == syncs {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no resync after weftd's restart:\n{}",
+            agent.log(&lab)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(agent.log(&lab).contains("lost weftd's control connection"));
+    agent.wait(&lab, "ready after weftd's restart", |s| s.ready);
+    assert!(
+        n1.wait_for_ping(&pod_ip.to_string(), Duration::from_secs(5))
+            .is_some(),
+        "node → pod after weftd's restart"
+    );
 
     // Detach: port, device, flows and record gone; a second detach succeeds too.
     let detach = ap::Request::Detach(ap::Detach {

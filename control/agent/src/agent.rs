@@ -437,15 +437,11 @@ impl Controller {
     }
 
     fn ready(&self) -> Result<(), String> {
-        if let Some(w) = &self.waiting
-            && self.model.is_none()
-        {
-            return Err(w.clone());
-        }
         if self.model.is_none() {
-            return Err(match &self.etcd_error {
-                Some(e) => format!("no subnet yet: {e}"),
-                None => "no subnet yet".into(),
+            return Err(match (&self.etcd_error, &self.waiting) {
+                (Some(e), _) => format!("no subnet yet: {e}"),
+                (None, Some(w)) => w.clone(),
+                (None, None) => "no subnet yet".into(),
             });
         }
         if let Some(e) = &self.weftd_error {
