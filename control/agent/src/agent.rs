@@ -4,9 +4,8 @@
 //!
 //! Syncing: a full sync (after every list, and whenever weftd's connection is new)
 //! makes sure of the tunnel and gateway ports and the gateway's address and route,
-//! reads weftd's flows of the agent's cookie and sends one bundle of the differences,
-//! so flows with other cookies are never touched and unchanged flows keep their
-//! counters. After that every event is the difference between the flows before and
+//! then sends one `replace_flows` limited to the agent's cookie, so flows with other
+//! cookies are never touched and unchanged flows keep their counters. After that every event is the difference between the flows before and
 //! after it: a node joining is three added flows, a pod a handful.
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use weft_agent_proto as ap;
 use weft_agent_proto::{ErrorKind, Response};
 use weft_flow::port::PortSpec;
-use weft_flow::{Action, Flow, FlowFilter, Masked, PortRef};
+use weft_flow::{Flow, Masked};
 use weft_proto::client::Client as Weftd;
 
 use crate::config::Config;
@@ -322,31 +321,21 @@ impl Controller {
         })
         .await
         .map_err(|e| format!("gateway port: {e}"))?;
-        // Flows: what weftd has of the agent's cookie, in the compiled form.
+        // Flows: one replace limited to the agent's cookie. weftd compares in its own
+        // canonical form, touches no flow of another cookie, and leaves unchanged
+        // flows (and their counters) alone.
         let w = self.weftd.as_mut().expect("connected");
-        let numbers: HashMap<u32, String> = w
-            .ports()
-            .map_err(|e| format!("weftd ports: {e}"))?
-            .ports
-            .into_iter()
-            .map(|p| (p.ofport, p.name))
-            .collect();
-        let dump = w
-            .dump_flows(FlowFilter {
-                cookie: Some(Masked {
+        let want = model::index(plan.flows.iter().cloned());
+        let r = w
+            .replace_flows_of(
+                plan.flows.into_iter().map(|f| (0, f)).collect(),
+                Some(Masked {
                     value: COOKIE,
                     mask: COOKIE_MASK,
                 }),
-                ..FlowFilter::all()
-            })
-            .map_err(|e| format!("weftd dump-flows: {e}"))?;
-        let have = model::index(dump.flows.into_iter().map(|s| by_name(s.flow, &numbers)));
-        let want = model::index(plan.flows);
-        let bundle = model::diff(&have, &want);
-        let n = bundle.changes.len();
-        if n > 0 {
-            w.bundle(bundle).map_err(|e| format!("weftd bundle: {e}"))?;
-        }
+            )
+            .map_err(|e| format!("weftd replace-flows: {e}"))?;
+        let n = r.added + r.replaced + r.modified + r.deleted;
         self.applied = Some(want);
         Ok(n)
     }
@@ -865,28 +854,6 @@ fn netns_path(ns: &str) -> Result<PathBuf, String> {
         ));
     }
     Ok(Path::new("/var/run/netns").join(ns))
-}
-
-/// A dumped flow (ports as numbers) in the compiled form (ports by name).
-fn by_name(mut f: Flow, names: &HashMap<u32, String>) -> Flow {
-    let name = |p: &mut PortRef| {
-        if let PortRef::Number(n) = p
-            && let Some(s) = names.get(n)
-        {
-            *p = PortRef::Name(s.clone());
-        }
-    };
-    if let Some(p) = &mut f.matches.in_port {
-        name(p);
-    }
-    for a in &mut f.actions {
-        match a {
-            Action::Output(p) => name(p),
-            Action::Resubmit { port: Some(p), .. } => name(p),
-            _ => {}
-        }
-    }
-    f
 }
 
 fn first(s: Ipv4Net) -> Ipv4Addr {

@@ -523,3 +523,131 @@ fn l2_pods_and_tunnels_go_to_normal_with_the_vni() {
     let o = from_tunnel(&p, "tun-n2", &udp4(mac(A1), mac(A3), A3, A1), 101, N2);
     assert_eq!(dropped(&o), DropReason::ExplicitDrop);
 }
+
+// ------------------------------------------------------------------ gateway port
+
+/// The node itself behind its gateway port (`weft-agent`'s plans): it reaches local
+/// and remote pods, pods reach it and whatever it routes, and nothing loops.
+#[test]
+fn l3_gateway_port_connects_the_node_to_local_and_remote_pods() {
+    let c = cluster(L3).with_gateway_port("gw0", "weft-gw");
+    let plan = c.plan("n1").unwrap();
+    assert_eq!(
+        plan.ports[0].to_string(),
+        "gw0 type=tap ifname=weft-gw mtu=1450 mac=0a:58:c6:13:01:01"
+    );
+    let p = install(&[&plan]);
+    let gw0 = port(&p, "gw0");
+    let router = weft_cluster::ROUTER_MAC.0;
+    // The node asks for a pod's address: answered with the router's MAC, never its own.
+    for target in [A2, A3] {
+        let o = run(
+            &p,
+            &arp_request(mac(GW1), GW1, target),
+            gw0,
+            &TunnelMeta::NONE,
+        );
+        let (out, _, frame) = one(&o);
+        assert_eq!(*out, gw0);
+        assert_eq!(*frame, arp(2, mac(GW1), router, target, mac(GW1), GW1));
+    }
+    let own = run(&p, &arp_request(mac(GW1), GW1, GW1), gw0, &TunnelMeta::NONE);
+    assert_eq!(dropped(&own), DropReason::ExplicitDrop);
+    // Node → local pod: delivered; node → remote pod: the tunnel, to n2.
+    let o = run(&p, &udp4(router, mac(GW1), GW1, A2), gw0, &TunnelMeta::NONE);
+    let (out, state, _) = one(&o);
+    assert_eq!(*out, port(&p, "a2"));
+    assert_eq!((state.dl_dst(), state.dl_src()), (mac(A2), mac(GW1)));
+    let o = run(&p, &udp4(router, mac(GW1), GW1, A3), gw0, &TunnelMeta::NONE);
+    let (out, state, _) = one(&o);
+    assert_eq!(*out, port(&p, "tun0"));
+    assert_eq!(state.tun_dst(), IpAddr::V4(N2));
+    // Pod → the node's gateway address, and pod → outside the pod CIDR: the node.
+    for dst in [GW1, [198, 18, 0, 1]] {
+        let o = from_pod(&p, "a1", &udp4(mac(GW1), mac(A1), A1, dst));
+        let (out, state, _) = one(&o);
+        assert_eq!(*out, gw0, "to {dst:?}");
+        assert_eq!((state.dl_dst(), state.dl_src()), (mac(GW1), router));
+    }
+    // A remote pod → this node's gateway address arrives by the tunnel: the node.
+    let o = from_tunnel(
+        &p,
+        "tun0",
+        &udp4(mac(GW1), mac([198, 19, 2, 1]), A3, GW1),
+        VNI,
+        N2,
+    );
+    assert_eq!(one(&o).0, gw0);
+    // An address of the pod CIDR nobody holds is dropped, not handed to the node
+    // (whose route would send it straight back); the node's own traffic outside the
+    // pod CIDR is not reflected to it either; nor does a spoofing node MAC pass.
+    let o = from_pod(&p, "a1", &udp4(mac(GW1), mac(A1), A1, [198, 19, 77, 1]));
+    assert_eq!(dropped(&o), DropReason::ExplicitDrop);
+    let o = run(
+        &p,
+        &udp4(router, mac(GW1), GW1, [198, 18, 0, 9]),
+        gw0,
+        &TunnelMeta::NONE,
+    );
+    assert_eq!(dropped(&o), DropReason::ExplicitDrop);
+    let o = run(&p, &udp4(router, mac(A1), GW1, A2), gw0, &TunnelMeta::NONE);
+    assert_eq!(dropped(&o), DropReason::ExplicitDrop);
+}
+
+#[test]
+fn a_cluster_from_values_is_checked_and_takes_a_cookie() {
+    use weft_cluster::{ClusterError, ClusterSpec, Encap, Node, Pod};
+    let node = |name: &str, a: [u8; 4], s: &str| Node {
+        name: name.into(),
+        address: Ipv4Addr::from(a),
+        pod_subnet: s.parse().unwrap(),
+        pod_subnet6: None,
+    };
+    let spec = ClusterSpec {
+        encap: Encap::Geneve,
+        vni: 5,
+        dst_port: None,
+        mtu: 1450,
+        pod_cidr: "198.19.0.0/16".parse().unwrap(),
+        nodes: vec![
+            node("n1", [198, 18, 0, 1], "198.19.1.0/24"),
+            node("n2", [198, 18, 0, 2], "198.19.2.0/24"),
+        ],
+        pods: vec![Pod {
+            name: "p1".into(),
+            node: "n1".into(),
+            namespace: "p1".into(),
+            address: Ipv4Addr::from(A1),
+            address6: None,
+        }],
+    };
+    let c = Cluster::new(spec.clone())
+        .unwrap()
+        .with_cookie(0x5745_4654_0000_0005);
+    let plan = c.plan("n1").unwrap();
+    assert!(plan.flows.iter().all(|f| f.cookie == 0x5745_4654_0000_0005));
+    assert!(plan.flows_text().contains("nw_dst=198.19.2.0/24"));
+    let bad = |f: &dyn Fn(&mut ClusterSpec), want: &str| {
+        let mut s = spec.clone();
+        f(&mut s);
+        match Cluster::new(s) {
+            Err(ClusterError::Invalid(m)) => assert!(m.contains(want), "{m}"),
+            other => panic!("{want}: {other:?}"),
+        }
+    };
+    bad(
+        &|s| s.nodes[1].pod_subnet = "198.19.1.128/25".parse().unwrap(),
+        "overlaps",
+    );
+    bad(
+        &|s| s.nodes[1].pod_subnet = "10.0.0.0/24".parse().unwrap(),
+        "outside",
+    );
+    bad(&|s| s.nodes[1].name = "n1".into(), "twice");
+    bad(
+        &|s| s.pods[0].address = Ipv4Addr::from(GW1),
+        "not a pod address",
+    );
+    bad(&|s| s.pods[0].node = "n7".into(), "no node 'n7'");
+    bad(&|s| s.vni = 1 << 24, "vni");
+}
