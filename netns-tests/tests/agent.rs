@@ -69,9 +69,43 @@ struct Agent {
     socket: PathBuf,
     proc: Option<ProcId>,
     starts: u32,
+    label: String,
 }
 
 impl Agent {
+    /// An agent for node `i` (underlay 198.18.0.<i>) of weftd `weftd`, against etcd on
+    /// node 1; not started.
+    fn new(lab: &Lab, node: &Ns, i: u8, wsock: &std::path::Path) -> Agent {
+        let dir = lab.dir().join(format!("agent{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("agent.sock");
+        let args = [
+            "--node-name".to_string(),
+            format!("n{i}"),
+            "--public-ip".into(),
+            format!("198.18.0.{i}"),
+            "--etcd-endpoints".into(),
+            "http://198.18.0.1:2379".into(),
+            "--lease-ttl".into(),
+            "3".into(),
+            "--weftd-socket".into(),
+            wsock.display().to_string(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--cni-conf-dir".into(),
+            dir.join("net.d").display().to_string(),
+        ]
+        .to_vec();
+        Agent {
+            node: node.clone(),
+            args,
+            socket,
+            proc: None,
+            starts: 0,
+            label: format!("agent{i}"),
+        }
+    }
+
     fn start(&mut self, lab: &mut Lab) {
         self.starts += 1;
         let mut cmd = self
@@ -79,12 +113,15 @@ impl Agent {
             .command(&binary("weft-agent", "WEFT_AGENT").display().to_string());
         cmd.args(&self.args);
         cmd.env("RUST_LOG", "info");
-        self.proc = Some(lab.spawn(&format!("agent.{}", self.starts), cmd).unwrap());
+        self.proc = Some(
+            lab.spawn(&format!("{}.{}", self.label, self.starts), cmd)
+                .unwrap(),
+        );
     }
 
     fn log(&self, lab: &Lab) -> String {
         (1..=self.starts)
-            .map(|i| lab.log(&format!("agent.{i}")))
+            .map(|i| lab.log(&format!("{}.{i}", self.label)))
             .collect()
     }
 
@@ -179,33 +216,8 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
         ]))
         .unwrap();
 
-    let dir = lab.dir().join("agent");
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("agent.sock");
-    let mut agent = Agent {
-        node: n1.clone(),
-        args: [
-            "--node-name",
-            "n1",
-            "--public-ip",
-            "198.18.0.1",
-            "--etcd-endpoints",
-            "http://198.18.0.1:2379",
-            "--lease-ttl",
-            "3",
-            "--weftd-socket",
-            &wsock.display().to_string(),
-            "--socket",
-            &socket.display().to_string(),
-            "--cni-conf-dir",
-            &dir.join("net.d").display().to_string(),
-        ]
-        .map(String::from)
-        .to_vec(),
-        socket,
-        proc: None,
-        starts: 0,
-    };
+    let mut agent = Agent::new(&lab, &n1, 1, &wsock);
+    let dir = lab.dir().join("agent1");
     agent.start(&mut lab);
 
     // No config yet: a clear status line, not ready.
@@ -353,9 +365,9 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
     );
     assert_eq!(s.endpoints.len(), 1);
     assert!(
-        lab.log("agent.2").contains("changes=0"),
+        lab.log("agent1.2").contains("changes=0"),
         "the resync changed nothing:\n{}",
-        lab.log("agent.2")
+        lab.log("agent1.2")
     );
     let after = flows_text(&wsock);
     assert!(delivered(&after) >= n_before, "counters kept:\n{after}");
@@ -429,4 +441,123 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
         matches!(&missing, Err(ap::ClientError::Agent(e)) if e.kind == ap::ErrorKind::Missing),
         "{missing:?}"
     );
+}
+
+fn start_weftd(lab: &mut Lab, node: &Ns, label: &str) -> Weftd {
+    let w = Weftd::start(
+        lab,
+        node,
+        label,
+        &WeftdSpec {
+            workers: 1,
+            ports: String::new(),
+            flows: String::new(),
+        },
+    )
+    .unwrap();
+    w.wait_ready(lab, Duration::from_secs(10)).unwrap();
+    w
+}
+
+fn attach_pod(lab: &mut Lab, agent: &Agent, short: &str, s: &ap::StatusReply) -> (Ns, Ipv4Addr) {
+    let pod = lab.netns(short).unwrap();
+    let Some(std::net::IpAddr::V4(gw)) = s.gateway else {
+        panic!("{s:?}")
+    };
+    let ip = Ipv4Addr::from(u32::from(gw) + 1);
+    let a = ap::Attach {
+        attachment: ap::Attachment {
+            container_id: format!("{short}-0123456789"),
+            ifname: "eth0".into(),
+        },
+        netns: format!("/var/run/netns/{}", pod.name()),
+        addresses: vec![format!("{ip}/24").parse().unwrap()],
+        gateway: None,
+        pod_namespace: None,
+        pod_name: None,
+    };
+    agent
+        .call::<ap::AttachReply>(&ap::Request::Attach(a))
+        .unwrap_or_else(|e| panic!("attach {short}: {e}\n{}", agent.log(lab)));
+    (pod, ip)
+}
+
+#[test]
+fn two_agents_take_distinct_subnets_and_connect_their_pods_and_nodes() {
+    const T: &str = "two_agents_take_distinct_subnets_and_connect_their_pods_and_nodes";
+    if !privileged(T) || !etcd_present(T) {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let ul = Underlay::new(&mut lab, 2).unwrap();
+    let (n1, n2) = (ul.node(1).clone(), ul.node(2).clone());
+    let ip = Ipv4Addr::new(198, 18, 0, 1);
+    start_etcd(&mut lab, &n1, ip);
+    let w1 = start_weftd(&mut lab, &n1, "weftd1");
+    let w2 = start_weftd(&mut lab, &n2, "weftd2");
+    let s1 = w1.dir().join("weftd.sock");
+    let s2 = w2.dir().join("weftd.sock");
+    let mut a1 = Agent::new(&lab, &n1, 1, &s1);
+    let mut a2 = Agent::new(&lab, &n2, 2, &s2);
+    a2.start(&mut lab);
+    a1.start(&mut lab);
+    // etcd may still be starting: the agents retry until it answers.
+    let start = Instant::now();
+    while !n1
+        .command("etcdctl")
+        .args([
+            "--endpoints",
+            "http://198.18.0.1:2379",
+            "put",
+            "/weft/v1/config",
+            CONFIG,
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "etcd did not start:\n{}",
+            lab.log("etcd")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st1 = a1.wait(&lab, "n1 ready with its peer", |s| {
+        s.ready && s.peers.len() == 1
+    });
+    let st2 = a2.wait(&lab, "n2 ready with its peer", |s| {
+        s.ready && s.peers.len() == 1
+    });
+    assert_ne!(st1.subnet, st2.subnet, "distinct subnets");
+    assert_eq!(st1.peers[0].node, "n2");
+    assert_eq!(st1.peers[0].subnet, st2.subnet.unwrap());
+
+    let (p1, ip1) = attach_pod(&mut lab, &a1, "pa", &st1);
+    let (p2, ip2) = attach_pod(&mut lab, &a2, "pb", &st2);
+    assert!(
+        p1.wait_for_ping(&ip2.to_string(), Duration::from_secs(5))
+            .is_some(),
+        "pod on n1 → pod on n2\n{}",
+        flows_text(&s1)
+    );
+    assert!(p2.ping(&ip1.to_string(), 2, 1), "pod on n2 → pod on n1");
+    assert!(n1.ping(&ip2.to_string(), 2, 1), "node n1 → pod on n2");
+    assert!(
+        p2.ping(&st1.gateway.unwrap().to_string(), 2, 1),
+        "pod on n2 → node n1's gateway address"
+    );
+
+    // n2's agent killed: its lease (3 s) expires and n2 leaves n1's flows.
+    lab.kill(a2.proc.take().unwrap());
+    let sub2 = st2.subnet.unwrap().to_string();
+    let start = Instant::now();
+    while flows_text(&s1).contains(&sub2) {
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "n2's subnet still in n1's flows after its lease:\n{}",
+            flows_text(&s1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a1.wait(&lab, "n1 without its peer", |s| s.peers.is_empty());
 }
