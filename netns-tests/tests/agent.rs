@@ -561,3 +561,61 @@ fn two_agents_take_distinct_subnets_and_connect_their_pods_and_nodes() {
     }
     a1.wait(&lab, "n1 without its peer", |s| s.peers.is_empty());
 }
+
+#[test]
+fn ten_agents_started_at_once_take_ten_distinct_subnets() {
+    const T: &str = "ten_agents_started_at_once_take_ten_distinct_subnets";
+    if !privileged(T) || !etcd_present(T) {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let ul = Underlay::new(&mut lab, 1).unwrap();
+    let n1 = ul.node(1).clone();
+    let ip = Ipv4Addr::new(198, 18, 0, 1);
+    start_etcd(&mut lab, &n1, ip);
+    let start = Instant::now();
+    while !n1
+        .command("etcdctl")
+        .args([
+            "--endpoints",
+            "http://198.18.0.1:2379",
+            "put",
+            "/weft/v1/config",
+            CONFIG,
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "etcd did not start:\n{}",
+            lab.log("etcd")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Subnets are taken in etcd whether or not a weftd answers: these agents have none
+    // (their status says so), and all share one node namespace.
+    let mut agents: Vec<Agent> = (11..21)
+        .map(|i| Agent::new(&lab, &n1, i, &lab.dir().join("no-weftd.sock")))
+        .collect();
+    for a in &mut agents {
+        a.start(&mut lab);
+    }
+    let mut subnets = std::collections::BTreeSet::new();
+    for a in &agents {
+        let s = a.wait(&lab, "a subnet", |s| s.subnet.is_some());
+        assert!(!s.ready, "no weftd: not ready ({:?})", s.reason);
+        assert!(
+            s.reason.as_deref().is_some_and(|r| r.contains("weftd")),
+            "{s:?}"
+        );
+        subnets.insert(s.subnet.unwrap());
+    }
+    assert_eq!(subnets.len(), 10, "{subnets:?}");
+    let keys = etcdctl(
+        &n1,
+        ip,
+        &["get", "--prefix", "/weft/v1/subnets/", "--keys-only"],
+    );
+    assert_eq!(keys.lines().filter(|l| !l.is_empty()).count(), 10, "{keys}");
+}
