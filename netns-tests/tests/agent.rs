@@ -217,6 +217,9 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
         .unwrap();
 
     let mut agent = Agent::new(&lab, &n1, 1, &wsock);
+    agent
+        .args
+        .extend(["--metrics".to_string(), "127.0.0.1:9102".to_string()]);
     let dir = lab.dir().join("agent1");
     agent.start(&mut lab);
 
@@ -259,6 +262,32 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
     assert!(
         dir.join("net.d/10-weft.conflist").is_file(),
         "the CNI configuration is written when ready"
+    );
+
+    let scrape = n1
+        .run(&[
+            &netns_tests::node::nettool_binary().display().to_string(),
+            "http-get",
+            "--to",
+            "127.0.0.1:9102",
+            "--path",
+            "/metrics",
+            "--timeout",
+            "3",
+        ])
+        .unwrap();
+    let m = netns_tests::node::Metrics::parse(&scrape).unwrap();
+    assert_eq!(m.status, 200, "{scrape}");
+    for (name, want) in [
+        ("weft_agent_etcd_up", 1),
+        ("weft_agent_ready", 1),
+        ("weft_agent_peers", 0),
+    ] {
+        assert_eq!(m.get(name, &[]), Some(want), "{name}: {scrape}");
+    }
+    assert!(
+        m.get("weft_agent_syncs_total", &[]).is_some_and(|v| v >= 1),
+        "{scrape}"
     );
 
     // weftd: the gateway and tunnel ports; the host's gateway address and route.
@@ -398,6 +427,9 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
         "node → pod, after the bad config"
     );
     etcdctl(&n1, ip, &["put", "/weft/v1/config", CONFIG]);
+    agent.wait(&lab, "the good config back, no reason left", |s| {
+        s.ready && s.reason.is_none()
+    });
 
     // weftd restarted: the agent notices the lost connection and syncs again.
     let syncs = agent.log(&lab).matches("synced weftd").count();

@@ -8,7 +8,7 @@
 //! cookies are never touched and unchanged flows keep their counters. After that every event is the difference between the flows before and
 //! after it: a node joining is three added flows, a pod a handful.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -865,9 +865,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
-
-/// The peers by name (for tests).
-pub type Peers = BTreeMap<String, crate::schema::NodeRecord>;
 
 #[cfg(test)]
 mod tests {

@@ -356,7 +356,10 @@ async fn session_inner(
                 if let Some(e) = r.events().last() {
                     let value = e.kv().map(|kv| kv.value().to_vec()).unwrap_or_default();
                     match NetConfig::parse(&value) {
-                        Ok(n) if n == net => {}
+                        // The config is good again (or was rewritten unchanged).
+                        Ok(n) if n == net => {
+                            let _ = tx.send(Event::Waiting(None)).await;
+                        }
                         Ok(_) => return Err("the network config changed".into()),
                         Err(why) => {
                             let line = format!("{} refused: {why}; running with the previous config", keys.config());
