@@ -357,6 +357,31 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
         "{rec}"
     );
 
+    // `weft-agent status`, as text and as JSON.
+    let status = |json: bool| {
+        let mut c = n1.command(&binary("weft-agent", "WEFT_AGENT").display().to_string());
+        c.args(["status", "--socket", &agent.socket.display().to_string()]);
+        if json {
+            c.args(["-o", "json"]);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = status(false);
+    for want in [
+        "node:      n1".to_string(),
+        "ready:     yes".to_string(),
+        format!("subnet:    {subnet}"),
+        "etcd:      reachable".to_string(),
+        format!("c0ffee00aa:eth0 port p-c0ffee00-eth0 {pod_ip}/24"),
+    ] {
+        assert!(text.contains(&want), "{want} in:\n{text}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!(json["subnet"], subnet.to_string());
+    assert_eq!(json["endpoints"][0]["pod_name"], "web");
+
     // A peer joins: its subnet goes to the tunnel with its address; it leaves: gone.
     let peer = r#"{"public_ip":"198.18.0.9","subnet":"198.19.250.0/24","gateway_mac":"0a:58:c6:13:fa:01","encap":"vxlan"}"#;
     etcdctl(&n1, ip, &["put", "/weft/v1/nodes/n9", peer]);
