@@ -516,18 +516,79 @@ fn start_weftd(lab: &mut Lab, node: &Ns, label: &str) -> Weftd {
     w
 }
 
+/// A network namespace held only by a process (as a container runtime's), known by
+/// its `/proc/PID/ns/net`; the process is killed when this is dropped.
+struct HeldNetns(std::process::Child);
+
+impl HeldNetns {
+    fn new() -> HeldNetns {
+        let child = Command::new("unshare")
+            .args(["--net", "sleep", "120"])
+            .spawn()
+            .unwrap();
+        let h = HeldNetns(child);
+        let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let start = Instant::now();
+        while std::fs::read_link(h.path()).ok().is_none_or(|l| l == ours) {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "unshare did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        h
+    }
+
+    fn path(&self) -> String {
+        format!("/proc/{}/ns/net", self.0.id())
+    }
+
+    fn ping(&self, dst: &str) -> bool {
+        Command::new("nsenter")
+            .args([
+                &format!("--net={}", self.path()),
+                "ping",
+                "-c",
+                "2",
+                "-W",
+                "1",
+                dst,
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for HeldNetns {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn attach_pod(lab: &mut Lab, agent: &Agent, short: &str, s: &ap::StatusReply) -> (Ns, Ipv4Addr) {
     let pod = lab.netns(short).unwrap();
+    let ip = attach_at(
+        lab,
+        agent,
+        short,
+        &format!("/var/run/netns/{}", pod.name()),
+        s,
+    );
+    (pod, ip)
+}
+
+fn attach_at(lab: &Lab, agent: &Agent, short: &str, netns: &str, s: &ap::StatusReply) -> Ipv4Addr {
     let Some(std::net::IpAddr::V4(gw)) = s.gateway else {
         panic!("{s:?}")
     };
-    let ip = Ipv4Addr::from(u32::from(gw) + 1);
+    let ip = Ipv4Addr::from(u32::from(gw) + 1 + s.endpoints.len() as u32);
     let a = ap::Attach {
         attachment: ap::Attachment {
             container_id: format!("{short}-0123456789"),
             ifname: "eth0".into(),
         },
-        netns: format!("/var/run/netns/{}", pod.name()),
+        netns: netns.to_string(),
         addresses: vec![format!("{ip}/24").parse().unwrap()],
         gateway: None,
         pod_namespace: None,
@@ -536,7 +597,7 @@ fn attach_pod(lab: &mut Lab, agent: &Agent, short: &str, s: &ap::StatusReply) ->
     agent
         .call::<ap::AttachReply>(&ap::Request::Attach(a))
         .unwrap_or_else(|e| panic!("attach {short}: {e}\n{}", agent.log(lab)));
-    (pod, ip)
+    ip
 }
 
 #[test]
@@ -602,6 +663,18 @@ fn two_agents_take_distinct_subnets_and_connect_their_pods_and_nodes() {
     assert!(
         p2.ping(&st1.gateway.unwrap().to_string(), 2, 1),
         "pod on n2 → node n1's gateway address"
+    );
+    // A pod whose namespace is a container's /proc/PID/ns/net, as runtimes pass it.
+    let held = HeldNetns::new();
+    let st2 = a2.status().unwrap();
+    let ip3 = attach_at(&lab, &a2, "pc", &held.path(), &st2);
+    assert!(
+        held.ping(&ip1.to_string()),
+        "the /proc/PID/ns/net pod on n2 → pod on n1"
+    );
+    assert!(
+        p1.ping(&ip3.to_string(), 2, 1),
+        "pod on n1 → the /proc/PID/ns/net pod"
     );
 
     // n2's agent killed: its lease (3 s) expires and n2 leaves n1's flows.

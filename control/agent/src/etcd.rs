@@ -78,9 +78,13 @@ pub async fn connect(cfg: &Config) -> Result<Client, String> {
     Ok(c)
 }
 
-/// An error as one line (tonic's errors may span several, with causes).
+/// An error as one line (tonic's errors may span several, and end in a debug dump of
+/// their source after `, source: `, which says nothing the message does not).
 pub fn one_line(e: &dyn std::fmt::Display) -> String {
-    let s = e.to_string();
+    let mut s = e.to_string();
+    if let Some(i) = s.find(", source: ") {
+        s.truncate(i);
+    }
     let mut out = String::new();
     for part in s.lines().map(str::trim).filter(|l| !l.is_empty()) {
         if !out.is_empty() {
@@ -485,4 +489,25 @@ async fn take_subnet(
 /// `198.19.3.0-24` → 198.19.3.0/24.
 pub fn parse_subnet_key(name: &str) -> Option<Ipv4Net> {
     name.replacen('-', "/", 1).parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_keys_and_error_lines() {
+        assert_eq!(
+            parse_subnet_key("198.19.3.0-24"),
+            Some("198.19.3.0/24".parse().unwrap())
+        );
+        assert_eq!(parse_subnet_key("198.19.3.0"), None);
+        assert_eq!(parse_subnet_key("x-24"), None);
+        let e = "grpc request error: code: 'Unavailable', message: \"invalid peer certificate: UnknownIssuer\", source: tonic::transport::Error(Transport, X)\nmore";
+        assert_eq!(
+            one_line(&e),
+            "grpc request error: code: 'Unavailable', message: \"invalid peer certificate: UnknownIssuer\""
+        );
+        assert_eq!(one_line(&"a\n  b\n"), "a: b");
+    }
 }
