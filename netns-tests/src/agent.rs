@@ -207,6 +207,11 @@ impl Agent {
         self.proc.is_some_and(|p| lab.is_running(p))
     }
 
+    /// Its process id while it runs.
+    pub fn pid(&self, lab: &Lab) -> Option<u32> {
+        lab.pid(self.proc?)
+    }
+
     /// A connection to its socket.
     pub fn client(&self) -> std::result::Result<Client, ClientError> {
         Client::connect(&self.socket(), Duration::from_secs(5))
