@@ -1,4 +1,4 @@
-//! `weft-agent` end to end (issue 15): nodes that find each other through a real
+//! `weft-agent` end to end (issue 15), several nodes: nodes that find each other through a real
 //! 3-member etcd cluster.
 //!
 //! Each test builds its own lab: an underlay of node namespaces (198.18.0.N), an etcd
