@@ -145,7 +145,21 @@ impl World {
             let mut c = ns.command("sleep");
             c.arg("600");
             let holder: ProcId = self.lab.spawn(&format!("holder{n}"), c).unwrap();
-            format!("/proc/{}/ns/net", self.lab.pid(holder).unwrap())
+            let path = format!("/proc/{}/ns/net", self.lab.pid(holder).unwrap());
+            // `ip netns exec` enters the namespace after it started: until then the
+            // path is the test's own namespace.
+            use std::os::unix::fs::MetadataExt;
+            let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+            let want = id(&format!("/var/run/netns/{}", ns.name()));
+            let start = Instant::now();
+            while id(&path) != want {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "{path} never entered"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            path
         } else {
             ns.name().to_string()
         };
@@ -475,7 +489,7 @@ fn nodes_find_each_other_join_leave_and_die() {
         "clean stop: {status:?}"
     );
     for k in 0..3 {
-        wait_flows(&w, k, Duration::from_secs(5), "node4 gone", |f| {
+        wait_flows(&w, k, Duration::from_secs(8), "node4 gone", |f| {
             !has_subnet(f, subnet4)
         });
     }
@@ -634,6 +648,19 @@ fn etcd_outages_lose_no_packet_and_the_agents_resync() {
     let steady = SteadyPing::start(&mut w.lab, &p0, p1, 0.1, 20);
     let (tx, rx) = steady.finish(&mut w.lab, Duration::from_secs(10));
     assert_eq!(tx, rx, "one member down: loss");
+    // The others still serve: a node that appears now is programmed on both.
+    let sim0: Ipv4Net = "198.19.249.0/24".parse().unwrap();
+    simulate_node(&mut w, "sim0", Ipv4Addr::new(198, 18, 0, 199), sim0, 30);
+    for k in 0..2 {
+        wait_flows(
+            &w,
+            k,
+            Duration::from_secs(5),
+            "a new node with a member down",
+            |f| has_subnet(f, sim0),
+        );
+    }
+    // And the agents do not call a cluster with a quorum unreachable.
     for k in 0..2 {
         let s = w.node(k).agent.status().unwrap();
         assert!(s.ready && s.etcd.reachable, "node{}: {s:?}", k + 1);
