@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release --bins && sudo target/release/agent-scale [--nodes 1000]
-//!     [--churn 0.1] [--churn-rate 50] [--members 1] [--poll-ms 10]
+//!     [--churn 0.1] [--churn-rate 50] [--members 1] [--poll-ms 100] [--wait-s 180]
 //!     [--out target/agent-scale]
 //! ```
 //!
@@ -55,13 +55,14 @@ struct Opts {
     churn_rate: f64,
     members: u8,
     poll: Duration,
+    wait: Duration,
     out: PathBuf,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
         "{msg}\nusage: agent-scale [--nodes N] [--churn FRACTION] [--churn-rate PER_SEC] \
-         [--members 1|3] [--poll-ms MS] [--out DIR]"
+         [--members 1|3] [--poll-ms MS] [--wait-s SECS] [--out DIR]"
     );
     std::process::exit(2)
 }
@@ -72,7 +73,8 @@ fn parse_args() -> Opts {
         churn: 0.1,
         churn_rate: 50.0,
         members: 1,
-        poll: Duration::from_millis(10),
+        poll: Duration::from_millis(100),
+        wait: Duration::from_secs(180),
         out: PathBuf::from("target/agent-scale"),
     };
     let mut args = std::env::args().skip(1);
@@ -117,6 +119,14 @@ fn parse_args() -> Opts {
                     .filter(|m| (1..=1000).contains(m))
                     .unwrap_or_else(|| usage("--poll-ms: 1 to 1000"));
                 o.poll = Duration::from_millis(ms);
+            }
+            "--wait-s" => {
+                let w: u64 = val("--wait-s")
+                    .parse()
+                    .ok()
+                    .filter(|w| (1..=3600).contains(w))
+                    .unwrap_or_else(|| usage("--wait-s: 1 to 3600"));
+                o.wait = Duration::from_secs(w);
             }
             "--out" => o.out = PathBuf::from(val("--out")),
             "-h" | "--help" => usage("agent-scale: one weft-agent against many simulated nodes"),
@@ -349,6 +359,10 @@ fn rss_kib(pid: Option<u32>) -> Option<u64> {
 }
 
 fn summary(name: &str, lat: &[f64]) -> serde_json::Value {
+    if lat.is_empty() {
+        println!("{name:<28} n=0");
+        return serde_json::json!({ "count": 0 });
+    }
     let ms = |p| percentile(lat, p) * 1000.0;
     println!(
         "{name:<28} n={:<5} p50 {:>7.1} ms  p90 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms",
@@ -504,9 +518,9 @@ fn run(o: &Opts) -> Result<(), String> {
         churn
     );
 
-    // Wait (at most 60 s after the last write) for the agent to catch up: every write
-    // seen after it was made, every removal gone after it was made.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Wait (at most --wait-s after the last write) for the agent to catch up: every
+    // write seen after it was made, every removal gone after it was made.
+    let deadline = Instant::now() + o.wait;
     loop {
         let done = {
             let s = seen.lock().unwrap();
@@ -546,7 +560,15 @@ fn run(o: &Opts) -> Result<(), String> {
         }
         (v, missing, last)
     };
-    let (bulk_lat, missing, last_seen) = lat(&added[..nodes], &s.appeared);
+    // A bulk node the churn removed may never have shown up (the agent may take its
+    // add and its removal together): only the others must appear.
+    let churned: HashSet<&str> = removed.iter().map(|(sub, _)| sub.as_str()).collect();
+    let kept: Vec<(String, Instant)> = added[..nodes]
+        .iter()
+        .filter(|(sub, t)| !churned.contains(sub.as_str()) || after(&s.appeared, sub, *t).is_some())
+        .cloned()
+        .collect();
+    let (bulk_lat, missing, last_seen) = lat(&kept, &s.appeared);
     let (churn_lat, churn_missing, _) = lat(&added[nodes..], &s.appeared);
     let (del_lat, del_missing, _) = lat(&removed, &s.gone);
     let total = last_seen.duration_since(first);
