@@ -632,10 +632,10 @@ fn simulate_node(w: &mut World, name: &str, ip: Ipv4Addr, subnet: Ipv4Net, ttl: 
         .unwrap();
 }
 
-/// etcd: one member killed changes nothing; all members stopped for 30 s while a steady
-/// ping runs between pods on different nodes: no packet is lost, the agents report etcd
-/// unreachable, and when etcd is back they resync (a node that appears then is
-/// programmed).
+/// etcd: all members stopped for 30 s while a steady ping runs between pods on different
+/// nodes: no packet is lost, the agents report etcd unreachable, and when etcd is back
+/// they resync (a node that appears then is programmed). Then one member killed changes
+/// nothing: no loss, a new node is still programmed, the agents call etcd reachable.
 #[test]
 fn etcd_outages_lose_no_packet_and_the_agents_resync() {
     let Some(_s) = begin("etcd_outages_lose_no_packet_and_the_agents_resync") else {
@@ -643,31 +643,6 @@ fn etcd_outages_lose_no_packet_and_the_agents_resync() {
     };
     let mut w = two_nodes(false);
     let (p0, p1) = (w.pods[0].ns.clone(), w.pods[1].ip);
-    // One member killed.
-    w.etcd.kill(&mut w.lab, 2);
-    let steady = SteadyPing::start(&mut w.lab, &p0, p1, 0.1, 20);
-    let (tx, rx) = steady.finish(&mut w.lab, Duration::from_secs(10));
-    assert_eq!(tx, rx, "one member down: loss");
-    // The others still serve: a node that appears now is programmed on both.
-    let sim0: Ipv4Net = "198.19.249.0/24".parse().unwrap();
-    simulate_node(&mut w, "sim0", Ipv4Addr::new(198, 18, 0, 199), sim0, 30);
-    for k in 0..2 {
-        wait_flows(
-            &w,
-            k,
-            Duration::from_secs(5),
-            "a new node with a member down",
-            |f| has_subnet(f, sim0),
-        );
-    }
-    // And the agents do not call a cluster with a quorum unreachable.
-    for k in 0..2 {
-        let s = w.node(k).agent.status().unwrap();
-        assert!(s.ready && s.etcd.reachable, "node{}: {s:?}", k + 1);
-    }
-    w.etcd.start_member(&mut w.lab, 2).unwrap();
-    w.etcd.wait_healthy(&mut w.lab, READY).unwrap();
-
     // All stopped for 30 s during a steady ping.
     let steady = SteadyPing::start(&mut w.lab, &p0, p1, 0.1, 360);
     std::thread::sleep(Duration::from_secs(1));
@@ -707,6 +682,31 @@ fn etcd_outages_lose_no_packet_and_the_agents_resync() {
             |f| has_subnet(f, sim),
         );
     }
+
+    // One member killed.
+    w.etcd.kill(&mut w.lab, 2);
+    let steady = SteadyPing::start(&mut w.lab, &p0, p1, 0.1, 20);
+    let (tx, rx) = steady.finish(&mut w.lab, Duration::from_secs(10));
+    assert_eq!(tx, rx, "one member down: loss");
+    // The others still serve: a node that appears now is programmed on both.
+    let sim0: Ipv4Net = "198.19.249.0/24".parse().unwrap();
+    simulate_node(&mut w, "sim0", Ipv4Addr::new(198, 18, 0, 199), sim0, 30);
+    for k in 0..2 {
+        wait_flows(
+            &w,
+            k,
+            Duration::from_secs(5),
+            "a new node with a member down",
+            |f| has_subnet(f, sim0),
+        );
+    }
+    // And the agents do not call a cluster with a quorum unreachable.
+    for k in 0..2 {
+        let s = w.node(k).agent.status().unwrap();
+        assert!(s.ready && s.etcd.reachable, "node{}: {s:?}", k + 1);
+    }
+    w.etcd.start_member(&mut w.lab, 2).unwrap();
+    w.etcd.wait_healthy(&mut w.lab, READY).unwrap();
 }
 
 /// The dump line of the flow to `subnet` and its n_packets and age.
