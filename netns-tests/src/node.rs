@@ -261,6 +261,11 @@ impl Weftd {
         self.proc.is_some_and(|p| lab.is_running(p))
     }
 
+    /// Its process id while it runs (for its memory in `/proc/PID/status`).
+    pub fn pid(&self, lab: &Lab) -> Option<u32> {
+        lab.pid(self.proc?)
+    }
+
     /// Waits until the metrics endpoint answers (the datapath is up by then: ports are
     /// opened and flows installed before the metrics server starts). Returns how long
     /// it waited; an error (with the log) if it exited or `timeout` passed.
