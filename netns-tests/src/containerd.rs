@@ -339,35 +339,83 @@ impl Containerd {
     /// [`Containerd::stop_container`] or on drop); its output goes to
     /// `<dir>/<id>.log`. Returns when its task runs (so ADD has returned).
     pub fn start_container(&mut self, id: &str, cmd: &[&str], timeout: Duration) -> Result<()> {
+        self.start_containers(&[id], cmd, timeout)
+    }
+
+    /// Starts several background containers at once (their ADDs run concurrently) and
+    /// returns when all their tasks run; on a failure, stops the ones it started.
+    pub fn start_containers(
+        &mut self,
+        ids: &[&str],
+        cmd: &[&str],
+        timeout: Duration,
+    ) -> Result<()> {
         let runc_root = self.dir.join("runc").display().to_string();
-        let args = self.run_args(&runc_root, id, cmd);
-        let log = std::fs::File::create(self.dir.join(format!("{id}.log")))?;
-        let child = self
-            .ctr(&args)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.running.push((id.to_string(), child));
+        for id in ids {
+            let args = self.run_args(&runc_root, id, cmd);
+            let log = std::fs::File::create(self.dir.join(format!("{id}.log")))?;
+            let child = self
+                .ctr(&args)
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?;
+            self.running.push((id.to_string(), child));
+        }
         let start = Instant::now();
-        loop {
-            if self.task_status(id).as_deref() == Some("RUNNING") {
-                return Ok(());
-            }
-            let exited = self
-                .running
-                .iter_mut()
-                .find(|(i, _)| i == id)
-                .map(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
-                .unwrap_or(true);
-            if exited || start.elapsed() > timeout {
-                let _ = self.stop_container(id, Duration::from_secs(5));
+        let mut waiting: Vec<&str> = ids.to_vec();
+        while !waiting.is_empty() {
+            let running = self.running_tasks();
+            waiting.retain(|id| !running.iter().any(|r| r == id));
+            let exited = waiting.iter().copied().find(|id| {
+                self.running
+                    .iter_mut()
+                    .find(|(i, _)| i == id)
+                    .map(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
+                    .unwrap_or(true)
+            });
+            if exited.is_some() || (!waiting.is_empty() && start.elapsed() > timeout) {
+                let bad = exited.unwrap_or(waiting[0]).to_string();
+                let log = self.container_log(&bad);
+                for id in ids {
+                    let _ = self.stop_container(id, Duration::from_secs(10));
+                }
                 return Err(LabError(format!(
-                    "container {id} did not start (exited: {exited}): {}",
-                    self.container_log(id)
+                    "container {bad} did not start (exited: {}): {log}",
+                    exited.is_some()
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
+    }
+
+    /// The ids of the tasks in state RUNNING.
+    fn running_tasks(&self) -> Vec<String> {
+        let Ok(out) = self.ctr(&["tasks", "ls"]).output() else {
+            return vec![];
+        };
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.len() >= 3 && w[2] == "RUNNING").then(|| w[0].to_string())
+            })
+            .collect()
+    }
+
+    /// Stops several background containers at once (their DELs run concurrently): kills
+    /// all their tasks, then waits for each `ctr run` to finish.
+    pub fn stop_containers(&mut self, ids: &[&str], timeout: Duration) -> Result<()> {
+        for id in ids {
+            self.kill_task(id);
+        }
+        let mut first_error = None;
+        for id in ids {
+            if let Err(e) = self.stop_container(id, timeout) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// What a background container's `ctr run` printed.

@@ -1,0 +1,983 @@
+//! Issue 16: weft-cni against the real weft-agent and weftd, driven alone (environment +
+//! stdin, as a runtime does) and under containerd.
+//!
+//! Each node is a namespace on the underlay running weftd and weft-agent (sockets and
+//! state in the lab directory); etcd runs on node 1 (one member: enough for the plugin's
+//! tests; the agent's own tests cover a 3-member cluster). The test writes the cluster's
+//! `config` key as an operator would, waits for each agent to say it is ready and to
+//! write its conflist, checks that conflist (weft-cni, then portmap) and adds an
+//! `ipam.dataDir` in the node's directory so host-local's reservations stay in the lab
+//! (and can be counted).
+//!
+//! What "nothing left" means here, per attachment: no weftd port (`weftctl show`), no
+//! flow mentioning its address or MAC (`weftctl dump-flows`), no endpoint in etcd or in
+//! the agent's `status`, no host-local reservation, no link with its MAC on the node or
+//! in the root namespace.
+//!
+//! These tests need the `weft-agent` binary (branch `agent`); without it they skip with
+//! a message (and fail under WEFT_REQUIRE_PRIVILEGED).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netns_tests::containerd::{self, Containerd};
+use netns_tests::lab::{Lab, Ns, ProcId, REQUIRE_PRIVILEGED, privileged};
+use netns_tests::node::{Underlay, Weftd, WeftdSpec, binary, nettool_binary, underlay_ip};
+use serde_json::{Value, json};
+use weft_agent_proto::{Client, Request, StatusReply};
+
+const PREFIX: &str = "/weft/v1/";
+const POD_CIDR: &str = "198.19.0.0/16";
+
+fn weftctl_binary() -> PathBuf {
+    binary("weftctl", "WEFTCTL")
+}
+
+fn cni_binary() -> PathBuf {
+    binary("weft-cni", "WEFT_CNI")
+}
+
+/// Whether the agent exists to test against (and the test may run at all).
+fn agent_available(test: &str) -> bool {
+    if !privileged(test) {
+        return false;
+    }
+    let found = match std::env::var_os("WEFT_AGENT") {
+        Some(p) => Path::new(&p).is_file(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| Some(e.parent()?.parent()?.join("weft-agent")))
+            .is_some_and(|p| p.is_file()),
+    };
+    let etcd = Path::new("/usr/bin/etcd").is_file() && Path::new("/usr/bin/etcdctl").is_file();
+    let why = if !found {
+        Some("needs the weft-agent binary (branch agent; cargo build --workspace --bins)")
+    } else if !etcd {
+        Some("needs etcd and etcdctl (Debian's etcd-server, etcd-client)")
+    } else {
+        None
+    };
+    match why {
+        None => true,
+        Some(why) if std::env::var_os(REQUIRE_PRIVILEGED).is_some() => {
+            panic!("{test}: {why}, and {REQUIRE_PRIVILEGED} is set: this test must run here")
+        }
+        Some(why) => {
+            eprintln!("skipping {test}: {why}");
+            false
+        }
+    }
+}
+
+/// One node: weftd, weft-agent, maybe a containerd.
+struct Node {
+    ns: Ns,
+    name: String,
+    dir: PathBuf,
+    weftd: Weftd,
+    agent: Option<ProcId>,
+    agent_config: PathBuf,
+    agent_socket: PathBuf,
+    conf_dir: PathBuf,
+    ipam_dir: PathBuf,
+    containerd: Option<Containerd>,
+}
+
+/// The cluster under test. `nodes` is declared first so that containerd (whose drop
+/// runs the last DELs through the agent) goes before the lab stops the agents.
+struct World {
+    nodes: Vec<Node>,
+    etcd_ns: Ns,
+    lab: Lab,
+}
+
+fn etcdctl(ns: &Ns, args: &[&str]) -> String {
+    let endpoint = format!("http://{}:2379", underlay_ip(1));
+    let mut a = vec!["etcdctl", "--endpoints", &endpoint];
+    a.extend_from_slice(args);
+    let mut c = ns.command("env");
+    c.arg("ETCDCTL_API=3").args(&a);
+    let out = c.output().expect("etcdctl runs");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl World {
+    /// `n` nodes, each with weftd and weft-agent ready; with a containerd per node when
+    /// `with_containerd` (the agent then writes its conflist where that node's ctr reads).
+    fn new(n: u8, with_containerd: bool) -> World {
+        let mut lab = Lab::new().unwrap();
+        let underlay = Underlay::new(&mut lab, n).unwrap();
+        let n1 = underlay.node(1).clone();
+        let ip1 = underlay_ip(1);
+        let data = lab.dir().join("etcd");
+        let mut etcd = n1.command("etcd");
+        etcd.args(["--name", "n1", "--data-dir"])
+            .arg(&data)
+            .arg(format!("--listen-client-urls=http://{ip1}:2379"))
+            .arg(format!("--advertise-client-urls=http://{ip1}:2379"))
+            .arg(format!("--listen-peer-urls=http://{ip1}:2380"))
+            .arg(format!("--initial-advertise-peer-urls=http://{ip1}:2380"))
+            .arg(format!("--initial-cluster=n1=http://{ip1}:2380"));
+        lab.spawn("etcd", etcd).unwrap();
+        let start = Instant::now();
+        loop {
+            let ok = n1
+                .command("env")
+                .args(["ETCDCTL_API=3", "etcdctl", "--endpoints"])
+                .arg(format!("http://{ip1}:2379"))
+                .args(["endpoint", "health"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "etcd not healthy: {}",
+                lab.log("etcd")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let config = json!({"pod_cidr": POD_CIDR, "subnet_len": 24, "encap": "vxlan", "vni": 1});
+        etcdctl(
+            &n1,
+            &["put", &format!("{PREFIX}config"), &config.to_string()],
+        );
+
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let ns = underlay.node(i).clone();
+            let name = format!("n{i}");
+            let dir = lab.dir().join(format!("node{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let weftd = Weftd::start(
+                &mut lab,
+                &ns,
+                &format!("weftd-{name}"),
+                &WeftdSpec {
+                    workers: 1,
+                    ports: String::new(),
+                    flows: String::new(),
+                },
+            )
+            .unwrap();
+            weftd.wait_ready(&mut lab, Duration::from_secs(20)).unwrap();
+            let containerd = with_containerd
+                .then(|| Containerd::start(&lab, &ns, &format!("containerd-{name}")).unwrap());
+            let conf_dir = match &containerd {
+                Some(c) => c.cni_conf_dir(),
+                None => dir.join("net.d"),
+            };
+            std::fs::create_dir_all(&conf_dir).unwrap();
+            let agent_socket = dir.join("agent.sock");
+            let agent_config = dir.join("agent.toml");
+            std::fs::write(
+                &agent_config,
+                format!(
+                    "node_name = \"{name}\"\npublic_ip = \"{}\"\netcd_endpoints = [\"http://{ip1}:2379\"]\n\
+                     prefix = \"{PREFIX}\"\nlease_ttl = 5\nweftd_socket = \"{}\"\nsocket = \"{}\"\n\
+                     cni_conf_dir = \"{}\"\n",
+                    underlay_ip(i),
+                    weftd.dir().join("weftd.sock").display(),
+                    agent_socket.display(),
+                    conf_dir.display(),
+                ),
+            )
+            .unwrap();
+            nodes.push(Node {
+                ns,
+                name,
+                ipam_dir: dir.join("ipam"),
+                dir,
+                weftd,
+                agent: None,
+                agent_config,
+                agent_socket,
+                conf_dir,
+                containerd,
+            });
+        }
+        let mut w = World {
+            nodes,
+            etcd_ns: n1,
+            lab,
+        };
+        for k in 0..w.nodes.len() {
+            w.start_agent(k);
+        }
+        for k in 0..w.nodes.len() {
+            w.wait_ready(k);
+            w.adopt_conflist(k);
+            if let Some(c) = &w.nodes[k].containerd {
+                c.install_plugin("weft-cni", &w.timed_plugin(k)).unwrap();
+            }
+        }
+        w
+    }
+
+    fn start_agent(&mut self, k: usize) {
+        let node = &self.nodes[k];
+        let mut cmd = node
+            .ns
+            .command(&binary("weft-agent", "WEFT_AGENT").display().to_string());
+        cmd.arg("--config").arg(&node.agent_config);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let label = format!("agent-{}", node.name);
+        self.nodes[k].agent = Some(self.lab.spawn(&label, cmd).unwrap());
+    }
+
+    fn stop_agent(&mut self, k: usize) {
+        if let Some(p) = self.nodes[k].agent.take() {
+            self.lab.stop(p, Duration::from_secs(5));
+        }
+    }
+
+    fn status(&self, k: usize) -> Option<StatusReply> {
+        Client::connect(&self.nodes[k].agent_socket, Duration::from_secs(5))
+            .ok()?
+            .call(&Request::Status)
+            .ok()
+    }
+
+    fn wait_ready(&mut self, k: usize) -> StatusReply {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.status(k).filter(|s| s.ready) {
+                return s;
+            }
+            let label = format!("agent-{}", self.nodes[k].name);
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "agent {} not ready after 30 s: {:?}\n{}",
+                self.nodes[k].name,
+                self.status(k),
+                self.lab.log(&label)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Checks the conflist the agent wrote and points host-local into the lab.
+    fn adopt_conflist(&self, k: usize) {
+        let node = &self.nodes[k];
+        let path = node.conf_dir.join("10-weft.conflist");
+        let start = Instant::now();
+        while !path.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "agent {} is ready but wrote no {}",
+                node.name,
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(c["name"], "weft", "{c}");
+        assert_eq!(c["cniVersion"], "1.0.0", "{c}");
+        assert_eq!(c["plugins"][0]["type"], "weft-cni", "{c}");
+        assert_eq!(
+            c["plugins"][0]["agentSocket"],
+            node.agent_socket.display().to_string(),
+            "{c}"
+        );
+        assert_eq!(c["plugins"][1]["type"], "portmap", "{c}");
+        assert_eq!(c["plugins"][1]["capabilities"]["portMappings"], true, "{c}");
+        c["plugins"][0]["ipam"] = json!({"dataDir": node.ipam_dir});
+        std::fs::write(&path, c.to_string()).unwrap();
+    }
+
+    fn conflist(&self, k: usize) -> Value {
+        let path = self.nodes[k].conf_dir.join("10-weft.conflist");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// A weft-cni that records how long each call took (`<node dir>/times`).
+    fn timed_plugin(&self, k: usize) -> PathBuf {
+        let node = &self.nodes[k];
+        let p = node.dir.join("weft-cni-timed");
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\ns=$(date +%s%N)\n{}\nrc=$?\n\
+                 echo \"$CNI_COMMAND $(( $(date +%s%N) - s ))\" >> {}\nexit $rc\n",
+                cni_binary().display(),
+                node.dir.join("times").display()
+            ),
+        )
+        .unwrap();
+        Command::new("chmod").arg("+x").arg(&p).status().unwrap();
+        p
+    }
+
+    fn times(&self, k: usize, command: &str) -> Vec<Duration> {
+        let text = std::fs::read_to_string(self.nodes[k].dir.join("times")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (c, ns) = l.split_once(' ')?;
+                let ns: u64 = ns.trim().parse().ok()?;
+                (c == command).then(|| Duration::from_nanos(ns))
+            })
+            .collect()
+    }
+
+    fn weftctl(&self, k: usize, args: &[&str]) -> String {
+        let sock = self.nodes[k].weftd.dir().join("weftd.sock");
+        let out = Command::new(weftctl_binary())
+            .arg("-s")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "weftctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn endpoint_keys(&self, k: usize) -> Vec<String> {
+        let prefix = format!("{PREFIX}endpoints/{}/", self.nodes[k].name);
+        etcdctl(&self.etcd_ns, &["get", "--prefix", "--keys-only", &prefix])
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    fn reservations(&self, k: usize) -> Vec<String> {
+        std::fs::read_dir(self.nodes[k].ipam_dir.join("weft"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Asserts node `k` holds nothing of an attachment with this port, MAC and address.
+    fn assert_gone(&self, k: usize, port: &str, mac: &str, ip: &str) {
+        let show = self.weftctl(k, &["show"]);
+        assert!(!show.contains(port), "port {port} left: {show}");
+        let flows = self.weftctl(k, &["dump-flows"]);
+        for needle in [ip, mac] {
+            assert!(
+                !flows.contains(&format!("={needle},")) && !flows.contains(&format!("={needle} ")),
+                "a flow for {needle} left: {flows}"
+            );
+        }
+        assert!(
+            !self.reservations(k).contains(&ip.to_string()),
+            "{ip} still reserved"
+        );
+        let status = self.status(k).expect("agent status");
+        assert!(
+            !status.endpoints.iter().any(|e| e.mac == mac),
+            "agent still lists {mac}: {:?}",
+            status.endpoints
+        );
+        let links = self.nodes[k].ns.ip("-o link").unwrap();
+        assert!(
+            !links.contains(mac),
+            "a link with {mac} on the node: {links}"
+        );
+        let root = Command::new("ip").args(["-o", "link"]).output().unwrap();
+        assert!(
+            !String::from_utf8_lossy(&root.stdout).contains(mac),
+            "a link with {mac} in the root namespace"
+        );
+    }
+}
+
+/// What one plugin invocation printed; see [`invoke_in`].
+struct Invocation {
+    ok: bool,
+    out: Value,
+    stderr: String,
+}
+
+impl Invocation {
+    fn code(&self) -> u64 {
+        assert!(!self.ok, "expected an error, got {}", self.out);
+        self.out["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no code: {}", self.out))
+    }
+}
+
+/// The conflist's plugin `i` as the runtime hands it over: with `cniVersion`, `name`,
+/// `runtimeConfig` for its capabilities, and `prevResult`.
+fn entry(list: &Value, i: usize, version: &str, runtime: &Value, prev: Option<&Value>) -> Value {
+    let mut e = list["plugins"][i].clone();
+    e["cniVersion"] = json!(version);
+    e["name"] = list["name"].clone();
+    if let Some(caps) = e["capabilities"].as_object() {
+        let mut rc = serde_json::Map::new();
+        for (k, on) in caps {
+            if on == true && !runtime[k].is_null() {
+                rc.insert(k.clone(), runtime[k].clone());
+            }
+        }
+        e["runtimeConfig"] = Value::Object(rc);
+    }
+    if let Some(p) = prev {
+        e["prevResult"] = p.clone();
+    }
+    e
+}
+
+/// A pod for the plugin-alone tests: a namespace and the variables a runtime sets.
+struct Pod {
+    ns: Ns,
+    cid: String,
+}
+
+impl Pod {
+    fn netns_path(&self) -> String {
+        format!("/var/run/netns/{}", self.ns.name())
+    }
+
+    fn vars(&self, command: &str, with_netns: bool) -> Vec<(String, String)> {
+        let mut v = vec![
+            ("CNI_COMMAND".to_string(), command.to_string()),
+            ("CNI_CONTAINERID".into(), self.cid.clone()),
+            ("CNI_IFNAME".into(), "eth0".into()),
+            ("CNI_PATH".into(), containerd::DEBIAN_CNI_DIR.to_string()),
+            (
+                "CNI_ARGS".into(),
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=web;K8S_POD_NAME={}",
+                    self.cid
+                ),
+            ),
+        ];
+        if with_netns {
+            v.push(("CNI_NETNS".into(), self.netns_path()));
+        }
+        v
+    }
+}
+
+fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+}
+
+/// weft-cni alone (the conflist's first entry).
+fn cni(w: &World, k: usize, pod: &Pod, command: &str, version: &str, extra: Value) -> Invocation {
+    let list = w.conflist(k);
+    let mut e = entry(&list, 0, version, &json!({}), None);
+    if let (Value::Object(m), Value::Object(x)) = (&mut e, extra) {
+        m.extend(x);
+    }
+    let vars = pod.vars(command, command != "DEL-NO-NETNS");
+    let vars: Vec<(String, String)> = vars
+        .into_iter()
+        .map(|(a, b)| {
+            if a == "CNI_COMMAND" && b == "DEL-NO-NETNS" {
+                (a, "DEL".into())
+            } else {
+                (a, b)
+            }
+        })
+        .collect();
+    invoke_in(&w.nodes[k].ns, &cni_binary(), &pairs(&vars), &e)
+}
+
+fn pod_ip(result: &Value) -> String {
+    let a = result["ips"][0]["address"].as_str().expect("an address");
+    a.split('/').next().unwrap().to_string()
+}
+
+fn port_of(w: &World, k: usize, mac: &str) -> String {
+    let s = w.status(k).expect("status");
+    s.endpoints
+        .iter()
+        .find(|e| e.mac == mac)
+        .unwrap_or_else(|| panic!("no endpoint with {mac}: {:?}", s.endpoints))
+        .port
+        .clone()
+}
+
+#[test]
+fn plugin_alone_every_command_against_the_agent() {
+    if !agent_available("plugin_alone_every_command_against_the_agent") {
+        return;
+    }
+    let mut w = World::new(2, false);
+    let s1 = w.wait_ready(0);
+    let subnet = s1.subnet.expect("a subnet");
+    let pod1 = Pod {
+        ns: w.lab.netns("pod1").unwrap(),
+        cid: "cnitest-pod1".into(),
+    };
+    let pod2 = Pod {
+        ns: w.lab.netns("pod2").unwrap(),
+        cid: "cnitest-pod2".into(),
+    };
+
+    // ADD on both nodes: results of the spec's form, addresses from each node's subnet.
+    let r1 = cni(&w, 0, &pod1, "ADD", "1.0.0", json!({}));
+    assert!(r1.ok, "{} {}", r1.out, r1.stderr);
+    let r2 = cni(&w, 1, &pod2, "ADD", "1.0.0", json!({}));
+    assert!(r2.ok, "{} {}", r2.out, r2.stderr);
+    assert_eq!(r1.out["interfaces"][0]["name"], "eth0");
+    assert_eq!(r1.out["interfaces"][0]["sandbox"], pod1.netns_path());
+    assert_eq!(r1.out["ips"][0]["interface"], 0);
+    let ip1 = pod_ip(&r1.out);
+    let ip2 = pod_ip(&r2.out);
+    assert!(
+        subnet.contains(&ip1.parse::<std::net::IpAddr>().unwrap()),
+        "{ip1} in {subnet}"
+    );
+    let mac1 = r1.out["interfaces"][0]["mac"].as_str().unwrap().to_string();
+    assert!(pod1.ns.ip("-o addr show dev eth0").unwrap().contains(&ip1));
+    assert_eq!(w.reservations(0), vec![ip1.clone()]);
+
+    // Connectivity when ADD returns: pod to pod across nodes, node to pod, pod to node.
+    assert!(pod1.ns.ping(&ip2, 1, 2), "pod1 -> pod2");
+    assert!(pod2.ns.ping(&ip1, 1, 2), "pod2 -> pod1");
+    assert!(w.nodes[1].ns.ping(&ip1, 1, 2), "node 2 -> pod1");
+    assert!(
+        pod1.ns.ping(&underlay_ip(2).to_string(), 1, 2),
+        "pod1 -> node 2"
+    );
+
+    // The endpoint is in etcd with the pod's identity from CNI_ARGS.
+    let keys = w.endpoint_keys(0);
+    let key = format!("{PREFIX}endpoints/n1/{}:eth0", pod1.cid);
+    assert_eq!(keys, vec![key.clone()]);
+    let value = etcdctl(&w.etcd_ns, &["get", "--print-value-only", &key]);
+    let v: Value = serde_json::from_str(value.trim()).unwrap();
+    assert_eq!(v["pod_namespace"], "web", "{v}");
+    assert_eq!(v["pod_name"], pod1.cid, "{v}");
+    let port1 = port_of(&w, 0, &mac1);
+    assert!(w.weftctl(0, &["show"]).contains(&port1));
+
+    // ADD of an existing attachment fails and changes nothing.
+    let again = cni(&w, 0, &pod1, "ADD", "1.0.0", json!({}));
+    assert!(!again.ok, "{}", again.out);
+    assert_eq!(w.reservations(0), vec![ip1.clone()]);
+    assert!(pod1.ns.ping(&ip2, 1, 2), "still connected");
+    // Another attachment onto the same interface name: 100, and its address released.
+    let other = Pod {
+        ns: pod1.ns.clone(),
+        cid: "cnitest-other".into(),
+    };
+    let clash = cni(&w, 0, &other, "ADD", "1.0.0", json!({}));
+    assert_eq!(clash.code(), 100, "{}", clash.out);
+    assert_eq!(w.reservations(0), vec![ip1.clone()]);
+
+    // CHECK: whole, then with the default route gone (101, naming it).
+    let prev = json!({"prevResult": r1.out});
+    let c = cni(&w, 0, &pod1, "CHECK", "1.0.0", prev.clone());
+    assert!(c.ok, "{} {}", c.out, c.stderr);
+    pod1.ns.ip("route del default").unwrap();
+    let c = cni(&w, 0, &pod1, "CHECK", "1.0.0", prev.clone());
+    assert_eq!(c.code(), 101, "{}", c.out);
+    assert!(
+        c.out["msg"].as_str().unwrap().contains("route"),
+        "{}",
+        c.out
+    );
+
+    // STATUS (1.1.0): ready.
+    let st = cni(&w, 0, &pod1, "STATUS", "1.1.0", json!({}));
+    assert!(st.ok, "{} {}", st.out, st.stderr);
+
+    // DEL: everything goes; again; and without CNI_NETNS once the namespace is gone.
+    let d = cni(&w, 0, &pod1, "DEL", "1.0.0", prev.clone());
+    assert!(d.ok, "{} {}", d.out, d.stderr);
+    w.assert_gone(0, &port1, &mac1, &ip1);
+    assert!(w.endpoint_keys(0).is_empty());
+    let d = cni(&w, 0, &pod1, "DEL", "1.0.0", prev.clone());
+    assert!(d.ok, "a repeated DEL: {} {}", d.out, d.stderr);
+    let mac2 = r2.out["interfaces"][0]["mac"].as_str().unwrap().to_string();
+    let port2 = port_of(&w, 1, &mac2);
+    let ns2 = pod2.ns.clone();
+    w.lab.delete_netns(&ns2).unwrap();
+    let d = cni(
+        &w,
+        1,
+        &pod2,
+        "DEL-NO-NETNS",
+        "1.0.0",
+        json!({"prevResult": r2.out}),
+    );
+    assert!(d.ok, "DEL without the namespace: {} {}", d.out, d.stderr);
+    w.assert_gone(1, &port2, &mac2, &ip2);
+
+    // GC (1.1.0): of three attachments, the one not listed goes.
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| Pod {
+            ns: w.lab.netns(&format!("gc{i}")).unwrap(),
+            cid: format!("cnitest-gc{i}"),
+        })
+        .collect();
+    let results: Vec<Value> = pods
+        .iter()
+        .map(|p| {
+            let r = cni(&w, 0, p, "ADD", "1.1.0", json!({}));
+            assert!(r.ok, "{} {}", r.out, r.stderr);
+            r.out
+        })
+        .collect();
+    let gc_port = port_of(&w, 0, results[2]["interfaces"][0]["mac"].as_str().unwrap());
+    let keep: Vec<Value> = pods[..2]
+        .iter()
+        .map(|p| json!({"containerID": p.cid, "ifname": "eth0"}))
+        .collect();
+    let g = cni(
+        &w,
+        0,
+        &pods[0],
+        "GC",
+        "1.1.0",
+        json!({"cni.dev/attachments": keep}),
+    );
+    assert!(g.ok, "{} {}", g.out, g.stderr);
+    let mac = results[2]["interfaces"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        port_of_opt(&w, 0, &mac).is_none(),
+        "GC left the endpoint of {mac}"
+    );
+    w.assert_gone(0, &gc_port, &mac, &pod_ip(&results[2]));
+    assert_eq!(w.reservations(0).len(), 2);
+    assert!(
+        pods[0].ns.ping(&s1.gateway.unwrap().to_string(), 1, 2),
+        "kept pods keep working"
+    );
+}
+
+fn port_of_opt(w: &World, k: usize, mac: &str) -> Option<String> {
+    w.status(k)?
+        .endpoints
+        .iter()
+        .find(|e| e.mac == mac)
+        .map(|e| e.port.clone())
+}
+
+#[test]
+fn agent_down_add_is_11_and_leaves_nothing_and_status_is_50() {
+    if !agent_available("agent_down_add_is_11_and_leaves_nothing_and_status_is_50") {
+        return;
+    }
+    let mut w = World::new(1, false);
+    let pod = Pod {
+        ns: w.lab.netns("pod1").unwrap(),
+        cid: "cnitest-down".into(),
+    };
+    w.stop_agent(0);
+    let r = cni(&w, 0, &pod, "ADD", "1.0.0", json!({}));
+    assert_eq!(r.code(), 11, "{}", r.out);
+    let msg = r.out["msg"].as_str().unwrap();
+    assert!(msg.contains("not reachable"), "a clear message: {msg}");
+    assert!(w.reservations(0).is_empty(), "{:?}", w.reservations(0));
+    assert!(
+        pod.ns.ip("-o link").unwrap().lines().count() == 1,
+        "only lo in the pod"
+    );
+    let st = cni(&w, 0, &pod, "STATUS", "1.1.0", json!({}));
+    assert_eq!(st.code(), 50, "{}", st.out);
+    // Back up: ADD works again.
+    w.start_agent(0);
+    w.wait_ready(0);
+    let r = cni(&w, 0, &pod, "ADD", "1.0.0", json!({}));
+    assert!(r.ok, "{} {}", r.out, r.stderr);
+}
+
+#[test]
+fn host_port_through_the_chained_portmap() {
+    if !agent_available("host_port_through_the_chained_portmap") {
+        return;
+    }
+    let mut w = World::new(2, false);
+    let pod = Pod {
+        ns: w.lab.netns("web").unwrap(),
+        cid: "cnitest-web".into(),
+    };
+    let list = w.conflist(0);
+    let runtime =
+        json!({"portMappings": [{"hostPort": 30080, "containerPort": 8080, "protocol": "tcp"}]});
+    let vars = pod.vars("ADD", true);
+    let plugin_path = |i: usize| -> PathBuf {
+        match list["plugins"][i]["type"].as_str().unwrap() {
+            "weft-cni" => cni_binary(),
+            other => Path::new(containerd::DEBIAN_CNI_DIR).join(other),
+        }
+    };
+    // The chain as the runtime runs it: ADD in order, each with the previous result.
+    let mut prev: Option<Value> = None;
+    let n = list["plugins"].as_array().unwrap().len();
+    for i in 0..n {
+        let e = entry(&list, i, "1.0.0", &runtime, prev.as_ref());
+        let inv = invoke_in(&w.nodes[0].ns, &plugin_path(i), &pairs(&vars), &e);
+        assert!(inv.ok, "plugin {i}: {} {}", inv.out, inv.stderr);
+        prev = Some(inv.out);
+    }
+    let result = prev.clone().unwrap();
+    let ip = pod_ip(&result);
+    // A listener in the pod on 8080, reached from node 2 at node 1's 30080.
+    let tool = nettool_binary().display().to_string();
+    let mut recv = pod.ns.command(&tool);
+    recv.args([
+        "tcp-recv",
+        "--listen",
+        "0.0.0.0:8080",
+        "--bytes",
+        "100000",
+        "--seed",
+        "7",
+        "--timeout",
+        "10",
+    ]);
+    let rid = w.lab.spawn("hostport-recv", recv).unwrap();
+    let start = Instant::now();
+    while !w.lab.log("hostport-recv").contains("listening") {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{}",
+            w.lab.log("hostport-recv")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let to = format!("{}:30080", underlay_ip(1));
+    let sent = w.nodes[1]
+        .ns
+        .run(&[
+            &tool,
+            "tcp-send",
+            "--to",
+            &to,
+            "--bytes",
+            "100000",
+            "--seed",
+            "7",
+            "--timeout",
+            "10",
+        ])
+        .unwrap_or_else(|e| panic!("hostPort 30080 -> {ip}:8080: {e}"));
+    let start = Instant::now();
+    while w.lab.is_running(rid) && start.elapsed() < Duration::from_secs(12) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = w.lab.stop(rid, Duration::from_millis(500));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{sent} / {}",
+        w.lab.log("hostport-recv")
+    );
+    // DEL in reverse order removes the mapping too.
+    let vars = pod.vars("DEL", true);
+    for i in (0..n).rev() {
+        let e = entry(&list, i, "1.0.0", &runtime, Some(&result));
+        let inv = invoke_in(&w.nodes[0].ns, &plugin_path(i), &pairs(&vars), &e);
+        assert!(inv.ok, "DEL plugin {i}: {} {}", inv.out, inv.stderr);
+    }
+    let nat = w.nodes[0].ns.run(&["iptables", "-t", "nat", "-S"]).unwrap();
+    assert!(!nat.contains("30080"), "portmap's rule left: {nat}");
+}
+
+/// One plugin invocation as a runtime does it, in the node's namespace (where runtimes
+/// run plugins; portmap programs that namespace's iptables): the variables, the
+/// plugin's config entry on stdin (see [`entry`]).
+fn invoke_in(ns: &Ns, plugin: &Path, vars: &[(&str, &str)], conf: &Value) -> Invocation {
+    let mut c = ns.command("env");
+    c.arg("-i");
+    c.arg(format!(
+        "PATH={}",
+        std::env::var("PATH").unwrap_or_default()
+    ));
+    for (k, v) in vars {
+        c.arg(format!("{k}={v}"));
+    }
+    c.arg(plugin);
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes());
+    let o = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    Invocation {
+        ok: o.status.success(),
+        out: if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+        },
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn container_ip(c: &Containerd, id: &str) -> String {
+    let out = c
+        .exec(id, &["/bin/ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    let word = out
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address: {out}"));
+    word.split('/').next().unwrap().to_string()
+}
+
+fn container_ping(c: &Containerd, id: &str, dst: &str) -> bool {
+    c.exec(id, &["/bin/ping", "-c", "1", "-W", "2", dst])
+        .is_ok()
+}
+
+#[test]
+fn containerd_containers_on_two_nodes_reach_each_other_and_leave_nothing() {
+    if !agent_available("containerd_containers_on_two_nodes_reach_each_other_and_leave_nothing")
+        || !containerd::available(
+            "containerd_containers_on_two_nodes_reach_each_other_and_leave_nothing",
+        )
+    {
+        return;
+    }
+    let mut w = World::new(2, true);
+    let subnets: Vec<_> = (0..2).map(|k| w.wait_ready(k).subnet.unwrap()).collect();
+    for k in 0..2 {
+        let c = w.nodes[k].containerd.as_mut().unwrap();
+        c.start_container(
+            &format!("c{k}"),
+            &["/bin/sleep", "120"],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    }
+    let c0 = w.nodes[0].containerd.as_ref().unwrap();
+    let c1 = w.nodes[1].containerd.as_ref().unwrap();
+    let ip0 = container_ip(c0, "c0");
+    let ip1 = container_ip(c1, "c1");
+    assert!(
+        subnets[0].contains(&ip0.parse::<std::net::IpAddr>().unwrap()),
+        "{ip0}"
+    );
+    assert!(
+        subnets[1].contains(&ip1.parse::<std::net::IpAddr>().unwrap()),
+        "{ip1}"
+    );
+    assert!(container_ping(c0, "c0", &ip1), "c0 -> c1");
+    assert!(container_ping(c1, "c1", &ip0), "c1 -> c0");
+    assert!(
+        container_ping(c0, "c0", &underlay_ip(2).to_string()),
+        "c0 -> node 2"
+    );
+    assert!(w.nodes[1].ns.ping(&ip0, 1, 2), "node 2 -> c0");
+    let cid0 = c0.cni_container_id("c0");
+    assert_eq!(
+        w.endpoint_keys(0),
+        vec![format!("{PREFIX}endpoints/n1/{cid0}:eth0")]
+    );
+    let ends: Vec<(String, String)> = (0..2)
+        .map(|k| {
+            let e = &w.status(k).unwrap().endpoints[0];
+            (e.port.clone(), e.mac.clone())
+        })
+        .collect();
+    for k in 0..2 {
+        let c = w.nodes[k].containerd.as_mut().unwrap();
+        c.stop_container(&format!("c{k}"), Duration::from_secs(30))
+            .unwrap();
+    }
+    for (k, ip) in [(0, &ip0), (1, &ip1)] {
+        w.assert_gone(k, &ends[k].0, &ends[k].1, ip);
+        assert!(w.endpoint_keys(k).is_empty());
+        assert!(
+            w.nodes[k]
+                .containerd
+                .as_ref()
+                .unwrap()
+                .containers()
+                .is_empty()
+        );
+    }
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+#[test]
+fn containerd_fifty_containers_ten_at_a_time_leak_nothing() {
+    if !agent_available("containerd_fifty_containers_ten_at_a_time_leak_nothing")
+        || !containerd::available("containerd_fifty_containers_ten_at_a_time_leak_nothing")
+    {
+        return;
+    }
+    let mut w = World::new(1, true);
+    let node_taps_before = tap_count(&w.nodes[0].ns);
+    let mut seen = Vec::new();
+    for round in 0..5 {
+        let ids: Vec<String> = (0..10).map(|i| format!("r{round}c{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let c = w.nodes[0].containerd.as_mut().unwrap();
+        c.start_containers(&refs, &["/bin/sleep", "120"], Duration::from_secs(60))
+            .unwrap();
+        let s = w.status(0).unwrap();
+        assert_eq!(s.endpoints.len(), 10, "round {round}: {:?}", s.endpoints);
+        assert_eq!(w.reservations(0).len(), 10);
+        for e in &s.endpoints {
+            seen.push((
+                e.port.clone(),
+                e.mac.clone(),
+                e.addresses[0].addr().to_string(),
+            ));
+        }
+        let c = w.nodes[0].containerd.as_mut().unwrap();
+        c.stop_containers(&refs, Duration::from_secs(60)).unwrap();
+        assert!(w.status(0).unwrap().endpoints.is_empty(), "round {round}");
+    }
+    for (port, mac, ip) in &seen {
+        w.assert_gone(0, port, mac, ip);
+    }
+    assert!(w.reservations(0).is_empty(), "{:?}", w.reservations(0));
+    assert!(w.endpoint_keys(0).is_empty());
+    assert_eq!(
+        tap_count(&w.nodes[0].ns),
+        node_taps_before,
+        "no pod TAP on the node"
+    );
+    let mut add = w.times(0, "ADD");
+    let mut del = w.times(0, "DEL");
+    assert_eq!(add.len(), 50);
+    assert_eq!(del.len(), 50);
+    eprintln!(
+        "weft-cni under containerd, 50 containers 10 at a time: ADD p50 {:?} p99 {:?}, DEL p50 {:?} p99 {:?}",
+        percentile(&mut add, 0.5),
+        percentile(&mut add, 0.99),
+        percentile(&mut del, 0.5),
+        percentile(&mut del, 0.99)
+    );
+}
+
+/// TAP devices in `ns`.
+fn tap_count(ns: &Ns) -> usize {
+    let out = ns.ip("-o -d link").unwrap();
+    out.lines().filter(|l| l.contains("tun type tap")).count()
+}
