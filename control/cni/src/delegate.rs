@@ -177,6 +177,33 @@ pub fn parse_result(kind: &str, out: &[u8]) -> Result<CniResult, CniError> {
 /// its `lock` with flock(2) is what host-local does, so the sweep never races an ADD or
 /// DEL of host-local. Files that do not name an address are left alone.
 pub fn sweep_host_local(dir: &Path, keep: &[Attachment]) -> Result<Vec<String>, CniError> {
+    let keep: HashSet<(&str, &str)> = keep
+        .iter()
+        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+        .collect();
+    remove_reservations(dir, |cid, ifname| match ifname {
+        Some(ifname) => !keep.contains(&(cid, ifname)),
+        // Reservations from before host-local recorded the ifname hold only the id.
+        None => !keep.iter().any(|(c, _)| *c == cid),
+    })
+}
+
+/// DEL for host-local when its config cannot be completed (the agent is away and there
+/// is no prevResult, so the subnet is unknown): releases the reservations of this one
+/// attachment the same way [`sweep_host_local`] does, so DEL still gives back the
+/// address.
+pub fn release_host_local(dir: &Path, attachment: &Attachment) -> Result<Vec<String>, CniError> {
+    remove_reservations(dir, |cid, ifname| {
+        cid == attachment.container_id && ifname.is_none_or(|i| i == attachment.ifname)
+    })
+}
+
+/// Removes, under host-local's lock, the reservations in `dir` for which `remove(cid,
+/// ifname)` says so; returns their addresses.
+fn remove_reservations(
+    dir: &Path,
+    remove: impl Fn(&str, Option<&str>) -> bool,
+) -> Result<Vec<String>, CniError> {
     use nix::fcntl::{Flock, FlockArg};
     let io = |what: &str, e: std::io::Error| {
         CniError::new(
@@ -198,10 +225,6 @@ pub fn sweep_host_local(dir: &Path, keep: &[Attachment]) -> Result<Vec<String>, 
         .map_err(|e| io("opening the lock of", e))?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
         .map_err(|(_, e)| io("locking", std::io::Error::from(e)))?;
-    let keep: HashSet<(&str, &str)> = keep
-        .iter()
-        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
-        .collect();
     let mut released = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -213,12 +236,7 @@ pub fn sweep_host_local(dir: &Path, keep: &[Attachment]) -> Result<Vec<String>, 
         };
         let mut parts = content.split("\r\n").map(str::trim);
         let cid = parts.next().unwrap_or_default();
-        // Reservations from before host-local recorded the ifname hold only the id.
-        let kept = match parts.next().filter(|s| !s.is_empty()) {
-            Some(ifname) => keep.contains(&(cid, ifname)),
-            None => keep.iter().any(|(c, _)| *c == cid),
-        };
-        if !kept {
+        if remove(cid, parts.next().filter(|s| !s.is_empty())) {
             std::fs::remove_file(e.path()).map_err(|e| io("removing a file in", e))?;
             released.push(name);
         }
@@ -253,6 +271,25 @@ mod tests {
             sweep_host_local(&d.path().join("absent"), &keep).unwrap(),
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn release_removes_only_that_attachments_reservation() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("198.19.1.2"), "c1\r\neth0").unwrap();
+        std::fs::write(d.path().join("198.19.1.3"), "c1\r\neth1").unwrap();
+        std::fs::write(d.path().join("198.19.1.4"), "c2\r\neth0").unwrap();
+        let a = Attachment {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        };
+        assert_eq!(
+            release_host_local(d.path(), &a).unwrap(),
+            vec!["198.19.1.2"]
+        );
+        assert!(d.path().join("198.19.1.3").exists());
+        assert!(d.path().join("198.19.1.4").exists());
+        assert!(release_host_local(d.path(), &a).unwrap().is_empty());
     }
 
     #[test]

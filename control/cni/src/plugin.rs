@@ -15,7 +15,9 @@ use weft_agent_proto::{
 };
 
 use crate::config::{DEFAULT_IPAM, NetConf, SUPPORTED_VERSIONS, at_least_1_1};
-use crate::delegate::{Delegate, delegate_config, parse_result, sweep_host_local};
+use crate::delegate::{
+    Delegate, delegate_config, parse_result, release_host_local, sweep_host_local,
+};
 use crate::env::{Command, Env};
 use crate::error::{CniError, code};
 use crate::types::{CniResult, Interface, IpConfig, RouteOut};
@@ -296,7 +298,11 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         .as_ref()
         .and_then(range_of)
         .or_else(|| range_of_prev(conf));
-    let released = Ipam::new(env, conf, range).and_then(|ipam| ipam.exec("DEL").map(drop));
+    let released = if range.is_none() && conf.ipam_needs_ranges() {
+        release_host_local(&conf.host_local_dir(), &attachment(env)).map(drop)
+    } else {
+        Ipam::new(env, conf, range).and_then(|ipam| ipam.exec("DEL").map(drop))
+    };
     match (first_error, released) {
         (Some(e), _) | (None, Err(e)) => Err(e),
         (None, Ok(())) => Ok(()),

@@ -511,6 +511,16 @@ fn add_check_del_against_the_agent_with_host_local() {
             panic!("{seen:?}")
         };
         assert_eq!(d.netns, None);
+
+        // With the agent away and no prevResult, DEL cannot detach (11, so the runtime
+        // retries) but still gives the address back.
+        let r = s.run("ADD", "c9", json!({}));
+        assert!(r.ok, "{} {}", r.out, r.stderr);
+        assert_eq!(s.reservations().len(), 1);
+        let away = json!({"agentSocket": s.dir.path().join("gone.sock")});
+        let r = s.run("DEL", "c9", away);
+        assert_eq!(r.code(), 11, "{}", r.out);
+        assert!(s.reservations().is_empty(), "{:?}", s.reservations());
     }
 }
 
@@ -595,4 +605,34 @@ fn status_and_gc_against_the_agent() {
     };
     assert_eq!(g.keep.len(), 1);
     assert_eq!(g.keep[0].container_id, "k2");
+}
+
+#[test]
+fn concurrent_adds_and_dels_of_different_containers_are_safe() {
+    if !have_host_local("concurrent_adds_and_dels_of_different_containers_are_safe") {
+        return;
+    }
+    let s = Setup::new("1.0.0");
+    let _agent = FakeAgent::start(s.dir.path());
+    let go = |command: &'static str| {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..10)
+                .map(|i| {
+                    let s = &s;
+                    scope.spawn(move || s.run(command, &format!("k{i}"), json!({})))
+                })
+                .collect();
+            for h in handles {
+                let r = h.join().unwrap();
+                assert!(r.ok, "{command}: {} {}", r.out, r.stderr);
+            }
+        })
+    };
+    go("ADD");
+    let held = s.reservations();
+    assert_eq!(held.len(), 10, "{held:?}");
+    let owners: std::collections::HashSet<_> = held.iter().map(|(_, o)| o.clone()).collect();
+    assert_eq!(owners.len(), 10, "one address per container: {held:?}");
+    go("DEL");
+    assert!(s.reservations().is_empty(), "{:?}", s.reservations());
 }
