@@ -142,6 +142,8 @@ pub struct Containerd {
     namespace: String,
     rootfs: PathBuf,
     daemon: Option<Child>,
+    /// The directory mounted over `/etc/cni/net.d` for ctr.
+    conf_dir: PathBuf,
     /// Containers started with [`Containerd::start_container`]: their `ctr run`.
     running: Vec<(String, Child)>,
 }
@@ -187,6 +189,7 @@ impl Containerd {
         let mut c = Containerd {
             node: node.clone(),
             label: label.to_string(),
+            conf_dir: dir.join("net.d"),
             dir,
             socket,
             namespace,
@@ -236,9 +239,16 @@ impl Containerd {
         &self.node
     }
 
-    /// The CNI config directory `ctr` sees as `/etc/cni/net.d`.
+    /// The CNI config directory `ctr` sees as `/etc/cni/net.d` (by default `net.d` in
+    /// its directory).
     pub fn cni_conf_dir(&self) -> PathBuf {
-        self.dir.join("net.d")
+        self.conf_dir.clone()
+    }
+
+    /// Makes `ctr` read its CNI config from `dir` instead (e.g. the directory where an
+    /// agent writes its conflist).
+    pub fn set_cni_conf_dir(&mut self, dir: &Path) {
+        self.conf_dir = dir.to_path_buf();
     }
 
     /// The plugin directory `ctr` sees as `/opt/cni/bin`.
