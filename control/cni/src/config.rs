@@ -340,3 +340,69 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[a-z0-9./:-]{0,12}".prop_map(Value::String),
+            Just(Value::String("1.0.0".into())),
+            Just(Value::String("1.1.0".into())),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("cniVersion".to_string()),
+                            Just("name".to_string()),
+                            Just("ipam".to_string()),
+                            Just("type".to_string()),
+                            Just("dns".to_string()),
+                            Just("prevResult".to_string()),
+                            Just("agentSocket".to_string()),
+                            Just("cni.dev/attachments".to_string()),
+                            Just("ips".to_string()),
+                            Just("interfaces".to_string()),
+                            "[a-z]{1,6}",
+                        ],
+                        inner
+                    ),
+                    0..6
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever the runtime sends, parsing answers (never panics) and an error is
+        /// one line with one of the spec's codes for config problems.
+        #[test]
+        fn any_config_parses_or_fails_with_a_config_code(v in json_value()) {
+            let bytes = serde_json::to_vec(&v).unwrap();
+            match NetConf::parse(&bytes) {
+                Ok(c) => {
+                    prop_assert!(SUPPORTED_VERSIONS.contains(&c.cni_version.as_str()));
+                    prop_assert!(!c.name.is_empty());
+                }
+                Err(e) => {
+                    prop_assert!([code::INCOMPATIBLE_VERSION, code::DECODE, code::INVALID_CONFIG].contains(&e.code), "{e:?}");
+                    prop_assert!(!e.msg.contains('\n'), "{e:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn any_bytes_are_refused_or_parsed_without_panic(b in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = NetConf::parse(&b);
+        }
+    }
+}
