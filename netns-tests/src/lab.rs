@@ -250,6 +250,15 @@ impl Lab {
         }
     }
 
+    /// The process id of a started process that has not been stopped (e.g. for its
+    /// `/proc/PID/ns/net`).
+    pub fn pid(&self, id: ProcId) -> Option<u32> {
+        match self.procs.get(id.0) {
+            Some(Some((_, child))) => Some(child.id()),
+            _ => None,
+        }
+    }
+
     /// Sends `signal` (e.g. `libc::SIGHUP`) to a started process.
     pub fn signal(&self, id: ProcId, signal: i32) -> Result<()> {
         let Some(Some((label, child))) = self.procs.get(id.0) else {

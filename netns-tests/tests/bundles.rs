@@ -409,3 +409,155 @@ fn a_limit_exceeded_gives_its_one_line_error() {
         "weftd: --max-flows: bad value '0': expected a number of flows from 1 to 100000000\n"
     );
 }
+
+/// The agent's cookie in these tests: its high 16 bits are the set replaced.
+const AGENT: u64 = 0x5745_0000_0000_0000;
+const AGENT_SET: &str = "0x5745000000000000/0xffff000000000000";
+
+/// The dump line of flow `k` of [`flows`] in `table` (exactly one), `None` if absent.
+fn line_of(dump: &str, table: u8, k: usize) -> Option<&str> {
+    let t = format!(" table={table}, ");
+    let m = format!(",nw_dst=198.19.0.{k} actions=");
+    let found: Vec<&str> = dump
+        .lines()
+        .filter(|l| l.contains(&t) && l.contains(&m))
+        .collect();
+    assert!(
+        found.len() <= 1,
+        "flow {k} of table {table} twice in\n{dump}"
+    );
+    found.first().copied()
+}
+
+fn age(line: &str) -> f64 {
+    line.split(", ")
+        .find_map(|f| f.strip_prefix("duration="))
+        .and_then(|d| d.trim_end_matches('s').parse().ok())
+        .unwrap_or_else(|| panic!("no duration in {line}"))
+}
+
+/// `replace-flows --cookie V/M` (and the protocol's `cookie` on `replace_flows` and a
+/// replace `bundle_open`) compares only the flows whose cookie matches: flows with other
+/// cookies (an operator's) are untouched, unchanged flows stay (their age and counters
+/// go on), and a bad cookie, a flow of the file outside the set, or one that would
+/// overwrite an operator's flow is one line that changes nothing.
+#[test]
+fn replace_flows_restricted_to_a_cookie_leaves_other_flows_alone() {
+    if !privileged("replace_flows_restricted_to_a_cookie_leaves_other_flows_alone") {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let sock = start_weftd(&mut lab, &[]);
+    // An operator's flows (cookie 0x1, table 0) and the agent's (table 1).
+    let operator = flows(0, 10, 1);
+    ok(&sock, &["add-flows", "-"], Some(&operator));
+    let agent = flows(1, 10, AGENT | 1);
+    ok(&sock, &["add-flows", "-"], Some(&agent));
+    let before = ok(&sock, &["dump-flows"], None);
+    std::thread::sleep(Duration::from_millis(600));
+
+    // Wanted: 5 of the agent's flows as they are, 1 with another cookie of the set (a
+    // change), 4 gone, 3 new; the file says nothing about the operator's flows.
+    let agent_lines: Vec<&str> = agent.lines().collect();
+    let mut wanted: String = agent_lines[..5].iter().map(|l| format!("{l}\n")).collect();
+    wanted.push_str(&agent_lines[5].replace(
+        &format!("cookie={:#x}", AGENT | 1),
+        &format!("cookie={:#x}", AGENT | 2),
+    ));
+    wanted.push('\n');
+    wanted.push_str(&flows(2, 3, AGENT | 3));
+    let r = ok(
+        &sock,
+        &["-o", "json", "replace-flows", "--cookie", AGENT_SET, "-"],
+        Some(&wanted),
+    );
+    let r: serde_json::Value = serde_json::from_str(&r).unwrap();
+    assert_eq!(r["unchanged"], 5, "{r}");
+    assert_eq!(r["deleted"], 4, "{r}");
+    assert_eq!(
+        r["added"].as_u64().unwrap() + r["replaced"].as_u64().unwrap(),
+        4,
+        "{r}"
+    );
+    let after = ok(&sock, &["dump-flows"], None);
+    assert_eq!(after.lines().count(), 10 + 5 + 1 + 3, "{after}");
+    for k in 0..10 {
+        let was = line_of(&before, 0, k).unwrap();
+        let now = line_of(&after, 0, k).unwrap_or_else(|| panic!("operator's {k}: {after}"));
+        assert!(now.contains("cookie=0x1,"), "{now}");
+        assert!(
+            age(now) >= age(was) + 0.5,
+            "the operator's flow was left alone: {was} -> {now}"
+        );
+    }
+    for k in 0..5 {
+        let now = line_of(&after, 1, k).unwrap();
+        assert!(now.contains(&format!("cookie={:#x},", AGENT | 1)), "{now}");
+        assert!(age(now) >= 0.5, "an unchanged flow stays as it was: {now}");
+    }
+    let now = line_of(&after, 1, 5).unwrap();
+    assert!(now.contains(&format!("cookie={:#x},", AGENT | 2)), "{now}");
+    for k in 6..10 {
+        assert_eq!(line_of(&after, 1, k), None, "deleted: {after}");
+    }
+    for k in 0..3 {
+        let now = line_of(&after, 2, k).unwrap();
+        assert!(now.contains(&format!("cookie={:#x},", AGENT | 3)), "{now}");
+    }
+
+    // Refusals: one line each, and nothing changes.
+    let v = version(&sock);
+    let dump = without_clocks(&ok(&sock, &["dump-flows"], None));
+    for (cookie, file, want) in [
+        (
+            "0xzz",
+            wanted.clone(),
+            "weftctl: --cookie: bad value '0xzz' for cookie: expected VALUE/MASK, 64-bit numbers (e.g. 0x5745000000000000/0xffff000000000000)\n".to_string(),
+        ),
+        (
+            "0x3/0x1",
+            wanted.clone(),
+            "weftctl: --cookie: cookie: value 0x3 has bits outside mask 0x1\n".to_string(),
+        ),
+        (
+            AGENT_SET,
+            format!("{wanted}{}", flows(3, 1, 7)),
+            format!(
+                "weftctl: flow line 10: cookie 0x7 is outside the replaced cookies {:#x}/{:#x}\n",
+                AGENT, 0xffff_0000_0000_0000u64
+            ),
+        ),
+        (
+            AGENT_SET,
+            format!("{wanted}{}", operator.lines().next().unwrap().replace("cookie=0x1,", &format!("cookie={AGENT:#x},"))),
+            format!(
+                "weftctl: flow line 10: an installed flow with the same table, priority and match has cookie 0x1, outside the replaced cookies {:#x}/{:#x} (it is left alone; delete it first)\n",
+                AGENT, 0xffff_0000_0000_0000u64
+            ),
+        ),
+    ] {
+        let e = fails(&sock, &["replace-flows", "--cookie", cookie, "-"], Some(&file));
+        assert_eq!(e, want, "--cookie {cookie}");
+        assert_eq!(version(&sock), v, "--cookie {cookie} changed the flows");
+        assert_eq!(without_clocks(&ok(&sock, &["dump-flows"], None)), dump);
+    }
+
+    // The protocol's replace_flows with a cookie (the client library): an empty list
+    // removes the agent's flows, and only those.
+    let mut c = Client::connect(&sock).unwrap();
+    let set = weft_proto::parse_cookie_mask(AGENT_SET).unwrap();
+    let e = c.replace_flows_of(Vec::new(), Some(weft_flow::Masked { value: 3, mask: 1 }));
+    assert!(e.unwrap_err().to_string().contains("bits outside mask"));
+    let r = c.replace_flows_of(Vec::new(), Some(set)).unwrap();
+    assert_eq!((r.deleted, r.unchanged), (9, 0), "{r:?}");
+    let left = ok(&sock, &["dump-flows"], None);
+    assert_eq!(left.lines().count(), 10, "{left}");
+    assert!(left.lines().all(|l| l.contains("cookie=0x1,")), "{left}");
+    // A cookie on a bundle that is no replace is refused.
+    let e = c
+        .bundle_open_with(false, Some(set))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs 'replace'"), "{e}");
+    assert_eq!(flow_count(&sock), 10);
+}

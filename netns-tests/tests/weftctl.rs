@@ -339,6 +339,43 @@ fn two_nodes_programmed_with_weftctl_only() {
     // Still forwarding.
     assert!(pods[0].ping("198.19.2.2", 2, 1), "{}", logs(&lab));
 
+    // replace-flows restricted to a cookie (the agent's first sync): an operator's flow
+    // with another cookie survives, the unchanged flows keep their packets and age.
+    ok(
+        sock1,
+        &[
+            "add-flow",
+            "cookie=0x1,table=0,priority=50,udp actions=drop",
+        ],
+        None,
+    );
+    let before = ok(sock1, &["dump-flows"], None);
+    let r = ok(
+        sock1,
+        &["-o", "json", "replace-flows", "--cookie", "0x0", "-"],
+        Some(&changed),
+    );
+    let r: serde_json::Value = serde_json::from_str(&r).unwrap();
+    assert_eq!(r["unchanged"], 5, "{r}");
+    assert_eq!(r["deleted"], 0, "{r}");
+    assert_eq!(r["added"], 0, "{r}");
+    let after = ok(sock1, &["dump-flows"], None);
+    assert!(
+        after.contains("cookie=0x1,"),
+        "the operator's flow stays: {after}"
+    );
+    let busy = "in_port=1,nw_dst=198.19.2.0/24";
+    assert!(packets(&after, busy) >= packets(&before, busy), "{after}");
+    assert!(
+        duration_of(&after, busy) >= duration_of(&before, busy),
+        "{after}"
+    );
+    ok(
+        sock1,
+        &["del-flows", "--strict", "table=0,priority=50,udp"],
+        None,
+    );
+
     // del-port, del-flows.
     ok(
         sock1,

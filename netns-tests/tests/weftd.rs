@@ -1000,6 +1000,126 @@ fn a_pod_namespace_gone_at_restart_leaves_its_port_down_and_the_node_forwarding(
     p.weftd.insert(1, d);
 }
 
+/// Runs `ip ARGS` in the network namespace of file `ns` (e.g. `/proc/PID/ns/net`).
+fn ip_in(ns: &str, args: &str) -> netns_tests::lab::Result<String> {
+    let mut c = std::process::Command::new("nsenter");
+    c.arg(format!("--net={ns}")).arg("ip");
+    c.args(args.split_whitespace());
+    let out = c.output()?;
+    if !out.status.success() {
+        return Err(netns_tests::lab::LabError(format!(
+            "nsenter --net={ns} ip {args}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A TAP port's `netns=` may be the path of a namespace file, as container runtimes
+/// pass them: a namespace held only by a process (`unshare -n sleep`) is attached by
+/// `/proc/PID/ns/net`, forwards, is shown with its path, and when the process is gone
+/// at a restart the port is down with the reason, as for a name.
+#[test]
+fn a_pod_namespace_given_by_path_is_attached_and_down_when_gone_at_restart() {
+    let Some(_s) = begin("a_pod_namespace_given_by_path_is_attached_and_down_when_gone_at_restart")
+    else {
+        return;
+    };
+    let mut p = l2_pair("vxlan", 1450, "");
+    p.wait_ping(1, "198.19.0.2");
+    let mut holder = std::process::Command::new("unshare");
+    holder.args(["-n", "sleep", "120"]);
+    let holder = p.lab.spawn("holder", holder).unwrap();
+    let pid = p.lab.pid(holder).unwrap();
+    let path = format!("/proc/{pid}/ns/net");
+    // unshare has entered its own namespace once it has become sleep.
+    let t0 = Instant::now();
+    while std::fs::read_link(&path).ok() == std::fs::read_link("/proc/self/ns/net").ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no namespace for {pid}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let c2_mac = "02:00:00:00:02:03";
+    let netns = format!("netns={path}");
+    let d = &p.weftd[1];
+    weftctl_ok(
+        d,
+        &p.lab,
+        &[
+            "add-port",
+            "c2",
+            "type=tap",
+            &netns,
+            "ifname=eth0",
+            &format!("mac={c2_mac}"),
+        ],
+    );
+    // c2 and node 2's pod talk locally, ahead of the tunnel flows.
+    for f in [
+        "priority=40000,in_port=c2 actions=output:pod".to_string(),
+        format!("priority=40000,in_port=pod,dl_dst={c2_mac} actions=output:c2"),
+        "priority=40000,in_port=pod,arp,arp_tpa=198.19.0.3 actions=output:c2".to_string(),
+    ] {
+        weftctl_ok(d, &p.lab, &["add-flow", &f]);
+    }
+    let link = ip_in(&path, "link show eth0").unwrap();
+    assert!(
+        link.contains(c2_mac),
+        "the TAP is in the process's namespace: {link}"
+    );
+    assert!(
+        p.ul.node(2).ip("link show eth0").is_err(),
+        "and not in the node's"
+    );
+    ip_in(&path, "link set lo up").unwrap();
+    ip_in(&path, "addr add 198.19.0.3/24 dev eth0").unwrap();
+    let t0 = Instant::now();
+    while !p.pod(2).ping("198.19.0.3", 1, 1) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "pod2 cannot ping c2 in {path}\n{}",
+            d.log(&p.lab)
+        );
+    }
+    let show = weftctl_ok(d, &p.lab, &["show"]);
+    assert!(
+        show.lines()
+            .any(|l| l.contains("(c2):") && l.contains(&netns) && !l.contains("DOWN")),
+        "{show}"
+    );
+
+    // The process and with it its namespace are gone while weftd is down.
+    let mut d = p.weftd.remove(1);
+    stop_cleanly(&mut d, &mut p.lab);
+    p.lab.kill(holder);
+    d.start_again(&mut p.lab).unwrap();
+    d.wait_ready(&mut p.lab, READY)
+        .expect("weftd starts although a pod's namespace file is gone");
+    assert!(
+        p.pod(1)
+            .wait_for_ping("198.19.0.2", Duration::from_secs(5))
+            .is_some(),
+        "the other pod forwards\n{}",
+        d.log(&p.lab)
+    );
+    let show = weftctl_ok(&d, &p.lab, &["show"]);
+    let c2 = show
+        .lines()
+        .find(|l| l.contains("(c2):"))
+        .unwrap_or_else(|| panic!("{show}"));
+    assert!(
+        c2.contains(&netns)
+            && c2.contains(&format!(" DOWN: network namespace {path}: "))
+            && c2.contains("No such file or directory"),
+        "{show}"
+    );
+    assert_eq!(port_up(&d, "c2"), Some(0));
+    weftctl_ok(&d, &p.lab, &["del-port", "c2"]);
+    p.weftd.insert(1, d);
+}
+
 /// A tmpfs mounted over a directory for a test; unmounted on drop (also on failure).
 struct Tmpfs(std::path::PathBuf);
 

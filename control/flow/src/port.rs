@@ -121,7 +121,9 @@ pub enum Key {
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TapOptions {
-    /// `netns=NAME`: create the device inside `/var/run/netns/NAME`.
+    /// `netns=NAME`: create the device inside `/var/run/netns/NAME`; `netns=/PATH`
+    /// (absolute): inside the namespace of that file (`/proc/PID/ns/net`,
+    /// `/var/run/netns/cni-…`), as container runtimes pass it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
     /// `ifname=NAME`: the device's name (default: the port's name).
@@ -322,6 +324,28 @@ fn parse_num<T: FromStr>(
         .map_err(|_| bad_value(option, value, expected))
 }
 
+/// What `netns=` takes.
+const NETNS_EXPECTED: &str = "the name of a namespace in /var/run/netns, or an absolute path \
+     to a namespace file (/proc/PID/ns/net) without '.' or '..' parts";
+
+/// Longest `netns=` value (a path).
+pub const MAX_NETNS_LEN: usize = 255;
+
+/// A `netns=` value: a name (no '/', not '.' or '..') or an absolute path with no
+/// empty, '.' or '..' component; printable ASCII without spaces, at most
+/// [`MAX_NETNS_LEN`] bytes.
+fn valid_netns(v: &str) -> bool {
+    if v.is_empty() || v.len() > MAX_NETNS_LEN || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        return false;
+    }
+    match v.strip_prefix('/') {
+        Some(rest) => rest
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".."),
+        None => !v.contains('/') && v != "." && v != "..",
+    }
+}
+
 const TAP_OPTIONS: &str = "ofport, netns, ifname, mtu, mac, tag";
 const UDP_TUNNEL_OPTIONS: &str = "ofport, local, remote, key, dst_port, allowed_remotes, mtu, ttl";
 const IPIP_OPTIONS: &str = "ofport, local, remote, allowed_remotes, mtu, ttl";
@@ -371,8 +395,8 @@ impl PortSpec {
                     ofport = Some(n);
                 }
                 ("netns", PortType::Tap) => {
-                    if v.is_empty() || v.contains('/') || v == "." || v == ".." {
-                        return Err(bad_value(k, v, "the name of a namespace in /var/run/netns"));
+                    if !valid_netns(v) {
+                        return Err(bad_value(k, v, NETNS_EXPECTED));
                     }
                     tap.netns = Some(v.to_string());
                 }
@@ -706,6 +730,29 @@ mod tests {
         assert!(e("normal type=tap").contains("reserved"));
         assert!(e("averyveryverylongname type=tap").contains("longer than 15"));
         assert!(e("p type=tap netns=../etc").contains("namespace"));
+        assert!(e("p type=tap netns=a/b").contains("absolute path"));
+        assert!(e("p type=tap netns=/proc/1/../1/ns/net").contains("'..'"));
+        assert!(e("p type=tap netns=/proc//1/ns/net").contains("namespace"));
+        assert!(e("p type=tap netns=/proc/1/ns/net/").contains("namespace"));
+        assert!(e("p type=tap netns=/").contains("namespace"));
+        assert!(e(&format!("p type=tap netns=/{}", "a".repeat(255))).contains("namespace"));
+    }
+
+    #[test]
+    fn netns_may_be_a_path() {
+        for v in [
+            "/proc/4242/ns/net",
+            "/var/run/netns/cni-1234-abcd",
+            "/run/netns/pod1",
+        ] {
+            let p = parse(&format!("pod1 type=tap netns={v}")).unwrap();
+            let PortKind::Tap(t) = &p.kind else {
+                panic!("tap")
+            };
+            assert_eq!(t.netns.as_deref(), Some(v));
+            assert_eq!(p.to_string(), format!("pod1 type=tap netns={v}"));
+            p.validate().unwrap();
+        }
     }
 
     #[test]

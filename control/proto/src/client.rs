@@ -23,7 +23,7 @@ use crate::{
     Response, ShowReply, StatsReply, TraceArgs, TraceReply,
 };
 use weft_flow::port::PortSpec;
-use weft_flow::{Bundle, Flow, FlowFilter};
+use weft_flow::{Bundle, Flow, FlowFilter, Masked};
 
 /// The socket `weftd` listens on unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/weft/weftd.sock";
@@ -237,6 +237,16 @@ impl Client {
     /// `replace_flows`: makes the flows equal to `flows` (with their source lines),
     /// changing only what differs.
     pub fn replace_flows(&mut self, flows: Vec<(usize, Flow)>) -> Result<BundleReply, ClientError> {
+        self.replace_flows_of(flows, None)
+    }
+
+    /// `replace_flows` restricted to the flows whose cookie matches `cookie` (every
+    /// other flow is left alone; each of `flows` must have a matching cookie).
+    pub fn replace_flows_of(
+        &mut self,
+        flows: Vec<(usize, Flow)>,
+        cookie: Option<Masked<u64>>,
+    ) -> Result<BundleReply, ClientError> {
         let (lines, flows): (Vec<usize>, Vec<Flow>) = flows.into_iter().unzip();
         let lines = if lines.iter().all(|l| *l == 0) {
             Vec::new()
@@ -247,6 +257,7 @@ impl Client {
             flows,
             lines,
             text: None,
+            cookie,
         }))
     }
 
@@ -301,7 +312,18 @@ impl Client {
 
     /// `bundle_open`: returns the bundle's number.
     pub fn bundle_open(&mut self, replace: bool) -> Result<u64, ClientError> {
-        let r: BundleOpenReply = self.call_typed(Op::BundleOpen(BundleOpenArgs { replace }))?;
+        self.bundle_open_with(replace, None)
+    }
+
+    /// `bundle_open`; a replace bundle may be restricted to the flows whose cookie
+    /// matches `cookie` (see [`Client::replace_flows_of`]).
+    pub fn bundle_open_with(
+        &mut self,
+        replace: bool,
+        cookie: Option<Masked<u64>>,
+    ) -> Result<u64, ClientError> {
+        let r: BundleOpenReply =
+            self.call_typed(Op::BundleOpen(BundleOpenArgs { replace, cookie }))?;
         Ok(r.bundle)
     }
 
@@ -343,11 +365,23 @@ impl Client {
     /// ends, or at once when it can be told).
     pub fn stream_bundle(
         &mut self,
-        mut input: impl BufRead,
+        input: impl BufRead,
         command: PartCommand,
         replace: bool,
     ) -> Result<BundleReply, ClientError> {
-        let bundle = self.bundle_open(replace)?;
+        self.stream_bundle_with(input, command, replace, None)
+    }
+
+    /// [`Client::stream_bundle`]; a replace may be restricted to the flows whose cookie
+    /// matches `cookie`.
+    pub fn stream_bundle_with(
+        &mut self,
+        mut input: impl BufRead,
+        command: PartCommand,
+        replace: bool,
+        cookie: Option<Masked<u64>>,
+    ) -> Result<BundleReply, ClientError> {
+        let bundle = self.bundle_open_with(replace, cookie)?;
         let mut part = String::with_capacity(PART_BYTES + 4096);
         let mut first_line = 1;
         let mut lines_in_part = 0;

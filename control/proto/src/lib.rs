@@ -46,8 +46,8 @@ use serde_json::{Map, Value};
 
 use weft_flow::port::PortSpec;
 use weft_flow::{
-    Bundle, BundleError, Flow, FlowFilter, FlowMod, FlowModCommand, Match, ParseError, excerpt,
-    parse_filter, parse_flow_mod, parse_flows_file,
+    Bundle, BundleError, Flow, FlowFilter, FlowMod, FlowModCommand, Masked, Match, ParseError,
+    excerpt, parse_filter, parse_flow_mod, parse_flows_file,
 };
 
 /// The protocol version this crate speaks.
@@ -176,7 +176,9 @@ pub struct BundleArgs {
 /// `replace_flows`: make the switch's flows equal to this list, changing only what
 /// differs (one bundle; flows that stay keep their counters).
 ///
-/// Either `flows` (with optional `lines`) or `text`, a flows file.
+/// Either `flows` (with optional `lines`) or `text`, a flows file. With `cookie`, only
+/// the installed flows whose cookie matches it are compared (added, changed or
+/// deleted); every other flow is left alone, and every wanted flow's cookie must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaceArgs {
@@ -189,6 +191,9 @@ pub struct ReplaceArgs {
     /// A flows file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Replace only the flows whose cookie matches (`{"value":V,"mask":M}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<Masked<u64>>,
 }
 
 /// `dump_flows`: list flows with their counters.
@@ -264,6 +269,75 @@ pub struct BundleOpenArgs {
     /// only what differs (as `replace_flows`). Otherwise the parts are changes.
     #[serde(default, skip_serializing_if = "is_false")]
     pub replace: bool,
+    /// A replace bundle restricted to the flows whose cookie matches (as
+    /// [`ReplaceArgs::cookie`]); only with `replace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<Masked<u64>>,
+}
+
+/// Parses a replace's cookie `V/MASK` (or `V`, an exact match) as `weftctl
+/// replace-flows --cookie` takes it; the error is one line.
+pub fn parse_cookie_mask(text: &str) -> Result<Masked<u64>, String> {
+    let bad = || {
+        format!(
+            "bad value '{}' for cookie: expected VALUE/MASK, 64-bit numbers (e.g. \
+             0x5745000000000000/0xffff000000000000)",
+            excerpt(text)
+        )
+    };
+    let (v, m) = match text.split_once('/') {
+        Some((v, m)) => (v, Some(m)),
+        None => (text, None),
+    };
+    let value = weft_flow::parse::parse_u64(v).ok_or_else(bad)?;
+    let mask = match m {
+        Some(m) => weft_flow::parse::parse_u64(m).ok_or_else(bad)?,
+        None => u64::MAX,
+    };
+    let c = Masked { value, mask };
+    check_cookie_mask(&c).map_err(|e| e.message)?;
+    Ok(c)
+}
+
+/// A replace's cookie must have no value bits outside its mask.
+fn check_cookie_mask(c: &Masked<u64>) -> Result<(), ErrorBody> {
+    if !c.is_normalized() {
+        return Err(ErrorBody::new(format!(
+            "cookie: value {:#x} has bits outside mask {:#x}",
+            c.value, c.mask
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that every wanted flow of a replace restricted to `cookie` has a matching
+/// cookie (a flow outside the set could not be replaced by the next such replace);
+/// `first` is the index of `flows[0]` in the whole request or bundle.
+pub fn check_replace_cookie<'a>(
+    cookie: &Masked<u64>,
+    flows: impl IntoIterator<Item = &'a Flow>,
+    lines: &[usize],
+    first: usize,
+) -> Result<(), ErrorBody> {
+    for (i, f) in flows.into_iter().enumerate() {
+        if !cookie.matches(f.cookie) {
+            let line = lines.get(i).copied().filter(|l| *l > 0);
+            return Err(ErrorBody {
+                message: format!(
+                    "{}: cookie {:#x} is outside the replaced cookies {:#x}/{:#x}",
+                    line.map_or(format!("flow {}", first + i + 1), |l| format!(
+                        "flow line {l}"
+                    )),
+                    f.cookie,
+                    cookie.value,
+                    cookie.mask
+                ),
+                line,
+                index: Some(first + i),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn is_false(b: &bool) -> bool {
@@ -726,6 +800,10 @@ fn resolve(op: Op) -> Result<Op, ErrorBody> {
                     (r.flows, r.lines)
                 }
             };
+            if let Some(c) = &r.cookie {
+                check_cookie_mask(c)?;
+                check_replace_cookie(c, &flows, &lines, 0)?;
+            }
             for (i, f) in flows.iter().enumerate() {
                 f.validate().map_err(|error| {
                     ErrorBody::from(BundleError {
@@ -739,7 +817,19 @@ fn resolve(op: Op) -> Result<Op, ErrorBody> {
                 flows,
                 lines,
                 text: None,
+                cookie: r.cookie,
             })
+        }
+        Op::BundleOpen(o) => {
+            if let Some(c) = &o.cookie {
+                if !o.replace {
+                    return Err(ErrorBody::new(
+                        "bundle_open: 'cookie' restricts a replace bundle; it needs 'replace'",
+                    ));
+                }
+                check_cookie_mask(c)?;
+            }
+            Op::BundleOpen(o)
         }
         Op::DumpFlows(d) => {
             let filter = match d.text {
@@ -1384,13 +1474,33 @@ mod tests {
                 flows: vec![flow.clone()],
                 lines: vec![],
                 text: None,
+                cookie: None,
+            }),
+            Op::ReplaceFlows(ReplaceArgs {
+                flows: vec![flow.clone()],
+                lines: vec![],
+                text: None,
+                cookie: Some(Masked {
+                    value: flow.cookie,
+                    mask: u64::MAX,
+                }),
+            }),
+            Op::BundleOpen(BundleOpenArgs {
+                replace: true,
+                cookie: Some(Masked {
+                    value: 0x5745_0000_0000_0000,
+                    mask: 0xffff_0000_0000_0000,
+                }),
             }),
             Op::DumpFlows(DumpFlowsArgs::default()),
             Op::DumpFlows(DumpFlowsArgs {
                 stream: true,
                 ..DumpFlowsArgs::default()
             }),
-            Op::BundleOpen(BundleOpenArgs { replace: true }),
+            Op::BundleOpen(BundleOpenArgs {
+                replace: true,
+                cookie: None,
+            }),
             Op::BundleAdd(BundleAddArgs {
                 bundle: 2,
                 changes: vec![FlowMod::Add { flow: flow.clone() }],
@@ -1595,6 +1705,7 @@ mod tests {
                 flows: vec![good, bad],
                 lines: vec![10, 12],
                 text: None,
+                cookie: None,
             }),
         };
         let e = parse_request(req.to_line().as_bytes()).unwrap_err();

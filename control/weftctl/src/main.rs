@@ -122,9 +122,13 @@ enum Command {
     /// bundle; unchanged flows keep their counters).
     #[command(
         name = "replace-flows",
-        after_help = "Example:\n  weftctl replace-flows flows.txt"
+        after_help = "Examples:\n  weftctl replace-flows flows.txt\n  weftctl replace-flows --cookie 0x5745000000000000/0xffff000000000000 agent-flows.txt"
     )]
     ReplaceFlows {
+        /// Replace only the flows whose cookie matches VALUE/MASK (VALUE alone: exactly);
+        /// flows with other cookies are left alone, and the file's flows must match.
+        #[arg(long, value_name = "VALUE/MASK")]
+        cookie: Option<String>,
         /// A flows file, or - for stdin.
         file: String,
     },
@@ -291,12 +295,13 @@ fn stream_file(
     file: &str,
     command: PartCommand,
     replace: bool,
+    cookie: Option<weft_flow::Masked<u64>>,
     output: Format,
 ) -> Result<(), Failure> {
     let input = open_input(file)?;
     let mut client = Client::connect(socket)?;
     let reply = client
-        .stream_bundle(input, command, replace)
+        .stream_bundle_with(input, command, replace, cookie)
         .map_err(|e| match e {
             ClientError::Input(io) => Failure(format!(
                 "{}: {}",
@@ -420,7 +425,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             &flow.join(" "),
         )?])),
         Command::AddFlows { file } => {
-            return stream_file(&cli.socket, file, PartCommand::Add, false, cli.output);
+            return stream_file(&cli.socket, file, PartCommand::Add, false, None, cli.output);
         }
         Command::ModFlows { strict, flow } => {
             let cmd = if *strict {
@@ -440,7 +445,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 PartCommand::Delete
             };
-            return stream_file(&cli.socket, file, cmd, false, cli.output);
+            return stream_file(&cli.socket, file, cmd, false, None, cli.output);
         }
         Command::DelFlows {
             strict, matches, ..
@@ -452,8 +457,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             bundle_op(Bundle::new(vec![parse_flow_mod(cmd, &matches.join(" "))?]))
         }
-        Command::ReplaceFlows { file } => {
-            return stream_file(&cli.socket, file, PartCommand::Add, true, cli.output);
+        Command::ReplaceFlows { cookie, file } => {
+            let cookie = cookie
+                .as_deref()
+                .map(weft_proto::parse_cookie_mask)
+                .transpose()
+                .map_err(|e| Failure(format!("--cookie: {e}")))?;
+            return stream_file(
+                &cli.socket,
+                file,
+                PartCommand::Add,
+                true,
+                cookie,
+                cli.output,
+            );
         }
         Command::DumpFlows { matches } => {
             return dump_flows(&cli.socket, parse_filter(&matches.join(" "))?, cli.output);

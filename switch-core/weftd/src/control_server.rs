@@ -56,7 +56,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use weft_flow::{Action, Bundle, Flow, FlowFilter, FlowMod, PortRef};
+use weft_flow::{Action, Bundle, Flow, FlowFilter, FlowMod, Masked, PortRef};
 use weft_proto::{
     self as proto, AddPortReply, BundleReply, DumpFlowsReply, Empty, ErrorBody, FdbEntry, FdbReply,
     FlowStats, HelloReply, MAX_LINE, Op, PortCounters, PortInfo, PortsReply, Request, Response,
@@ -613,6 +613,8 @@ struct Connection<'a> {
 struct Pending {
     /// A replace-flows bundle (its changes are the wanted flows, all adds).
     replace: bool,
+    /// A replace restricted to the flows whose cookie matches.
+    cookie: Option<Masked<u64>>,
     changes: Vec<FlowMod>,
     lines: Vec<usize>,
 }
@@ -900,6 +902,7 @@ impl Connection<'_> {
                     n,
                     Pending {
                         replace: a.replace,
+                        cookie: a.cookie,
                         ..Pending::default()
                     },
                 );
@@ -927,6 +930,13 @@ impl Connection<'_> {
                         line: a.lines.get(i).copied(),
                         index: Some(p.changes.len() + i),
                     });
+                }
+                if let Some(c) = &p.cookie {
+                    let flows = a.changes.iter().filter_map(|c| match c {
+                        FlowMod::Add { flow } => Some(flow),
+                        _ => None,
+                    });
+                    proto::check_replace_cookie(c, flows, &a.lines, p.changes.len())?;
                 }
                 let total = p.changes.len() + a.changes.len();
                 check_bundle_size(total, max)?;
@@ -956,7 +966,7 @@ impl Connection<'_> {
                             _ => None,
                         })
                         .collect();
-                    replace_flows(sw, flows, p.lines)
+                    replace_flows(sw, flows, p.lines, p.cookie)
                 } else {
                     execute(
                         sw,
@@ -1240,7 +1250,7 @@ pub fn execute(sw: &Switch, op: Op) -> Result<serde_json::Value, ErrorBody> {
                 warnings,
             })
         }
-        Op::ReplaceFlows(r) => replace_flows(sw, r.flows, r.lines),
+        Op::ReplaceFlows(r) => replace_flows(sw, r.flows, r.lines, r.cookie),
         Op::DumpFlows(d) => {
             let flows = sw.dump_flows(&d.filter).map_err(switch_error)?;
             to_value(&DumpFlowsReply {
@@ -1356,6 +1366,7 @@ fn replace_flows(
     sw: &Switch,
     flows: Vec<Flow>,
     lines: Vec<usize>,
+    cookie: Option<Masked<u64>>,
 ) -> Result<serde_json::Value, ErrorBody> {
     let current = sw.pipeline();
     let wanted: Vec<(usize, Flow)> = flows
@@ -1397,12 +1408,40 @@ fn replace_flows(
             (line, f)
         })
         .collect();
-    let installed: Vec<Flow> = sw
+    let mut installed: Vec<Flow> = sw
         .dump_flows(&FlowFilter::all())
         .map_err(switch_error)?
         .into_iter()
         .map(|d| d.flow)
         .collect();
+    if let Some(c) = cookie {
+        // Only the flows of the cookie are compared; a wanted flow with the identity of
+        // a flow outside them would replace that flow, so it is refused.
+        let (mine, others): (Vec<Flow>, Vec<Flow>) =
+            installed.into_iter().partition(|f| c.matches(f.cookie));
+        let outside: HashMap<(u8, u16, &weft_flow::Match), u64> = others
+            .iter()
+            .map(|f| ((f.table, f.priority, &f.matches), f.cookie))
+            .collect();
+        for (i, (line, f)) in canonical.iter().enumerate() {
+            if let Some(theirs) = outside.get(&(f.table, f.priority, &f.matches)) {
+                let line = Some(*line).filter(|l| *l > 0);
+                return Err(ErrorBody {
+                    message: format!(
+                        "{}: an installed flow with the same table, priority and match has \
+                         cookie {theirs:#x}, outside the replaced cookies {:#x}/{:#x} (it is \
+                         left alone; delete it first)",
+                        line.map_or(format!("flow {}", i + 1), |l| format!("flow line {l}")),
+                        c.value,
+                        c.mask
+                    ),
+                    line,
+                    index: None,
+                });
+            }
+        }
+        installed = mine;
+    }
     let (bundle, unchanged) = replace_diff(&installed, &canonical);
     if bundle.changes.is_empty() {
         return to_value(&BundleReply {

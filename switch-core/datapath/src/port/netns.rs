@@ -1,10 +1,12 @@
-//! Running setup code inside a named network namespace.
+//! Running setup code inside a network namespace given by name or by path.
 //!
 //! A network namespace is a property of a thread, and a TAP device or a socket belongs
 //! to the namespace of the thread that created it, for good. So a port that lives in a
-//! pod's namespace is opened from a short-lived thread that has entered
-//! `/var/run/netns/NAME` (the place `ip netns add` puts them); the file descriptors it
-//! returns keep working from any thread afterwards.
+//! pod's namespace is opened from a short-lived thread that has entered it; the file
+//! descriptors it returns keep working from any thread afterwards. A port's `netns=` is
+//! either a name, `/var/run/netns/NAME` (the place `ip netns add` puts them), or an
+//! absolute path to a namespace file, as container runtimes pass them
+//! (`/proc/PID/ns/net`, a bind mount such as `/var/run/netns/cni-1234`).
 
 use std::fs::File;
 use std::io;
@@ -15,9 +17,23 @@ use nix::sched::{CloneFlags, setns};
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_DIR: &str = "/var/run/netns";
 
-/// The path of a named namespace.
+/// The path of a namespace: `name` itself when it is an absolute path, else
+/// `/var/run/netns/NAME`.
 pub fn netns_path(name: &str) -> PathBuf {
-    PathBuf::from(NETNS_DIR).join(name)
+    if name.starts_with('/') {
+        PathBuf::from(name)
+    } else {
+        PathBuf::from(NETNS_DIR).join(name)
+    }
+}
+
+/// How errors name a namespace: `'NAME' (PATH)` for a name, `PATH` for a path.
+fn describe(name: &str) -> String {
+    if name.starts_with('/') {
+        name.to_string()
+    } else {
+        format!("'{name}' ({})", netns_path(name).display())
+    }
 }
 
 /// The identity of a network namespace: the device and inode of its nsfs file, which
@@ -32,10 +48,7 @@ pub fn netns_id(name: Option<&str>) -> io::Result<NetnsId> {
         None => PathBuf::from("/proc/thread-self/ns/net"),
     };
     let m = std::fs::metadata(&path).map_err(|e| match name {
-        Some(n) => io::Error::new(
-            e.kind(),
-            format!("network namespace '{n}' ({}): {e}", path.display()),
-        ),
+        Some(n) => io::Error::new(e.kind(), format!("network namespace {}: {e}", describe(n))),
         None => io::Error::new(e.kind(), format!("{}: {e}", path.display())),
     })?;
     Ok((m.dev(), m.ino()))
@@ -55,13 +68,16 @@ where
     let ns = File::open(&path).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("network namespace '{name}' ({}): {e}", path.display()),
+            format!("network namespace {}: {e}", describe(name)),
         )
     })?;
     std::thread::scope(|s| {
         s.spawn(move || {
             setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
-                io::Error::other(format!("entering network namespace '{name}': {e}"))
+                io::Error::other(format!(
+                    "entering network namespace {}: {e}",
+                    describe(name)
+                ))
             })?;
             f()
         })
@@ -89,6 +105,43 @@ mod tests {
         assert!(err.to_string().contains("weft-no-such-namespace"), "{err}");
         let own = netns_id(None).unwrap();
         assert_eq!(own, netns_id(None).unwrap(), "stable");
+    }
+
+    #[test]
+    fn a_path_is_used_as_it_is() {
+        assert_eq!(netns_path("pod1"), PathBuf::from("/var/run/netns/pod1"));
+        assert_eq!(
+            netns_path("/proc/1/ns/net"),
+            PathBuf::from("/proc/1/ns/net")
+        );
+        // weftd's own namespace, by path: the same identity as "the calling thread's".
+        assert_eq!(
+            netns_id(Some("/proc/thread-self/ns/net")).unwrap(),
+            netns_id(None).unwrap()
+        );
+        let err = netns_id(Some("/weft/no/such/ns")).unwrap_err().to_string();
+        assert!(
+            err.starts_with("network namespace /weft/no/such/ns: "),
+            "{err}"
+        );
+        let err = in_netns(Some("/weft/no/such/ns"), || Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("network namespace /weft/no/such/ns: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_no_namespace_is_refused() {
+        let err = in_netns(Some("/proc/self/status"), || Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("entering network namespace /proc/self/status"),
+            "{err}"
+        );
     }
 
     #[test]
