@@ -1,13 +1,14 @@
 //! Issue 16: weft-cni against the real weft-agent and weftd, driven alone (environment +
 //! stdin, as a runtime does) and under containerd.
 //!
-//! Each node is a namespace on the underlay running weftd and weft-agent (sockets and
-//! state in the lab directory); etcd runs on node 1 (one member: enough for the plugin's
-//! tests; the agent's own tests cover a 3-member cluster). The test writes the cluster's
-//! `config` key as an operator would, waits for each agent to say it is ready and to
-//! write its conflist, checks that conflist (weft-cni, then portmap) and adds an
-//! `ipam.dataDir` in the node's directory so host-local's reservations stay in the lab
-//! (and can be counted).
+//! Each node is a namespace on the underlay running weftd and weft-agent
+//! ([`AgentNode`]); etcd has a member on each of the first three nodes
+//! ([`EtcdCluster`]). The test writes the cluster's `config` key as an operator would,
+//! waits for each agent to be ready and to write its conflist, checks that conflist
+//! (weft-cni, then portmap) and adds an `ipam.dataDir` in the node's directory so that
+//! host-local's reservations stay in the lab (and can be counted). Under containerd,
+//! each node's ctr reads the agent's CNI config directory, and weft-cni is a small
+//! wrapper that records how long each call took.
 //!
 //! What "nothing left" means here, per attachment: no weftd port (`weftctl show`), no
 //! flow mentioning its address or MAC (`weftctl dump-flows`), no endpoint in etcd or in
@@ -15,21 +16,30 @@
 //! in the root namespace.
 //!
 //! These tests need the `weft-agent` binary (branch `agent`); without it they skip with
-//! a message (and fail under WEFT_REQUIRE_PRIVILEGED).
+//! a message (and fail under WEFT_REQUIRE_PRIVILEGED). They run one at a time (the
+//! timings should not depend on how many run at once).
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use netns_tests::agent::{AgentNode, AgentSpec, EtcdAccess};
 use netns_tests::containerd::{self, Containerd};
-use netns_tests::lab::{Lab, Ns, ProcId, REQUIRE_PRIVILEGED, privileged};
-use netns_tests::node::{Underlay, Weftd, WeftdSpec, binary, nettool_binary, underlay_ip};
+use netns_tests::etcd::EtcdCluster;
+use netns_tests::lab::{Lab, Ns, REQUIRE_PRIVILEGED, privileged};
+use netns_tests::node::{Underlay, binary, nettool_binary, underlay_ip};
 use serde_json::{Value, json};
-use weft_agent_proto::{Client, Request, StatusReply};
+use weft_agent_proto::StatusReply;
 
 const PREFIX: &str = "/weft/v1/";
-const POD_CIDR: &str = "198.19.0.0/16";
+const READY: Duration = Duration::from_secs(30);
+const CONFIG: &str =
+    r#"{"pod_cidr":"198.19.0.0/16","subnet_len":24,"encap":"vxlan","vni":1,"port":4789}"#;
+
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn weftctl_binary() -> PathBuf {
     binary("weftctl", "WEFTCTL")
@@ -39,181 +49,96 @@ fn cni_binary() -> PathBuf {
     binary("weft-cni", "WEFT_CNI")
 }
 
-/// Whether the agent exists to test against (and the test may run at all).
-fn agent_available(test: &str) -> bool {
-    if !privileged(test) {
-        return false;
+/// Whether the test may run: privileged, etcd installed, and the agent built. Holds the
+/// lock that runs these tests one at a time.
+fn begin(test: &str, with_containerd: bool) -> Option<MutexGuard<'static, ()>> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !privileged(test) || !netns_tests::etcd::available(test) {
+        return None;
     }
-    let found = match std::env::var_os("WEFT_AGENT") {
+    if with_containerd && !containerd::available(test) {
+        return None;
+    }
+    let found = match std::env::var_os(netns_tests::agent::AGENT_ENV) {
         Some(p) => Path::new(&p).is_file(),
         None => std::env::current_exe()
             .ok()
             .and_then(|e| Some(e.parent()?.parent()?.join("weft-agent")))
             .is_some_and(|p| p.is_file()),
     };
-    let etcd = Path::new("/usr/bin/etcd").is_file() && Path::new("/usr/bin/etcdctl").is_file();
-    let why = if !found {
-        Some("needs the weft-agent binary (branch agent; cargo build --workspace --bins)")
-    } else if !etcd {
-        Some("needs etcd and etcdctl (Debian's etcd-server, etcd-client)")
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(why) if std::env::var_os(REQUIRE_PRIVILEGED).is_some() => {
-            panic!("{test}: {why}, and {REQUIRE_PRIVILEGED} is set: this test must run here")
+    if !found {
+        let why = "needs the weft-agent binary (branch agent; cargo build --workspace --bins)";
+        if std::env::var_os(REQUIRE_PRIVILEGED).is_some() {
+            panic!("{test}: {why}, and {REQUIRE_PRIVILEGED} is set: this test must run here");
         }
-        Some(why) => {
-            eprintln!("skipping {test}: {why}");
-            false
-        }
+        eprintln!("skipping {test}: {why}");
+        return None;
     }
+    Some(guard)
 }
 
-/// One node: weftd, weft-agent, maybe a containerd.
+/// One node: weftd and weft-agent, maybe a containerd.
 struct Node {
-    ns: Ns,
+    node: AgentNode,
     name: String,
     dir: PathBuf,
-    weftd: Weftd,
-    agent: Option<ProcId>,
-    agent_config: PathBuf,
-    agent_socket: PathBuf,
-    conf_dir: PathBuf,
     ipam_dir: PathBuf,
     containerd: Option<Containerd>,
+}
+
+impl Node {
+    fn ns(&self) -> &Ns {
+        &self.node.ns
+    }
+
+    fn conf_dir(&self) -> PathBuf {
+        self.node.agent.dir().join("cni")
+    }
 }
 
 /// The cluster under test. `nodes` is declared first so that containerd (whose drop
 /// runs the last DELs through the agent) goes before the lab stops the agents.
 struct World {
     nodes: Vec<Node>,
-    etcd_ns: Ns,
+    etcd: EtcdCluster,
     lab: Lab,
-}
-
-fn etcdctl(ns: &Ns, args: &[&str]) -> String {
-    let endpoint = format!("http://{}:2379", underlay_ip(1));
-    let mut a = vec!["etcdctl", "--endpoints", &endpoint];
-    a.extend_from_slice(args);
-    let mut c = ns.command("env");
-    c.arg("ETCDCTL_API=3").args(&a);
-    let out = c.output().expect("etcdctl runs");
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl World {
     /// `n` nodes, each with weftd and weft-agent ready; with a containerd per node when
-    /// `with_containerd` (the agent then writes its conflist where that node's ctr reads).
+    /// `with_containerd` (its ctr reads the agent's CNI config directory).
     fn new(n: u8, with_containerd: bool) -> World {
         let mut lab = Lab::new().unwrap();
-        let underlay = Underlay::new(&mut lab, n).unwrap();
-        let n1 = underlay.node(1).clone();
-        let ip1 = underlay_ip(1);
-        let data = lab.dir().join("etcd");
-        let mut etcd = n1.command("etcd");
-        etcd.args(["--name", "n1", "--data-dir"])
-            .arg(&data)
-            .arg(format!("--listen-client-urls=http://{ip1}:2379"))
-            .arg(format!("--advertise-client-urls=http://{ip1}:2379"))
-            .arg(format!("--listen-peer-urls=http://{ip1}:2380"))
-            .arg(format!("--initial-advertise-peer-urls=http://{ip1}:2380"))
-            .arg(format!("--initial-cluster=n1=http://{ip1}:2380"));
-        lab.spawn("etcd", etcd).unwrap();
-        let start = Instant::now();
-        loop {
-            let ok = n1
-                .command("env")
-                .args(["ETCDCTL_API=3", "etcdctl", "--endpoints"])
-                .arg(format!("http://{ip1}:2379"))
-                .args(["endpoint", "health"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "etcd not healthy: {}",
-                lab.log("etcd")
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let config = json!({"pod_cidr": POD_CIDR, "subnet_len": 24, "encap": "vxlan", "vni": 1});
-        etcdctl(
-            &n1,
-            &["put", &format!("{PREFIX}config"), &config.to_string()],
-        );
-
+        let ul = Underlay::new(&mut lab, n).unwrap();
+        let members: Vec<(Ns, Ipv4Addr)> = (1..=3u8.min(n))
+            .map(|i| (ul.node(i).clone(), underlay_ip(i)))
+            .collect();
+        let etcd = EtcdCluster::start(&mut lab, &members, None).unwrap();
+        etcd.wait_healthy(&mut lab, READY).unwrap();
+        etcd.put(&mut lab, &format!("{PREFIX}config"), CONFIG)
+            .unwrap();
         let mut nodes = Vec::new();
         for i in 1..=n {
-            let ns = underlay.node(i).clone();
+            let ns = ul.node(i).clone();
             let name = format!("n{i}");
-            let dir = lab.dir().join(format!("node{i}"));
+            let spec = AgentSpec::new(&name, underlay_ip(i), EtcdAccess::of(&etcd));
+            let node = AgentNode::start(&mut lab, &ns, &spec).unwrap();
+            let dir = lab.dir().join(format!("cni-{name}"));
             std::fs::create_dir_all(&dir).unwrap();
-            let weftd = Weftd::start(
-                &mut lab,
-                &ns,
-                &format!("weftd-{name}"),
-                &WeftdSpec {
-                    workers: 1,
-                    ports: String::new(),
-                    flows: String::new(),
-                },
-            )
-            .unwrap();
-            weftd.wait_ready(&mut lab, Duration::from_secs(20)).unwrap();
-            let containerd = with_containerd
-                .then(|| Containerd::start(&lab, &ns, &format!("containerd-{name}")).unwrap());
-            let conf_dir = match &containerd {
-                Some(c) => c.cni_conf_dir(),
-                None => dir.join("net.d"),
-            };
-            std::fs::create_dir_all(&conf_dir).unwrap();
-            let agent_socket = dir.join("agent.sock");
-            let agent_config = dir.join("agent.toml");
-            std::fs::write(
-                &agent_config,
-                format!(
-                    "node_name = \"{name}\"\npublic_ip = \"{}\"\netcd_endpoints = [\"http://{ip1}:2379\"]\n\
-                     prefix = \"{PREFIX}\"\nlease_ttl = 5\nweftd_socket = \"{}\"\nsocket = \"{}\"\n\
-                     cni_conf_dir = \"{}\"\n",
-                    underlay_ip(i),
-                    weftd.dir().join("weftd.sock").display(),
-                    agent_socket.display(),
-                    conf_dir.display(),
-                ),
-            )
-            .unwrap();
+            let containerd = with_containerd.then(|| {
+                let mut c = Containerd::start(&lab, &ns, &format!("containerd-{name}")).unwrap();
+                c.set_cni_conf_dir(&node.agent.dir().join("cni"));
+                c
+            });
             nodes.push(Node {
-                ns,
+                node,
                 name,
                 ipam_dir: dir.join("ipam"),
                 dir,
-                weftd,
-                agent: None,
-                agent_config,
-                agent_socket,
-                conf_dir,
                 containerd,
             });
         }
-        let mut w = World {
-            nodes,
-            etcd_ns: n1,
-            lab,
-        };
-        for k in 0..w.nodes.len() {
-            w.start_agent(k);
-        }
+        let mut w = World { nodes, etcd, lab };
         for k in 0..w.nodes.len() {
             w.wait_ready(k);
             w.adopt_conflist(k);
@@ -224,55 +149,32 @@ impl World {
         w
     }
 
-    fn start_agent(&mut self, k: usize) {
-        let node = &self.nodes[k];
-        let mut cmd = node
-            .ns
-            .command(&binary("weft-agent", "WEFT_AGENT").display().to_string());
-        cmd.arg("--config").arg(&node.agent_config);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
-        let label = format!("agent-{}", node.name);
-        self.nodes[k].agent = Some(self.lab.spawn(&label, cmd).unwrap());
+    fn stop_agent(&mut self, k: usize) {
+        let World { lab, nodes, .. } = self;
+        nodes[k].node.agent.stop(lab);
     }
 
-    fn stop_agent(&mut self, k: usize) {
-        if let Some(p) = self.nodes[k].agent.take() {
-            self.lab.stop(p, Duration::from_secs(5));
-        }
+    fn start_agent_again(&mut self, k: usize) {
+        let World { lab, nodes, .. } = self;
+        nodes[k].node.agent.start_again(lab).unwrap();
     }
 
     fn status(&self, k: usize) -> Option<StatusReply> {
-        Client::connect(&self.nodes[k].agent_socket, Duration::from_secs(5))
-            .ok()?
-            .call(&Request::Status)
-            .ok()
+        self.nodes[k].node.agent.status().ok()
     }
 
     fn wait_ready(&mut self, k: usize) -> StatusReply {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.status(k).filter(|s| s.ready) {
-                return s;
-            }
-            let label = format!("agent-{}", self.nodes[k].name);
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "agent {} not ready after 30 s: {:?}\n{}",
-                self.nodes[k].name,
-                self.status(k),
-                self.lab.log(&label)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let World { lab, nodes, .. } = self;
+        let n = &nodes[k].node;
+        n.agent
+            .wait_ready(lab, READY)
+            .unwrap_or_else(|e| panic!("{e}\n{}", n.weftd.log(lab)))
     }
 
     /// Checks the conflist the agent wrote and points host-local into the lab.
     fn adopt_conflist(&self, k: usize) {
         let node = &self.nodes[k];
-        let path = node.conf_dir.join("10-weft.conflist");
+        let path = node.conf_dir().join("10-weft.conflist");
         let start = Instant::now();
         while !path.exists() {
             assert!(
@@ -289,7 +191,7 @@ impl World {
         assert_eq!(c["plugins"][0]["type"], "weft-cni", "{c}");
         assert_eq!(
             c["plugins"][0]["agentSocket"],
-            node.agent_socket.display().to_string(),
+            node.node.agent.socket().display().to_string(),
             "{c}"
         );
         assert_eq!(c["plugins"][1]["type"], "portmap", "{c}");
@@ -299,7 +201,7 @@ impl World {
     }
 
     fn conflist(&self, k: usize) -> Value {
-        let path = self.nodes[k].conf_dir.join("10-weft.conflist");
+        let path = self.nodes[k].conf_dir().join("10-weft.conflist");
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
@@ -333,10 +235,9 @@ impl World {
     }
 
     fn weftctl(&self, k: usize, args: &[&str]) -> String {
-        let sock = self.nodes[k].weftd.dir().join("weftd.sock");
         let out = Command::new(weftctl_binary())
             .arg("-s")
-            .arg(&sock)
+            .arg(self.nodes[k].node.weftd_socket())
             .args(args)
             .output()
             .unwrap();
@@ -348,13 +249,20 @@ impl World {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn endpoint_keys(&self, k: usize) -> Vec<String> {
+    fn endpoint_keys(&mut self, k: usize) -> Vec<String> {
         let prefix = format!("{PREFIX}endpoints/{}/", self.nodes[k].name);
-        etcdctl(&self.etcd_ns, &["get", "--prefix", "--keys-only", &prefix])
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(String::from)
+        let World { lab, etcd, .. } = self;
+        etcd.get_prefix(lab, &prefix)
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
             .collect()
+    }
+
+    fn endpoint_value(&mut self, key: &str) -> Option<Value> {
+        let World { lab, etcd, .. } = self;
+        let v = etcd.get(lab, key).unwrap()?;
+        Some(serde_json::from_str(&v).unwrap())
     }
 
     fn reservations(&self, k: usize) -> Vec<String> {
@@ -389,7 +297,7 @@ impl World {
             "agent still lists {mac}: {:?}",
             status.endpoints
         );
-        let links = self.nodes[k].ns.ip("-o link").unwrap();
+        let links = self.nodes[k].ns().ip("-o link").unwrap();
         assert!(
             !links.contains(mac),
             "a link with {mac} on the node: {links}"
@@ -493,7 +401,7 @@ fn cni(w: &World, k: usize, pod: &Pod, command: &str, version: &str, extra: Valu
             }
         })
         .collect();
-    invoke_in(&w.nodes[k].ns, &cni_binary(), &pairs(&vars), &e)
+    invoke_in(w.nodes[k].ns(), &cni_binary(), &pairs(&vars), &e)
 }
 
 fn pod_ip(result: &Value) -> String {
@@ -513,9 +421,9 @@ fn port_of(w: &World, k: usize, mac: &str) -> String {
 
 #[test]
 fn plugin_alone_every_command_against_the_agent() {
-    if !agent_available("plugin_alone_every_command_against_the_agent") {
+    let Some(_serial) = begin("plugin_alone_every_command_against_the_agent", false) else {
         return;
-    }
+    };
     let mut w = World::new(2, false);
     let s1 = w.wait_ready(0);
     let subnet = s1.subnet.expect("a subnet");
@@ -549,7 +457,7 @@ fn plugin_alone_every_command_against_the_agent() {
     // Connectivity when ADD returns: pod to pod across nodes, node to pod, pod to node.
     assert!(pod1.ns.ping(&ip2, 1, 2), "pod1 -> pod2");
     assert!(pod2.ns.ping(&ip1, 1, 2), "pod2 -> pod1");
-    assert!(w.nodes[1].ns.ping(&ip1, 1, 2), "node 2 -> pod1");
+    assert!(w.nodes[1].ns().ping(&ip1, 1, 2), "node 2 -> pod1");
     assert!(
         pod1.ns.ping(&underlay_ip(2).to_string(), 1, 2),
         "pod1 -> node 2"
@@ -559,8 +467,7 @@ fn plugin_alone_every_command_against_the_agent() {
     let keys = w.endpoint_keys(0);
     let key = format!("{PREFIX}endpoints/n1/{}:eth0", pod1.cid);
     assert_eq!(keys, vec![key.clone()]);
-    let value = etcdctl(&w.etcd_ns, &["get", "--print-value-only", &key]);
-    let v: Value = serde_json::from_str(value.trim()).unwrap();
+    let v = w.endpoint_value(&key).expect("the endpoint's value");
     assert_eq!(v["pod_namespace"], "web", "{v}");
     assert_eq!(v["pod_name"], pod1.cid, "{v}");
     let port1 = port_of(&w, 0, &mac1);
@@ -674,9 +581,12 @@ fn port_of_opt(w: &World, k: usize, mac: &str) -> Option<String> {
 
 #[test]
 fn agent_down_add_is_11_and_leaves_nothing_and_status_is_50() {
-    if !agent_available("agent_down_add_is_11_and_leaves_nothing_and_status_is_50") {
+    let Some(_serial) = begin(
+        "agent_down_add_is_11_and_leaves_nothing_and_status_is_50",
+        false,
+    ) else {
         return;
-    }
+    };
     let mut w = World::new(1, false);
     let pod = Pod {
         ns: w.lab.netns("pod1").unwrap(),
@@ -695,7 +605,7 @@ fn agent_down_add_is_11_and_leaves_nothing_and_status_is_50() {
     let st = cni(&w, 0, &pod, "STATUS", "1.1.0", json!({}));
     assert_eq!(st.code(), 50, "{}", st.out);
     // Back up: ADD works again.
-    w.start_agent(0);
+    w.start_agent_again(0);
     w.wait_ready(0);
     let r = cni(&w, 0, &pod, "ADD", "1.0.0", json!({}));
     assert!(r.ok, "{} {}", r.out, r.stderr);
@@ -703,9 +613,9 @@ fn agent_down_add_is_11_and_leaves_nothing_and_status_is_50() {
 
 #[test]
 fn host_port_through_the_chained_portmap() {
-    if !agent_available("host_port_through_the_chained_portmap") {
+    let Some(_serial) = begin("host_port_through_the_chained_portmap", false) else {
         return;
-    }
+    };
     let mut w = World::new(2, false);
     let pod = Pod {
         ns: w.lab.netns("web").unwrap(),
@@ -726,7 +636,7 @@ fn host_port_through_the_chained_portmap() {
     let n = list["plugins"].as_array().unwrap().len();
     for i in 0..n {
         let e = entry(&list, i, "1.0.0", &runtime, prev.as_ref());
-        let inv = invoke_in(&w.nodes[0].ns, &plugin_path(i), &pairs(&vars), &e);
+        let inv = invoke_in(w.nodes[0].ns(), &plugin_path(i), &pairs(&vars), &e);
         assert!(inv.ok, "plugin {i}: {} {}", inv.out, inv.stderr);
         prev = Some(inv.out);
     }
@@ -758,7 +668,7 @@ fn host_port_through_the_chained_portmap() {
     }
     let to = format!("{}:30080", underlay_ip(1));
     let sent = w.nodes[1]
-        .ns
+        .ns()
         .run(&[
             &tool,
             "tcp-send",
@@ -786,10 +696,13 @@ fn host_port_through_the_chained_portmap() {
     let vars = pod.vars("DEL", true);
     for i in (0..n).rev() {
         let e = entry(&list, i, "1.0.0", &runtime, Some(&result));
-        let inv = invoke_in(&w.nodes[0].ns, &plugin_path(i), &pairs(&vars), &e);
+        let inv = invoke_in(w.nodes[0].ns(), &plugin_path(i), &pairs(&vars), &e);
         assert!(inv.ok, "DEL plugin {i}: {} {}", inv.out, inv.stderr);
     }
-    let nat = w.nodes[0].ns.run(&["iptables", "-t", "nat", "-S"]).unwrap();
+    let nat = w.nodes[0]
+        .ns()
+        .run(&["iptables", "-t", "nat", "-S"])
+        .unwrap();
     assert!(!nat.contains("30080"), "portmap's rule left: {nat}");
 }
 
@@ -850,13 +763,12 @@ fn container_ping(c: &Containerd, id: &str, dst: &str) -> bool {
 
 #[test]
 fn containerd_containers_on_two_nodes_reach_each_other_and_leave_nothing() {
-    if !agent_available("containerd_containers_on_two_nodes_reach_each_other_and_leave_nothing")
-        || !containerd::available(
-            "containerd_containers_on_two_nodes_reach_each_other_and_leave_nothing",
-        )
-    {
+    let Some(_serial) = begin(
+        "containerd_containers_on_two_nodes_reach_each_other_and_leave_nothing",
+        true,
+    ) else {
         return;
-    }
+    };
     let mut w = World::new(2, true);
     let subnets: Vec<_> = (0..2).map(|k| w.wait_ready(k).subnet.unwrap()).collect();
     for k in 0..2 {
@@ -886,7 +798,7 @@ fn containerd_containers_on_two_nodes_reach_each_other_and_leave_nothing() {
         container_ping(c0, "c0", &underlay_ip(2).to_string()),
         "c0 -> node 2"
     );
-    assert!(w.nodes[1].ns.ping(&ip0, 1, 2), "node 2 -> c0");
+    assert!(w.nodes[1].ns().ping(&ip0, 1, 2), "node 2 -> c0");
     let cid0 = c0.cni_container_id("c0");
     assert_eq!(
         w.endpoint_keys(0),
@@ -925,13 +837,14 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
 
 #[test]
 fn containerd_fifty_containers_ten_at_a_time_leak_nothing() {
-    if !agent_available("containerd_fifty_containers_ten_at_a_time_leak_nothing")
-        || !containerd::available("containerd_fifty_containers_ten_at_a_time_leak_nothing")
-    {
+    let Some(_serial) = begin(
+        "containerd_fifty_containers_ten_at_a_time_leak_nothing",
+        true,
+    ) else {
         return;
-    }
+    };
     let mut w = World::new(1, true);
-    let node_taps_before = tap_count(&w.nodes[0].ns);
+    let node_taps_before = tap_count(w.nodes[0].ns());
     let mut seen = Vec::new();
     for round in 0..5 {
         let ids: Vec<String> = (0..10).map(|i| format!("r{round}c{i}")).collect();
@@ -959,7 +872,7 @@ fn containerd_fifty_containers_ten_at_a_time_leak_nothing() {
     assert!(w.reservations(0).is_empty(), "{:?}", w.reservations(0));
     assert!(w.endpoint_keys(0).is_empty());
     assert_eq!(
-        tap_count(&w.nodes[0].ns),
+        tap_count(w.nodes[0].ns()),
         node_taps_before,
         "no pod TAP on the node"
     );
