@@ -6,8 +6,9 @@
 //! compile`); the end-to-end tests and the demo build their clusters with it too.
 //!
 //! Above `weft-flow` and `weft-proto`; nothing of the data path. `clap` (the command
-//! line) and `toml` (cluster descriptions) are dependencies here and in `weftd` only.
+//! line) is a dependency here and in `weftd` only; `toml` comes with `weft-cluster`.
 #![warn(missing_docs)]
 
-pub mod cluster;
+/// The cluster compiler, now its own crate (`weft-cluster`, shared with `weft-agent`).
+pub use weft_cluster as cluster;
 pub mod proto_text;

@@ -15,6 +15,15 @@ use weft_flow::{line_at, one_line};
 
 use super::*;
 
+/// An I/O error's message without the trailing "(os error N)".
+fn io_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
@@ -134,7 +143,7 @@ impl Cluster {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| ClusterError::Read {
             path: path.to_path_buf(),
-            message: weft_proto::client::io_text(&e),
+            message: io_text(&e),
         })?;
         Cluster::parse(&text, Some(path))
     }
@@ -516,6 +525,8 @@ impl Cluster {
             pod_cidr6,
             nodes,
             pods,
+            cookie: u64::from(vni),
+            gateway_port: None,
         })
     }
 }
@@ -523,7 +534,7 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::tests::{L3, with};
+    use crate::tests::{L3, with};
 
     fn err(text: &str) -> (usize, String) {
         let e = Cluster::from_toml(text).unwrap_err();

@@ -77,6 +77,10 @@ pub const MAX_VNI: u32 = (1 << 24) - 1;
 const FROM_TUNNEL: u32 = 1;
 /// `reg0[0..3]` value of a packet from a local pod.
 const FROM_POD: u32 = 2;
+/// `reg0[0..4]` value of a packet from the node through its gateway port: a local
+/// source like a pod (`reg0[0..3]` = [`FROM_POD`]) with bit 4 set, so that it goes to
+/// local pods and through the tunnel but is never sent back to the node.
+const FROM_GATEWAY: u32 = 0x10 | FROM_POD;
 
 /// The encapsulation between nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -230,7 +234,37 @@ pub struct Cluster {
     pod_cidr6: Option<Ipv6Net>,
     nodes: Vec<Node>,
     pods: Vec<Pod>,
+    /// The cookie of every generated flow (the VNI for a description file).
+    cookie: u64,
+    /// The node's gateway port and its device's name (l3;
+    /// [`Cluster::with_gateway_port`]), if any. With it, the tunnel port is there even
+    /// while the node has no peers (they come and go; the port stays).
+    gateway_port: Option<(String, String)>,
 }
+
+/// A cluster given as values rather than a file: what `weft-agent` reads from etcd.
+/// Always l3 (routed) and IPv4, the shape of flannel's and Antrea's overlays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// The encapsulation.
+    pub encap: Encap,
+    /// The VNI (ignored by IP-in-IP, still the tenant's tag in the flows).
+    pub vni: u32,
+    /// The UDP port of the tunnels; `None`: the encapsulation's default.
+    pub dst_port: Option<u16>,
+    /// The pods' MTU.
+    pub mtu: u16,
+    /// The IPv4 range of all pods.
+    pub pod_cidr: Ipv4Net,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// The pods.
+    pub pods: Vec<Pod>,
+}
+
+/// The MAC the gateway port's ARP requests are answered with (host → pod): the node
+/// routes through weftd's virtual router and never sees its own MAC answered back.
+pub const ROUTER_MAC: MacAddr = MacAddr([0x0a, 0x58, 0, 0, 0, 1]);
 
 /// What one node needs: ports, flows, and the configuration inside each local pod.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -362,6 +396,9 @@ pub enum ClusterError {
         /// The nodes there are, comma-separated.
         known: String,
     },
+    /// A [`ClusterSpec`] that does not hold together (one line naming the item).
+    #[error("{0}")]
+    Invalid(String),
     /// A generated flow did not parse (a bug of this module).
     #[error("internal error: generated flow does not parse: {0}")]
     Internal(String),
@@ -385,6 +422,92 @@ impl ClusterError {
 }
 
 impl Cluster {
+    /// A cluster from values (see [`ClusterSpec`]), checked as a description file is:
+    /// the VNI fits, every node's subnet lies in the pod CIDR and no two overlap,
+    /// names are unique and valid port names, every pod is on a known node, inside
+    /// its subnet, and not its gateway.
+    pub fn new(spec: ClusterSpec) -> Result<Cluster, ClusterError> {
+        let bad = |m: String| Err(ClusterError::Invalid(m));
+        if spec.vni > MAX_VNI {
+            return bad(format!("vni {} is larger than {MAX_VNI}", spec.vni));
+        }
+        if spec.mtu < 68 {
+            return bad(format!("mtu {} is smaller than 68", spec.mtu));
+        }
+        let mut nodes: Vec<&Node> = Vec::with_capacity(spec.nodes.len());
+        for n in &spec.nodes {
+            if !spec.pod_cidr.contains(&n.pod_subnet) {
+                return bad(format!(
+                    "node '{}': subnet {} is outside the pod CIDR {}",
+                    n.name, n.pod_subnet, spec.pod_cidr
+                ));
+            }
+            if let Some(o) = nodes.iter().find(|o| o.name == n.name) {
+                return bad(format!("node '{}' appears twice", o.name));
+            }
+            if let Some(o) = nodes.iter().find(|o| {
+                o.pod_subnet.contains(&n.pod_subnet) || n.pod_subnet.contains(&o.pod_subnet)
+            }) {
+                return bad(format!(
+                    "node '{}': subnet {} overlaps node '{}''s {}",
+                    n.name, n.pod_subnet, o.name, o.pod_subnet
+                ));
+            }
+            nodes.push(n);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &spec.pods {
+            weft_flow::port::validate_name(&p.name)
+                .map_err(|e| ClusterError::Invalid(format!("pod '{}': {e}", p.name)))?;
+            if !seen.insert(p.name.as_str()) {
+                return bad(format!("pod '{}' appears twice", p.name));
+            }
+            let Some(n) = nodes.iter().find(|n| n.name == p.node) else {
+                return bad(format!("pod '{}': no node '{}'", p.name, p.node));
+            };
+            if !n.pod_subnet.contains(&p.address) || p.address == n.gateway() {
+                return bad(format!(
+                    "pod '{}': address {} is not a pod address of node '{}''s subnet {}",
+                    p.name, p.address, n.name, n.pod_subnet
+                ));
+            }
+        }
+        Ok(Cluster {
+            encap: spec.encap,
+            vni: spec.vni,
+            dst_port: spec.dst_port,
+            mode: Mode::L3,
+            mtu: spec.mtu,
+            pod_cidr: spec.pod_cidr,
+            pod_cidr6: None,
+            nodes: spec.nodes,
+            pods: spec.pods,
+            cookie: u64::from(spec.vni),
+            gateway_port: None,
+        })
+    }
+
+    /// Every generated flow gets this cookie instead of the VNI (`weft-agent` uses its
+    /// own, so that it replaces only its flows).
+    pub fn with_cookie(mut self, cookie: u64) -> Cluster {
+        self.cookie = cookie;
+        self
+    }
+
+    /// In l3 mode, the plan includes the node's gateway port: a TAP named `port` in the
+    /// node's own namespace (device `ifname`) with the gateway MAC, through which the
+    /// node reaches its own pods and every remote pod, and pods reach the node and
+    /// whatever the node routes (see the module docs).
+    pub fn with_gateway_port(mut self, port: &str, ifname: &str) -> Cluster {
+        self.gateway_port = Some((port.to_string(), ifname.to_string()));
+        self
+    }
+
+    /// The cookie of the generated flows.
+    pub fn cookie(&self) -> u64 {
+        self.cookie
+    }
+
     /// The encapsulation.
     pub fn encap(&self) -> Encap {
         self.encap

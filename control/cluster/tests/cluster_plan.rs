@@ -1,4 +1,4 @@
-//! The flows `weftctl::cluster` generates, executed: plans are installed into a real
+//! The flows `weft_cluster` generates, executed: plans are installed into a real
 //! `Pipeline` (ports numbered 1.. in plan order) and hand-built frames are run through
 //! it (`resolve` + `commit`, as a worker does, and `trace`), checking what comes out
 //! of which port, byte for byte where it matters.
@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use weft_cluster::{Cluster, NodePlan};
 use weft_flow::port::PortSpec;
 use weft_flow::{Bundle, FlowModCommand, parse_flow_mod};
 use weft_pipeline::commit::commit;
 use weft_pipeline::drop::DropReason;
 use weft_pipeline::flow_key::{FlowKey, TunnelMeta};
 use weft_pipeline::{DpAction, Pipeline, PortKind, PortMap, Resolved};
-use weftctl::cluster::{Cluster, NodePlan};
 
 const L3: &str = r#"
 [cluster]

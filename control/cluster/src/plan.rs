@@ -26,6 +26,21 @@ impl Cluster {
         let local: Vec<&Pod> = self.pods.iter().filter(|p| p.node == me.name).collect();
         let peers: Vec<&Node> = self.nodes.iter().filter(|n| n.name != me.name).collect();
         let mut ports = Vec::new();
+        let gateway = match self.mode {
+            Mode::L3 => self.gateway_port.as_ref(),
+            Mode::L2 => None,
+        };
+        if let Some((name, ifname)) = gateway {
+            ports.push(port(
+                name,
+                &[
+                    "type=tap",
+                    &format!("ifname={ifname}"),
+                    &format!("mtu={}", self.mtu),
+                    &format!("mac={}", me.gateway_mac()),
+                ],
+            )?);
+        }
         for p in &local {
             let mtu = self.mtu.to_string();
             let mac = p.mac().to_string();
@@ -60,7 +75,7 @@ impl Cluster {
             Ok(())
         };
         match self.mode {
-            Mode::L3 if !peers.is_empty() => tunnel(L3_TUNNEL, "flow".into())?,
+            Mode::L3 if !peers.is_empty() || gateway.is_some() => tunnel(L3_TUNNEL, "flow".into())?,
             Mode::L3 => {}
             Mode::L2 => {
                 for n in &peers {
@@ -70,10 +85,17 @@ impl Cluster {
         }
         let mut f = Flows {
             vni: self.vni,
+            cookie: self.cookie,
             text: Vec::new(),
         };
         match self.mode {
-            Mode::L3 => self.l3_flows(&mut f, me, &local, &peers),
+            Mode::L3 => self.l3_flows(
+                &mut f,
+                me,
+                &local,
+                &peers,
+                gateway.map(|(name, _)| name.as_str()),
+            ),
             Mode::L2 => self.l2_flows(&mut f, &local, &peers),
         }
         let flows = f
@@ -169,7 +191,14 @@ impl Cluster {
         f.add(t0, 100, &format!("in_port={name}"), "drop");
     }
 
-    fn l3_flows(&self, f: &mut Flows, me: &Node, local: &[&Pod], peers: &[&Node]) {
+    fn l3_flows(
+        &self,
+        f: &mut Flows,
+        me: &Node,
+        local: &[&Pod],
+        peers: &[&Node],
+        gateway: Option<&str>,
+    ) {
         let vni = f.vni;
         let tid = format!("tun_id={vni:#x}");
         let gw = me.gateway();
@@ -178,6 +207,25 @@ impl Cluster {
         // Table 0: pods, then tunnel packets of this tenant from known nodes.
         for p in local {
             self.spoof_guard(f, p, TABLE_ARP, &from_pod);
+        }
+        if let Some(g) = gateway {
+            // The node itself: its ARP from the gateway address, and IP from any of its
+            // addresses (it answers pods from its underlay address too).
+            f.add(
+                TABLE_CLASSIFIER,
+                200,
+                &format!("in_port={g},arp,dl_src={gw_mac},arp_spa={gw},arp_sha={gw_mac}"),
+                &format!("set_field:{vni:#x}->tun_id,goto_table:{TABLE_ARP}"),
+            );
+            f.add(
+                TABLE_CLASSIFIER,
+                200,
+                &format!("in_port={g},ip,dl_src={gw_mac}"),
+                &format!(
+                    "set_field:{vni:#x}->tun_id,set_field:{FROM_GATEWAY:#x}/0x1f->reg0,goto_table:{TABLE_FORWARD}"
+                ),
+            );
+            f.add(TABLE_CLASSIFIER, 100, &format!("in_port={g}"), "drop");
         }
         for n in peers {
             let from = n.address;
@@ -213,6 +261,27 @@ impl Cluster {
              load:0x2->NXM_OF_ARP_OP[],move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],\
              set_field:{gw_mac}->arp_sha"
         );
+        if let Some(g) = gateway {
+            // The node asking for a pod's address (its own, local or remote) is answered
+            // with the router's MAC, never its own.
+            f.add(
+                TABLE_ARP,
+                210,
+                &format!("arp,{tid},arp_op=1,arp_spa={gw},arp_tpa={gw}"),
+                "drop",
+            );
+            f.add(
+                TABLE_ARP,
+                150,
+                &format!("in_port={g},arp,{tid},arp_op=1,arp_tpa={}", self.pod_cidr),
+                &format!(
+                    "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],set_field:{ROUTER_MAC}->eth_src,\
+                     load:0x2->NXM_OF_ARP_OP[],move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],\
+                     set_field:{ROUTER_MAC}->arp_sha,move:NXM_OF_ARP_TPA[]->NXM_NX_REG1[],\
+                     move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],move:NXM_NX_REG1[]->NXM_OF_ARP_SPA[],in_port"
+                ),
+            );
+        }
         for p in local {
             // A pod asking for its own address (gratuitous ARP) gets no answer.
             f.add(
@@ -285,6 +354,33 @@ impl Cluster {
                 );
             }
         }
+        if gateway.is_some() {
+            // To the node: its gateway address (from pods and tunnels), and from local
+            // pods anything outside the pod CIDR (the node routes it). An address of the
+            // pod CIDR that no node holds is dropped, not handed to the node, whose route
+            // to the pod CIDR would send it straight back.
+            let to_node = format!(
+                "set_field:{ROUTER_MAC}->eth_src,set_field:{gw_mac}->eth_dst,dec_ttl,goto_table:{out}"
+            );
+            f.add(
+                TABLE_FORWARD,
+                200,
+                &format!("ip,{tid},nw_dst={gw}"),
+                &to_node,
+            );
+            f.add(
+                TABLE_FORWARD,
+                60,
+                &format!("ip,{tid},nw_dst={}", self.pod_cidr),
+                "drop",
+            );
+            f.add(
+                TABLE_FORWARD,
+                50,
+                &format!("ip,reg0={FROM_POD:#x}/0x1f,{tid}"),
+                &to_node,
+            );
+        }
         f.add(TABLE_FORWARD, 0, &tid, "drop");
 
         // Table 30: output by destination MAC.
@@ -302,6 +398,14 @@ impl Cluster {
                 200,
                 &format!("{tid},dl_dst={}", n.gateway_mac()),
                 &format!("output:{L3_TUNNEL}"),
+            );
+        }
+        if let Some(g) = gateway {
+            f.add(
+                TABLE_OUTPUT,
+                200,
+                &format!("{tid},dl_dst={gw_mac}"),
+                &format!("output:{g}"),
             );
         }
         f.add(TABLE_OUTPUT, 0, &tid, "drop");
@@ -339,6 +443,7 @@ fn port(name: &str, args: &[&str]) -> Result<PortSpec, ClusterError> {
 /// what the text form says).
 struct Flows {
     vni: u32,
+    cookie: u64,
     text: Vec<String>,
 }
 
@@ -347,7 +452,7 @@ impl Flows {
         let sep = if matches.is_empty() { "" } else { "," };
         self.text.push(format!(
             "cookie={:#x},table={table},priority={priority}{sep}{matches} actions={actions}",
-            self.vni
+            self.cookie
         ));
     }
 }
@@ -355,7 +460,7 @@ impl Flows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::tests::{L3, with};
+    use crate::tests::{L3, with};
 
     #[test]
     fn printed_flows_parse_back_to_the_same_flows() {
