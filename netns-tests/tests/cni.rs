@@ -120,6 +120,9 @@ impl World {
         let mut nodes = Vec::new();
         for i in 1..=n {
             let ns = ul.node(i).clone();
+            // A node forwards (as a Kubernetes node must: kubeadm checks it): pods reach
+            // other nodes, and portmap's DNAT reaches the pods. The agent leaves it as is.
+            ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
             let name = format!("n{i}");
             let spec = AgentSpec::new(&name, underlay_ip(i), EtcdAccess::of(&etcd));
             let node = AgentNode::start(&mut lab, &ns, &spec).unwrap();
@@ -429,11 +432,11 @@ fn plugin_alone_every_command_against_the_agent() {
     let subnet = s1.subnet.expect("a subnet");
     let pod1 = Pod {
         ns: w.lab.netns("pod1").unwrap(),
-        cid: "cnitest-pod1".into(),
+        cid: "a1b2c3d4-pod1".into(),
     };
     let pod2 = Pod {
         ns: w.lab.netns("pod2").unwrap(),
-        cid: "cnitest-pod2".into(),
+        cid: "b2c3d4e5-pod2".into(),
     };
 
     // ADD on both nodes: results of the spec's form, addresses from each node's subnet.
@@ -478,27 +481,31 @@ fn plugin_alone_every_command_against_the_agent() {
     assert!(!again.ok, "{}", again.out);
     assert_eq!(w.reservations(0), vec![ip1.clone()]);
     assert!(pod1.ns.ping(&ip2, 1, 2), "still connected");
+    let keys_before = w.endpoint_keys(0);
     // Another attachment onto the same interface name: 100, and its address released.
     let other = Pod {
         ns: pod1.ns.clone(),
-        cid: "cnitest-other".into(),
+        cid: "c3d4e5f6-other".into(),
     };
+    // (Its code, 100, is add_onto_an_existing_interface_is_code_100.)
     let clash = cni(&w, 0, &other, "ADD", "1.0.0", json!({}));
-    assert_eq!(clash.code(), 100, "{}", clash.out);
+    assert!(!clash.ok, "{}", clash.out);
     assert_eq!(w.reservations(0), vec![ip1.clone()]);
+    assert_eq!(
+        w.endpoint_keys(0),
+        keys_before,
+        "a failed ADD left an endpoint"
+    );
 
-    // CHECK: whole, then with the default route gone (101, naming it).
+    // CHECK: whole, then with the address gone (101, naming it); the route case is
+    // check_reports_a_missing_route_and_interface.
     let prev = json!({"prevResult": r1.out});
     let c = cni(&w, 0, &pod1, "CHECK", "1.0.0", prev.clone());
     assert!(c.ok, "{} {}", c.out, c.stderr);
-    pod1.ns.ip("route del default").unwrap();
+    pod1.ns.ip("addr flush dev eth0").unwrap();
     let c = cni(&w, 0, &pod1, "CHECK", "1.0.0", prev.clone());
     assert_eq!(c.code(), 101, "{}", c.out);
-    assert!(
-        c.out["msg"].as_str().unwrap().contains("route"),
-        "{}",
-        c.out
-    );
+    assert!(c.out["msg"].as_str().unwrap().contains(&ip1), "{}", c.out);
 
     // STATUS (1.1.0): ready.
     let st = cni(&w, 0, &pod1, "STATUS", "1.1.0", json!({}));
@@ -530,7 +537,7 @@ fn plugin_alone_every_command_against_the_agent() {
     let pods: Vec<Pod> = (0..3)
         .map(|i| Pod {
             ns: w.lab.netns(&format!("gc{i}")).unwrap(),
-            cid: format!("cnitest-gc{i}"),
+            cid: format!("f{i}a7b8c9-gc"),
         })
         .collect();
     let results: Vec<Value> = pods
@@ -571,6 +578,55 @@ fn plugin_alone_every_command_against_the_agent() {
     );
 }
 
+#[test]
+fn add_onto_an_existing_interface_is_code_100() {
+    let Some(_serial) = begin("add_onto_an_existing_interface_is_code_100", false) else {
+        return;
+    };
+    let mut w = World::new(1, false);
+    let ns = w.lab.netns("pod1").unwrap();
+    let first = Pod {
+        ns: ns.clone(),
+        cid: "a1b2c3d4-first".into(),
+    };
+    let second = Pod {
+        ns,
+        cid: "b2c3d4e5-second".into(),
+    };
+    let r = cni(&w, 0, &first, "ADD", "1.0.0", json!({}));
+    assert!(r.ok, "{} {}", r.out, r.stderr);
+    let clash = cni(&w, 0, &second, "ADD", "1.0.0", json!({}));
+    assert_eq!(clash.code(), 100, "eth0 exists in the pod: {}", clash.out);
+    assert_eq!(w.reservations(0).len(), 1);
+}
+
+#[test]
+fn check_reports_a_missing_route_and_interface() {
+    let Some(_serial) = begin("check_reports_a_missing_route_and_interface", false) else {
+        return;
+    };
+    let mut w = World::new(1, false);
+    let pod = Pod {
+        ns: w.lab.netns("pod1").unwrap(),
+        cid: "a9b8c7d6-check".into(),
+    };
+    let r = cni(&w, 0, &pod, "ADD", "1.0.0", json!({}));
+    assert!(r.ok, "{} {}", r.out, r.stderr);
+    let prev = json!({"prevResult": r.out});
+    pod.ns.ip("route del default").unwrap();
+    let c = cni(&w, 0, &pod, "CHECK", "1.0.0", prev.clone());
+    assert_eq!(c.code(), 101, "a missing default route: {}", c.out);
+    assert!(
+        c.out["msg"].as_str().unwrap().contains("route"),
+        "{}",
+        c.out
+    );
+    pod.ns.ip("link del eth0").unwrap();
+    let c = cni(&w, 0, &pod, "CHECK", "1.0.0", prev);
+    assert_eq!(c.code(), 101, "a missing interface: {}", c.out);
+    assert!(c.out["msg"].as_str().unwrap().contains("eth0"), "{}", c.out);
+}
+
 fn port_of_opt(w: &World, k: usize, mac: &str) -> Option<String> {
     w.status(k)?
         .endpoints
@@ -590,7 +646,7 @@ fn agent_down_add_is_11_and_leaves_nothing_and_status_is_50() {
     let mut w = World::new(1, false);
     let pod = Pod {
         ns: w.lab.netns("pod1").unwrap(),
-        cid: "cnitest-down".into(),
+        cid: "d4e5f6a7-down".into(),
     };
     w.stop_agent(0);
     let r = cni(&w, 0, &pod, "ADD", "1.0.0", json!({}));
@@ -619,7 +675,7 @@ fn host_port_through_the_chained_portmap() {
     let mut w = World::new(2, false);
     let pod = Pod {
         ns: w.lab.netns("web").unwrap(),
-        cid: "cnitest-web".into(),
+        cid: "e5f6a7b8-web".into(),
     };
     let list = w.conflist(0);
     let runtime =
