@@ -266,6 +266,12 @@ impl Containerd {
         &self.namespace
     }
 
+    /// Runs this lab's containers in containerd namespace `ns` from now on (ctr's
+    /// `CNI_CONTAINERID` is `<ns>-<id>`).
+    pub fn set_namespace(&mut self, ns: &str) {
+        self.namespace = ns.to_string();
+    }
+
     /// The `CNI_CONTAINERID` ctr gives container `id`.
     pub fn cni_container_id(&self, id: &str) -> String {
         format!("{}-{id}", self.namespace)

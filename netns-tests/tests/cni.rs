@@ -578,6 +578,29 @@ fn plugin_alone_every_command_against_the_agent() {
     );
 }
 
+/// A pod's first packet to another node's address (nothing sent from there before)
+/// gets its answer. Node 2's reply leaves through its gateway port and needs the pod's
+/// neighbour entry there, asked for with node 2's underlay address as the sender.
+#[test]
+fn pod_reaches_another_node_first() {
+    let Some(_serial) = begin("pod_reaches_another_node_first", false) else {
+        return;
+    };
+    let mut w = World::new(2, false);
+    let pod = Pod {
+        ns: w.lab.netns("pod1").unwrap(),
+        cid: "a1b2c3d4-first".into(),
+    };
+    let r = cni(&w, 0, &pod, "ADD", "1.0.0", json!({}));
+    assert!(r.ok, "{} {}", r.out, r.stderr);
+    let ok = pod.ns.ping(&underlay_ip(2).to_string(), 5, 2);
+    let neigh = w.nodes[1].ns().ip("neigh show").unwrap_or_default();
+    assert!(
+        ok,
+        "pod -> node 2 as the first packet; node 2's neighbours: {neigh}"
+    );
+}
+
 #[test]
 fn add_onto_an_existing_interface_is_code_100() {
     let Some(_serial) = begin("add_onto_an_existing_interface_is_code_100", false) else {
@@ -812,8 +835,10 @@ fn container_ip(c: &Containerd, id: &str) -> String {
     word.split('/').next().unwrap().to_string()
 }
 
+/// Whether a ping from the container gets a reply (three tries: the first may wait for
+/// a neighbour entry on the way).
 fn container_ping(c: &Containerd, id: &str, dst: &str) -> bool {
-    c.exec(id, &["/bin/ping", "-c", "1", "-W", "2", dst])
+    c.exec(id, &["/bin/ping", "-c", "3", "-i", "0.2", "-W", "2", dst])
         .is_ok()
 }
 
@@ -850,11 +875,13 @@ fn containerd_containers_on_two_nodes_reach_each_other_and_leave_nothing() {
     );
     assert!(container_ping(c0, "c0", &ip1), "c0 -> c1");
     assert!(container_ping(c1, "c1", &ip0), "c1 -> c0");
+    // Node 2 first, then back (the other order, a pod's first packet to another node,
+    // is pod_reaches_another_node_first).
+    assert!(w.nodes[1].ns().ping(&ip0, 1, 2), "node 2 -> c0");
     assert!(
         container_ping(c0, "c0", &underlay_ip(2).to_string()),
         "c0 -> node 2"
     );
-    assert!(w.nodes[1].ns().ping(&ip0, 1, 2), "node 2 -> c0");
     let cid0 = c0.cni_container_id("c0");
     assert_eq!(
         w.endpoint_keys(0),
