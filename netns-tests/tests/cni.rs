@@ -926,6 +926,8 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v[i.min(v.len() - 1)]
 }
 
+/// The containers keep ctr's ids (`<namespace>-<id>`, all sharing their first eight
+/// characters), as a runtime gives them; the agent's port names must tell them apart.
 #[test]
 fn containerd_fifty_containers_ten_at_a_time_leak_nothing() {
     let Some(_serial) = begin(
