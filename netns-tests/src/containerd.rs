@@ -10,9 +10,10 @@
 //! private mount namespace the node's own CNI config and plugin directories
 //! ([`Containerd::cni_conf_dir`], [`Containerd::cni_bin_dir`]) are bind-mounted over
 //! `/etc/cni/net.d` and `/opt/cni/bin`, the directories `ctr` reads (plugins are also
-//! found in `/usr/lib/cni`, where Debian's are). Those two directories must exist on the
-//! host as mount points; [`available`] creates them empty when they are missing, and
-//! nothing is ever written into them.
+//! found in `/usr/lib/cni`, where Debian's are), and a lab directory over `/var/lib/cni`
+//! (libcni's result cache). Those directories must exist on the host as mount points;
+//! [`available`] creates them empty when they are missing, and nothing is ever written
+//! into them.
 //!
 //! Each lab's containers live in their own containerd namespace (`weft-<pid>-<n>`; CNI
 //! sees `CNI_CONTAINERID=<namespace>-<id>`) with runc's state in the lab directory.
@@ -33,13 +34,15 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub const CTR_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 /// The first CNI plugin directory `ctr` searches (then `/usr/lib/cni`).
 pub const CTR_CNI_BIN_DIR: &str = "/opt/cni/bin";
+/// libcni's cache of results (and host-local's default data directory below it).
+pub const CNI_STATE_DIR: &str = "/var/lib/cni";
 /// Where Debian's CNI plugins are.
 pub const DEBIAN_CNI_DIR: &str = "/usr/lib/cni";
 
 /// Whether tests can run containers here: privileged (see [`privileged`]), with
 /// containerd, ctr, runc, nsenter, a static busybox and Debian's CNI plugins. Prints why
 /// not (or panics under [`REQUIRE_PRIVILEGED`]). Creates the empty mount points
-/// `/etc/cni/net.d` and `/opt/cni/bin` when missing.
+/// `/etc/cni/net.d`, `/opt/cni/bin` and `/var/lib/cni` when missing.
 pub fn available(test: &str) -> bool {
     if !privileged(test) {
         return false;
@@ -69,7 +72,7 @@ pub fn available(test: &str) -> bool {
         eprintln!("skipping {test}: {why} (scripts/test installs it)");
         return false;
     }
-    for d in [CTR_CNI_CONF_DIR, CTR_CNI_BIN_DIR] {
+    for d in [CTR_CNI_CONF_DIR, CTR_CNI_BIN_DIR, CNI_STATE_DIR] {
         if let Err(e) = std::fs::create_dir_all(d) {
             panic!("{test}: cannot create the mount point {d}: {e}");
         }
@@ -153,7 +156,7 @@ impl Containerd {
     /// it answers (or an error with its log after 20 s).
     pub fn start(lab: &Lab, node: &Ns, label: &str) -> Result<Containerd> {
         let dir = lab.dir().join(label);
-        for d in ["root", "state", "net.d", "bin", "runc", "opt"] {
+        for d in ["root", "state", "net.d", "bin", "runc", "opt", "cni-cache"] {
             std::fs::create_dir_all(dir.join(d))?;
         }
         let rootfs = busybox_rootfs(&dir.join("rootfs"))?;
@@ -295,16 +298,18 @@ impl Containerd {
     }
 
     /// A `ctr -a SOCKET -n NAMESPACE ARGS` in the node namespace, with the node's CNI
-    /// directories mounted where ctr looks.
+    /// directories mounted where ctr looks, and `/var/lib/cni` (libcni's result cache,
+    /// host-local's default data directory) in the lab too.
     pub fn ctr(&self, args: &[&str]) -> Command {
         let mut c = self.node.command("sh");
         c.arg("-c")
             .arg(
                 "mount --bind \"$0\" /etc/cni/net.d && mount --bind \"$1\" /opt/cni/bin && \
-                 shift && exec ctr \"$@\"",
+                 mount --bind \"$2\" /var/lib/cni && shift 2 && exec ctr \"$@\"",
             )
             .arg(self.cni_conf_dir())
             .arg(self.cni_bin_dir())
+            .arg(self.dir.join("cni-cache"))
             .arg("-a")
             .arg(&self.socket)
             .arg("-n")

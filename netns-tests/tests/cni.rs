@@ -157,9 +157,14 @@ impl World {
         nodes[k].node.agent.stop(lab);
     }
 
+    /// Starts a stopped agent again and, once it is ready and has written its conflist
+    /// anew, points host-local into the lab again.
     fn start_agent_again(&mut self, k: usize) {
+        let _ = std::fs::remove_file(self.nodes[k].conf_dir().join("10-weft.conflist"));
         let World { lab, nodes, .. } = self;
         nodes[k].node.agent.start_again(lab).unwrap();
+        self.wait_ready(k);
+        self.adopt_conflist(k);
     }
 
     fn status(&self, k: usize) -> Option<StatusReply> {
@@ -685,9 +690,12 @@ fn agent_down_add_is_11_and_leaves_nothing_and_status_is_50() {
     assert_eq!(st.code(), 50, "{}", st.out);
     // Back up: ADD works again.
     w.start_agent_again(0);
-    w.wait_ready(0);
     let r = cni(&w, 0, &pod, "ADD", "1.0.0", json!({}));
     assert!(r.ok, "{} {}", r.out, r.stderr);
+    assert_eq!(w.reservations(0).len(), 1);
+    let d = cni(&w, 0, &pod, "DEL", "1.0.0", json!({"prevResult": r.out}));
+    assert!(d.ok, "{} {}", d.out, d.stderr);
+    assert!(w.reservations(0).is_empty());
 }
 
 #[test]
@@ -918,6 +926,8 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v[i.min(v.len() - 1)]
 }
 
+/// The containers keep ctr's ids (`<namespace>-<id>`, all sharing their first eight
+/// characters), as a runtime gives them; the agent's port names must tell them apart.
 #[test]
 fn containerd_fifty_containers_ten_at_a_time_leak_nothing() {
     let Some(_serial) = begin(
