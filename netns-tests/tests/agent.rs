@@ -190,7 +190,7 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
     let ul = Underlay::new(&mut lab, 1).unwrap();
     let n1 = ul.node(1).clone();
     let ip = Ipv4Addr::new(198, 18, 0, 1);
-    start_etcd(&mut lab, &n1, ip);
+    let etcd = start_etcd(&mut lab, &n1, ip);
     let mut weftd = Weftd::start(
         &mut lab,
         &n1,
@@ -475,6 +475,41 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
         n1.wait_for_ping(&pod_ip.to_string(), Duration::from_secs(5))
             .is_some(),
         "node → pod after weftd's restart"
+    );
+
+    // etcd unreachable for longer than the lease: forwarding goes on, the status says
+    // so; when it is back the agent registers again (same subnet) and records its
+    // endpoint again on the new lease.
+    const SIGSTOP: i32 = 19;
+    const SIGCONT: i32 = 18;
+    lab.signal(etcd, SIGSTOP).unwrap();
+    let s = agent.wait(&lab, "etcd unreachable", |s| !s.etcd.reachable);
+    assert!(s.etcd.error.is_some(), "{s:?}");
+    assert!(
+        n1.ping(&pod_ip.to_string(), 2, 1),
+        "node → pod while etcd is away"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    lab.signal(etcd, SIGCONT).unwrap();
+    let s = agent.wait(&lab, "etcd back", |s| {
+        s.etcd.reachable && s.ready && s.reason.is_none()
+    });
+    assert_eq!(s.subnet, Some(subnet));
+    let start = Instant::now();
+    while etcdctl(&n1, ip, &["get", key, "--print-value-only"])
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the endpoint was not recorded again:\n{}",
+            agent.log(&lab)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        n1.ping(&pod_ip.to_string(), 1, 1),
+        "node → pod after the outage"
     );
 
     // Detach: port, device, flows and record gone; a second detach succeeds too.
