@@ -784,3 +784,135 @@ fn ten_agents_started_at_once_take_ten_distinct_subnets() {
     );
     assert_eq!(keys.lines().filter(|l| !l.is_empty()).count(), 10, "{keys}");
 }
+
+#[test]
+fn etcd_over_tls_works_and_a_wrong_ca_is_refused() {
+    const T: &str = "etcd_over_tls_works_and_a_wrong_ca_is_refused";
+    if !privileged(T) || !etcd_present(T) {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let ul = Underlay::new(&mut lab, 1).unwrap();
+    let n1 = ul.node(1).clone();
+    let d = lab.dir().join("pki");
+    std::fs::create_dir_all(&d).unwrap();
+    let ssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&d)
+            .output()
+            .expect("openssl (scripts/test installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    for (key, cert, cn) in [
+        ("ca.key", "ca.pem", "weft-test-ca"),
+        ("bad.key", "bad.pem", "other-ca"),
+    ] {
+        ssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
+    }
+    ssl(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "etcd.key", "-out", "etcd.csr", "-subj",
+        "/CN=etcd",
+    ]);
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:198.18.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "etcd.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "etcd.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let p = |f: &str| d.join(f).display().to_string();
+    let mut cmd = n1.command("etcd");
+    cmd.args([
+        "--name",
+        "m1",
+        "--data-dir",
+        &lab.dir().join("etcd").display().to_string(),
+        "--listen-client-urls",
+        "https://198.18.0.1:2379",
+        "--advertise-client-urls",
+        "https://198.18.0.1:2379",
+        "--listen-peer-urls",
+        "http://198.18.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://198.18.0.1:2380",
+        "--initial-cluster",
+        "m1=http://198.18.0.1:2380",
+        "--cert-file",
+        &p("etcd.pem"),
+        "--key-file",
+        &p("etcd.key"),
+        "--trusted-ca-file",
+        &p("ca.pem"),
+        "--client-cert-auth",
+    ]);
+    lab.spawn("etcd", cmd).unwrap();
+    let tls = |a: &mut Agent, ca: &str| {
+        let ep = a.args.iter().position(|x| x == "--etcd-endpoints").unwrap();
+        a.args[ep + 1] = "https://198.18.0.1:2379".into();
+        a.args.extend(
+            [
+                "--etcd-ca",
+                &p(ca),
+                "--etcd-cert",
+                &p("etcd.pem"),
+                "--etcd-key",
+                &p("etcd.key"),
+            ]
+            .map(String::from),
+        );
+    };
+    let none = lab.dir().join("no-weftd.sock");
+    let mut good = Agent::new(&lab, &n1, 1, &none);
+    tls(&mut good, "ca.pem");
+    good.start(&mut lab);
+    let mut bad = Agent::new(&lab, &n1, 2, &none);
+    tls(&mut bad, "bad.pem");
+    bad.start(&mut lab);
+    // The right CA: etcd answers (no config there yet).
+    let s = good.wait(&lab, "etcd over TLS", |s| s.etcd.reachable);
+    assert!(
+        s.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("waiting for the network config")),
+        "{s:?}"
+    );
+    // The wrong CA: refused, and the status says why.
+    let s = bad.wait(&lab, "the wrong CA refused", |s| {
+        s.etcd
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("UnknownIssuer") || e.contains("certificate"))
+    });
+    assert!(!s.etcd.reachable && !s.ready, "{s:?}");
+    assert!(!s.etcd.error.unwrap().contains('\n'));
+}
