@@ -190,7 +190,7 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
     let ul = Underlay::new(&mut lab, 1).unwrap();
     let n1 = ul.node(1).clone();
     let ip = Ipv4Addr::new(198, 18, 0, 1);
-    start_etcd(&mut lab, &n1, ip);
+    let etcd = start_etcd(&mut lab, &n1, ip);
     let mut weftd = Weftd::start(
         &mut lab,
         &n1,
@@ -477,6 +477,41 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
         "node → pod after weftd's restart"
     );
 
+    // etcd unreachable for longer than the lease: forwarding goes on, the status says
+    // so; when it is back the agent registers again (same subnet) and records its
+    // endpoint again on the new lease.
+    const SIGSTOP: i32 = 19;
+    const SIGCONT: i32 = 18;
+    lab.signal(etcd, SIGSTOP).unwrap();
+    let s = agent.wait(&lab, "etcd unreachable", |s| !s.etcd.reachable);
+    assert!(s.etcd.error.is_some(), "{s:?}");
+    assert!(
+        n1.ping(&pod_ip.to_string(), 2, 1),
+        "node → pod while etcd is away"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    lab.signal(etcd, SIGCONT).unwrap();
+    let s = agent.wait(&lab, "etcd back", |s| {
+        s.etcd.reachable && s.ready && s.reason.is_none()
+    });
+    assert_eq!(s.subnet, Some(subnet));
+    let start = Instant::now();
+    while etcdctl(&n1, ip, &["get", key, "--print-value-only"])
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the endpoint was not recorded again:\n{}",
+            agent.log(&lab)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        n1.ping(&pod_ip.to_string(), 1, 1),
+        "node → pod after the outage"
+    );
+
     // Detach: port, device, flows and record gone; a second detach succeeds too.
     let detach = ap::Request::Detach(ap::Detach {
         attachment: attach.attachment.clone(),
@@ -748,4 +783,136 @@ fn ten_agents_started_at_once_take_ten_distinct_subnets() {
         &["get", "--prefix", "/weft/v1/subnets/", "--keys-only"],
     );
     assert_eq!(keys.lines().filter(|l| !l.is_empty()).count(), 10, "{keys}");
+}
+
+#[test]
+fn etcd_over_tls_works_and_a_wrong_ca_is_refused() {
+    const T: &str = "etcd_over_tls_works_and_a_wrong_ca_is_refused";
+    if !privileged(T) || !etcd_present(T) {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let ul = Underlay::new(&mut lab, 1).unwrap();
+    let n1 = ul.node(1).clone();
+    let d = lab.dir().join("pki");
+    std::fs::create_dir_all(&d).unwrap();
+    let ssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&d)
+            .output()
+            .expect("openssl (scripts/test installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    for (key, cert, cn) in [
+        ("ca.key", "ca.pem", "weft-test-ca"),
+        ("bad.key", "bad.pem", "other-ca"),
+    ] {
+        ssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
+    }
+    ssl(&[
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "etcd.key", "-out", "etcd.csr", "-subj",
+        "/CN=etcd",
+    ]);
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:198.18.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "etcd.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "etcd.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let p = |f: &str| d.join(f).display().to_string();
+    let mut cmd = n1.command("etcd");
+    cmd.args([
+        "--name",
+        "m1",
+        "--data-dir",
+        &lab.dir().join("etcd").display().to_string(),
+        "--listen-client-urls",
+        "https://198.18.0.1:2379",
+        "--advertise-client-urls",
+        "https://198.18.0.1:2379",
+        "--listen-peer-urls",
+        "http://198.18.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://198.18.0.1:2380",
+        "--initial-cluster",
+        "m1=http://198.18.0.1:2380",
+        "--cert-file",
+        &p("etcd.pem"),
+        "--key-file",
+        &p("etcd.key"),
+        "--trusted-ca-file",
+        &p("ca.pem"),
+        "--client-cert-auth",
+    ]);
+    lab.spawn("etcd", cmd).unwrap();
+    let tls = |a: &mut Agent, ca: &str| {
+        let ep = a.args.iter().position(|x| x == "--etcd-endpoints").unwrap();
+        a.args[ep + 1] = "https://198.18.0.1:2379".into();
+        a.args.extend(
+            [
+                "--etcd-ca",
+                &p(ca),
+                "--etcd-cert",
+                &p("etcd.pem"),
+                "--etcd-key",
+                &p("etcd.key"),
+            ]
+            .map(String::from),
+        );
+    };
+    let none = lab.dir().join("no-weftd.sock");
+    let mut good = Agent::new(&lab, &n1, 1, &none);
+    tls(&mut good, "ca.pem");
+    good.start(&mut lab);
+    let mut bad = Agent::new(&lab, &n1, 2, &none);
+    tls(&mut bad, "bad.pem");
+    bad.start(&mut lab);
+    // The right CA: etcd answers (no config there yet).
+    let s = good.wait(&lab, "etcd over TLS", |s| s.etcd.reachable);
+    assert!(
+        s.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("waiting for the network config")),
+        "{s:?}"
+    );
+    // The wrong CA: refused, and the status says why.
+    let s = bad.wait(&lab, "the wrong CA refused", |s| {
+        s.etcd
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("UnknownIssuer") || e.contains("certificate"))
+    });
+    assert!(!s.etcd.reachable && !s.ready, "{s:?}");
+    assert!(!s.etcd.error.unwrap().contains('\n'));
 }
