@@ -5,4 +5,6 @@
 //! measure: Weft, the kernel's VXLAN, Open vSwitch's userspace datapath and a plain veth,
 //! and runs the load generator (`weft-loadgen`), `iperf3` and `ping` across them.
 
+pub mod flowgen;
+pub mod flowtable;
 pub mod netns;

@@ -16,6 +16,21 @@
 //! `--timeout`. Both print one JSON line on stdout; the receiver prints `listening`
 //! on stderr once its socket is bound. The receiver's duration runs from the first to
 //! the last datagram that arrived.
+//!
+//! ```text
+//! weft-loadgen gaps --listen 198.19.2.11:9000 --run-id 7 [--timeout S]
+//! weft-loadgen stream --to 198.19.2.11:9000 --run-id 7 [--interval-us 1000] [--timeout S]
+//! ```
+//!
+//! `stream` sends one small datagram (the same format, `--size` 64 by default) every
+//! `--interval-us` on a fixed schedule (never catching up in a burst after a stall) until
+//! SIGTERM, SIGINT or `--timeout`; `gaps` receives until SIGTERM, SIGINT or `--timeout`
+//! and records the largest time between two arrivals: what a steady stream sees while
+//! the switch does something else (a bundle commit, a dump). Both print one JSON line:
+//! the sender `sent` and its own largest gap between two sends (`max_send_gap_us`, so a
+//! stalled sender is not blamed on the switch), the receiver `received`, `max_gap_us`,
+//! the sequence number after the largest gap, `gaps_over_10ms`, `duplicates` and
+//! `out_of_order`.
 
 use std::io::Write;
 use std::mem::{size_of, zeroed};
@@ -30,7 +45,9 @@ const MAX_SIZE: usize = 42 + 65_000;
 fn usage() -> ! {
     eprintln!(
         "usage: weft-loadgen send --to IP:PORT --size N --count N --run-id N [--batch 64] [--timeout S]\n\
-         \x20      weft-loadgen recv --listen IP:PORT --size N --count N --run-id N [--idle-ms 500] [--timeout S]"
+         \x20      weft-loadgen recv --listen IP:PORT --size N --count N --run-id N [--idle-ms 500] [--timeout S]\n\
+         \x20      weft-loadgen stream --to IP:PORT --run-id N [--interval-us 1000] [--timeout S]\n\
+         \x20      weft-loadgen gaps --listen IP:PORT --run-id N [--timeout S]"
     );
     std::process::exit(2)
 }
@@ -43,6 +60,7 @@ struct Opts {
     batch: usize,
     timeout: Duration,
     idle: Duration,
+    interval: Duration,
 }
 
 fn parse(args: &[String], addr_flag: &str) -> Opts {
@@ -55,6 +73,7 @@ fn parse(args: &[String], addr_flag: &str) -> Opts {
         batch: 64,
         timeout: Duration::from_secs(60),
         idle: Duration::from_millis(500),
+        interval: Duration::from_millis(1),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -68,6 +87,7 @@ fn parse(args: &[String], addr_flag: &str) -> Opts {
             "--batch" => o.batch = (num() as usize).clamp(1, 1024),
             "--timeout" => o.timeout = Duration::from_secs(num()),
             "--idle-ms" => o.idle = Duration::from_millis(num()),
+            "--interval-us" => o.interval = Duration::from_micros(num().max(10)),
             _ => usage(),
         }
     }
@@ -323,11 +343,168 @@ fn recv(o: &Opts) {
     );
 }
 
+/// SIGTERM and SIGINT set the flag that `stream` and `gaps` stop on.
+fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for s in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if signal_hook::flag::register(s, stop.clone()).is_err() {
+            err("signal handler");
+        }
+    }
+    stop
+}
+
+fn stream(o: &Opts) {
+    let stop = stop_flag();
+    let sock = udp_socket();
+    let fd = sock.as_raw_fd();
+    let sa = sockaddr(o.addr);
+    // SAFETY: sa is a valid sockaddr_in for the duration of the call.
+    if unsafe {
+        libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    } < 0
+    {
+        err("connect");
+    }
+    let mut buf = vec![0u8; o.size - 42];
+    let start = Instant::now();
+    let mut next = start;
+    let mut last: Option<Instant> = None;
+    let (mut seq, mut errors, mut max_gap) = (0u64, 0u64, Duration::ZERO);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < o.timeout {
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep(next - now);
+            continue;
+        }
+        fill(&mut buf, o.run_id, seq);
+        // SAFETY: buf outlives the call and its length is passed.
+        let r = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), 0) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // A full queue or an ICMP error: counted as sent (and lost).
+            errors += 1;
+        }
+        let sent_at = Instant::now();
+        if let Some(l) = last {
+            max_gap = max_gap.max(sent_at - l);
+        }
+        last = Some(sent_at);
+        seq += 1;
+        // The next slot on the schedule, or one interval from now after a stall.
+        next = (next + o.interval).max(sent_at);
+    }
+    println!(
+        "{{\"sent\":{seq},\"errors\":{errors},\"max_send_gap_us\":{},\"duration_ns\":{}}}",
+        max_gap.as_micros(),
+        start.elapsed().as_nanos()
+    );
+}
+
+fn gaps(o: &Opts) {
+    let stop = stop_flag();
+    let sock = udp_socket();
+    let fd = sock.as_raw_fd();
+    set_buffers(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
+    let sa = sockaddr(o.addr);
+    // SAFETY: sa is a valid sockaddr_in for the duration of the call.
+    if unsafe {
+        libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    } < 0
+    {
+        err("bind");
+    }
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 20_000,
+    };
+    // SAFETY: tv lives across the call and its size is passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+    eprintln!("listening on {}", o.addr);
+    let _ = std::io::stderr().flush();
+    let mut buf = vec![0u8; 2048];
+    let started = Instant::now();
+    let mut last: Option<Instant> = None;
+    let (mut received, mut dups, mut ooo, mut wrong, mut over10) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut max_gap, mut gap_seq, mut high) = (Duration::ZERO, 0u64, None::<u64>);
+    // Sequence numbers seen, one bit each (a stream of at most --timeout seconds).
+    let mut seen: Vec<u64> = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < o.timeout {
+        // SAFETY: buf outlives the call and its length is passed.
+        let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if r < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
+                _ => err("recv"),
+            }
+        }
+        let now = Instant::now();
+        if (r as usize) < HEADER || u64::from_be_bytes(buf[..8].try_into().unwrap()) != o.run_id {
+            wrong += 1;
+            continue;
+        }
+        let seq = u64::from_be_bytes(buf[8..16].try_into().unwrap());
+        if seq >= 1 << 28 {
+            wrong += 1;
+            continue;
+        }
+        let (w, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if seen.len() <= w {
+            seen.resize(w + 1024, 0);
+        }
+        if seen[w] & bit != 0 {
+            dups += 1;
+            continue;
+        }
+        seen[w] |= bit;
+        received += 1;
+        if high.is_some_and(|h| seq < h) {
+            ooo += 1;
+        }
+        high = Some(high.map_or(seq, |h| h.max(seq)));
+        if let Some(l) = last {
+            let g = now - l;
+            if g > Duration::from_millis(10) {
+                over10 += 1;
+            }
+            if g > max_gap {
+                max_gap = g;
+                gap_seq = seq;
+            }
+        }
+        last = Some(now);
+    }
+    println!(
+        "{{\"received\":{received},\"highest\":{},\"max_gap_us\":{},\"gap_at_seq\":{gap_seq},\
+         \"gaps_over_10ms\":{over10},\"duplicates\":{dups},\"out_of_order\":{ooo},\
+         \"wrong_run\":{wrong}}}",
+        high.map_or(-1, |h| h as i64),
+        max_gap.as_micros()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("send") => send(&parse(&args[1..], "--to")),
         Some("recv") => recv(&parse(&args[1..], "--listen")),
+        Some("stream") => stream(&parse(&args[1..], "--to")),
+        Some("gaps") => gaps(&parse(&args[1..], "--listen")),
         _ => usage(),
     }
 }
