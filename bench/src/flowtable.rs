@@ -93,6 +93,9 @@ pub struct Gap {
     pub during: String,
     /// The largest time between two arrivals, over the runs, in milliseconds.
     pub max_gap_ms: f64,
+    /// The largest one-way delay (kernel receive time - send time), milliseconds: what
+    /// the switch held a datagram.
+    pub max_delay_ms: f64,
     /// The largest gap between two sends (the sender's own stalls), milliseconds.
     pub max_send_gap_ms: f64,
     /// Datagrams sent and received, over the runs.
@@ -101,6 +104,8 @@ pub struct Gap {
     pub received: u64,
     /// Gaps over 10 ms, over the runs.
     pub over_10ms: u64,
+    /// Delays over 10 ms, over the runs.
+    pub delays_over_10ms: u64,
     /// Runs.
     pub runs: u32,
 }
@@ -164,24 +169,32 @@ pub fn text(title: &[String], rows: &[Row], gaps: &[Gap], notes: &[String]) -> S
         let _ = writeln!(t);
         let _ = writeln!(
             t,
-            "{:<52} {:>11} {:>13} {:>13} {:>11}",
-            "forwarding gap on Weft, pod to pod, 1 datagram/ms",
-            "largest",
+            "{:<52} {:>11} {:>11} {:>13} {:>9} {:>11}",
+            "Weft, pod to pod, 1 datagram/ms, while:",
+            "arrival gap",
+            "delay",
             "lost/sent",
-            "gaps > 10ms",
-            "sender's"
+            "> 10 ms",
+            "send gap"
         );
         for g in gaps {
             let _ = writeln!(
                 t,
-                "{:<52} {:>8.1} ms {:>13} {:>13} {:>8.1} ms",
+                "{:<52} {:>8.1} ms {:>8.1} ms {:>13} {:>9} {:>8.1} ms",
                 format!("{} ({} runs)", g.during, g.runs),
                 g.max_gap_ms,
+                g.max_delay_ms,
                 format!("{}/{}", g.lost(), g.sent),
-                g.over_10ms,
+                format!("{}/{}", g.over_10ms, g.delays_over_10ms),
                 g.max_send_gap_ms
             );
         }
+        let _ = writeln!(
+            t,
+            "(largest of the runs; arrival gap: between two kernel receive timestamps; delay: \
+             one way, send to kernel receive, what the switch held a datagram; > 10 ms: arrival \
+             gaps/delays over 10 ms; send gap: the sender's own largest, its scheduling)"
+        );
     }
     if !notes.is_empty() {
         let _ = writeln!(t);
@@ -232,19 +245,22 @@ pub fn csv(rows: &[Row], gaps: &[Gap]) -> String {
     }
     if !gaps.is_empty() {
         c.push_str(
-            "\ngap_during,max_gap_ms,max_send_gap_ms,sent,received,lost,gaps_over_10ms,runs\n",
+            "\ngap_during,max_gap_ms,max_delay_ms,max_send_gap_ms,sent,received,lost,\
+             gaps_over_10ms,delays_over_10ms,runs\n",
         );
         for g in gaps {
             let _ = writeln!(
                 c,
-                "\"{}\",{:.3},{:.3},{},{},{},{},{}",
+                "\"{}\",{:.3},{:.3},{:.3},{},{},{},{},{},{}",
                 g.during,
                 g.max_gap_ms,
+                g.max_delay_ms,
                 g.max_send_gap_ms,
                 g.sent,
                 g.received,
                 g.lost(),
                 g.over_10ms,
+                g.delays_over_10ms,
                 g.runs
             );
         }
@@ -290,10 +306,12 @@ mod tests {
         let gaps = [Gap {
             during: "add-flows 1M".into(),
             max_gap_ms: 4.25,
+            max_delay_ms: 12.5,
             max_send_gap_ms: 1.5,
             sent: 3000,
             received: 2998,
             over_10ms: 0,
+            delays_over_10ms: 1,
             runs: 3,
         }];
         let t = text(&["title".into()], &rows, &gaps, &["note: n".into()]);
@@ -307,7 +325,15 @@ mod tests {
             "{line}"
         );
         assert!(t.contains("3.00 ms"), "{t}");
-        assert!(t.contains("2/3000") && t.contains("4.2 ms"), "{t}");
+        let g = t
+            .lines()
+            .find(|l| l.starts_with("add-flows 1M (3 runs)"))
+            .unwrap();
+        assert!(
+            g.contains("2/3000") && g.contains("4.2 ms") && g.contains("12.5 ms"),
+            "{g}"
+        );
+        assert!(g.contains(" 0/1 ") && g.ends_with("1.5 ms"), "{g}");
         assert!(t.ends_with("note: n\n"));
         let c = csv(&rows, &gaps);
         let l: Vec<&str> = c.lines().collect();
@@ -317,7 +343,7 @@ mod tests {
              0.500000;0.700000;0.600000,2.000000;2.400000;2.200000"
         );
         assert!(
-            c.contains("\"add-flows 1M\",4.250,1.500,3000,2998,2,0,3"),
+            c.contains("\"add-flows 1M\",4.250,12.500,1.500,3000,2998,2,0,1,3"),
             "{c}"
         );
     }

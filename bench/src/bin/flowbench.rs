@@ -401,7 +401,9 @@ fn ovs_side(lab: &mut Lab) -> Result<OvsSide> {
 /// Flows in the switch's dump (lines with `actions=`).
 fn count_flows(sw: &dyn Switch, limit: Duration) -> Result<usize> {
     let mut c = sw.dump_flows();
-    c.stdout(Stdio::piped()).stderr(Stdio::null());
+    let errfile = tempfile_path("count-stderr");
+    let err = std::fs::File::create(&errfile).map_err(|e| format!("{}: {e}", errfile.display()))?;
+    c.stdout(Stdio::piped()).stderr(err);
     let mut child = c.spawn().map_err(|e| format!("dump-flows: {e}"))?;
     let out = child.stdout.take().expect("piped");
     let start = Instant::now();
@@ -417,10 +419,36 @@ fn count_flows(sw: &dyn Switch, limit: Duration) -> Result<usize> {
         }
     }
     let status = child.wait().map_err(|e| e.to_string())?;
+    let stderr = std::fs::read_to_string(&errfile).unwrap_or_default();
+    let _ = std::fs::remove_file(&errfile);
     if !status.success() {
-        return Err(format!("{} dump-flows: {status}", sw.name()));
+        return Err(format!(
+            "{} dump-flows (after {n} flows): {status}: {}",
+            sw.name(),
+            stderr.trim()
+        ));
     }
     Ok(n)
+}
+
+/// Checks the flow count; a wrong count or a failed dump is counted as a failure of
+/// `row` and noted (the benchmark goes on).
+fn check_count(
+    sw: &dyn Switch,
+    want: usize,
+    after: &str,
+    limit: Duration,
+    row: &mut Row,
+    notes: &mut Vec<String>,
+) {
+    match expect_count(sw, want, after, limit) {
+        Ok(()) => eprintln!("  {} after {after}: {want} flows, as expected", sw.name()),
+        Err(e) => {
+            eprintln!("  CHECK FAILED: {e}");
+            row.failures += 1;
+            notes.push(format!("check failed: {e}"));
+        }
+    }
 }
 
 fn expect_count(sw: &dyn Switch, want: usize, after: &str, limit: Duration) -> Result<()> {
@@ -486,7 +514,7 @@ fn start_stream(lab: &mut Lab, side: &WeftSide, loadgen: &Path, run: u64) -> Res
     }
     let mut s = a.command(&tool);
     s.args(["stream", "--to", &to, "--run-id", &run.to_string()])
-        .args(["--interval-us", "1000", "--timeout", "1200"]);
+        .args(["--interval-us", "1000", "--size", "80", "--timeout", "1200"]);
     let send = lab.spawn(&labels.1, s).map_err(lab_err)?;
     // Let it settle (and the first datagrams through).
     std::thread::sleep(Duration::from_millis(300));
@@ -515,6 +543,8 @@ fn finish_stream(lab: &mut Lab, s: Stream, gap: &mut Gap) -> Result<()> {
     gap.sent += n(&sent, "sent");
     gap.received += n(&got, "received");
     gap.over_10ms += n(&got, "gaps_over_10ms");
+    gap.delays_over_10ms += n(&got, "delays_over_10ms");
+    gap.max_delay_ms = gap.max_delay_ms.max(n(&got, "max_delay_us") as f64 / 1e3);
     gap.max_gap_ms = gap.max_gap_ms.max(n(&got, "max_gap_us") as f64 / 1e3);
     gap.max_send_gap_ms = gap
         .max_send_gap_ms
@@ -583,11 +613,7 @@ impl Bench {
     }
 
     fn sides(&self) -> Vec<&dyn Switch> {
-        let mut v: Vec<&dyn Switch> = vec![&self.weft];
-        if let Some(o) = &self.ovs {
-            v.push(o);
-        }
-        v
+        sides(&self.weft, &self.ovs)
     }
 
     fn t(&self, c: Command) -> Result<Duration> {
@@ -630,9 +656,10 @@ impl Bench {
                 if let Some(s) = stream {
                     finish_stream(&mut self.lab, s, &mut g)?;
                 }
-                let sw = self.sides()[side];
+                let sw = sides(&self.weft, &self.ovs)[side];
                 if ok && round == 0 {
-                    expect_count(sw, n, &format!("add-flows {}", k(n)), self.o.timeout)?;
+                    let what = format!("add-flows {}", k(n));
+                    check_count(sw, n, &what, self.o.timeout, &mut row, &mut self.notes);
                 }
             }
         }
@@ -685,28 +712,62 @@ impl Bench {
     }
 
     /// replace-flows, each round to the other of the two files (1% of the actions differ).
-    fn replace_case(&mut self, n: usize, files: [&Path; 2], target: Target) -> Result<()> {
+    fn replace_case(
+        &mut self,
+        n: usize,
+        files: [&Path; 2],
+        target: Target,
+        gap: bool,
+    ) -> Result<()> {
         let mut row = Row::new(
             &format!("replace_{}", k(n)),
             &format!("replace-flows {} (1% changed)", k(n)),
             target,
         );
+        let mut g = Gap {
+            during: format!("weftctl replace-flows {} (1% changed)", k(n)),
+            ..Gap::default()
+        };
         for round in 0..self.o.rounds {
             let file = files[(round as usize + 1) % 2];
             for side in 0..self.sides().len() {
                 self.check()?;
+                let name = self.sides()[side].name();
+                let stream = if gap && name == "weft" {
+                    self.run += 1;
+                    Some(start_stream(
+                        &mut self.lab,
+                        &self.weft,
+                        &self.loadgen,
+                        self.run,
+                    )?)
+                } else {
+                    None
+                };
                 let sw = self.sides()[side];
-                let name = sw.name();
                 let r = self.t(sw.replace_flows(file));
                 let ok = r.is_ok();
                 record(&mut row, name, r, &mut self.notes);
-                let sw = self.sides()[side];
+                if let Some(s) = stream {
+                    finish_stream(&mut self.lab, s, &mut g)?;
+                }
+                let sw = sides(&self.weft, &self.ovs)[side];
                 if ok && round == 0 {
-                    expect_count(sw, n, "replace-flows", self.o.timeout)?;
+                    check_count(
+                        sw,
+                        n,
+                        "replace-flows",
+                        self.o.timeout,
+                        &mut row,
+                        &mut self.notes,
+                    );
                 }
             }
         }
         self.rows.push(row);
+        if gap {
+            self.gaps.push(g);
+        }
         Ok(())
     }
 
@@ -738,8 +799,10 @@ impl Bench {
                 self.t(del)?;
             }
         }
-        for sw in self.sides() {
-            expect_count(sw, n, "one add-flow and its del-flows", self.o.timeout)?;
+        for side in 0..self.sides().len() {
+            let sw = sides(&self.weft, &self.ovs)[side];
+            let what = "one add-flow and its del-flows";
+            check_count(sw, n, what, self.o.timeout, &mut row, &mut self.notes);
         }
         self.rows.push(row);
         Ok(())
@@ -824,6 +887,15 @@ impl Bench {
     }
 }
 
+/// The switches under test, Weft first.
+fn sides<'a>(weft: &'a WeftSide, ovs: &'a Option<OvsSide>) -> Vec<&'a dyn Switch> {
+    let mut v: Vec<&dyn Switch> = vec![weft];
+    if let Some(o) = ovs {
+        v.push(o);
+    }
+    v
+}
+
 /// The match of a flow (everything before ` actions=`), for `del-flows --strict`.
 fn flow_match(flow: &str) -> String {
     flow.split_once(" actions=")
@@ -846,7 +918,12 @@ fn run(b: &mut Bench, files: &Files) -> Result<()> {
     }
     b.one_flow_case(small)?;
     b.dump_case(small, Target::Ratio(1.0), false)?;
-    b.replace_case(small, [&files.small[0], &files.small[1]], Target::None)?;
+    b.replace_case(
+        small,
+        [&files.small[0], &files.small[1]],
+        Target::None,
+        false,
+    )?;
     b.check()?;
     let rss0 = rss_mib(weftd_pid(b.weft.daemon.node()));
     b.add_case(large, &files.large[0], Target::Works, true)?;
@@ -857,7 +934,12 @@ fn run(b: &mut Bench, files: &Files) -> Result<()> {
         k(large)
     ));
     b.dump_case(large, Target::Works, true)?;
-    b.replace_case(large, [&files.large[0], &files.large[1]], Target::Works)?;
+    b.replace_case(
+        large,
+        [&files.large[0], &files.large[1]],
+        Target::Works,
+        true,
+    )?;
     let rss2 = rss_mib(weftd_pid(b.weft.daemon.node()));
     b.notes.push(format!(
         "weftd VmRSS after replace-flows {}: {rss2:.0} MiB",

@@ -26,10 +26,14 @@
 //! `--interval-us` on a fixed schedule (never catching up in a burst after a stall) until
 //! SIGTERM, SIGINT or `--timeout`; `gaps` receives until SIGTERM, SIGINT or `--timeout`
 //! and records the largest time between two arrivals: what a steady stream sees while
-//! the switch does something else (a bundle commit, a dump). Both print one JSON line:
-//! the sender `sent` and its own largest gap between two sends (`max_send_gap_us`, so a
-//! stalled sender is not blamed on the switch), the receiver `received`, `max_gap_us`,
-//! the sequence number after the largest gap, `gaps_over_10ms`, `duplicates` and
+//! the switch does something else (a bundle commit, a dump). Each datagram carries its
+//! send time (CLOCK_REALTIME; `--size` at least 66), and arrivals are the kernel's
+//! receive timestamps (SO_TIMESTAMPNS), so the largest one-way delay is what the switch
+//! held a datagram, whatever the two processes' own scheduling. Both print one JSON
+//! line: the sender `sent` and its own largest gap between two sends
+//! (`max_send_gap_us`: a stalled sender makes an arrival gap that is not the switch's),
+//! the receiver `received`, `max_gap_us`, `gaps_over_10ms`, `max_delay_us`,
+//! `delays_over_10ms`, the sequence numbers where the largest were, `duplicates` and
 //! `out_of_order`.
 
 use std::io::Write;
@@ -354,7 +358,23 @@ fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     stop
 }
 
+/// CLOCK_REALTIME in nanoseconds (what SO_TIMESTAMPNS reports).
+fn realtime_ns() -> u64 {
+    // SAFETY: ts is plain old data written by the call.
+    let mut ts: libc::timespec = unsafe { zeroed() };
+    // SAFETY: a valid clock id and a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn stream(o: &Opts) {
+    if o.size < 42 + HEADER + 8 {
+        eprintln!(
+            "stream: --size must be at least {} (the send time is carried)",
+            42 + HEADER + 8
+        );
+        std::process::exit(2);
+    }
     let stop = stop_flag();
     let sock = udp_socket();
     let fd = sock.as_raw_fd();
@@ -382,6 +402,8 @@ fn stream(o: &Opts) {
             continue;
         }
         fill(&mut buf, o.run_id, seq);
+        // The send time (CLOCK_REALTIME, as the receiver's kernel timestamps).
+        buf[HEADER..HEADER + 8].copy_from_slice(&realtime_ns().to_be_bytes());
         // SAFETY: buf outlives the call and its length is passed.
         let r = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), 0) };
         if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
@@ -437,24 +459,55 @@ fn gaps(o: &Opts) {
     }
     eprintln!("listening on {}", o.addr);
     let _ = std::io::stderr().flush();
+    if !set_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1) {
+        err("SO_TIMESTAMPNS");
+    }
     let mut buf = vec![0u8; 2048];
+    // Room for one SCM_TIMESTAMPNS control message (a timespec), 8-byte aligned.
+    let mut control = [0u64; 16];
     let started = Instant::now();
-    let mut last: Option<Instant> = None;
+    let mut last: Option<u64> = None;
     let (mut received, mut dups, mut ooo, mut wrong, mut over10) = (0u64, 0u64, 0u64, 0u64, 0u64);
-    let (mut max_gap, mut gap_seq, mut high) = (Duration::ZERO, 0u64, None::<u64>);
+    let (mut max_gap, mut gap_seq, mut high) = (0u64, 0u64, None::<u64>);
+    let (mut max_delay, mut delay_seq, mut delay_over10) = (0u64, 0u64, 0u64);
     // Sequence numbers seen, one bit each (a stream of at most --timeout seconds).
     let mut seen: Vec<u64> = Vec::new();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < o.timeout {
-        // SAFETY: buf outlives the call and its length is passed.
-        let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain old data; all-zero is a valid value.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of::<[u64; 16]>() as _;
+        // SAFETY: msg points at iov, buf and control, which outlive the call.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, 0) };
         if r < 0 {
             match std::io::Error::last_os_error().raw_os_error() {
                 Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
-                _ => err("recv"),
+                _ => err("recvmsg"),
             }
         }
-        let now = Instant::now();
-        if (r as usize) < HEADER || u64::from_be_bytes(buf[..8].try_into().unwrap()) != o.run_id {
+        // The kernel's receive time: when the switch handed the datagram over, not
+        // when this process got to run.
+        let mut now = None;
+        // SAFETY: the CMSG macros walk the control buffer the kernel filled in.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    now = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        let now = now.unwrap_or_else(realtime_ns);
+        let r = r as usize;
+        if r < HEADER + 8 || u64::from_be_bytes(buf[..8].try_into().unwrap()) != o.run_id {
             wrong += 1;
             continue;
         }
@@ -477,9 +530,18 @@ fn gaps(o: &Opts) {
             ooo += 1;
         }
         high = Some(high.map_or(seq, |h| h.max(seq)));
+        let sent_at = u64::from_be_bytes(buf[HEADER..HEADER + 8].try_into().unwrap());
+        let delay = now.saturating_sub(sent_at);
+        if delay > 10_000_000 {
+            delay_over10 += 1;
+        }
+        if delay > max_delay {
+            max_delay = delay;
+            delay_seq = seq;
+        }
         if let Some(l) = last {
-            let g = now - l;
-            if g > Duration::from_millis(10) {
+            let g = now.saturating_sub(l);
+            if g > 10_000_000 {
                 over10 += 1;
             }
             if g > max_gap {
@@ -487,14 +549,16 @@ fn gaps(o: &Opts) {
                 gap_seq = seq;
             }
         }
-        last = Some(now);
+        last = Some(last.map_or(now, |l| l.max(now)));
     }
     println!(
         "{{\"received\":{received},\"highest\":{},\"max_gap_us\":{},\"gap_at_seq\":{gap_seq},\
-         \"gaps_over_10ms\":{over10},\"duplicates\":{dups},\"out_of_order\":{ooo},\
+         \"gaps_over_10ms\":{over10},\"max_delay_us\":{},\"delay_at_seq\":{delay_seq},\
+         \"delays_over_10ms\":{delay_over10},\"duplicates\":{dups},\"out_of_order\":{ooo},\
          \"wrong_run\":{wrong}}}",
         high.map_or(-1, |h| h as i64),
-        max_gap.as_micros()
+        max_gap / 1000,
+        max_delay / 1000
     );
 }
 
