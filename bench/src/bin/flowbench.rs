@@ -5,7 +5,7 @@
 //! ```text
 //! cargo build --release -p bench -p weftd -p weftctl -p netns-tests --bins
 //! sudo target/release/flowbench [--rounds 3] [--small 100000] [--large 1000000]
-//!     [--seed 1] [--out target/weft-flowbench] [--timeout 900] [--quick]
+//!     [--seed 1] [--out target/weft-flowbench] [--timeout 900] [--quick] [--rt]
 //! ```
 //!
 //! Two switches in namespaces of one lab (removed at the end, also on failure or
@@ -33,7 +33,10 @@
 //! arrivals and the losses. The flow counts are checked after every add and replace
 //! (`dump-flows`, lines with `actions=`), and weftd's VmRSS is noted. `table.txt` and
 //! `results.csv` go to the output directory. `--quick` (1 round, 2,000 and 20,000
-//! flows) checks the whole harness in a minute.
+//! flows) checks the whole harness in a minute. `--rt` runs weftd's worker threads and
+//! the stream's sender and receiver `SCHED_FIFO` (priority 10), so that what other
+//! processes on a loaded machine do to their scheduling drops out of the gaps: a gap
+//! left with `--rt` is the switch's own.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -63,12 +66,13 @@ struct Opts {
     out: PathBuf,
     timeout: Duration,
     quick: bool,
+    rt: bool,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
         "{msg}\nusage: flowbench [--rounds N] [--small N] [--large N] [--seed N] [--out DIR] \
-         [--timeout SECS] [--quick]"
+         [--timeout SECS] [--quick] [--rt]"
     );
     std::process::exit(2)
 }
@@ -85,6 +89,7 @@ fn parse_args(exe_dir: &Path) -> Opts {
             .unwrap_or_else(|| PathBuf::from("weft-flowbench")),
         timeout: Duration::from_secs(900),
         quick: false,
+        rt: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -105,6 +110,7 @@ fn parse_args(exe_dir: &Path) -> Opts {
             "--seed" => o.seed = num("--seed"),
             "--timeout" => o.timeout = Duration::from_secs(num("--timeout")),
             "--out" => o.out = PathBuf::from(val()),
+            "--rt" => o.rt = true,
             "--quick" => {
                 o.quick = true;
                 o.rounds = 1;
@@ -496,12 +502,55 @@ struct Stream {
     labels: (String, String),
 }
 
-fn start_stream(lab: &mut Lab, side: &WeftSide, loadgen: &Path, run: u64) -> Result<Stream> {
+/// `tool` in `ns`, under `chrt -f 10` when `rt`.
+fn rt_command(ns: &Ns, tool: &str, rt: bool) -> Command {
+    if rt {
+        let mut c = ns.command("chrt");
+        c.args(["-f", "10", tool]);
+        c
+    } else {
+        ns.command(tool)
+    }
+}
+
+/// Makes weftd's worker threads SCHED_FIFO 10 (`--rt`).
+fn rt_workers(ns: &Ns) -> Result<()> {
+    let pid = weftd_pid(ns).ok_or("no weftd to make real-time")?;
+    let mut n = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())? {
+        let t = t.map_err(|e| e.to_string())?.file_name();
+        let tid = t.to_string_lossy();
+        let comm =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+        if comm.starts_with("weft-worker") {
+            let ok = Command::new("chrt")
+                .args(["-f", "-p", "10", &tid])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(format!("chrt -f -p 10 {tid} failed"));
+            }
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Err("no weft-worker thread found".into());
+    }
+    Ok(())
+}
+
+fn start_stream(
+    lab: &mut Lab,
+    side: &WeftSide,
+    loadgen: &Path,
+    run: u64,
+    rt: bool,
+) -> Result<Stream> {
     let (a, b) = side.pods();
     let to = format!("{}:{STREAM_PORT}", POD_B.ip);
     let tool = loadgen.display().to_string();
     let labels = (format!("gaps-{run}"), format!("stream-{run}"));
-    let mut r = b.command(&tool);
+    let mut r = rt_command(b, &tool, rt);
     r.args(["gaps", "--listen", &to, "--run-id", &run.to_string()])
         .args(["--timeout", "1200"]);
     let recv = lab.spawn(&labels.0, r).map_err(lab_err)?;
@@ -512,7 +561,7 @@ fn start_stream(lab: &mut Lab, side: &WeftSide, loadgen: &Path, run: u64) -> Res
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut s = a.command(&tool);
+    let mut s = rt_command(a, &tool, rt);
     s.args(["stream", "--to", &to, "--run-id", &run.to_string()])
         .args(["--interval-us", "1000", "--size", "80", "--timeout", "1200"]);
     let send = lab.spawn(&labels.1, s).map_err(lab_err)?;
@@ -645,6 +694,7 @@ impl Bench {
                         &self.weft,
                         &self.loadgen,
                         self.run,
+                        self.o.rt,
                     )?)
                 } else {
                     None
@@ -692,6 +742,7 @@ impl Bench {
                         &self.weft,
                         &self.loadgen,
                         self.run,
+                        self.o.rt,
                     )?)
                 } else {
                     None
@@ -740,6 +791,7 @@ impl Bench {
                         &self.weft,
                         &self.loadgen,
                         self.run,
+                        self.o.rt,
                     )?)
                 } else {
                     None
@@ -848,6 +900,9 @@ impl Bench {
                 .daemon
                 .wait_ready(&mut self.lab, Duration::from_secs(60))
                 .map_err(lab_err)?;
+            if self.o.rt {
+                rt_workers(self.weft.daemon.node())?;
+            }
             self.notes.push(format!(
                 "weftd VmRSS after a restart with {}: {:.0} MiB",
                 k(n),
@@ -1044,6 +1099,12 @@ fn main() {
         notes.push("Open vSwitch is not installed (openvswitch-switch): Weft only".into());
         None
     };
+    if o.rt
+        && let Err(e) = rt_workers(weft.daemon.node())
+    {
+        eprintln!("flowbench: --rt: {e}");
+        std::process::exit(1);
+    }
     let mut b = Bench {
         o,
         lab,
@@ -1126,7 +1187,12 @@ fn title(o: &Opts) -> Vec<String> {
              8 ports); OVS bundles are `ovs-ofctl --bundle`; Weft/OVS < 1 means Weft is faster{}",
             o.rounds,
             o.seed,
-            if o.quick { "; --quick" } else { "" }
+            match (o.quick, o.rt) {
+                (false, false) => "",
+                (true, false) => "; --quick",
+                (false, true) => "; --rt (weftd's worker and the stream SCHED_FIFO 10)",
+                (true, true) => "; --quick --rt",
+            }
         ),
     ]
 }
