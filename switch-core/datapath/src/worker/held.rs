@@ -83,14 +83,20 @@ mod tests {
     #[test]
     fn a_worker_never_frees_the_version_it_leaves() {
         let shared = SharedPipeline::new(Pipeline::new(PortMap::new()));
-        add(&shared, "table=0,priority=1,ip,nw_dst=198.19.0.1 actions=drop");
+        add(
+            &shared,
+            "table=0,priority=1,ip,nw_dst=198.19.0.1 actions=drop",
+        );
         let (tx, rx) = retired_channel();
         let mut held = Held::new(&shared, tx);
 
         let pipe = held.round(&shared);
         let old = Arc::downgrade(&pipe);
         // The control thread publishes a new version mid-round and lets go of the old.
-        add(&shared, "table=0,priority=1,ip,nw_dst=198.19.0.2 actions=drop");
+        add(
+            &shared,
+            "table=0,priority=1,ip,nw_dst=198.19.0.2 actions=drop",
+        );
         drop(pipe); // the round ends
         assert!(
             old.upgrade().is_some(),
@@ -99,10 +105,15 @@ mod tests {
         let pipe = held.round(&shared);
         drop(pipe);
         assert!(old.upgrade().is_some(), "the next round freed it");
-        let retired = rx.try_recv().expect("the old version went to the reclaimer");
+        let retired = rx
+            .try_recv()
+            .expect("the old version went to the reclaimer");
         assert!(Arc::ptr_eq(&retired, &old.upgrade().unwrap()));
         drop(retired);
-        assert!(old.upgrade().is_none(), "the reclaimer's was the last reference");
+        assert!(
+            old.upgrade().is_none(),
+            "the reclaimer's was the last reference"
+        );
         // Nothing is handed over while the version stays the same.
         drop(held.round(&shared));
         assert!(rx.try_recv().is_err());
@@ -115,7 +126,10 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let mut held = Held::new(&shared, tx);
         for i in 0..3 {
-            add(&shared, &format!("table=0,priority=1,ip,nw_dst=198.19.0.{i} actions=drop"));
+            add(
+                &shared,
+                &format!("table=0,priority=1,ip,nw_dst=198.19.0.{i} actions=drop"),
+            );
             drop(held.round(&shared));
         }
         assert_eq!(rx.len(), 1);
