@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netns_tests::cluster::ClusterLab;
-use netns_tests::lab::{LabError, Ns, Result};
+use netns_tests::lab::{Lab, LabError, Ns, Result};
 use weftctl::cluster::Cluster;
 
 /// The address of the receiving pod.
@@ -462,11 +462,19 @@ fn vsctl(ns: &Ns, dir: &Path, args: &[&str]) -> Result<String> {
 }
 
 fn ovs_env(c: &mut Command, dir: &Path) {
-    c.env("OVS_RUNDIR", dir)
-        .env("OVS_DBDIR", dir)
-        .env("OVS_LOGDIR", dir)
-        .env("OVS_SYSCONFDIR", dir)
-        .env("OVS_PKGDATADIR", "/usr/share/openvswitch");
+    for (k, v) in ovs_env_vars(dir) {
+        c.env(k, v);
+    }
+}
+
+fn ovs_env_vars(dir: &Path) -> [(&'static str, PathBuf); 5] {
+    [
+        ("OVS_RUNDIR", dir.to_path_buf()),
+        ("OVS_DBDIR", dir.to_path_buf()),
+        ("OVS_LOGDIR", dir.to_path_buf()),
+        ("OVS_SYSCONFDIR", dir.to_path_buf()),
+        ("OVS_PKGDATADIR", PathBuf::from("/usr/share/openvswitch")),
+    ]
 }
 
 /// Whether Open vSwitch's daemons are installed.
@@ -483,14 +491,22 @@ pub fn ovs_installed() -> bool {
 
 const OVS_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 
-/// The OVS userspace bed on the lab's two nodes: see the module docs.
-fn ovs(cl: &mut ClusterLab) -> Result<(Ns, Ns)> {
-    let mut pods = Vec::new();
-    for i in 1..=2u8 {
-        let node = cl.underlay.node(i).clone();
-        let peer = 3 - i;
-        let dir = cl.lab.dir().join(format!("ovs-n{i}"));
-        std::fs::create_dir_all(&dir)?;
+/// Open vSwitch's two daemons in one namespace, with their database, sockets, pid files
+/// and logs in a directory of their own, started through a [`Lab`] (so they stop with
+/// it, also on failure): `ovsdb-server` with a fresh database, then `ovs-vswitchd`.
+pub struct OvsNode {
+    ns: Ns,
+    dir: PathBuf,
+    tag: String,
+    vswitchd: Option<netns_tests::lab::ProcId>,
+    starts: u32,
+}
+
+impl OvsNode {
+    /// Creates the database in `dir` and starts both daemons in `ns`; `tag` names their
+    /// logs in the lab (`ovsdb-server-TAG`, `ovs-vswitchd-TAG.N`).
+    pub fn start(lab: &mut Lab, ns: &Ns, dir: &Path, tag: &str) -> Result<OvsNode> {
+        std::fs::create_dir_all(dir)?;
         let db = dir.join("conf.db");
         let out = Command::new("ovsdb-tool")
             .arg("create")
@@ -504,8 +520,8 @@ fn ovs(cl: &mut ClusterLab) -> Result<(Ns, Ns)> {
             )));
         }
         let d = dir.display().to_string();
-        let mut server = node.command("ovsdb-server");
-        ovs_env(&mut server, &dir);
+        let mut server = ns.command("ovsdb-server");
+        ovs_env(&mut server, dir);
         server.args([
             &db.display().to_string(),
             &format!("--remote=punix:{d}/db.sock"),
@@ -513,24 +529,95 @@ fn ovs(cl: &mut ClusterLab) -> Result<(Ns, Ns)> {
             &format!("--unixctl={d}/ovsdb.ctl"),
             &format!("--log-file={d}/ovsdb.log"),
         ]);
-        let label = format!("ovsdb-server-n{i}");
-        let sid = cl.lab.spawn(&label, server)?;
+        let label = format!("ovsdb-server-{tag}");
+        let sid = lab.spawn(&label, server)?;
         let start = Instant::now();
-        while vsctl(&node, &dir, &["--no-wait", "init"]).is_err() {
-            if !cl.lab.is_running(sid) || start.elapsed() > Duration::from_secs(10) {
-                return Err(err(format!("ovsdb-server on n{i}: {}", cl.lab.log(&label))));
+        while vsctl(ns, dir, &["--no-wait", "init"]).is_err() {
+            if !lab.is_running(sid) || start.elapsed() > Duration::from_secs(10) {
+                return Err(err(format!("ovsdb-server on {tag}: {}", lab.log(&label))));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut vs = node.command("ovs-vswitchd");
-        ovs_env(&mut vs, &dir);
+        let mut node = OvsNode {
+            ns: ns.clone(),
+            dir: dir.to_path_buf(),
+            tag: tag.to_string(),
+            vswitchd: None,
+            starts: 0,
+        };
+        node.start_vswitchd(lab)?;
+        Ok(node)
+    }
+
+    /// Starts `ovs-vswitchd` (again, after [`OvsNode::kill_vswitchd`]); it reads its
+    /// bridges and ports from the database, but no flows: OpenFlow flows are not kept.
+    pub fn start_vswitchd(&mut self, lab: &mut Lab) -> Result<()> {
+        if self.vswitchd.is_some_and(|p| lab.is_running(p)) {
+            return Err(err(format!("ovs-vswitchd-{} is still running", self.tag)));
+        }
+        self.starts += 1;
+        let d = self.dir.display().to_string();
+        let mut vs = self.command("ovs-vswitchd");
         vs.args([
             &format!("unix:{d}/db.sock"),
             &format!("--pidfile={d}/vs.pid"),
             &format!("--unixctl={d}/vs.ctl"),
             &format!("--log-file={d}/vs.log"),
         ]);
-        cl.lab.spawn(&format!("ovs-vswitchd-n{i}"), vs)?;
+        self.vswitchd = Some(lab.spawn(&format!("ovs-vswitchd-{}.{}", self.tag, self.starts), vs)?);
+        Ok(())
+    }
+
+    /// Kills `ovs-vswitchd` with SIGKILL (a crash).
+    pub fn kill_vswitchd(&mut self, lab: &mut Lab) {
+        if let Some(p) = self.vswitchd.take() {
+            lab.kill(p);
+        }
+    }
+
+    /// Whether `ovs-vswitchd` runs.
+    pub fn vswitchd_running(&self, lab: &mut Lab) -> bool {
+        self.vswitchd.is_some_and(|p| lab.is_running(p))
+    }
+
+    /// `program` in the namespace, with the OVS environment pointing at the directory
+    /// (so `ovs-ofctl BRIDGE` finds `BRIDGE.mgmt` there).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = self.ns.command(program);
+        ovs_env(&mut c, &self.dir);
+        c
+    }
+
+    /// The environment that points OVS's tools at the directory (for a command run
+    /// outside the namespace: `ovs-ofctl` reaches `BRIDGE.mgmt` by its path).
+    pub fn env(&self) -> [(&'static str, PathBuf); 5] {
+        ovs_env_vars(&self.dir)
+    }
+
+    /// `ovs-vsctl ARGS` against this database; its stdout.
+    pub fn vsctl(&self, args: &[&str]) -> Result<String> {
+        vsctl(&self.ns, &self.dir, args)
+    }
+
+    /// The namespace.
+    pub fn ns(&self) -> &Ns {
+        &self.ns
+    }
+
+    /// The directory (database, sockets, logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The OVS userspace bed on the lab's two nodes: see the module docs.
+fn ovs(cl: &mut ClusterLab) -> Result<(Ns, Ns)> {
+    let mut pods = Vec::new();
+    for i in 1..=2u8 {
+        let node = cl.underlay.node(i).clone();
+        let peer = 3 - i;
+        let dir = cl.lab.dir().join(format!("ovs-n{i}"));
+        let ovs = OvsNode::start(&mut cl.lab, &node, &dir, &format!("n{i}"))?;
         // The underlay address moves from ul0 to br-phy, which takes ul0's MAC.
         let link = node.ip("-br link show ul0")?;
         let mac = link
@@ -539,38 +626,30 @@ fn ovs(cl: &mut ClusterLab) -> Result<(Ns, Ns)> {
             .ok_or_else(|| err(format!("no MAC in {link}")))?
             .to_string();
         node.ip(&format!("addr del 198.18.0.{i}/24 dev ul0"))?;
-        vsctl(
-            &node,
-            &dir,
-            &[
-                "add-br",
-                "br-phy",
-                "--",
-                "set",
-                "Bridge",
-                "br-phy",
-                "datapath_type=netdev",
-                "fail-mode=standalone",
-                &format!("other_config:hwaddr={mac}"),
-            ],
-        )?;
-        vsctl(&node, &dir, &["add-port", "br-phy", "ul0"])?;
+        ovs.vsctl(&[
+            "add-br",
+            "br-phy",
+            "--",
+            "set",
+            "Bridge",
+            "br-phy",
+            "datapath_type=netdev",
+            "fail-mode=standalone",
+            &format!("other_config:hwaddr={mac}"),
+        ])?;
+        ovs.vsctl(&["add-port", "br-phy", "ul0"])?;
         node.ip(&format!("addr add 198.18.0.{i}/24 dev br-phy"))?;
         node.ip("link set br-phy up")?;
-        vsctl(
-            &node,
-            &dir,
-            &[
-                "add-br",
-                "br-int",
-                "--",
-                "set",
-                "Bridge",
-                "br-int",
-                "datapath_type=netdev",
-                "fail-mode=standalone",
-            ],
-        )?;
+        ovs.vsctl(&[
+            "add-br",
+            "br-int",
+            "--",
+            "set",
+            "Bridge",
+            "br-int",
+            "datapath_type=netdev",
+            "fail-mode=standalone",
+        ])?;
         let pod = cl.lab.netns(&format!("p{i}"))?;
         let host_if = format!("pod{i}");
         cl.lab.veth(&pod, "eth0", &node, &host_if)?;
@@ -581,23 +660,19 @@ fn ovs(cl: &mut ClusterLab) -> Result<(Ns, Ns)> {
                 "ethtool", "-K", dev, "tso", "off", "gso", "off", "tx", "off",
             ])?;
         }
-        vsctl(&node, &dir, &["add-port", "br-int", &host_if])?;
-        vsctl(
-            &node,
-            &dir,
-            &[
-                "add-port",
-                "br-int",
-                "vx0",
-                "--",
-                "set",
-                "interface",
-                "vx0",
-                "type=vxlan",
-                &format!("options:remote_ip=198.18.0.{peer}"),
-                "options:key=100",
-            ],
-        )?;
+        ovs.vsctl(&["add-port", "br-int", &host_if])?;
+        ovs.vsctl(&[
+            "add-port",
+            "br-int",
+            "vx0",
+            "--",
+            "set",
+            "interface",
+            "vx0",
+            "type=vxlan",
+            &format!("options:remote_ip=198.18.0.{peer}"),
+            "options:key=100",
+        ])?;
         node.ip("link set br-int up")?;
         pods.push(pod);
     }

@@ -16,6 +16,25 @@
 //! `--timeout`. Both print one JSON line on stdout; the receiver prints `listening`
 //! on stderr once its socket is bound. The receiver's duration runs from the first to
 //! the last datagram that arrived.
+//!
+//! ```text
+//! weft-loadgen gaps --listen 198.19.2.11:9000 --run-id 7 [--timeout S]
+//! weft-loadgen stream --to 198.19.2.11:9000 --run-id 7 [--interval-us 1000] [--timeout S]
+//! ```
+//!
+//! `stream` sends one small datagram (the same format, `--size` 64 by default) every
+//! `--interval-us` on a fixed schedule (never catching up in a burst after a stall) until
+//! SIGTERM, SIGINT or `--timeout`; `gaps` receives until SIGTERM, SIGINT or `--timeout`
+//! and records the largest time between two arrivals: what a steady stream sees while
+//! the switch does something else (a bundle commit, a dump). Each datagram carries its
+//! send time (CLOCK_REALTIME; `--size` at least 66), and arrivals are the kernel's
+//! receive timestamps (SO_TIMESTAMPNS), so the largest one-way delay is what the switch
+//! held a datagram, whatever the two processes' own scheduling. Both print one JSON
+//! line: the sender `sent` and its own largest gap between two sends
+//! (`max_send_gap_us`: a stalled sender makes an arrival gap that is not the switch's),
+//! the receiver `received`, `max_gap_us`, `gaps_over_10ms`, `max_delay_us`,
+//! `delays_over_10ms`, the sequence numbers where the largest were, `duplicates` and
+//! `out_of_order`.
 
 use std::io::Write;
 use std::mem::{size_of, zeroed};
@@ -30,7 +49,9 @@ const MAX_SIZE: usize = 42 + 65_000;
 fn usage() -> ! {
     eprintln!(
         "usage: weft-loadgen send --to IP:PORT --size N --count N --run-id N [--batch 64] [--timeout S]\n\
-         \x20      weft-loadgen recv --listen IP:PORT --size N --count N --run-id N [--idle-ms 500] [--timeout S]"
+         \x20      weft-loadgen recv --listen IP:PORT --size N --count N --run-id N [--idle-ms 500] [--timeout S]\n\
+         \x20      weft-loadgen stream --to IP:PORT --run-id N [--interval-us 1000] [--timeout S]\n\
+         \x20      weft-loadgen gaps --listen IP:PORT --run-id N [--timeout S]"
     );
     std::process::exit(2)
 }
@@ -43,6 +64,7 @@ struct Opts {
     batch: usize,
     timeout: Duration,
     idle: Duration,
+    interval: Duration,
 }
 
 fn parse(args: &[String], addr_flag: &str) -> Opts {
@@ -55,6 +77,7 @@ fn parse(args: &[String], addr_flag: &str) -> Opts {
         batch: 64,
         timeout: Duration::from_secs(60),
         idle: Duration::from_millis(500),
+        interval: Duration::from_millis(1),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -68,6 +91,7 @@ fn parse(args: &[String], addr_flag: &str) -> Opts {
             "--batch" => o.batch = (num() as usize).clamp(1, 1024),
             "--timeout" => o.timeout = Duration::from_secs(num()),
             "--idle-ms" => o.idle = Duration::from_millis(num()),
+            "--interval-us" => o.interval = Duration::from_micros(num().max(10)),
             _ => usage(),
         }
     }
@@ -323,11 +347,228 @@ fn recv(o: &Opts) {
     );
 }
 
+/// SIGTERM and SIGINT set the flag that `stream` and `gaps` stop on.
+fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for s in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if signal_hook::flag::register(s, stop.clone()).is_err() {
+            err("signal handler");
+        }
+    }
+    stop
+}
+
+/// CLOCK_REALTIME in nanoseconds (what SO_TIMESTAMPNS reports).
+fn realtime_ns() -> u64 {
+    // SAFETY: ts is plain old data written by the call.
+    let mut ts: libc::timespec = unsafe { zeroed() };
+    // SAFETY: a valid clock id and a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn stream(o: &Opts) {
+    if o.size < 42 + HEADER + 8 {
+        eprintln!(
+            "stream: --size must be at least {} (the send time is carried)",
+            42 + HEADER + 8
+        );
+        std::process::exit(2);
+    }
+    let stop = stop_flag();
+    let sock = udp_socket();
+    let fd = sock.as_raw_fd();
+    let sa = sockaddr(o.addr);
+    // SAFETY: sa is a valid sockaddr_in for the duration of the call.
+    if unsafe {
+        libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    } < 0
+    {
+        err("connect");
+    }
+    let mut buf = vec![0u8; o.size - 42];
+    let start = Instant::now();
+    let mut next = start;
+    let mut last: Option<Instant> = None;
+    let (mut seq, mut errors, mut max_gap) = (0u64, 0u64, Duration::ZERO);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < o.timeout {
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep(next - now);
+            continue;
+        }
+        fill(&mut buf, o.run_id, seq);
+        // The send time (CLOCK_REALTIME, as the receiver's kernel timestamps).
+        buf[HEADER..HEADER + 8].copy_from_slice(&realtime_ns().to_be_bytes());
+        // SAFETY: buf outlives the call and its length is passed.
+        let r = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), 0) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // A full queue or an ICMP error: counted as sent (and lost).
+            errors += 1;
+        }
+        let sent_at = Instant::now();
+        if let Some(l) = last {
+            max_gap = max_gap.max(sent_at - l);
+        }
+        last = Some(sent_at);
+        seq += 1;
+        // The next slot on the schedule, or one interval from now after a stall.
+        next = (next + o.interval).max(sent_at);
+    }
+    println!(
+        "{{\"sent\":{seq},\"errors\":{errors},\"max_send_gap_us\":{},\"duration_ns\":{}}}",
+        max_gap.as_micros(),
+        start.elapsed().as_nanos()
+    );
+}
+
+fn gaps(o: &Opts) {
+    let stop = stop_flag();
+    let sock = udp_socket();
+    let fd = sock.as_raw_fd();
+    set_buffers(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
+    let sa = sockaddr(o.addr);
+    // SAFETY: sa is a valid sockaddr_in for the duration of the call.
+    if unsafe {
+        libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    } < 0
+    {
+        err("bind");
+    }
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 20_000,
+    };
+    // SAFETY: tv lives across the call and its size is passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+    eprintln!("listening on {}", o.addr);
+    let _ = std::io::stderr().flush();
+    if !set_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1) {
+        err("SO_TIMESTAMPNS");
+    }
+    let mut buf = vec![0u8; 2048];
+    // Room for one SCM_TIMESTAMPNS control message (a timespec), 8-byte aligned.
+    let mut control = [0u64; 16];
+    let started = Instant::now();
+    let mut last: Option<u64> = None;
+    let (mut received, mut dups, mut ooo, mut wrong, mut over10) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut max_gap, mut gap_seq, mut high) = (0u64, 0u64, None::<u64>);
+    let (mut max_delay, mut delay_seq, mut delay_over10) = (0u64, 0u64, 0u64);
+    // Sequence numbers seen, one bit each (a stream of at most --timeout seconds).
+    let mut seen: Vec<u64> = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < o.timeout {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain old data; all-zero is a valid value.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of::<[u64; 16]>() as _;
+        // SAFETY: msg points at iov, buf and control, which outlive the call.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+        if r < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => continue,
+                _ => err("recvmsg"),
+            }
+        }
+        // The kernel's receive time: when the switch handed the datagram over, not
+        // when this process got to run.
+        let mut now = None;
+        // SAFETY: the CMSG macros walk the control buffer the kernel filled in.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    now = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        let now = now.unwrap_or_else(realtime_ns);
+        let r = r as usize;
+        if r < HEADER + 8 || u64::from_be_bytes(buf[..8].try_into().unwrap()) != o.run_id {
+            wrong += 1;
+            continue;
+        }
+        let seq = u64::from_be_bytes(buf[8..16].try_into().unwrap());
+        if seq >= 1 << 28 {
+            wrong += 1;
+            continue;
+        }
+        let (w, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if seen.len() <= w {
+            seen.resize(w + 1024, 0);
+        }
+        if seen[w] & bit != 0 {
+            dups += 1;
+            continue;
+        }
+        seen[w] |= bit;
+        received += 1;
+        if high.is_some_and(|h| seq < h) {
+            ooo += 1;
+        }
+        high = Some(high.map_or(seq, |h| h.max(seq)));
+        let sent_at = u64::from_be_bytes(buf[HEADER..HEADER + 8].try_into().unwrap());
+        let delay = now.saturating_sub(sent_at);
+        if delay > 10_000_000 {
+            delay_over10 += 1;
+        }
+        if delay > max_delay {
+            max_delay = delay;
+            delay_seq = seq;
+        }
+        if let Some(l) = last {
+            let g = now.saturating_sub(l);
+            if g > 10_000_000 {
+                over10 += 1;
+            }
+            if g > max_gap {
+                max_gap = g;
+                gap_seq = seq;
+            }
+        }
+        last = Some(last.map_or(now, |l| l.max(now)));
+    }
+    println!(
+        "{{\"received\":{received},\"highest\":{},\"max_gap_us\":{},\"gap_at_seq\":{gap_seq},\
+         \"gaps_over_10ms\":{over10},\"max_delay_us\":{},\"delay_at_seq\":{delay_seq},\
+         \"delays_over_10ms\":{delay_over10},\"duplicates\":{dups},\"out_of_order\":{ooo},\
+         \"wrong_run\":{wrong}}}",
+        high.map_or(-1, |h| h as i64),
+        max_gap / 1000,
+        max_delay / 1000
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("send") => send(&parse(&args[1..], "--to")),
         Some("recv") => recv(&parse(&args[1..], "--listen")),
+        Some("stream") => stream(&parse(&args[1..], "--to")),
+        Some("gaps") => gaps(&parse(&args[1..], "--listen")),
         _ => usage(),
     }
 }

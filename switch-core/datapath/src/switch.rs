@@ -286,6 +286,8 @@ impl Switch {
             sw.restore(saved)?;
         }
         let mut threads = Vec::with_capacity(workers);
+        // The versions the workers leave are freed here, not on a worker (worker::held).
+        let (retired, reclaim) = crate::worker::held::retired_channel();
         for (id, poll) in polls.into_iter().enumerate() {
             let w = Worker::new(
                 id,
@@ -293,6 +295,7 @@ impl Switch {
                 poll,
                 Arc::clone(&sw.stats[id]),
                 &sw.options,
+                retired.clone(),
             );
             let t = std::thread::Builder::new()
                 .name(format!("weft-worker-{id}"))
@@ -303,6 +306,17 @@ impl Switch {
                 })?;
             threads.push(t);
         }
+        // Only the workers hold senders: the reclaimer ends when the last worker does.
+        drop(retired);
+        threads.push(
+            std::thread::Builder::new()
+                .name("weft-reclaim".into())
+                .spawn(move || crate::worker::held::reclaim_loop(&reclaim))
+                .map_err(|error| SwitchError::Open {
+                    name: "reclaim thread".into(),
+                    error,
+                })?,
+        );
         let ports = Arc::clone(&sw.ports);
         let control = Arc::clone(&sw.control);
         threads.push(

@@ -16,8 +16,9 @@
 //!   is dropped (no worker can still count against it: a worker counts only through a
 //!   version it holds, and a cached result only for the version it was made in), and
 //!   zeroed when reused. Giving it back takes the arena's lock; that happens where the
-//!   last reference to an old version goes, which may be a worker ending its batch,
-//!   once per flow of that version, as freeing the version's memory already is.
+//!   last reference to an old version goes (the datapath hands the versions its
+//!   workers leave to a reclaimer thread, so that is not a worker), once per flow of
+//!   that version, as freeing the version's memory already is.
 //!   Last-used time is one word per flow, stored only when it moves forward (at most
 //!   once per millisecond per flow), so it costs no cache-line traffic per packet.
 //! - **Tables.** Lookups and matches per table per lane, one block of 254 × 16 bytes

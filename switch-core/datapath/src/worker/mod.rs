@@ -8,7 +8,9 @@
 //!
 //! A packet is read into the worker's receive buffer, parsed into a `FlowKey`, resolved
 //! through the worker's flow cache against the pipeline snapshot loaded for this
-//! wake-up, and sent to each output. No allocation, lock or log per packet: drops are
+//! wake-up, and sent to each output. The worker keeps that snapshot across wake-ups and
+//! hands the one it leaves to the reclaimer thread, so it never frees an old version
+//! itself ([`held`]). No allocation, lock or log per packet: drops are
 //! counted by reason on the port they came in on or were going to.
 //!
 //! The fast path (offloads on, see DESIGN.md "Offloads"):
@@ -33,6 +35,7 @@
 //! rewrites and executes each `Emit` on the devices.
 
 mod egress;
+pub(crate) mod held;
 mod rx;
 
 use std::io;
@@ -103,6 +106,8 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     poll: Poll,
     cache: FlowCache,
+    /// The pipeline version walked, kept across rounds (see [`held`]).
+    held: held::Held,
     stats: Arc<WorkerStats>,
     ports: Arc<PortSet>,
     registered: Vec<(RawFd, Token)>,
@@ -122,6 +127,7 @@ impl Worker {
         poll: Poll,
         stats: Arc<WorkerStats>,
         options: &SwitchOptions,
+        retired: crossbeam_channel::Sender<Arc<Pipeline>>,
     ) -> Worker {
         let gro = if options.offloads {
             (0..GRO_TAPS)
@@ -135,6 +141,7 @@ impl Worker {
         };
         Worker {
             id,
+            held: held::Held::new(&shared.pipeline, retired),
             shared,
             poll,
             cache: FlowCache::for_lane(options.cache_entries, id),
@@ -245,7 +252,7 @@ impl Worker {
                 std::thread::sleep(Duration::from_millis(100));
             }
             self.sync_ports();
-            let pipe = self.shared.pipeline.load_full();
+            let pipe = self.held.round(&self.shared.pipeline);
             let now = self.shared.now();
             again.clear();
             for ev in events.iter() {
