@@ -574,8 +574,9 @@ fn kernel_vxlan_node_interoperates_with_weft_node() {
     let bad = ping_all(&cl, &pairs);
     assert!(
         bad.is_empty(),
-        "kernel <-> weft pings: {bad:#?}\n{}",
-        cl.logs()
+        "kernel <-> weft pings: {bad:#?}\n{}\n{}",
+        cl.logs(),
+        cl.metrics("n2").map(|m| m.body).unwrap_or_default()
     );
     // Weft learned the kernel pods' MACs behind the kernel node.
     let mut ctl = cl.client("n2").unwrap();

@@ -22,6 +22,7 @@ const KEYS: &[&str] = &[
     "workers",
     "offloads",
     "pin_cpus",
+    "tunnel_gso",
     "state_dir",
     "metrics",
     "control",
@@ -52,15 +53,15 @@ impl Config {
                         .filter(|n| (1..=MAX_WORKERS).contains(n))
                         .ok_or_else(|| src.bad_value(value, name, WORKERS_EXPECTED))?;
                 }
-                "offloads" | "pin_cpus" => {
+                "offloads" | "pin_cpus" | "tunnel_gso" => {
                     let b = value
                         .get_ref()
                         .as_bool()
                         .ok_or_else(|| src.bad_value(value, name, "true or false"))?;
-                    if name == "offloads" {
-                        cfg.offloads = b;
-                    } else {
-                        cfg.pin_cpus = b;
+                    match name {
+                        "offloads" => cfg.offloads = b,
+                        "pin_cpus" => cfg.pin_cpus = b,
+                        _ => cfg.tunnel_gso = b,
                     }
                 }
                 "state_dir" => cfg.state_dir = src.path(value, name)?,

@@ -43,6 +43,7 @@ impl Config {
         keep(c, "workers", &mut self.workers, &running.workers);
         keep(c, "offloads", &mut self.offloads, &running.offloads);
         keep(c, "pin_cpus", &mut self.pin_cpus, &running.pin_cpus);
+        keep(c, "tunnel_gso", &mut self.tunnel_gso, &running.tunnel_gso);
         keep(c, "state_dir", &mut self.state_dir, &running.state_dir);
         keep(c, "metrics", &mut self.metrics, &running.metrics);
         keep(c, "control", &mut self.control, &running.control);
