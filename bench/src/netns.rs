@@ -83,10 +83,10 @@ impl Datapath {
     /// A longer description for tables.
     pub fn describe(self) -> &'static str {
         match self {
-            Datapath::WeftVxlan => "Weft VXLAN (l3), sockets",
-            Datapath::WeftVxlanGso => "Weft VXLAN (l3), tunnel-GSO TAP",
-            Datapath::WeftGeneve => "Weft Geneve (l3), sockets",
-            Datapath::WeftGeneveGso => "Weft Geneve (l3), tunnel-GSO TAP",
+            Datapath::WeftVxlan => "Weft VXLAN l3, sockets",
+            Datapath::WeftVxlanGso => "Weft VXLAN l3, tunnel-GSO",
+            Datapath::WeftGeneve => "Weft Geneve l3, sockets",
+            Datapath::WeftGeneveGso => "Weft Geneve l3, tunnel-GSO",
             Datapath::WeftIpip => "Weft IP-in-IP (l3)",
             Datapath::Kernel => "kernel VXLAN + bridge",
             Datapath::Ovs => "OVS 3.1 userspace VXLAN*",

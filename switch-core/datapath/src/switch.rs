@@ -788,6 +788,7 @@ impl Switch {
             mac_capacity: self.shared.macs.capacity() as u64,
             mac_evictions: self.shared.macs.evictions(),
             mac_moves: self.shared.macs.moves(),
+            tunnel_gso: self.options.tunnel_gso,
         }
     }
 

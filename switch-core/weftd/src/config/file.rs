@@ -369,6 +369,7 @@ mod tests {
 workers = 4
 offloads = false
 pin_cpus = true
+tunnel_gso = true
 state_dir = "/tmp/weft-state"
 metrics = "127.0.0.1:9464"
 control = "/tmp/weftd.sock"
@@ -398,6 +399,7 @@ allowed_remotes = ["198.18.0.0/24", "198.18.1.5"]
         assert_eq!(cfg.workers, 4);
         assert!(!cfg.offloads);
         assert!(cfg.pin_cpus);
+        assert!(cfg.tunnel_gso);
         assert_eq!(cfg.state_dir, Path::new("/tmp/weft-state"));
         assert_eq!(cfg.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(cfg.control, Path::new("/tmp/weftd.sock"));
