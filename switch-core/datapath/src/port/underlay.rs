@@ -141,7 +141,8 @@ fn run(cmd: &str, args: &[&str]) -> io::Result<()> {
     )))
 }
 
-/// The interface that holds `addr` (in the calling thread's namespace).
+/// The interface that holds `addr` (in the calling thread's namespace); loopback is
+/// refused (such tunnels keep their sockets).
 pub fn device_of(addr: Ipv4Addr) -> io::Result<String> {
     for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
         if ifa
@@ -149,6 +150,16 @@ pub fn device_of(addr: Ipv4Addr) -> io::Result<String> {
             .and_then(|a| a.as_sockaddr_in().map(|s| s.ip()))
             .is_some_and(|ip| ip == addr)
         {
+            if ifa
+                .flags
+                .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+            {
+                // Nothing to segment on loopback, and its traffic is the node's own.
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("{addr} is on the loopback device {}", ifa.interface_name),
+                ));
+            }
             return Ok(ifa.interface_name);
         }
     }
@@ -400,5 +411,19 @@ impl Drop for Underlay {
         if let Some(h) = self.refresher.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_and_unknown_addresses_have_no_underlay_device() {
+        let e = device_of(Ipv4Addr::LOCALHOST).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let e = device_of(Ipv4Addr::new(198, 18, 0, 254)).unwrap_err();
+        assert!(e.to_string().contains("198.18.0.254"), "{e}");
     }
 }
