@@ -342,3 +342,51 @@ fn the_next_hop_cache_follows_neighbour_and_route_changes() {
     })
     .unwrap();
 }
+
+/// A tunnel-GSO tc filter left on the underlay device by a weftd that was killed (its
+/// TAP gone, so the redirect drops the tunnel's packets) is removed when the tunnel
+/// opens again with sockets only.
+#[test]
+fn a_stale_tunnel_gso_filter_is_removed() {
+    use std::net::Ipv4Addr;
+    use weft_datapath::port::netns::in_netns;
+    use weft_datapath::port::underlay::remove_stale_filter;
+
+    if !privileged("a_stale_tunnel_gso_filter_is_removed") {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let a = lab.netns("sfa").unwrap();
+    let b = lab.netns("sfb").unwrap();
+    lab.veth(&a, "ul0", &b, "ul0").unwrap();
+    a.ip("addr add 198.18.0.1/24 dev ul0").unwrap();
+    a.ip("tuntap add dev wgso4789 mode tap").unwrap();
+    a.run(&["tc", "qdisc", "add", "dev", "ul0", "clsact"])
+        .unwrap();
+    a.run(&[
+        "tc", "filter", "add", "dev", "ul0", "ingress", "pref", "4789", "protocol", "ip", "u32",
+        "match", "ip", "dport", "4789", "0xffff", "action", "mirred", "egress", "redirect", "dev",
+        "wgso4789",
+    ])
+    .unwrap();
+    a.ip("link del wgso4789").unwrap();
+    let show = || {
+        a.run(&["tc", "filter", "show", "dev", "ul0", "ingress"])
+            .unwrap()
+    };
+    assert!(show().contains("mirred"), "{}", show());
+    let name = a.name().to_string();
+    // Another UDP port's filter is not this tunnel's: left alone.
+    in_netns(Some(&name), || {
+        remove_stale_filter(Ipv4Addr::new(198, 18, 0, 1), 6081);
+        Ok(())
+    })
+    .unwrap();
+    assert!(show().contains("mirred"), "{}", show());
+    in_netns(Some(&name), || {
+        remove_stale_filter(Ipv4Addr::new(198, 18, 0, 1), 4789);
+        Ok(())
+    })
+    .unwrap();
+    assert!(!show().contains("mirred"), "{}", show());
+}

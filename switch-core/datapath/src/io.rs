@@ -486,6 +486,13 @@ impl PortIo {
                                     }
                                 }
                             }
+                            Some(IpAddr::V4(local)) => {
+                                crate::port::underlay::remove_stale_filter(
+                                    local,
+                                    v[0].local_addr().port(),
+                                );
+                                None
+                            }
                             _ => None,
                         };
                         Arc::new(UdpSockets {

@@ -169,6 +169,29 @@ pub fn device_of(addr: Ipv4Addr) -> io::Result<String> {
     ))
 }
 
+/// Removes the tc filter an earlier weftd's underlay port for `local:dst_port` may have
+/// left on its device (a weftd that was killed cannot remove it, and its redirect to a
+/// TAP that is gone would drop the tunnel's packets before the sockets see them).
+/// Called when the tunnel opens with sockets only; nothing happens when there is none.
+pub fn remove_stale_filter(local: Ipv4Addr, dst_port: u16) {
+    let Ok(device) = device_of(local) else { return };
+    let p = dst_port.max(1).to_string();
+    let filters = Command::new("tc")
+        .args(["filter", "show", "dev", &device, "ingress", "pref", &p])
+        .output();
+    let stale = filters
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("mirred"));
+    if stale
+        && run(
+            "tc",
+            &["filter", "del", "dev", &device, "ingress", "pref", &p],
+        )
+        .is_ok()
+    {
+        tracing::info!(device = %device, udp_port = dst_port, "removed a stale tunnel-GSO tc filter");
+    }
+}
+
 /// An open underlay TAP, one queue per worker, joined to its device by tc.
 #[derive(Debug)]
 pub struct UnderlayTap {
