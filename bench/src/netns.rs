@@ -35,10 +35,14 @@ pub const MTU: u16 = 1450;
 /// A datapath between the two pods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Datapath {
-    /// Weft, VXLAN, l3.
+    /// Weft, VXLAN, l3 (the tunnel's sockets).
     WeftVxlan,
-    /// Weft, Geneve, l3.
+    /// Weft, VXLAN, l3, over the tunnel-GSO underlay TAP (`--tunnel-gso on`).
+    WeftVxlanGso,
+    /// Weft, Geneve, l3 (the tunnel's sockets).
     WeftGeneve,
+    /// Weft, Geneve, l3, over the tunnel-GSO underlay TAP.
+    WeftGeneveGso,
     /// Weft, IP-in-IP, l3.
     WeftIpip,
     /// The kernel's VXLAN device on a bridge on both nodes.
@@ -51,9 +55,11 @@ pub enum Datapath {
 
 impl Datapath {
     /// Every datapath, in report order.
-    pub const ALL: [Datapath; 6] = [
+    pub const ALL: [Datapath; 8] = [
         Datapath::WeftVxlan,
+        Datapath::WeftVxlanGso,
         Datapath::WeftGeneve,
+        Datapath::WeftGeneveGso,
         Datapath::WeftIpip,
         Datapath::Kernel,
         Datapath::Ovs,
@@ -64,7 +70,9 @@ impl Datapath {
     pub fn name(self) -> &'static str {
         match self {
             Datapath::WeftVxlan => "weft-vxlan",
+            Datapath::WeftVxlanGso => "weft-vxlan-gso",
             Datapath::WeftGeneve => "weft-geneve",
+            Datapath::WeftGeneveGso => "weft-geneve-gso",
             Datapath::WeftIpip => "weft-ipip",
             Datapath::Kernel => "kernel",
             Datapath::Ovs => "ovs",
@@ -75,8 +83,10 @@ impl Datapath {
     /// A longer description for tables.
     pub fn describe(self) -> &'static str {
         match self {
-            Datapath::WeftVxlan => "Weft VXLAN (l3)",
-            Datapath::WeftGeneve => "Weft Geneve (l3)",
+            Datapath::WeftVxlan => "Weft VXLAN l3, sockets",
+            Datapath::WeftVxlanGso => "Weft VXLAN l3, tunnel-GSO",
+            Datapath::WeftGeneve => "Weft Geneve l3, sockets",
+            Datapath::WeftGeneveGso => "Weft Geneve l3, tunnel-GSO",
             Datapath::WeftIpip => "Weft IP-in-IP (l3)",
             Datapath::Kernel => "kernel VXLAN + bridge",
             Datapath::Ovs => "OVS 3.1 userspace VXLAN*",
@@ -159,8 +169,8 @@ impl Bed {
     /// own lookup), `weft-loadgen` is `loadgen`. Waits until the pods can ping.
     pub fn new(datapath: Datapath, loadgen: &Path) -> Result<Bed> {
         let (encap, mode) = match datapath {
-            Datapath::WeftVxlan => ("vxlan", "l3"),
-            Datapath::WeftGeneve => ("geneve", "l3"),
+            Datapath::WeftVxlan | Datapath::WeftVxlanGso => ("vxlan", "l3"),
+            Datapath::WeftGeneve | Datapath::WeftGeneveGso => ("geneve", "l3"),
             Datapath::WeftIpip => ("ipip", "l3"),
             _ => ("vxlan", "l2"),
         };
@@ -168,7 +178,14 @@ impl Bed {
             .map_err(|e| err(format!("cluster description: {e}")))?;
         let mut cl = ClusterLab::new(&cluster)?;
         let (src, dst) = match datapath {
-            Datapath::WeftVxlan | Datapath::WeftGeneve | Datapath::WeftIpip => {
+            Datapath::WeftVxlan
+            | Datapath::WeftVxlanGso
+            | Datapath::WeftGeneve
+            | Datapath::WeftGeneveGso
+            | Datapath::WeftIpip => {
+                // One row per underlay mode: sockets, or the tunnel-GSO TAP.
+                let gso = matches!(datapath, Datapath::WeftVxlanGso | Datapath::WeftGeneveGso);
+                cl.weftd_flags = vec![format!("--tunnel-gso={}", if gso { "on" } else { "off" })];
                 cl.start_all()?;
                 if let Err(e) = cl.install(&cluster) {
                     return Err(err(format!("install: {e}\n{}", cl.logs())));

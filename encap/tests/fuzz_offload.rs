@@ -1,5 +1,5 @@
 //! Replays every file of the offload fuzz corpora (`encap/fuzz/corpus/{segment,
-//! coalesce}/`) through the fuzz targets' own functions (`fuzz/src/lib.rs`, included
+//! coalesce,tunnel_hdr}/`) through the fuzz targets' own functions (`fuzz/src/lib.rs`, included
 //! here), so what the fuzzer found stays fixed. Seeds named `valid-*` must segment,
 //! `rt-*` must also coalesce back into the super-frame, `refused-*` must be refused,
 //! and coalesce seeds named `merge-*` must build at least one super-frame.
@@ -13,8 +13,13 @@ mod targets;
 
 use common::{corpus_dir, files};
 
-use encap::offload::{VIRTIO_NET_HDR_LEN, VirtioNetHdr, segment_into, tcp_flags};
-use targets::{CoalesceInput, CoalesceOp, SegmentOutcome, encode, flow_segment, parse};
+use encap::offload::{
+    TunnelOffsets, TunnelVnetHdr, VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_TNL_LEN, VirtioNetHdr,
+    segment_into, tcp_flags,
+};
+use targets::{
+    CoalesceInput, CoalesceOp, SegmentOutcome, TunnelOutcome, encode, flow_segment, parse,
+};
 
 fn replay<T>(target: &str, min: usize, f: impl Fn(&[u8]) -> T, check: impl Fn(&str, T)) {
     let all = files(target);
@@ -346,8 +351,128 @@ fn coalesce_seeds() -> Vec<(String, CoalesceInput)> {
         .collect()
 }
 
+/// An inner frame (`hdr` + `inner`) wrapped in outer Ethernet, IPv4 or IPv6, UDP and
+/// VXLAN, as a tunnel-GSO TAP read gives it: the 24-byte header, then the frame.
+fn tunnel_read(hdr: &VirtioNetHdr, inner: &[u8], outer_v6: bool) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+    let udp_len = 16 + inner.len();
+    if outer_v6 {
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        f.extend_from_slice(&[17, 64]);
+        for last in [1u8, 2] {
+            f.extend_from_slice(&[0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last]);
+        }
+    } else {
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+        f.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2]);
+    }
+    let outer_th = f.len();
+    f.extend_from_slice(&[0x9c, 0x40, 0x12, 0xb5]);
+    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x08, 0, 0, 0, 0, 0, 100, 0]);
+    let inner_eth = f.len();
+    f.extend_from_slice(inner);
+    let off = inner_eth as u16;
+    let inner_nh = off + if inner[12] == 0x81 { 18 } else { 14 };
+    let t = TunnelVnetHdr {
+        base: VirtioNetHdr {
+            csum_start: hdr.csum_start + off,
+            hdr_len: hdr.hdr_len + off,
+            ..*hdr
+        },
+        tunnel: Some(TunnelOffsets {
+            outer_v6,
+            outer_csum: outer_v6,
+            outer_th: outer_th as u16,
+            inner_nh,
+        }),
+    };
+    let mut v = vec![0u8; VIRTIO_NET_HDR_TNL_LEN];
+    t.emit(&mut v).unwrap();
+    v.extend_from_slice(&f);
+    v
+}
+
+/// Seeds of the `tunnel_hdr` target: `tunnel-*` must parse and fit their frame,
+/// `badframe-*` parse but not fit, `plain-*` be plain headers, `refused-*` be refused.
+fn tunnel_hdr_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    for (name, flow, outer_v6) in [
+        ("v4-in-v4", 0, false),
+        ("v6-in-v4", 1, false),
+        ("v4-in-v6", 0, true),
+        ("v6-in-v6", 1, true),
+    ] {
+        let (h, f) = tso(flow, 3000, tcp_flags::ACK, 1000);
+        v.push((format!("tunnel-tcp-{name}"), tunnel_read(&h, &f, outer_v6)));
+    }
+    let (h, f) = udp_frame(false, 1200);
+    v.push(("tunnel-uso-v4".to_string(), tunnel_read(&h, &f, false)));
+    let (h, f) = tso(0, 3000, tcp_flags::ACK, 1000);
+    let good = tunnel_read(&h, &f, false);
+    let mut cut = good.clone();
+    cut.truncate(VIRTIO_NET_HDR_TNL_LEN + 60);
+    v.push(("badframe-cut-in-inner-ip".to_string(), cut));
+    let mut shifted = good.clone();
+    shifted[20] += 2;
+    v.push(("badframe-offsets-shifted".to_string(), shifted));
+    let mut family = good.clone();
+    family[1] = (family[1] & !0x20) | 0x40;
+    family[20] = 54;
+    family[22] = 84;
+    family[6] = 104;
+    v.push(("badframe-family".to_string(), family));
+    let mut both = good.clone();
+    both[1] |= 0x60;
+    v.push(("refused-both-tunnel-bits".to_string(), both));
+    let mut ufo = good.clone();
+    ufo[1] = 0x23;
+    v.push(("refused-ufo".to_string(), ufo));
+    let mut nocsum = good.clone();
+    nocsum[0] = 0;
+    v.push(("refused-no-needs-csum".to_string(), nocsum));
+    let mut order = good.clone();
+    order[22] = 30;
+    v.push(("refused-offsets-order".to_string(), order));
+    v.push(("refused-short".to_string(), good[..23].to_vec()));
+    // A plain TSO read with stale bytes where the tunnel offsets would be.
+    let mut plain = vec![0xa5u8; VIRTIO_NET_HDR_TNL_LEN];
+    h.emit(&mut plain[..VIRTIO_NET_HDR_LEN]).unwrap();
+    plain.extend_from_slice(&f);
+    v.push(("plain-tso-stale-bytes".to_string(), plain));
+    v.push(("plain-zero".to_string(), vec![0u8; 80]));
+    v
+}
+
+fn check_tunnel_seed(name: &str, o: TunnelOutcome) {
+    let ok = if name.starts_with("tunnel-") {
+        o == TunnelOutcome::Tunnel(Ok(()))
+    } else if name.starts_with("badframe-") {
+        matches!(o, TunnelOutcome::Tunnel(Err(_)))
+    } else if name.starts_with("plain-") {
+        o == TunnelOutcome::Plain
+    } else if name.starts_with("refused-") {
+        matches!(o, TunnelOutcome::Refused(_) | TunnelOutcome::NoHeader)
+    } else {
+        true
+    };
+    assert!(ok, "tunnel_hdr/{name}: {o:?}");
+}
+
+#[test]
+fn tunnel_hdr_corpus() {
+    replay("tunnel_hdr", 10, targets::tunnel_hdr, check_tunnel_seed);
+}
+
 #[test]
 fn seeds_decode_and_pass() {
+    for (name, bytes) in tunnel_hdr_seeds() {
+        let o = std::panic::catch_unwind(|| targets::tunnel_hdr(&bytes))
+            .unwrap_or_else(|_| panic!("tunnel_hdr seed {name} fails the target's checks"));
+        check_tunnel_seed(&name, o);
+    }
     for (name, bytes) in segment_seeds() {
         let o = std::panic::catch_unwind(|| targets::segment(&bytes))
             .unwrap_or_else(|_| panic!("segment seed {name} fails the target's checks"));
@@ -382,6 +507,9 @@ fn regenerate_seeds() {
         write("coalesce", &name, &encode::coalesce(&input));
     }
     write("coalesce", "junk-empty", &[]);
+    for (name, bytes) in tunnel_hdr_seeds() {
+        write("tunnel_hdr", &name, &bytes);
+    }
 }
 
 /// Found by the `coalesce` target's property (a hand-built input; libFuzzer did not hit

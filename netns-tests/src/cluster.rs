@@ -88,6 +88,9 @@ pub struct ClusterLab {
     nodes: Vec<NodeRun>,
     pods: BTreeMap<String, PodRun>,
     echo: bool,
+    /// Flags given to every `weftd` this lab starts after the matrix's
+    /// ([`crate::node::matrix_flags`]), e.g. `--tunnel-gso=on` (later flags win).
+    pub weftd_flags: Vec<String>,
 }
 
 fn lab_err(what: impl std::fmt::Display) -> LabError {
@@ -133,6 +136,7 @@ impl ClusterLab {
             nodes,
             pods: BTreeMap::new(),
             echo: false,
+            weftd_flags: Vec::new(),
         })
     }
 
@@ -185,6 +189,19 @@ impl ClusterLab {
             .unwrap_or_else(|| panic!("no pod {name}"))
     }
 
+    /// The matrix's flags with the lab's own ([`ClusterLab::weftd_flags`]) in place of
+    /// any of the same name (weftd takes each flag once).
+    fn flags(&self) -> Vec<String> {
+        let name = |f: &str| f.split('=').next().unwrap_or(f).to_string();
+        let own: Vec<String> = self.weftd_flags.iter().map(|f| name(f)).collect();
+        let mut v: Vec<String> = crate::node::matrix_flags()
+            .into_iter()
+            .filter(|f| !own.contains(&name(f)))
+            .collect();
+        v.extend(self.weftd_flags.iter().cloned());
+        v
+    }
+
     /// Starts `weftd` in node `name` with flags only, and waits until its control
     /// socket answers.
     pub fn start_weftd(&mut self, name: &str) -> Result<()> {
@@ -209,7 +226,7 @@ impl ClusterLab {
             .arg(&state)
             .arg("--metrics")
             .arg(METRICS_ADDR)
-            .args(crate::node::matrix_flags());
+            .args(self.flags());
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

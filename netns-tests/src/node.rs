@@ -149,8 +149,8 @@ pub fn arp_responder_flow(table: u8, priority: u16, in_port: &str, ip: &str, mac
 }
 
 /// Flags that the test matrix lays over every `weftd` a test starts: `WEFT_TEST_OFFLOADS`
-/// (`on`/`off`), `WEFT_TEST_WORKERS` (a number) and `WEFT_TEST_PIN_CPUS` (`on`/`off`),
-/// when set. `scripts/test` runs the
+/// (`on`/`off`), `WEFT_TEST_WORKERS` (a number), `WEFT_TEST_PIN_CPUS` (`on`/`off`) and
+/// `WEFT_TEST_TUNNEL_GSO` (`on`/`off`: the tunnel-GSO underlay port), when set. `scripts/test` runs the
 /// end-to-end suites once per combination.
 pub fn matrix_flags() -> Vec<String> {
     let mut v = Vec::new();
@@ -162,6 +162,9 @@ pub fn matrix_flags() -> Vec<String> {
     }
     if let Ok(p) = std::env::var("WEFT_TEST_PIN_CPUS") {
         v.push(format!("--pin-cpus={p}"));
+    }
+    if let Ok(g) = std::env::var("WEFT_TEST_TUNNEL_GSO") {
+        v.push(format!("--tunnel-gso={g}"));
     }
     v
 }

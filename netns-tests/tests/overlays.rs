@@ -93,7 +93,13 @@ fn parse(text: &str) -> Cluster {
 /// Builds the lab for `clusters` (the first gives the nodes), makes `kernel` a kernel
 /// VXLAN node, starts `weftd` everywhere else and installs every description.
 fn build(clusters: &[&Cluster], kernel: Option<&str>) -> ClusterLab {
+    build_with(clusters, kernel, &[])
+}
+
+/// [`build`], every `weftd` started with `flags` as well.
+fn build_with(clusters: &[&Cluster], kernel: Option<&str>, flags: &[&str]) -> ClusterLab {
     let mut cl = ClusterLab::new(clusters[0]).unwrap();
+    cl.weftd_flags = flags.iter().map(|f| f.to_string()).collect();
     if let Some(k) = kernel {
         cl.install_kernel_node(clusters[0], k).unwrap();
     }
@@ -553,8 +559,54 @@ fn kernel_vxlan_node_interoperates_with_weft_node() {
     if !privileged("kernel_vxlan_node_interoperates_with_weft_node") {
         return;
     }
+    kernel_interop(&[]);
+}
+
+/// The same with the Weft node's VXLAN over the tunnel-GSO underlay port: the kernel
+/// node's packets (super-frames and plain datagrams, some with the outer UDP checksum
+/// left partial) are read from the TAP, and Weft's written to it reach the kernel's
+/// VXLAN device.
+#[test]
+fn kernel_vxlan_node_interoperates_over_the_tunnel_gso_port() {
+    let _s = serial();
+    if !privileged("kernel_vxlan_node_interoperates_over_the_tunnel_gso_port") {
+        return;
+    }
+    if let Err(why) = weft_datapath::port::underlay::probe() {
+        eprintln!("skipped: this kernel has no tunnel-GSO TAP ({why})");
+        return;
+    }
+    kernel_interop(&["--tunnel-gso=on"]);
+}
+
+/// Packets and bytes of the node's tunnel-GSO TAP: (read by Weft, written by Weft).
+fn gso_tap_counters(ns: &Ns) -> ((u64, u64), (u64, u64)) {
+    let read = |what: &str| -> u64 {
+        ns.run(&["cat", &format!("/sys/class/net/wgso4789/statistics/{what}")])
+            .unwrap_or_else(|e| panic!("tunnel-GSO tap counters in {}: {e}", ns.name()))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // The TAP's "tx" is what the kernel hands to Weft; its "rx" is what Weft writes.
+    (
+        (read("tx_packets"), read("tx_bytes")),
+        (read("rx_packets"), read("rx_bytes")),
+    )
+}
+
+/// Checks that `node`'s weftd uses the tunnel-GSO port.
+fn assert_tunnel_gso_in_use(cl: &ClusterLab, node: &str) {
+    let logs = cl.logs();
+    assert!(
+        logs.contains("underlay: tunnel-GSO TAP") && logs.contains("joined to its device"),
+        "{node}: the tunnel-GSO port is not in use\n{logs}"
+    );
+}
+
+fn kernel_interop(flags: &[&str]) {
     let c = parse(&describe("vxlan", "l2", 100, "k", 2, 2, true));
-    let mut cl = build(&[&c], Some("n1"));
+    let mut cl = build_with(&[&c], Some("n1"), flags);
     let n1 = cl.node("n1").ns.clone();
     let vx = n1.ip("-d link show vxlan100").unwrap();
     assert!(
@@ -574,8 +626,9 @@ fn kernel_vxlan_node_interoperates_with_weft_node() {
     let bad = ping_all(&cl, &pairs);
     assert!(
         bad.is_empty(),
-        "kernel <-> weft pings: {bad:#?}\n{}",
-        cl.logs()
+        "kernel <-> weft pings: {bad:#?}\n{}\n{}",
+        cl.logs(),
+        cl.metrics("n2").map(|m| m.body).unwrap_or_default()
     );
     // Weft learned the kernel pods' MACs behind the kernel node.
     let mut ctl = cl.client("n2").unwrap();
@@ -597,6 +650,93 @@ fn kernel_vxlan_node_interoperates_with_weft_node() {
     udp(&mut cl, "k12", "k22", &k22, 7101, 200);
     udp(&mut cl, "k22", "k12", &k12, 7102, 200);
     assert!(cl.weftd_running("n2"), "{}", cl.logs());
+    if !flags.is_empty() {
+        assert_tunnel_gso_in_use(&cl, "n2");
+        // Both 50 MB streams crossed the TAP, Weft's written as super-frames. (The
+        // kernel node's arrive MTU-sized on this 6.18 kernel: its VXLAN device's GSO
+        // packets are segmented before the TAP takes them, so they take the plain path
+        // and the coalescer.)
+        let ((rp, rb), (wp, wb)) = gso_tap_counters(&cl.node("n2").ns);
+        eprintln!("n2 tap read {rp} packets / {rb} bytes, written {wp} / {wb}");
+        assert!(
+            rb > MB50 && wb > MB50,
+            "tap read {rp}/{rb}, written {wp}/{wb}"
+        );
+        assert!(wb / wp > 8000, "not super-frames: tap written {wp} / {wb}");
+    }
+    finish(cl);
+}
+
+/// TCP streams of odd sizes, both ways, between Weft nodes whose VXLAN runs over the
+/// tunnel-GSO underlay port arrive byte for byte (each checksummed by both ends), and
+/// they crossed the TAPs as super-frames (bytes per packet far above the MTU), counted
+/// on the tunnel ports as the datagrams the kernel cut them into.
+#[test]
+fn tunnel_gso_port_carries_odd_sized_streams_byte_identical() {
+    let _s = serial();
+    if !privileged("tunnel_gso_port_carries_odd_sized_streams_byte_identical") {
+        return;
+    }
+    if let Err(why) = weft_datapath::port::underlay::probe() {
+        eprintln!("skipped: this kernel has no tunnel-GSO TAP ({why})");
+        return;
+    }
+    let c = parse(&describe("vxlan", "l3", 100, "a", 2, 1, true));
+    let mut cl = build_with(&[&c], None, &["--tunnel-gso=on"]);
+    assert_tunnel_gso_in_use(&cl, "n1");
+    let (a11, a21) = (ip4(&cl, "a11"), ip4(&cl, "a21"));
+    let a21v6 = ip6(&cl, "a21");
+    let sizes: [u64; 6] = [1, 1447, 65_537, 3_000_001, 20_971_529, 7_340_033];
+    // Bytes toward n2 and toward n1.
+    let (mut to2, mut to1) = (0, 0);
+    for (i, &n) in sizes.iter().enumerate() {
+        let port = 5301 + i as u16;
+        match i % 3 {
+            0 => transfer(&mut cl, "a11", "a21", &a21, port, n),
+            1 => transfer(&mut cl, "a21", "a11", &a11, port, n),
+            _ => transfer(&mut cl, "a11", "a21", &a21v6, port, n),
+        }
+        if i % 3 == 1 { to1 += n } else { to2 += n }
+    }
+    let ((r2p, r2b), (w2p, w2b)) = gso_tap_counters(&cl.node("n2").ns);
+    let ((r1p, r1b), (w1p, w1b)) = gso_tap_counters(&cl.node("n1").ns);
+    eprintln!(
+        "n1 tap wrote {w1p} packets / {w1b} bytes, read {r1p} / {r1b}; \
+         n2 tap wrote {w2p} / {w2b}, read {r2p} / {r2b}"
+    );
+    // Every stream crossed the TAPs (both ends' writes and reads), as super-frames: the
+    // bytes per packet are the average of the data's super-frames and the ACKs'
+    // plain frames, far above a 1500-byte datagram either way.
+    for (what, bytes, want) in [
+        ("n1 wrote", w1b, to2),
+        ("n2 read", r2b, to2),
+        ("n2 wrote", w2b, to1),
+        ("n1 read", r1b, to1),
+    ] {
+        assert!(bytes > want, "{what} {bytes} bytes, {want} sent that way");
+    }
+    let per = |b: u64, p: u64| b / p.max(1);
+    assert!(
+        per(w1b, w1p) > 3000
+            && per(r2b, r2p) > 3000
+            && per(w2b, w2p) > 3000
+            && per(r1b, r1p) > 3000,
+        "not super-frames"
+    );
+    let rb = r2b;
+    // The tunnel ports count datagrams on the wire, not super-frames.
+    let m = cl.metrics("n2").unwrap();
+    let tunnel_rx = m
+        .get("weft_port_rx_packets_total", &[("type", "vxlan")])
+        .unwrap_or(0);
+    assert!(
+        tunnel_rx > rb / 1500,
+        "n2 tunnel rx {tunnel_rx}\n{}",
+        m.body
+    );
+    for n in ["n1", "n2"] {
+        assert!(cl.weftd_running(n), "weftd on {n} died\n{}", cl.logs());
+    }
     finish(cl);
 }
 

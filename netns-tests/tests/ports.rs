@@ -256,3 +256,137 @@ fn a_tap_device_of_another_port_or_anyone_else_is_refused_and_left_alone() {
     .remove()
     .unwrap();
 }
+
+/// The tunnel-GSO port's next-hop cache (`weft_datapath::port::neigh`) on a real device:
+/// a peer is resolved from the kernel's neighbour table once asked for, a peer behind a
+/// gateway gets the gateway's MAC, and the cache follows a changed MAC and a deleted
+/// neighbour (rtnetlink events) without being asked again.
+#[test]
+fn the_next_hop_cache_follows_neighbour_and_route_changes() {
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+    use weft_datapath::port::neigh::Neighbours;
+    use weft_datapath::port::netns::in_netns;
+
+    if !privileged("the_next_hop_cache_follows_neighbour_and_route_changes") {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let a = lab.netns("nha").unwrap();
+    let b = lab.netns("nhb").unwrap();
+    lab.veth(&a, "ul0", &b, "ul0").unwrap();
+    a.ip("addr add 198.18.0.1/24 dev ul0").unwrap();
+    let mac1 = [0x02, 0, 0, 0, 0xaa, 0x01];
+    let mac2 = [0x02, 0, 0, 0, 0xaa, 0x02];
+    a.ip("neigh replace 198.18.0.2 lladdr 02:00:00:00:aa:01 dev ul0 nud permanent")
+        .unwrap();
+    a.ip("route add 198.18.5.0/24 via 198.18.0.2").unwrap();
+    let own: Vec<u8> = a
+        .run(&["cat", "/sys/class/net/ul0/address"])
+        .unwrap()
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    let idx: u32 = a
+        .run(&["cat", "/sys/class/net/ul0/ifindex"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let name = a.name().to_string();
+    let (peer, far) = (Ipv4Addr::new(198, 18, 0, 2), Ipv4Addr::new(198, 18, 5, 9));
+    in_netns(Some(&name), || {
+        let n = Arc::new(Neighbours::new(idx));
+        assert_eq!(
+            n.lookup(peer),
+            None,
+            "nothing is resolved before it is asked for"
+        );
+        assert_eq!(n.lookup(far), None);
+        let refresher = n.spawn_refresher().unwrap();
+        let wait = |who: Ipv4Addr, want: Option<[u8; 6]>, what: &str| {
+            let start = Instant::now();
+            loop {
+                let got = n.lookup(who).map(|h| h.dst_mac);
+                if got == want {
+                    return n.lookup(who);
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(3),
+                    "{what}: {who} -> {got:02x?}, want {want:02x?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let h = wait(peer, Some(mac1), "resolved").unwrap();
+        assert_eq!(h.src, Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(h.src_mac.to_vec(), own);
+        // Behind the gateway: the gateway's MAC, the same source.
+        let h = wait(far, Some(mac1), "via the gateway").unwrap();
+        assert_eq!(h.peer, far);
+        // The neighbour changes its MAC: followed (an rtnetlink event, no new lookup miss).
+        a.ip("neigh replace 198.18.0.2 lladdr 02:00:00:00:aa:02 dev ul0 nud permanent")
+            .unwrap();
+        wait(peer, Some(mac2), "changed MAC").unwrap();
+        wait(far, Some(mac2), "changed MAC of the gateway").unwrap();
+        // The route goes away: no next hop for the far peer (back to the socket).
+        a.ip("route del 198.18.5.0/24").unwrap();
+        wait(far, None, "route deleted");
+        // The neighbour goes away: none either.
+        a.ip("neigh del 198.18.0.2 dev ul0").unwrap();
+        wait(peer, None, "neighbour deleted");
+        n.stop();
+        refresher.join().unwrap();
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// A tunnel-GSO tc filter left on the underlay device by a weftd that was killed (its
+/// TAP gone, so the redirect drops the tunnel's packets) is removed when the tunnel
+/// opens again with sockets only.
+#[test]
+fn a_stale_tunnel_gso_filter_is_removed() {
+    use std::net::Ipv4Addr;
+    use weft_datapath::port::netns::in_netns;
+    use weft_datapath::port::underlay::remove_stale_filter;
+
+    if !privileged("a_stale_tunnel_gso_filter_is_removed") {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let a = lab.netns("sfa").unwrap();
+    let b = lab.netns("sfb").unwrap();
+    lab.veth(&a, "ul0", &b, "ul0").unwrap();
+    a.ip("addr add 198.18.0.1/24 dev ul0").unwrap();
+    a.ip("tuntap add dev wgso4789 mode tap").unwrap();
+    a.run(&["tc", "qdisc", "add", "dev", "ul0", "clsact"])
+        .unwrap();
+    a.run(&[
+        "tc", "filter", "add", "dev", "ul0", "ingress", "pref", "4789", "protocol", "ip", "u32",
+        "match", "ip", "dport", "4789", "0xffff", "action", "mirred", "egress", "redirect", "dev",
+        "wgso4789",
+    ])
+    .unwrap();
+    a.ip("link del wgso4789").unwrap();
+    let show = || {
+        a.run(&["tc", "filter", "show", "dev", "ul0", "ingress"])
+            .unwrap()
+    };
+    assert!(show().contains("mirred"), "{}", show());
+    let name = a.name().to_string();
+    // Another UDP port's filter is not this tunnel's: left alone.
+    in_netns(Some(&name), || {
+        remove_stale_filter(Ipv4Addr::new(198, 18, 0, 1), 6081);
+        Ok(())
+    })
+    .unwrap();
+    assert!(show().contains("mirred"), "{}", show());
+    in_netns(Some(&name), || {
+        remove_stale_filter(Ipv4Addr::new(198, 18, 0, 1), 4789);
+        Ok(())
+    })
+    .unwrap();
+    assert!(!show().contains("mirred"), "{}", show());
+}

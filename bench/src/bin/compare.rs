@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --bins && sudo target/release/compare [--rounds 3] [--duration 5]
-//!     [--only weft-vxlan,weft-geneve,weft-ipip,kernel,ovs,veth] [--udp-frames 300000]
+//!     [--only weft-vxlan,weft-vxlan-gso,weft-geneve,weft-geneve-gso,weft-ipip,kernel,ovs,veth] [--udp-frames 300000]
 //!     [--out target/weft-compare] [--no-install] [--weftd PATH]
 //! ```
 //!

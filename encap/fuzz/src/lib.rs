@@ -1,5 +1,5 @@
 //! The offload fuzz targets (`encap::offload`), as plain functions:
-//! `fuzz_targets/{segment,coalesce}.rs` call them on what libFuzzer generates and
+//! `fuzz_targets/{segment,tunnel_hdr,coalesce}.rs` call them on what libFuzzer generates and
 //! `encap/tests/fuzz_offload.rs` (which includes this file with `#[path]`) calls them on
 //! every corpus file, so `cargo test` replays what the fuzzer found. Each panics when a
 //! property fails. Checksums and headers are checked with this file's own code, not
@@ -9,6 +9,8 @@
 //!   frame) through [`Segmenter`]: every segment within `hdr_len + gso_size`, valid
 //!   lengths and checksums, the payload conserved, `segment_into` agreeing, and
 //!   segment-then-coalesce giving the super-frame back when the coalescer can take it.
+//! * [`tunnel_hdr`]: the 24-byte UDP-tunnel header (`TunnelVnetHdr`) and the frame behind
+//!   it: see the function.
 //! * [`coalesce`]: an arbitrary sequence of [`CoalesceOp`]s (raw frames, frames with
 //!   their checksums fixed, well-formed next segments of a few flows, flushes) through a
 //!   [`Coalescer`]: every frame comes out exactly once, unchanged or inside a
@@ -768,4 +770,123 @@ pub mod encode {
         o.push(0);
         o
     }
+}
+
+/// What the [`tunnel_hdr`] target made of one input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelOutcome {
+    /// Shorter than the 24-byte header.
+    NoHeader,
+    /// The header was refused.
+    Refused(OffloadError),
+    /// A header without a tunnel bit.
+    Plain,
+    /// A tunnel super-frame header; `Ok` when the frame behind it fits it.
+    Tunnel(Result<(), OffloadError>),
+}
+
+/// The 24-byte tunnel header target: `data` is what a TAP with `TUNSETVNETHDRSZ` 24
+/// gives (header, then the frame). Properties: parse never panics; a parsed header
+/// re-emits and parses to itself; a plain header is the 10-byte parse and does not
+/// depend on bytes 10–23 (the kernel may leave stale bytes there); no result depends on
+/// `hdr_len`; a tunnel header's offsets are in order, and a frame that passes
+/// `check_frame` really has its outer UDP header, inner IP header and inner
+/// transport checksum where the offsets say, inside the frame.
+pub fn tunnel_hdr(data: &[u8]) -> TunnelOutcome {
+    use encap::offload::{GSO_UDP_TUNNEL_MASK, TunnelVnetHdr, VIRTIO_NET_HDR_TNL_LEN};
+    const N: usize = VIRTIO_NET_HDR_TNL_LEN;
+    let parsed = TunnelVnetHdr::parse(data);
+    if data.len() < N {
+        assert_eq!(parsed, Err(OffloadError::Truncated));
+        return TunnelOutcome::NoHeader;
+    }
+    let frame = &data[N..];
+    // hdr_len changes nothing but itself.
+    let mut other = [0u8; N];
+    other.copy_from_slice(&data[..N]);
+    other[2] ^= 0xff;
+    other[3] ^= 0x5a;
+    let parsed_other = TunnelVnetHdr::parse(&other);
+    match (&parsed, &parsed_other) {
+        (Ok(a), Ok(b)) => {
+            let mut b = *b;
+            b.base.hdr_len = a.base.hdr_len;
+            assert_eq!(*a, b, "hdr_len changed the header");
+            assert_eq!(a.check_frame(frame), b.check_frame(frame));
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        _ => panic!("hdr_len decided whether the header parses"),
+    }
+    let h = match parsed {
+        Ok(h) => h,
+        Err(e) => {
+            if data[1] & GSO_UDP_TUNNEL_MASK == 0 && data[0] & 8 == 0 {
+                assert!(VirtioNetHdr::parse(&data[..VIRTIO_NET_HDR_LEN]).is_err());
+            }
+            return TunnelOutcome::Refused(e);
+        }
+    };
+    let mut again = [0u8; N];
+    h.emit(&mut again).expect("24 bytes");
+    assert_eq!(
+        TunnelVnetHdr::parse(&again),
+        Ok(h),
+        "header does not re-emit"
+    );
+    let Some(t) = h.tunnel else {
+        assert_eq!(
+            Ok(h.base),
+            VirtioNetHdr::parse(&data[..VIRTIO_NET_HDR_LEN]),
+            "plain header is not the 10-byte one"
+        );
+        let mut stale = other;
+        stale[2..4].copy_from_slice(&data[2..4]);
+        for b in &mut stale[VIRTIO_NET_HDR_LEN..] {
+            *b = !*b;
+        }
+        assert_eq!(TunnelVnetHdr::parse(&stale), Ok(h), "bytes 10-23 were read");
+        assert_eq!(&again[VIRTIO_NET_HDR_LEN..], &[0u8; N - VIRTIO_NET_HDR_LEN]);
+        return TunnelOutcome::Plain;
+    };
+    assert_eq!((data[1] & GSO_UDP_TUNNEL_MASK).count_ones(), 1);
+    assert_ne!(h.base.flags & VirtioNetHdr::F_NEEDS_CSUM, 0);
+    let (oth, inh, cs) = (
+        usize::from(t.outer_th),
+        usize::from(t.inner_nh),
+        usize::from(h.base.csum_start),
+    );
+    assert!(oth >= 34 && oth + 8 <= inh && inh + 20 <= cs, "{t:?} {h:?}");
+    let r = h.check_frame(frame);
+    if r.is_ok() {
+        let ethertype = be16(frame, 12);
+        if t.outer_v6 {
+            assert_eq!(ethertype, 0x86dd);
+            assert_eq!(frame[14] >> 4, 6);
+            assert_eq!(oth, 54);
+            assert_eq!(frame[14 + 6], 17);
+        } else {
+            assert_eq!(ethertype, 0x0800);
+            assert_eq!(frame[14] >> 4, 4);
+            assert_eq!(oth, 14 + usize::from(frame[14] & 15) * 4);
+            assert_eq!(frame[14 + 9], 17);
+        }
+        let inner_v6 = frame[inh] >> 4 == 6;
+        let ihl = if inner_v6 {
+            40
+        } else {
+            usize::from(frame[inh] & 15) * 4
+        };
+        assert_eq!(inh + ihl, cs);
+        let proto = frame[if inner_v6 { inh + 6 } else { inh + 9 }];
+        assert!(proto == 6 || proto == 17);
+        assert!(cs + usize::from(h.base.csum_offset) + 2 <= frame.len());
+        let inner = h.inner(inh - 14).expect("inner header");
+        assert_eq!(usize::from(inner.csum_start), cs - (inh - 14));
+        assert_eq!(inner.hdr_len, 0);
+        // The inner header is one the plain parser takes.
+        let mut plain = [0u8; VIRTIO_NET_HDR_LEN];
+        inner.emit(&mut plain).expect("10 bytes");
+        assert_eq!(VirtioNetHdr::parse(&plain), Ok(inner));
+    }
+    TunnelOutcome::Tunnel(r)
 }

@@ -48,7 +48,8 @@
 //! The virtio header is read and written in little-endian byte order (virtio 1.0, and the
 //! legacy native order on x86 and arm64; a TAP on a big-endian host needs `TUNSETVNETLE`).
 //!
-//! The module is in four parts: the virtio header ([`VirtioNetHdr`], `virtio.rs`), the
+//! The module is in five parts: the virtio header ([`VirtioNetHdr`], `virtio.rs`) and its
+//! 24-byte UDP-tunnel form ([`TunnelVnetHdr`], `tunnel.rs`), the
 //! headers of a TCP/UDP frame both sides read (`frame.rs`), segmentation
 //! ([`Segmenter`], `segment.rs`) and coalescing ([`Coalescer`], `coalesce.rs`).
 use core::fmt;
@@ -109,6 +110,12 @@ pub enum OffloadError {
     BadChecksumOffsets,
     /// The caller's output buffer is too small for the next segment.
     BufferTooSmall,
+    /// A 24-byte header whose tunnel bits are wrong: both set, a tunnel without an
+    /// inner TSO/USO type or without `NEEDS_CSUM`, or the tunnel checksum flag alone.
+    BadTunnelGso,
+    /// A tunnel super-frame whose outer UDP / inner IP offsets are out of order or do
+    /// not point at those headers.
+    BadTunnelOffsets,
 }
 
 impl fmt::Display for OffloadError {
@@ -127,6 +134,8 @@ impl fmt::Display for OffloadError {
             OffloadError::BadTcpHeader => "malformed tcp header",
             OffloadError::BadChecksumOffsets => "checksum offsets outside the frame",
             OffloadError::BufferTooSmall => "output buffer too small",
+            OffloadError::BadTunnelGso => "bad udp tunnel gso type or flags",
+            OffloadError::BadTunnelOffsets => "udp tunnel header offsets do not fit the frame",
         })
     }
 }
@@ -134,10 +143,15 @@ impl fmt::Display for OffloadError {
 mod coalesce;
 mod frame;
 mod segment;
+mod tunnel;
 mod virtio;
 
 pub use coalesce::{Coalescer, MAX_IP_LEN, SLOT_LEN};
 pub use segment::{Segmenter, complete_checksum, refresh_partial_checksum, segment_into};
+pub use tunnel::{
+    F_UDP_TUNNEL_CSUM, GSO_UDP_TUNNEL_IPV4, GSO_UDP_TUNNEL_IPV6, GSO_UDP_TUNNEL_MASK,
+    TunnelOffsets, TunnelVnetHdr, VIRTIO_NET_HDR_TNL_LEN, tunnel_field,
+};
 pub use virtio::{Header, VIRTIO_NET_HDR_LEN, VIRTIO_NET_HDR_MRG_LEN, VirtioNetHdr, field};
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use weft_flow::port::{Key, PortKind as SpecKind, PortSpec, Remote};
 
 use crate::port::socket::{IPPROTO_IPIP, IPPROTO_IPV6};
-use crate::port::{Attach, RawIpSocket, Tap, UdpTunnelSocket};
+use crate::port::{Attach, RawIpSocket, Tap, UdpTunnelSocket, Underlay};
 use weft_pipeline::drop::DropReason;
 use weft_pipeline::egress::{EgressDrop, EgressPort, EgressPorts, TunnelEgress, TunnelEncap};
 use weft_pipeline::{PortKind, PortMap};
@@ -184,6 +184,13 @@ impl PortCounters {
         self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Counts `packets` received packets of `bytes` bytes in all.
+    #[inline]
+    pub fn rx_n(&self, packets: usize, bytes: usize) {
+        self.rx_packets.fetch_add(packets as u64, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
     /// Counts a sent packet.
     #[inline]
     pub fn tx(&self, bytes: usize) {
@@ -238,12 +245,31 @@ impl PortCounters {
     }
 }
 
+/// The sockets of VXLAN/Geneve ports of one type, local address and UDP port: one per
+/// worker (indexed by worker through `Deref`), and the tunnel-GSO underlay port when it
+/// is in use.
+#[derive(Debug)]
+pub struct UdpSockets {
+    /// One socket per worker.
+    pub per_worker: Vec<UdpTunnelSocket>,
+    /// The underlay TAP that carries whole tunnel super-frames (`underlay = auto` on a
+    /// kernel that has it, and an IPv4 `local=`), else `None`: sockets only.
+    pub underlay: Option<Underlay>,
+}
+
+impl std::ops::Deref for UdpSockets {
+    type Target = [UdpTunnelSocket];
+    fn deref(&self) -> &[UdpTunnelSocket] {
+        &self.per_worker
+    }
+}
+
 /// VXLAN or Geneve: one UDP socket per worker.
 #[derive(Debug)]
 pub struct UdpTunnel {
     /// Sockets, indexed by worker; shared by every tunnel port of the same type on the
     /// same local address and UDP port (told apart by their `remote=`).
-    pub sockets: Arc<Vec<UdpTunnelSocket>>,
+    pub sockets: Arc<UdpSockets>,
     /// The tunnel header (VXLAN, or Geneve with Ethernet payload and no options).
     pub header: TunnelHeader,
     /// Destination UDP port.
@@ -399,9 +425,24 @@ impl PortIo {
     pub fn open(
         spec: &PortSpec,
         workers: usize,
-        shared: Option<Arc<Vec<UdpTunnelSocket>>>,
+        shared: Option<Arc<UdpSockets>>,
         offloads: bool,
         attach: Attach,
+    ) -> io::Result<PortIo> {
+        PortIo::open_with(spec, workers, shared, offloads, attach, false)
+    }
+
+    /// [`PortIo::open`], where `tunnel_gso` asks a new VXLAN/Geneve socket group with an
+    /// IPv4 `local=` to open the tunnel-GSO underlay port too (the caller probed the
+    /// kernel; a port that cannot be joined to its device logs why and keeps its
+    /// sockets).
+    pub fn open_with(
+        spec: &PortSpec,
+        workers: usize,
+        shared: Option<Arc<UdpSockets>>,
+        offloads: bool,
+        attach: Attach,
+        tunnel_gso: bool,
     ) -> io::Result<PortIo> {
         let ofport = spec
             .ofport
@@ -426,7 +467,38 @@ impl PortIo {
                                 t.local, dst_port, remote_v6,
                             )?);
                         }
-                        Arc::new(v)
+                        let underlay = match t.local {
+                            Some(IpAddr::V4(local)) if tunnel_gso && offloads => {
+                                let name = format!("wgso{}", v[0].local_addr().port());
+                                match Underlay::open(
+                                    &name,
+                                    local,
+                                    v[0].local_addr().port(),
+                                    workers,
+                                ) {
+                                    Ok(u) => Some(u),
+                                    Err(e) => {
+                                        tracing::warn!(
+                                            port = %spec.name,
+                                            "tunnel-GSO underlay port not used, sockets only: {e}"
+                                        );
+                                        None
+                                    }
+                                }
+                            }
+                            Some(IpAddr::V4(local)) => {
+                                crate::port::underlay::remove_stale_filter(
+                                    local,
+                                    v[0].local_addr().port(),
+                                );
+                                None
+                            }
+                            _ => None,
+                        };
+                        Arc::new(UdpSockets {
+                            per_worker: v,
+                            underlay,
+                        })
                     }
                 };
                 let header = if matches!(spec.kind, SpecKind::Vxlan(_)) {
@@ -627,10 +699,7 @@ impl PortSet {
     /// The sockets a new UDP tunnel port must share, if a port of the same type, local
     /// address and UDP port exists: `Ok(Some(..))`; `Err(name)` when that port already
     /// takes the same `remote=` (or is a tunnel of the other type on that UDP port).
-    pub fn udp_sharing(
-        &self,
-        spec: &PortSpec,
-    ) -> Result<Option<Arc<Vec<UdpTunnelSocket>>>, String> {
+    pub fn udp_sharing(&self, spec: &PortSpec) -> Result<Option<Arc<UdpSockets>>, String> {
         let Some(udp) = spec.udp_port() else {
             return Ok(None);
         };

@@ -67,4 +67,7 @@ pub struct StatsSnapshot {
     pub mac_evictions: u64,
     /// Hosts that moved to another port.
     pub mac_moves: u64,
+    /// VXLAN/Geneve go over the tunnel-GSO underlay port (`tunnel_gso` asked for and the
+    /// kernel has it), not the tunnels' sockets only.
+    pub tunnel_gso: bool,
 }

@@ -72,6 +72,10 @@ pub struct SwitchOptions {
     pub pin_cpus: bool,
     /// How many flows the tables may hold (a bundle that would exceed it is refused).
     pub flow_limits: FlowLimits,
+    /// Carry VXLAN/Geneve over the tunnel-GSO underlay port (a TAP joined to the
+    /// underlay device, `port::underlay`) when the kernel has it (probed at start; Linux
+    /// 6.17+) and offloads are on; else, or when off, the tunnels' sockets only.
+    pub tunnel_gso: bool,
 }
 
 impl Default for SwitchOptions {
@@ -85,6 +89,7 @@ impl Default for SwitchOptions {
             offloads: true,
             pin_cpus: false,
             flow_limits: FlowLimits::default(),
+            tunnel_gso: false,
         }
     }
 }
@@ -262,7 +267,8 @@ impl Switch {
         let stats: Vec<Arc<WorkerStats>> = (0..workers)
             .map(|_| Arc::new(WorkerStats::default()))
             .collect();
-        let options = SwitchOptions { workers, ..options };
+        let mut options = SwitchOptions { workers, ..options };
+        options.tunnel_gso = tunnel_gso_in_use(&options);
         let sw = Switch {
             ports: Arc::new(Ports {
                 shared: Arc::clone(&shared),
@@ -796,6 +802,7 @@ impl Switch {
             mac_capacity: self.shared.macs.capacity() as u64,
             mac_evictions: self.shared.macs.evictions(),
             mac_moves: self.shared.macs.moves(),
+            tunnel_gso: self.options.tunnel_gso,
         }
     }
 
@@ -988,7 +995,7 @@ impl Ports {
     fn check_new(
         &self,
         spec: &mut PortSpec,
-    ) -> Result<Option<Arc<Vec<crate::port::UdpTunnelSocket>>>, SwitchError> {
+    ) -> Result<Option<Arc<crate::io::UdpSockets>>, SwitchError> {
         spec.validate()?;
         let current = self.shared.ports.load_full();
         let down = self.down();
@@ -1025,15 +1032,16 @@ impl Ports {
     fn open(
         &self,
         spec: &PortSpec,
-        shared: Option<Arc<Vec<crate::port::UdpTunnelSocket>>>,
+        shared: Option<Arc<crate::io::UdpSockets>>,
         attach: Attach,
     ) -> Result<PortIo, SwitchError> {
-        PortIo::open(
+        PortIo::open_with(
             spec,
             self.options.workers,
             shared,
             self.options.offloads,
             attach,
+            self.options.tunnel_gso,
         )
         .map_err(|error| SwitchError::Open {
             name: spec.name.clone(),
@@ -1148,12 +1156,42 @@ impl Ports {
     }
 }
 
+/// Whether the tunnel-GSO underlay port is used: asked for, offloads on, and the kernel
+/// has it (probed once). Logs which underlay is in use and why.
+fn tunnel_gso_in_use(options: &SwitchOptions) -> bool {
+    if !options.tunnel_gso {
+        tracing::info!("underlay: tunnel sockets (tunnel_gso off)");
+        return false;
+    }
+    if !options.offloads {
+        tracing::info!("underlay: tunnel sockets (tunnel_gso needs offloads on)");
+        return false;
+    }
+    match crate::port::underlay::probe() {
+        Ok(()) => {
+            tracing::info!("underlay: tunnel-GSO TAP (the kernel segments tunnel super-frames)");
+            true
+        }
+        Err(why) => {
+            tracing::info!("underlay: tunnel sockets (no tunnel-GSO TAP: {why})");
+            false
+        }
+    }
+}
+
+impl Switch {
+    /// True when the tunnel-GSO underlay port is in use (asked for and probed).
+    pub fn tunnel_gso(&self) -> bool {
+        self.options.tunnel_gso
+    }
+}
+
 /// Checks a port against the open ports of `current`: its UDP port (returns the sockets
 /// it must share) and its TAP device (which must not be another port's).
 fn conflicts(
     current: &PortSet,
     spec: &PortSpec,
-) -> Result<Option<Arc<Vec<crate::port::UdpTunnelSocket>>>, SwitchError> {
+) -> Result<Option<Arc<crate::io::UdpSockets>>, SwitchError> {
     let shared = current
         .udp_sharing(spec)
         .map_err(|by| SwitchError::UdpPortTaken(spec.udp_port().unwrap_or_default(), by))?;

@@ -4,6 +4,7 @@
 //! workers = 2
 //! offloads = true                # TAP TSO/USO + UDP GSO/GRO + coalescing (default on)
 //! pin_cpus = false               # worker i on CPU i
+//! tunnel_gso = false             # VXLAN/Geneve over a tunnel-GSO TAP (Linux 6.17+)
 //! state_dir = "/var/lib/weft"
 //! metrics = "127.0.0.1:9464"
 //! control = "/run/weft/weftd.sock"
@@ -88,6 +89,10 @@ pub struct Args {
     /// Pin worker i to CPU i: on or off [default: off].
     #[arg(long, value_name = "on|off")]
     pub pin_cpus: Option<String>,
+    /// Carry VXLAN/Geneve with an IPv4 local= over the tunnel-GSO underlay TAP when the
+    /// kernel has it (probed at start, else sockets): on or off [default: off].
+    #[arg(long, value_name = "on|off")]
+    pub tunnel_gso: Option<String>,
     /// The control socket [default: /run/weft/weftd.sock].
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
@@ -151,6 +156,8 @@ pub struct Config {
     pub offloads: bool,
     /// Pin each worker to a CPU.
     pub pin_cpus: bool,
+    /// Use the tunnel-GSO underlay port when the kernel has it.
+    pub tunnel_gso: bool,
     /// Where `state.json` lives.
     pub state_dir: PathBuf,
     /// Where to serve Prometheus metrics, if anywhere.
@@ -180,6 +187,7 @@ impl Default for Config {
             workers: default_workers(),
             offloads: true,
             pin_cpus: false,
+            tunnel_gso: false,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             metrics: None,
             control: PathBuf::from(DEFAULT_CONTROL),
@@ -252,6 +260,9 @@ impl Config {
         }
         if let Some(v) = &args.pin_cpus {
             self.pin_cpus = on_off("pin-cpus", v)?;
+        }
+        if let Some(v) = &args.tunnel_gso {
+            self.tunnel_gso = on_off("tunnel-gso", v)?;
         }
         if let Some(c) = &args.control {
             self.control = non_empty_path("control", c)?;

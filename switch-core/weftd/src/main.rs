@@ -55,6 +55,7 @@ fn start_node(
         workers: cfg.workers,
         offloads: cfg.offloads,
         pin_cpus: cfg.pin_cpus,
+        tunnel_gso: cfg.tunnel_gso,
         state_store: Some(store),
         flow_limits: weft_pipeline::FlowLimits {
             max_flows: cfg.max_flows,

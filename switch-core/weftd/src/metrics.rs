@@ -27,6 +27,7 @@
 //! | `weft_flow_drops_total` | `table`, `priority`, `cookie` |
 //! | `weft_pipeline_version` (gauge) | |
 //! | `weft_mac_entries` (gauge), `weft_mac_capacity` (gauge), `weft_mac_evictions_total`, `weft_mac_moves_total` | |
+//! | `weft_underlay_tunnel_gso` (gauge: 1 over the tunnel-GSO underlay TAP, 0 sockets only) | |
 //!
 //! (A counter's family is named without `_total` in its `# HELP`/`# TYPE` lines and
 //! its samples with it, as OpenMetrics has it.)
@@ -258,6 +259,12 @@ fn encode_snapshot(s: &StatsSnapshot, enc: &mut DescriptorEncoder<'_>) -> Fmt {
         "weft_mac_capacity",
         "Entries the MAC table can hold.",
         s.mac_capacity,
+    )?;
+    gauge(
+        enc,
+        "weft_underlay_tunnel_gso",
+        "1 when VXLAN/Geneve go over the tunnel-GSO underlay TAP, 0 with the tunnels' sockets only.",
+        u64::from(s.tunnel_gso),
     )?;
     counter(
         enc,
@@ -553,6 +560,7 @@ mod tests {
             mac_capacity: 8192,
             mac_evictions: 3,
             mac_moves: 1,
+            tunnel_gso: true,
         }
     }
 
@@ -662,14 +670,15 @@ mod tests {
         assert_eq!(get("weft_pipeline_version"), 7);
         assert_eq!(get("weft_mac_entries"), 5);
         assert_eq!(get("weft_mac_capacity"), 8192);
+        assert_eq!(get("weft_underlay_tunnel_gso"), 1);
         assert_eq!(get("weft_mac_evictions_total"), 3);
         assert_eq!(get("weft_mac_moves_total"), 1);
         // Up and the four counters of two ports, three drops, four table metrics of two
         // tables, two flow drops, and the unlabelled families.
-        assert_eq!(m.len(), 5 * 2 + 3 + 4 * 2 + 2 + 2 + 2 + 1 + 4);
+        assert_eq!(m.len(), 5 * 2 + 3 + 4 * 2 + 2 + 2 + 2 + 1 + 5);
         // An empty snapshot is still valid output.
         let empty = parse_text(&render(&StatsSnapshot::default()));
-        assert_eq!(empty.len(), 7, "the unlabelled families always appear");
+        assert_eq!(empty.len(), 8, "the unlabelled families always appear");
     }
 
     #[test]

@@ -11,7 +11,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use encap::offload::{Coalescer, Segmenter, VirtioNetHdr};
+use encap::offload::{
+    Coalescer, Segmenter, TunnelOffsets, TunnelVnetHdr, VIRTIO_NET_HDR_TNL_LEN, VirtioNetHdr,
+};
 use weft_pipeline::drop::DropReason;
 use weft_pipeline::egress::{ETH_LEN, EgressCtx, Emit, FrameInfo, TapWrite, plan};
 use weft_pipeline::flow_key::{Field, FlowKey, HeaderOffsets, TunnelMeta};
@@ -22,6 +24,8 @@ use super::super::batch::{GSO_MAX_BYTES, GSO_MAX_SEGS, TxMsg, TxOutcome, TxQueue
 use super::super::capture::Direction;
 use super::super::io::{IoDrop, PortDev, PortDrop, PortIo, PortSet};
 use super::{GRO_FLOWS, HEADROOM, Worker};
+use crate::port::Underlay;
+use crate::port::neigh::NextHop;
 use crate::port::tap::VNET_HDR_LEN;
 
 /// The coalescer of one TAP port.
@@ -259,6 +263,45 @@ impl Out {
                     out.counters.drop(PortDrop::Io(IoDrop::BadOffload));
                     return;
                 };
+                // The tunnel-GSO underlay port, when the peer's next hop is known: the
+                // whole super-frame in one write, the kernel cuts it.
+                if let PortDev::Udp(u) = &out.dev
+                    && let Some(ul) = &u.sockets.underlay
+                    && let IpAddr::V4(peer) = dst
+                    && let Some(hop) = ul.neigh.lookup(peer)
+                {
+                    let segments = seg.remaining();
+                    let buf: &mut [u8] = if c.in_rx { rx } else { &mut self.tx };
+                    let ttl = out.tunnel.as_ref().map_or(64, |t| t.ttl);
+                    let tx = UnderlayTx {
+                        ul,
+                        header: &u.header,
+                        hop,
+                        vni,
+                        ttl,
+                        segments,
+                    };
+                    if tx.send(
+                        buf,
+                        c.start,
+                        c.len,
+                        c.offs.l3 as usize,
+                        &self.cur,
+                        out,
+                        self.id,
+                    ) {
+                        return;
+                    }
+                }
+                let frame: &[u8] = if c.in_rx {
+                    &rx[c.start..c.start + c.len]
+                } else {
+                    &self.tx[c.start..c.start + c.len]
+                };
+                let Ok(seg) = Segmenter::new(&self.cur, frame) else {
+                    out.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                    return;
+                };
                 match &out.dev {
                     PortDev::Udp(_) => send_udp(&mut self.txq, self.id, ports, out, seg, dst, vni),
                     PortDev::Ipip(_) => send_ipip(&mut self.txq, ports, out, seg, dst),
@@ -307,6 +350,125 @@ impl Out {
                 Err(_) => c.in_port.counters.drop(PortDrop::Io(IoDrop::TxError)),
             }
         }
+    }
+}
+
+/// One super-frame toward a peer through the tunnel-GSO underlay port.
+struct UnderlayTx<'a> {
+    ul: &'a Underlay,
+    header: &'a encap::TunnelHeader,
+    hop: NextHop,
+    vni: u32,
+    ttl: u8,
+    /// Datagrams the kernel will cut it into (the tunnel port's `tx` counts these).
+    segments: usize,
+}
+
+/// Outer Ethernet + IPv4 + UDP in front of the tunnel header.
+const UNDERLAY_OUTER: usize = ETH_LEN + 20 + 8;
+
+impl UnderlayTx<'_> {
+    /// Writes the outer Ethernet, IPv4, UDP and tunnel headers into the headroom in front
+    /// of the frame at `buf[start..start + len]` (its IP header at `l3`, `cur` its offload
+    /// header), and the whole with its 24-byte `virtio_net_hdr` to the underlay TAP in one
+    /// `writev`: the payload is not copied. False when the frame cannot go this way (no
+    /// headroom, an outer packet over 64 KB): the caller sends it through the socket.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        l3: usize,
+        cur: &VirtioNetHdr,
+        out: &PortIo,
+        id: usize,
+    ) -> bool {
+        let hl = self.header.len();
+        let outer = UNDERLAY_OUTER + hl;
+        let ip_total = outer - ETH_LEN + len;
+        if start < outer || ip_total > usize::from(u16::MAX) || start + len > buf.len() {
+            return false;
+        }
+        let sport = encap::PortRange::LINUX_DEFAULT.port_for_hash(
+            encap::flow_hash::flow_hash_ethernet(&buf[start..start + len], 0),
+        );
+        // The offload header first, while the inner frame's offsets are at hand.
+        let gso = cur.gso_kind() != VirtioNetHdr::GSO_NONE;
+        let csum = cur.flags & VirtioNetHdr::F_NEEDS_CSUM != 0;
+        let at = |o: u16| u16::try_from(outer + usize::from(o)).ok();
+        let vh = if gso || csum {
+            let l4 = usize::from(cur.csum_start);
+            // The headers' length, computed (the pod's hdr_len is a hint, not trusted).
+            let l4_len = match buf.get(start + l4 + 12) {
+                Some(b) if cur.csum_offset == 16 => usize::from(b >> 4) * 4,
+                Some(_) => 8,
+                None => return false,
+            };
+            let (Some(csum_start), Some(hdr_len), Ok(inner_nh)) = (
+                at(cur.csum_start),
+                at((l4 + l4_len) as u16),
+                u16::try_from(outer + l3),
+            ) else {
+                return false;
+            };
+            TunnelVnetHdr {
+                base: VirtioNetHdr {
+                    csum_start,
+                    hdr_len,
+                    ..*cur
+                },
+                tunnel: gso.then_some(TunnelOffsets {
+                    outer_v6: false,
+                    outer_csum: false,
+                    outer_th: (ETH_LEN + 20) as u16,
+                    inner_nh,
+                }),
+            }
+        } else {
+            TunnelVnetHdr::default()
+        };
+        let mut vnet = [0u8; VIRTIO_NET_HDR_TNL_LEN];
+        if vh.emit(&mut vnet).is_err() {
+            return false;
+        }
+        if let Err(r) = self.header.encapsulate(buf, start, len, self.vni) {
+            out.counters
+                .drop_n(PortDrop::Encap(r), self.segments.max(1));
+            return true;
+        }
+        let o = start - outer;
+        let h = &mut buf[o..o + UNDERLAY_OUTER];
+        h[..6].copy_from_slice(&self.hop.dst_mac);
+        h[6..12].copy_from_slice(&self.hop.src_mac);
+        h[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut h[ETH_LEN..ETH_LEN + 20];
+        ip[0] = 0x45;
+        ip[1] = 0;
+        ip[2..4].copy_from_slice(&(ip_total as u16).to_be_bytes());
+        ip[4..6].fill(0);
+        // DF: the plan checked every segment against the tunnel's MTU.
+        ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+        ip[8] = self.ttl;
+        ip[9] = encap::IPPROTO_UDP;
+        ip[10..12].fill(0);
+        ip[12..16].copy_from_slice(&self.ul.local.octets());
+        ip[16..20].copy_from_slice(&self.hop.peer.octets());
+        let c = encap::checksum::checksum(ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let udp = &mut h[ETH_LEN + 20..];
+        udp[..2].copy_from_slice(&sport.to_be_bytes());
+        udp[2..4].copy_from_slice(&self.ul.dst_port.to_be_bytes());
+        udp[4..6].copy_from_slice(&((ip_total - 20) as u16).to_be_bytes());
+        udp[6..8].fill(0);
+        let bytes = outer + len;
+        match self.ul.tap.send(id, &vnet, &buf[o..start + len]) {
+            Ok(_) => out.counters.tx_n(self.segments.max(1), bytes),
+            Err(_) => out
+                .counters
+                .drop_n(PortDrop::Io(IoDrop::TxError), self.segments.max(1)),
+        }
+        true
     }
 }
 

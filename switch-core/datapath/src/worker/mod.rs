@@ -85,6 +85,8 @@ enum Sub {
     Ipip4 = 1,
     /// IP-in-IP protocol 41.
     Ipip6 = 2,
+    /// The worker's queue of a socket group's tunnel-GSO underlay TAP.
+    Underlay = 3,
 }
 
 fn token(ofport: u32, sub: Sub) -> Token {
@@ -95,6 +97,7 @@ fn untoken(t: Token) -> (u32, Sub) {
     let sub = match t.0 & 3 {
         1 => Sub::Ipip4,
         2 => Sub::Ipip6,
+        3 => Sub::Underlay,
         _ => Sub::Main,
     };
     ((t.0 >> 2) as u32, sub)
@@ -201,7 +204,12 @@ impl Worker {
             let mut fds: [(RawFd, Sub); 2] = [(-1, Sub::Main); 2];
             match &p.dev {
                 PortDev::Tap(t) => fds[0] = (t.queue_fd(self.id), Sub::Main),
-                PortDev::Udp(u) => fds[0] = (u.sockets[self.id % u.sockets.len()].fd(), Sub::Main),
+                PortDev::Udp(u) => {
+                    fds[0] = (u.sockets[self.id % u.sockets.len()].fd(), Sub::Main);
+                    if let Some(ul) = &u.sockets.underlay {
+                        fds[1] = (ul.tap.queue_fd(self.id), Sub::Underlay);
+                    }
+                }
                 PortDev::Ipip(t) if self.id == 0 => {
                     fds[0] = (t.v4.fd(), Sub::Ipip4);
                     fds[1] = (t.v6.fd(), Sub::Ipip6);
@@ -286,6 +294,9 @@ impl Worker {
             return false;
         };
         let more = match &port.dev {
+            PortDev::Udp(_) if sub == Sub::Underlay => {
+                self.drain_underlay(&ports, port, ofport, pipe, now)
+            }
             PortDev::Udp(_) => self.drain_udp(&ports, port, ofport, pipe, now),
             _ => self.drain_frames(&ports, port, sub, pipe, now),
         };

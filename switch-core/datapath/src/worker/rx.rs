@@ -5,7 +5,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use encap::offload::VirtioNetHdr;
+use encap::offload::{Segmenter, TunnelVnetHdr, VIRTIO_NET_HDR_TNL_LEN, VirtioNetHdr};
 use weft_pipeline::Pipeline;
 use weft_pipeline::flow_key::TunnelMeta;
 
@@ -179,6 +179,128 @@ impl Worker {
         true
     }
 
+    /// The worker's queue of a socket group's tunnel-GSO underlay TAP: each read is one
+    /// outer Ethernet + IPv4 + UDP packet to the tunnel's port (what tc redirected from
+    /// the underlay device) behind a 24-byte `virtio_net_hdr`. A tunnel super-frame
+    /// (`gso_type` with a tunnel bit) is decapsulated whole and goes through the
+    /// pipeline once, its inner frame carrying the inner offload header; any other
+    /// packet is an ordinary datagram and takes the socket path's steps (and the
+    /// coalescer). A header or outer packet that is wrong is dropped and counted.
+    pub(super) fn drain_underlay(
+        &mut self,
+        ports: &PortSet,
+        port: &PortIo,
+        ofport: u32,
+        pipe: &Pipeline,
+        now: u64,
+    ) -> bool {
+        let PortDev::Udp(u) = &port.dev else {
+            return false;
+        };
+        let Some(ul) = &u.sockets.underlay else {
+            return false;
+        };
+        let local = IpAddr::V4(ul.local);
+        let mut errors = 0;
+        for _ in 0..BATCH {
+            let mut hdr = [0u8; VIRTIO_NET_HDR_TNL_LEN];
+            let n = match ul.tap.recv(self.id, &mut hdr, &mut self.rx[HEADROOM..SLOT]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) if errors == 0 => {
+                    errors += 1;
+                    continue;
+                }
+                Err(_) => return false,
+            };
+            if n >= FRAME_MAX {
+                port.counters.rx(n);
+                port.counters.drop(PortDrop::Io(IoDrop::Truncated));
+                continue;
+            }
+            let frame = &self.rx[HEADROOM..HEADROOM + n];
+            let h = match TunnelVnetHdr::parse(&hdr).and_then(|h| h.check_frame(frame).map(|()| h))
+            {
+                Ok(h) => h,
+                Err(_) => {
+                    port.counters.rx(n);
+                    port.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                    continue;
+                }
+            };
+            let (src, udp_off, udp_len) = match outer_udp(frame, ul.dst_port, h.tunnel.is_some()) {
+                Ok(o) => o,
+                Err(r) => {
+                    port.counters.rx(n);
+                    port.counters.drop(PortDrop::Decap(r));
+                    continue;
+                }
+            };
+            let from = SocketAddr::new(IpAddr::V4(src), 0);
+            let Some(rx_port) = ports.demux(ofport, from.ip()) else {
+                port.counters.rx(n);
+                port.counters.drop(PortDrop::Io(IoDrop::UnknownRemote));
+                continue;
+            };
+            let off = HEADROOM + udp_off;
+            let Some((start, len, tun)) = self.decap_udp(rx_port, off, udp_len, from, local) else {
+                continue;
+            };
+            // The inner frame's own offload header: the tunnel super-frame's, or a
+            // plain checksum offload, with offsets from the inner Ethernet header.
+            let inner_at = start - HEADROOM;
+            let inner = if h.tunnel.is_some() {
+                h.inner(inner_at)
+            } else if h.base.flags & VirtioNetHdr::F_NEEDS_CSUM != 0 {
+                if h.base.gso_kind() != VirtioNetHdr::GSO_NONE {
+                    // GSO without a tunnel bit on a tunnel packet: not one we can cut.
+                    None
+                } else if usize::from(h.base.csum_start) < inner_at {
+                    // The partial checksum is the outer UDP one (the sender's kernel left
+                    // it to the device), which goes with the outer headers: the inner
+                    // frame is complete (a packet has one partial checksum).
+                    Some(VirtioNetHdr::default())
+                } else {
+                    u16::try_from(usize::from(h.base.csum_start) - inner_at)
+                        .ok()
+                        .filter(|&c| usize::from(c) >= ETH_LEN)
+                        .map(|c| VirtioNetHdr {
+                            csum_start: c,
+                            hdr_len: 0,
+                            ..h.base
+                        })
+                }
+            } else {
+                Some(VirtioNetHdr::default())
+            };
+            let Some(inner) = inner else {
+                rx_port.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                continue;
+            };
+            if inner.gso_kind() != VirtioNetHdr::GSO_NONE && inner.gso_size < MIN_GSO_SIZE {
+                rx_port.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                continue;
+            }
+            if inner.gso_kind() != VirtioNetHdr::GSO_NONE {
+                // The tunnel port counts the datagrams on the wire: a super-frame stands
+                // for as many as the kernel would have cut it into (one is counted).
+                let frame = &self.rx[start..start + len];
+                match Segmenter::new(&inner, frame) {
+                    Ok(s) => rx_port.counters.rx_n(s.remaining().saturating_sub(1), 0),
+                    Err(_) => {
+                        rx_port.counters.drop(PortDrop::Io(IoDrop::BadOffload));
+                        continue;
+                    }
+                }
+            }
+            self.out.cur = inner;
+            self.process(ports, rx_port, start, len, &tun, pipe, now);
+        }
+        self.out.cur = VirtioNetHdr::default();
+        true
+    }
+
     /// Validates and strips a VXLAN/Geneve header of the datagram at `rx[off..off + n]`;
     /// returns the inner frame's place.
     fn decap_udp(
@@ -257,6 +379,42 @@ impl Worker {
             TunnelMeta::new(0, outer.src, outer.dst),
         ))
     }
+}
+
+/// The outer headers of a packet from the underlay TAP: untagged Ethernet, IPv4 (valid
+/// header checksum and lengths, not a fragment), UDP to `dst_port`. Returns the outer
+/// source and where the UDP payload is and how long (to the IP length: link padding is
+/// not payload). The UDP checksum is not verified: over IPv4 tunnels send 0, and a
+/// super-frame's field holds a partial sum for the kernel to finish; the inner frame's
+/// own checksums are what the coalescer verifies and the pod's kernel trusts.
+fn outer_udp(
+    frame: &[u8],
+    dst_port: u16,
+    superframe: bool,
+) -> Result<(std::net::Ipv4Addr, usize, usize), encap::DropReason> {
+    use encap::DropReason as R;
+    if frame.len() < ETH_LEN || frame[12..14] != [0x08, 0x00] {
+        return Err(R::BadIpVersion);
+    }
+    let ip = &frame[ETH_LEN..];
+    let p = encap::ipv4::Packet::new_checked(ip)?;
+    let r = encap::ipv4::Repr::parse(&p)?;
+    if r.protocol != encap::IPPROTO_UDP {
+        return Err(R::WrongIpProtocol);
+    }
+    let hl = p.header_len();
+    let total = usize::from(p.total_len());
+    let udp = encap::udp::Packet::new_checked(ip.get(hl..total).ok_or(R::BadIpLength)?)?;
+    if udp.dst_port() != dst_port {
+        return Err(R::WrongUdpPort);
+    }
+    let udp_len = usize::from(udp.len());
+    // A super-frame's UDP length is the whole (it is rewritten per segment); a datagram's
+    // must match its IP length.
+    if udp_len < 8 || (!superframe && udp_len != total - hl) {
+        return Err(R::BadUdpLength);
+    }
+    Ok((r.src_addr, ETH_LEN + hl + 8, total - hl - 8))
 }
 
 /// Whether an Ethernet frame carries a VLAN tag (802.1Q or 802.1ad TPID).

@@ -22,6 +22,7 @@ const KEYS: &[&str] = &[
     "workers",
     "offloads",
     "pin_cpus",
+    "tunnel_gso",
     "state_dir",
     "metrics",
     "control",
@@ -52,15 +53,15 @@ impl Config {
                         .filter(|n| (1..=MAX_WORKERS).contains(n))
                         .ok_or_else(|| src.bad_value(value, name, WORKERS_EXPECTED))?;
                 }
-                "offloads" | "pin_cpus" => {
+                "offloads" | "pin_cpus" | "tunnel_gso" => {
                     let b = value
                         .get_ref()
                         .as_bool()
                         .ok_or_else(|| src.bad_value(value, name, "true or false"))?;
-                    if name == "offloads" {
-                        cfg.offloads = b;
-                    } else {
-                        cfg.pin_cpus = b;
+                    match name {
+                        "offloads" => cfg.offloads = b,
+                        "pin_cpus" => cfg.pin_cpus = b,
+                        _ => cfg.tunnel_gso = b,
                     }
                 }
                 "state_dir" => cfg.state_dir = src.path(value, name)?,
@@ -368,6 +369,7 @@ mod tests {
 workers = 4
 offloads = false
 pin_cpus = true
+tunnel_gso = true
 state_dir = "/tmp/weft-state"
 metrics = "127.0.0.1:9464"
 control = "/tmp/weftd.sock"
@@ -397,6 +399,7 @@ allowed_remotes = ["198.18.0.0/24", "198.18.1.5"]
         assert_eq!(cfg.workers, 4);
         assert!(!cfg.offloads);
         assert!(cfg.pin_cpus);
+        assert!(cfg.tunnel_gso);
         assert_eq!(cfg.state_dir, Path::new("/tmp/weft-state"));
         assert_eq!(cfg.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(cfg.control, Path::new("/tmp/weftd.sock"));

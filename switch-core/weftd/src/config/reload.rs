@@ -21,7 +21,7 @@ impl Config {
         }
     }
 
-    /// Sets the settings that take effect only at start (workers, offloads, pin_cpus,
+    /// Sets the settings that take effect only at start (workers, offloads, pin_cpus, tunnel_gso,
     /// state_dir, metrics, control, control_group, the flow limits) back to those of
     /// `running`, and
     /// names the ones that differed. A reload applies the rest of the new file.
@@ -43,6 +43,7 @@ impl Config {
         keep(c, "workers", &mut self.workers, &running.workers);
         keep(c, "offloads", &mut self.offloads, &running.offloads);
         keep(c, "pin_cpus", &mut self.pin_cpus, &running.pin_cpus);
+        keep(c, "tunnel_gso", &mut self.tunnel_gso, &running.tunnel_gso);
         keep(c, "state_dir", &mut self.state_dir, &running.state_dir);
         keep(c, "metrics", &mut self.metrics, &running.metrics);
         keep(c, "control", &mut self.control, &running.control);
@@ -200,7 +201,7 @@ mod tests {
     fn restart_settings_are_reported_and_kept() {
         let running = parse("workers = 2\n").unwrap();
         let mut new = parse(
-            "workers = 3\noffloads = false\npin_cpus = true\nstate_dir = \"/x\"\n\
+            "workers = 3\noffloads = false\npin_cpus = true\ntunnel_gso = true\nstate_dir = \"/x\"\n\
              metrics = \"127.0.0.1:1\"\ncontrol = \"/y.sock\"\ncontrol_group = \"g\"\n\
              [[port]]\nname = \"a\"\ntype = \"tap\"\n",
         )
@@ -209,6 +210,7 @@ mod tests {
             "workers",
             "offloads",
             "pin_cpus",
+            "tunnel_gso",
             "state_dir",
             "metrics",
             "control",

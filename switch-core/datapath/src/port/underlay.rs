@@ -1,0 +1,452 @@
+//! The tunnel-GSO underlay port: Weft's own TAP on the node, joined to the underlay
+//! device by tc, that carries whole UDP-tunnel super-frames (Linux 6.17+).
+//!
+//! With `TUN_F_UDP_TUNNEL_GSO` a TAP takes and gives VXLAN/Geneve packets of up to 64 KB
+//! whose inner TCP payload the kernel still has to cut, each behind a 24-byte
+//! `virtio_net_hdr` (`encap::offload::TunnelVnetHdr`). Weft then writes one
+//! encapsulated super-frame per pod super-frame (outer Ethernet, IP, UDP and tunnel
+//! header in the read buffer's headroom, one `writev`, the payload not copied in
+//! userspace), and reads the peers' super-frames whole, instead of cutting and
+//! coalescing 45 segments in software.
+//!
+//! The TAP (`wgso<port>`, not persistent: it goes when weftd closes it) is joined to the
+//! underlay device by two tc filters (`u32` and `mirred`; `flower` and `matchall` are
+//! not in every kernel):
+//!
+//! - on the underlay device's ingress, IPv4 UDP to the tunnel's local address and UDP
+//!   port is redirected to the TAP (so it is read by Weft, never by a socket);
+//! - on the TAP's ingress, everything Weft writes is redirected to the underlay
+//!   device's egress.
+//!
+//! Nothing else of the node's traffic on the underlay device is touched. Since Weft writes
+//! the outer Ethernet header itself, the next hop and its MAC come from the kernel's
+//! routes and neighbours ([`super::neigh`]). The feature is probed once ([`probe`]); a
+//! kernel without it keeps today's sockets, which also carry every packet whose next hop
+//! is not resolved yet (their sending makes the kernel resolve it).
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::Command;
+
+use encap::offload::VIRTIO_NET_HDR_TNL_LEN;
+
+/// TUNSETOFFLOAD flags.
+pub const TUN_F_CSUM: u32 = 0x01;
+/// TSO over IPv4.
+pub const TUN_F_TSO4: u32 = 0x02;
+/// TSO over IPv6.
+pub const TUN_F_TSO6: u32 = 0x04;
+/// USO over IPv4.
+pub const TUN_F_USO4: u32 = 0x20;
+/// USO over IPv6.
+pub const TUN_F_USO6: u32 = 0x40;
+/// UDP-tunnel GSO (6.17+; only with a plain GSO flag in the same call).
+pub const TUN_F_UDP_TUNNEL_GSO: u32 = 0x080;
+/// UDP-tunnel GSO with the outer UDP checksum.
+pub const TUN_F_UDP_TUNNEL_GSO_CSUM: u32 = 0x100;
+/// What the underlay TAP asks for.
+pub const OFFLOADS: u32 = TUN_F_CSUM
+    | TUN_F_TSO4
+    | TUN_F_TSO6
+    | TUN_F_USO4
+    | TUN_F_USO6
+    | TUN_F_UDP_TUNNEL_GSO
+    | TUN_F_UDP_TUNNEL_GSO_CSUM;
+/// A bit no kernel defines (yet): a kernel that accepts it checks nothing, and the probe
+/// would prove nothing.
+const UNKNOWN_OFFLOAD: u32 = 0x200;
+
+nix::ioctl_write_ptr_bad!(tunsetiff, 0x4004_54ca, libc::ifreq);
+nix::ioctl_write_int_bad!(tunsetoffload, 0x4004_54d0);
+nix::ioctl_write_ptr!(tunsetvnethdrsz, b'T', 216, libc::c_int);
+
+/// Creates a TAP queue (`name` empty: the kernel picks one) with a 24-byte vnet header.
+fn tap_queue(name: &str, multi_queue: bool) -> io::Result<(OwnedFd, String)> {
+    let path = c"/dev/net/tun";
+    // SAFETY: a valid NUL-terminated path; the returned descriptor is owned below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `ifreq` is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("tap name '{name}' is longer than 15 bytes"),
+        ));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    if multi_queue {
+        flags |= libc::IFF_MULTI_QUEUE;
+    }
+    req.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: an open tun descriptor and an initialised ifreq that outlives the call.
+    unsafe { tunsetiff(fd.as_raw_fd(), &req) }.map_err(io::Error::from)?;
+    let size = VIRTIO_NET_HDR_TNL_LEN as libc::c_int;
+    // SAFETY: an attached tun descriptor and a c_int that outlives the call.
+    unsafe { tunsetvnethdrsz(fd.as_raw_fd(), &size) }
+        .map_err(|e| io::Error::other(format!("TUNSETVNETHDRSZ 24: {e}")))?;
+    let got: Vec<u8> = req
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Ok((fd, String::from_utf8_lossy(&got).into_owned()))
+}
+
+fn set_offload(fd: RawFd, flags: u32) -> io::Result<()> {
+    // SAFETY: an attached tun descriptor; TUNSETOFFLOAD takes its argument by value.
+    unsafe { tunsetoffload(fd, flags as libc::c_int) }
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
+/// Whether this kernel's TAP carries UDP-tunnel super-frames: a throw-away TAP (never
+/// up, gone when the probe returns) must refuse an unknown offload bit (so the kernel
+/// checks the flags at all) and accept [`OFFLOADS`]. `Err` says why not, for the log.
+pub fn probe() -> Result<(), String> {
+    let (fd, _) = tap_queue("", false).map_err(|e| format!("cannot open a tap: {e}"))?;
+    if set_offload(fd.as_raw_fd(), TUN_F_CSUM | TUN_F_TSO4 | UNKNOWN_OFFLOAD).is_ok() {
+        return Err(
+            "the kernel accepts unknown TAP offload flags, so the probe proves nothing".into(),
+        );
+    }
+    set_offload(fd.as_raw_fd(), OFFLOADS).map_err(|e| {
+        format!("TUNSETOFFLOAD with TUN_F_UDP_TUNNEL_GSO: {e} (needs Linux 6.17 or later)")
+    })
+}
+
+/// Runs `tc` or `ip` with `args`; the error names the command and what it printed.
+fn run(cmd: &str, args: &[&str]) -> io::Result<()> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run {cmd}: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(io::Error::other(format!(
+        "{cmd} {}: {}",
+        args.join(" "),
+        err.trim()
+    )))
+}
+
+/// The interface that holds `addr` (in the calling thread's namespace); loopback is
+/// refused (such tunnels keep their sockets).
+pub fn device_of(addr: Ipv4Addr) -> io::Result<String> {
+    for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+        if ifa
+            .address
+            .and_then(|a| a.as_sockaddr_in().map(|s| s.ip()))
+            .is_some_and(|ip| ip == addr)
+        {
+            if ifa
+                .flags
+                .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+            {
+                // Nothing to segment on loopback, and its traffic is the node's own.
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("{addr} is on the loopback device {}", ifa.interface_name),
+                ));
+            }
+            return Ok(ifa.interface_name);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no interface has the address {addr}"),
+    ))
+}
+
+/// Removes the tc filter an earlier weftd's underlay port for `local:dst_port` may have
+/// left on its device (a weftd that was killed cannot remove it, and its redirect to a
+/// TAP that is gone would drop the tunnel's packets before the sockets see them).
+/// Called when the tunnel opens with sockets only; nothing happens when there is none.
+pub fn remove_stale_filter(local: Ipv4Addr, dst_port: u16) {
+    let Ok(device) = device_of(local) else { return };
+    let p = dst_port.max(1).to_string();
+    let filters = Command::new("tc")
+        .args(["filter", "show", "dev", &device, "ingress", "pref", &p])
+        .output();
+    let stale = filters
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("mirred"));
+    if stale
+        && run(
+            "tc",
+            &["filter", "del", "dev", &device, "ingress", "pref", &p],
+        )
+        .is_ok()
+    {
+        tracing::info!(device = %device, udp_port = dst_port, "removed a stale tunnel-GSO tc filter");
+    }
+}
+
+/// An open underlay TAP, one queue per worker, joined to its device by tc.
+#[derive(Debug)]
+pub struct UnderlayTap {
+    queues: Vec<OwnedFd>,
+    ifname: String,
+    /// The underlay device (holds the tunnel's local address).
+    device: String,
+    ifindex: u32,
+    pref: u16,
+}
+
+impl UnderlayTap {
+    /// Creates the TAP `ifname` with `queues` queues and joins it to the device that
+    /// holds `local`: UDP to `local:dst_port` arriving there is read from the TAP, and
+    /// what is written to the TAP leaves through the device. The filters are removed on
+    /// drop (the TAP itself goes with its last queue).
+    pub fn open(
+        ifname: &str,
+        local: Ipv4Addr,
+        dst_port: u16,
+        queues: usize,
+    ) -> io::Result<UnderlayTap> {
+        let what = |e: io::Error| io::Error::new(e.kind(), format!("underlay tap '{ifname}': {e}"));
+        let device = device_of(local).map_err(what)?;
+        let ifindex = nix::net::if_::if_nametoindex(device.as_str()).map_err(|e| what(e.into()))?;
+        let mut all = Vec::with_capacity(queues.max(1));
+        for _ in 0..queues.max(1) {
+            let (fd, _) = tap_queue(ifname, true).map_err(what)?;
+            set_nonblocking(fd.as_raw_fd()).map_err(what)?;
+            all.push(fd);
+        }
+        set_offload(all[0].as_raw_fd(), OFFLOADS).map_err(|e| {
+            what(io::Error::other(format!(
+                "TUNSETOFFLOAD with UDP tunnel GSO: {e}"
+            )))
+        })?;
+        let mtu = std::fs::read_to_string(format!("/sys/class/net/{device}/mtu"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "1500".into());
+        // The filter's preference is the UDP port, so one tunnel per UDP port and device
+        // owns one filter, and a stale one of an earlier weftd is replaced.
+        let pref = dst_port.max(1);
+        let tap = UnderlayTap {
+            queues: all,
+            ifname: ifname.to_string(),
+            device: device.clone(),
+            ifindex,
+            pref,
+        };
+        let p = pref.to_string();
+        let dst = format!("{local}/32");
+        let port = dst_port.to_string();
+        // The TAP is a pipe to the underlay device, not an interface of the node: no
+        // IPv6 autoconfiguration, router solicitations or MLD reports of its own.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
+            "1",
+        );
+        run(
+            "ip",
+            &[
+                "link", "set", "dev", ifname, "arp", "off", "mtu", &mtu, "up",
+            ],
+        )
+        .map_err(what)?;
+        let _ = run("tc", &["qdisc", "add", "dev", &device, "clsact"]);
+        let _ = run(
+            "tc",
+            &["filter", "del", "dev", &device, "ingress", "pref", &p],
+        );
+        run("tc", &["qdisc", "add", "dev", ifname, "clsact"]).map_err(what)?;
+        run(
+            "tc",
+            &[
+                "filter", "add", "dev", ifname, "ingress", "pref", "1", "protocol", "all", "u32",
+                "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", &device,
+            ],
+        )
+        .map_err(what)?;
+        run(
+            "tc",
+            &[
+                "filter", "add", "dev", &device, "ingress", "pref", &p, "protocol", "ip", "u32",
+                "match", "ip", "dst", &dst, "match", "ip", "protocol", "17", "0xff", "match", "ip",
+                "dport", &port, "0xffff", "action", "mirred", "egress", "redirect", "dev", ifname,
+            ],
+        )
+        .map_err(what)?;
+        tracing::info!(
+            tap = ifname,
+            device = %device,
+            udp_port = dst_port,
+            "tunnel-GSO underlay port joined to its device by tc"
+        );
+        Ok(tap)
+    }
+
+    /// The TAP's name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The underlay device's name.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// The underlay device's index (routes toward peers must leave through it).
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The raw descriptor of queue `i`, to register with a poller.
+    pub fn queue_fd(&self, i: usize) -> RawFd {
+        self.queues[i % self.queues.len()].as_raw_fd()
+    }
+
+    /// Reads one frame from queue `i`: its 24-byte header into `hdr`, the frame into
+    /// `buf`; returns the frame's length, `WouldBlock` when there is none.
+    #[inline]
+    pub fn recv(
+        &self,
+        i: usize,
+        hdr: &mut [u8; VIRTIO_NET_HDR_TNL_LEN],
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_mut_ptr().cast(),
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            },
+        ];
+        // SAFETY: both iovecs describe writable memory borrowed for the call.
+        let n = unsafe { libc::readv(self.queue_fd(i), iov.as_ptr(), 2) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        (n as usize)
+            .checked_sub(VIRTIO_NET_HDR_TNL_LEN)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short tap read"))
+    }
+
+    /// Writes one frame with its 24-byte header to queue `i` (one `writev`).
+    #[inline]
+    pub fn send(
+        &self,
+        i: usize,
+        hdr: &[u8; VIRTIO_NET_HDR_TNL_LEN],
+        frame: &[u8],
+    ) -> io::Result<usize> {
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut libc::c_void,
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            },
+        ];
+        // SAFETY: both iovecs describe memory borrowed for the call; writev only reads.
+        let n = unsafe { libc::writev(self.queue_fd(i), iov.as_ptr(), 2) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((n as usize).saturating_sub(VIRTIO_NET_HDR_TNL_LEN))
+    }
+}
+
+impl Drop for UnderlayTap {
+    fn drop(&mut self) {
+        // The TAP's own filter goes with the device; the underlay's must be removed.
+        let p = self.pref.to_string();
+        if let Err(e) = run(
+            "tc",
+            &["filter", "del", "dev", &self.device, "ingress", "pref", &p],
+        ) {
+            tracing::warn!("removing the underlay tap's tc filter: {e}");
+        }
+    }
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an open descriptor with integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The tunnel-GSO underlay of one socket group: its TAP and the next-hop cache (with
+/// its refresher thread, stopped and joined on drop).
+#[derive(Debug)]
+pub struct Underlay {
+    /// The TAP joined to the underlay device.
+    pub tap: UnderlayTap,
+    /// Next hops toward the peers, read by the workers.
+    pub neigh: std::sync::Arc<super::neigh::Neighbours>,
+    /// The tunnel's local address (the outer source).
+    pub local: Ipv4Addr,
+    /// The tunnel's UDP port.
+    pub dst_port: u16,
+    refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Underlay {
+    /// Opens the TAP `ifname` for the tunnel on `local:dst_port` with `queues` queues,
+    /// and starts following the next hops through its device.
+    pub fn open(
+        ifname: &str,
+        local: Ipv4Addr,
+        dst_port: u16,
+        queues: usize,
+    ) -> io::Result<Underlay> {
+        let tap = UnderlayTap::open(ifname, local, dst_port, queues)?;
+        let neigh = std::sync::Arc::new(super::neigh::Neighbours::new(tap.ifindex()));
+        let refresher = Some(neigh.spawn_refresher()?);
+        Ok(Underlay {
+            tap,
+            neigh,
+            local,
+            dst_port,
+            refresher,
+        })
+    }
+}
+
+impl Drop for Underlay {
+    fn drop(&mut self) {
+        self.neigh.stop();
+        if let Some(h) = self.refresher.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_and_unknown_addresses_have_no_underlay_device() {
+        let e = device_of(Ipv4Addr::LOCALHOST).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let e = device_of(Ipv4Addr::new(198, 18, 0, 254)).unwrap_err();
+        assert!(e.to_string().contains("198.18.0.254"), "{e}");
+    }
+}
