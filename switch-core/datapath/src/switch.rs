@@ -950,6 +950,8 @@ fn snapshot(
             .unwrap_or_else(|e| e.into_inner())
             .snapshot_needed = true;
     }
+    // A million flows' text went through this thread's arena.
+    crate::mem::release_free_memory();
     written
 }
 

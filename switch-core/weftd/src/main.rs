@@ -63,6 +63,8 @@ fn start_node(
         ..SwitchOptions::default()
     };
     let sw = Switch::start(options, saved).context("cannot start the datapath")?;
+    // Restoring a large state parsed and rebuilt every flow: hand back what it freed.
+    weft_datapath::mem::release_free_memory();
     Ok(Arc::new(sw))
 }
 
