@@ -36,6 +36,7 @@
 
 pub mod client;
 pub mod pcap;
+pub mod sorted_json;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -11,6 +11,7 @@
 //! max_flows = 2000000            # flows in all tables
 //! max_flows_per_table = 1000000  # flows in one table
 //! max_bundle_flows = 2000000     # changes in one bundle (add-flows, replace-flows)
+//! bundle_timeout = 60            # seconds from bundle_open to commit, else discarded
 //!
 //! [[port]]
 //! name = "pod1"
@@ -40,6 +41,7 @@ pub use reload::{ConfigChanges, PortDiff, diff_ports};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use weft_flow::port::PortSpec;
@@ -107,6 +109,10 @@ pub struct Args {
     /// 2000000].
     #[arg(long, value_name = "N")]
     pub max_bundle_flows: Option<String>,
+    /// Seconds a bundle sent in parts may stay open (from bundle_open to its commit)
+    /// before it is discarded [default: 60].
+    #[arg(long, value_name = "S")]
+    pub bundle_timeout: Option<String>,
 }
 
 /// Why the configuration was refused: one line that names the file, line and field.
@@ -171,6 +177,8 @@ pub struct Config {
     pub max_flows_per_table: usize,
     /// The most changes in one bundle.
     pub max_bundle_flows: usize,
+    /// How long a bundle sent in parts may stay open before it is discarded.
+    pub bundle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -190,8 +198,20 @@ impl Default for Config {
             max_flows: weft_pipeline::FlowLimits::DEFAULT_MAX_FLOWS,
             max_flows_per_table: weft_pipeline::FlowLimits::DEFAULT_MAX_FLOWS_PER_TABLE,
             max_bundle_flows: crate::control_server::DEFAULT_MAX_BUNDLE_FLOWS,
+            bundle_timeout: crate::control_server::DEFAULT_BUNDLE_TIMEOUT,
         }
     }
+}
+
+/// The longest [`Config::bundle_timeout`], in seconds (a day).
+pub const MAX_BUNDLE_TIMEOUT_SECS: u64 = 86_400;
+pub(crate) const BUNDLE_TIMEOUT_EXPECTED: &str = "a number of seconds from 1 to 86400";
+
+/// A `bundle_timeout` value in seconds, if valid.
+pub(crate) fn bundle_timeout(secs: u64) -> Option<Duration> {
+    (1..=MAX_BUNDLE_TIMEOUT_SECS)
+        .contains(&secs)
+        .then(|| Duration::from_secs(secs))
 }
 
 /// The most any flow limit may be set to.
@@ -291,6 +311,16 @@ impl Config {
                         message: format!("bad value '{v}': expected {LIMIT_EXPECTED}"),
                     })?;
             }
+        }
+        if let Some(v) = &args.bundle_timeout {
+            self.bundle_timeout =
+                v.parse::<u64>()
+                    .ok()
+                    .and_then(bundle_timeout)
+                    .ok_or_else(|| ConfigError::Flag {
+                        flag: "bundle-timeout",
+                        message: format!("bad value '{v}': expected {BUNDLE_TIMEOUT_EXPECTED}"),
+                    })?;
         }
         Ok(())
     }

@@ -122,6 +122,7 @@ fn run(args: &Args, mut cfg: Config) -> anyhow::Result<()> {
         ControlOptions {
             group: cfg.control_group.clone(),
             max_bundle_flows: cfg.max_bundle_flows,
+            bundle_timeout: cfg.bundle_timeout,
             ..ControlOptions::new(&cfg.control)
         },
         switch,
