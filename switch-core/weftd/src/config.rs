@@ -576,4 +576,35 @@ mod tests {
         };
         assert_eq!(cfg.changes(&other).needs_restart, ["max_flows"]);
     }
+
+    #[test]
+    fn bundle_timeout_from_the_file_and_flags() {
+        assert_eq!(Config::default().bundle_timeout, Duration::from_secs(60));
+        let mut cfg = parse("bundle_timeout = 5\n").unwrap();
+        assert_eq!(cfg.bundle_timeout, Duration::from_secs(5));
+        assert_eq!(
+            err("bundle_timeout = 0"),
+            "weftd.toml line 1: bad value '0' for bundle_timeout: expected a number of seconds from 1 to 86400"
+        );
+        assert!(err("bundle_timeout = \"1m\"").contains("bad value '1m' for bundle_timeout"));
+        let args = Args {
+            bundle_timeout: Some("7".into()),
+            ..Args::default()
+        };
+        cfg.apply_flags(&args).unwrap();
+        assert_eq!(cfg.bundle_timeout, Duration::from_secs(7));
+        let bad = Args {
+            bundle_timeout: Some("86401".into()),
+            ..Args::default()
+        };
+        assert_eq!(
+            cfg.apply_flags(&bad).unwrap_err().to_string(),
+            "--bundle-timeout: bad value '86401': expected a number of seconds from 1 to 86400"
+        );
+        let other = Config {
+            bundle_timeout: Duration::from_secs(8),
+            ..cfg.clone()
+        };
+        assert_eq!(cfg.changes(&other).needs_restart, ["bundle_timeout"]);
+    }
 }
