@@ -14,60 +14,112 @@ use encap::{ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 
 use super::field::Field;
 use super::parse::SHORTHANDS;
-use super::value::{FieldValue, Masked};
+use super::value::{FieldValue, MacAddr, Masked};
 use super::{Action, Bundle, DEFAULT_PRIORITY, FieldRange, Flow, FlowFilter, FlowMod, Match};
 
 /// Formats a field value the way the parser reads it: decimal or hex integers (masks
 /// always hex), MACs, IPv4/IPv6 with `/PREFIX` when the mask is a prefix, else `/MASK`.
 pub fn format_value(field: Field, v: &Masked<FieldValue>) -> String {
+    let mut s = String::new();
+    let _ = write_value(&mut s, field, v);
+    s
+}
+
+/// [`format_value`] into `w`, without allocating (the printer writes dumps, journals
+/// and snapshots of a million flows through this).
+pub fn write_value(w: &mut impl fmt::Write, field: Field, v: &Masked<FieldValue>) -> fmt::Result {
     let exact = v.mask == super::matching::all_ones(field);
     match (v.value, v.mask) {
         (FieldValue::Uint(n), FieldValue::Uint(m)) => {
             if exact {
                 if field.info().hex {
-                    format!("{n:#x}")
+                    write!(w, "{n:#x}")
                 } else {
-                    n.to_string()
+                    write!(w, "{n}")
                 }
             } else {
-                format!("{n:#x}/{m:#x}")
+                write!(w, "{n:#x}/{m:#x}")
             }
         }
         (FieldValue::Mac(a), FieldValue::Mac(m)) => {
-            if exact {
-                a.to_string()
-            } else {
-                format!("{a}/{m}")
+            write_mac(w, &a.0)?;
+            if !exact {
+                w.write_char('/')?;
+                write_mac(w, &m.0)?;
             }
+            Ok(())
         }
         (FieldValue::Ipv4(a), FieldValue::Ipv4(m)) => {
             let bits = u32::from(m);
+            write_ipv4(w, a)?;
             if exact {
-                a.to_string()
+                Ok(())
             } else if bits.leading_ones() + bits.trailing_zeros() == 32 {
-                format!("{a}/{}", bits.leading_ones())
+                write!(w, "/{}", bits.leading_ones())
             } else {
-                format!("{a}/{}", Ipv4Addr::from(bits))
+                w.write_char('/')?;
+                write_ipv4(w, Ipv4Addr::from(bits))
             }
         }
         (FieldValue::Ipv6(a), FieldValue::Ipv6(m)) => {
             let bits = u128::from(m);
             if exact {
-                a.to_string()
+                write!(w, "{a}")
             } else if bits.leading_ones() + bits.trailing_zeros() == 128 {
-                format!("{a}/{}", bits.leading_ones())
+                write!(w, "{a}/{}", bits.leading_ones())
             } else {
-                format!("{a}/{}", Ipv6Addr::from(bits))
+                write!(w, "{a}/{}", Ipv6Addr::from(bits))
             }
         }
         // Mismatched kinds cannot come from the parser; print something readable.
-        (a, b) => format!("{a:?}/{b:?}"),
+        (a, b) => write!(w, "{a:?}/{b:?}"),
     }
 }
 
-/// The match's tokens in canonical order (without separators).
-fn match_tokens(m: &Match) -> Vec<String> {
-    let mut out = Vec::new();
+/// `aa:bb:cc:dd:ee:ff`, as `MacAddr`'s `Display`.
+fn write_mac(w: &mut impl fmt::Write, b: &[u8; 6]) -> fmt::Result {
+    // Only ASCII is written.
+    w.write_str(std::str::from_utf8(&MacAddr(*b).text()).unwrap_or_default())
+}
+
+/// Dotted decimal, as `Ipv4Addr`'s `Display`.
+fn write_ipv4(w: &mut impl fmt::Write, a: Ipv4Addr) -> fmt::Result {
+    let mut s = [0u8; 15];
+    let mut n = 0;
+    for (i, x) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            s[n] = b'.';
+            n += 1;
+        }
+        if x >= 100 {
+            s[n] = b'0' + x / 100;
+            n += 1;
+        }
+        if x >= 10 {
+            s[n] = b'0' + x / 10 % 10;
+            n += 1;
+        }
+        s[n] = b'0' + x % 10;
+        n += 1;
+    }
+    w.write_str(std::str::from_utf8(&s[..n]).unwrap_or_default())
+}
+
+/// Writes tokens separated by commas: [`Sep::next`] before each token.
+struct Sep(bool);
+
+impl Sep {
+    fn next(&mut self, w: &mut impl fmt::Write) -> fmt::Result {
+        if std::mem::replace(&mut self.0, true) {
+            w.write_char(',')
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Writes the match's tokens in canonical order, each after `sep`.
+fn write_match(w: &mut impl fmt::Write, m: &Match, sep: &mut Sep) -> fmt::Result {
     let dl = m.dl_type.filter(|d| d.is_exact()).map(|d| d.value);
     let proto = m.nw_proto.filter(|p| p.is_exact()).map(|p| p.value);
     let mut skip_dl = false;
@@ -77,7 +129,8 @@ fn match_tokens(m: &Match) -> Vec<String> {
             .iter()
             .find(|s| s.1 == dl && s.2.is_some() && s.2 == proto)
         {
-            out.push(s.0.to_string());
+            sep.next(w)?;
+            w.write_str(s.0)?;
             skip_dl = true;
             skip_proto = true;
         } else if let Some(s) = SHORTHANDS.iter().find(|s| s.1 == dl && s.2.is_none()) {
@@ -85,12 +138,14 @@ fn match_tokens(m: &Match) -> Vec<String> {
                 dl,
                 ETHERTYPE_IPV4 | ETHERTYPE_IPV6 | ETHERTYPE_ARP
             ));
-            out.push(s.0.to_string());
+            sep.next(w)?;
+            w.write_str(s.0)?;
             skip_dl = true;
         }
     }
     if let Some(p) = &m.in_port {
-        out.push(format!("in_port={p}"));
+        sep.next(w)?;
+        write!(w, "in_port={p}")?;
     }
     for f in m.fields() {
         if f == Field::InPort
@@ -100,15 +155,18 @@ fn match_tokens(m: &Match) -> Vec<String> {
             continue;
         }
         if let Some(v) = m.get(f) {
-            out.push(format!("{}={}", f.name(), format_value(f, &v)));
+            sep.next(w)?;
+            w.write_str(f.name())?;
+            w.write_char('=')?;
+            write_value(w, f, &v)?;
         }
     }
-    out
+    Ok(())
 }
 
 impl fmt::Display for Match {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&match_tokens(self).join(","))
+        write_match(f, self, &mut Sep(false))
     }
 }
 
@@ -148,16 +206,20 @@ impl fmt::Display for Action {
                 }
             },
             Action::SetField { field, value } => {
-                write!(
-                    f,
-                    "set_field:{}->{}",
-                    format_value(*field, value),
-                    field.name()
-                )
+                f.write_str("set_field:")?;
+                write_value(f, *field, value)?;
+                f.write_str("->")?;
+                f.write_str(field.name())
             }
             Action::Move { src, dst } => write!(f, "move:{src}->{dst}"),
-            Action::ModDlSrc(m) => write!(f, "mod_dl_src:{m}"),
-            Action::ModDlDst(m) => write!(f, "mod_dl_dst:{m}"),
+            Action::ModDlSrc(m) => {
+                f.write_str("mod_dl_src:")?;
+                write_mac(f, &m.0)
+            }
+            Action::ModDlDst(m) => {
+                f.write_str("mod_dl_dst:")?;
+                write_mac(f, &m.0)
+            }
             Action::ModNwSrc(a) => write!(f, "mod_nw_src:{a}"),
             Action::ModNwDst(a) => write!(f, "mod_nw_dst:{a}"),
             Action::ModNwTtl(t) => write!(f, "mod_nw_ttl:{t}"),
@@ -181,65 +243,96 @@ impl fmt::Display for Actions<'_> {
             if i > 0 {
                 f.write_char(',')?;
             }
-            write!(f, "{a}")?;
+            fmt::Display::fmt(a, f)?;
         }
         Ok(())
     }
 }
 
-fn write_head(f: &mut fmt::Formatter<'_>, parts: &[String]) -> fmt::Result {
-    f.write_str(&parts.join(","))
-}
-
 impl fmt::Display for Flow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts = Vec::new();
+        let mut sep = Sep(false);
         if self.cookie != 0 {
-            parts.push(format!("cookie={:#x}", self.cookie));
+            sep.next(f)?;
+            write!(f, "cookie={:#x}", self.cookie)?;
         }
         if self.table != 0 {
-            parts.push(format!("table={}", self.table));
+            sep.next(f)?;
+            write!(f, "table={}", self.table)?;
         }
         if self.priority != DEFAULT_PRIORITY {
-            parts.push(format!("priority={}", self.priority));
+            sep.next(f)?;
+            write!(f, "priority={}", self.priority)?;
         }
         if self.idle_timeout != 0 {
-            parts.push(format!("idle_timeout={}", self.idle_timeout));
+            sep.next(f)?;
+            write!(f, "idle_timeout={}", self.idle_timeout)?;
         }
         if self.hard_timeout != 0 {
-            parts.push(format!("hard_timeout={}", self.hard_timeout));
+            sep.next(f)?;
+            write!(f, "hard_timeout={}", self.hard_timeout)?;
         }
-        parts.extend(match_tokens(&self.matches));
-        write_head(f, &parts)?;
-        if !parts.is_empty() {
+        write_match(f, &self.matches, &mut sep)?;
+        if sep.0 {
             f.write_char(' ')?;
         }
-        write!(f, "{}", Actions(&self.actions))
+        fmt::Display::fmt(&Actions(&self.actions), f)
     }
 }
 
-fn filter_parts(flt: &FlowFilter) -> Vec<String> {
-    let mut parts = Vec::new();
+/// A flow printed without its cookie, table and timeouts (see [`Flow::rule`]).
+pub struct Rule<'a>(&'a Flow);
+
+impl Flow {
+    /// The flow's text without the settings `ovs-ofctl dump-flows` shows in front of
+    /// it (cookie, table, timeouts): `priority=...,MATCH actions=...`, as `Display` of
+    /// the same flow with those settings zero.
+    pub fn rule(&self) -> Rule<'_> {
+        Rule(self)
+    }
+}
+
+impl fmt::Display for Rule<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = Sep(false);
+        if self.0.priority != DEFAULT_PRIORITY {
+            sep.next(f)?;
+            write!(f, "priority={}", self.0.priority)?;
+        }
+        write_match(f, &self.0.matches, &mut sep)?;
+        if sep.0 {
+            f.write_char(' ')?;
+        }
+        fmt::Display::fmt(&Actions(&self.0.actions), f)
+    }
+}
+
+/// Writes the filter's settings and match; returns whether it wrote anything.
+fn write_filter(f: &mut fmt::Formatter<'_>, flt: &FlowFilter) -> Result<bool, fmt::Error> {
+    let mut sep = Sep(false);
     if let Some(c) = flt.cookie {
+        sep.next(f)?;
         if c.is_exact() {
-            parts.push(format!("cookie={:#x}", c.value));
+            write!(f, "cookie={:#x}", c.value)?;
         } else {
-            parts.push(format!("cookie={:#x}/{:#x}", c.value, c.mask));
+            write!(f, "cookie={:#x}/{:#x}", c.value, c.mask)?;
         }
     }
     if let Some(t) = flt.table {
-        parts.push(format!("table={t}"));
+        sep.next(f)?;
+        write!(f, "table={t}")?;
     }
     if let Some(p) = flt.priority {
-        parts.push(format!("priority={p}"));
+        sep.next(f)?;
+        write!(f, "priority={p}")?;
     }
-    parts.extend(match_tokens(&flt.matches));
-    parts
+    write_match(f, &flt.matches, &mut sep)?;
+    Ok(sep.0)
 }
 
 impl fmt::Display for FlowFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_head(f, &filter_parts(self))
+        write_filter(f, self).map(|_| ())
     }
 }
 
@@ -251,9 +344,7 @@ impl fmt::Display for FlowMod {
         match self {
             FlowMod::Add { flow } => write!(f, "{flow}"),
             FlowMod::Modify { filter, actions } | FlowMod::ModifyStrict { filter, actions } => {
-                let parts = filter_parts(filter);
-                write_head(f, &parts)?;
-                if !parts.is_empty() {
+                if write_filter(f, filter)? {
                     f.write_char(' ')?;
                 }
                 write!(f, "{}", Actions(actions))

@@ -36,14 +36,23 @@ impl MacAddr {
     }
 }
 
+impl MacAddr {
+    /// The address as `aa:bb:cc:dd:ee:ff` (ASCII), without the formatting machinery.
+    pub(crate) fn text(&self) -> [u8; 17] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = [b':'; 17];
+        for (i, x) in self.0.iter().enumerate() {
+            s[i * 3] = HEX[usize::from(x >> 4)];
+            s[i * 3 + 1] = HEX[usize::from(x & 0xf)];
+        }
+        s
+    }
+}
+
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        // Only ASCII was written.
+        f.pad(std::str::from_utf8(&self.text()).unwrap_or_default())
     }
 }
 

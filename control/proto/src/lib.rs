@@ -36,6 +36,7 @@
 
 pub mod client;
 pub mod pcap;
+pub mod sorted_json;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -851,16 +852,18 @@ fn resolve(op: Op) -> Result<Op, ErrorBody> {
                 Some(_) if !a.changes.is_empty() || !a.lines.is_empty() => {
                     return Err(both("bundle_add"));
                 }
+                // The parser's changes are canonical and checked already.
                 Some(t) => parse_part(&t, a.command, a.first_line.unwrap_or(1))?,
                 None => {
                     check_lines(a.changes.len(), &a.lines, "bundle_add")?;
-                    Bundle {
+                    let bundle = Bundle {
                         changes: a.changes,
                         lines: a.lines,
-                    }
+                    };
+                    bundle.validate()?;
+                    bundle
                 }
             };
-            bundle.validate()?;
             Op::BundleAdd(BundleAddArgs {
                 bundle: a.bundle,
                 command: PartCommand::Add,

@@ -339,7 +339,7 @@ fn dump_flows(
                 let v = serde_json::to_value(f).unwrap_or_default();
                 line.push_str(&v.to_string());
             } else {
-                line.push_str(&proto_text::flow_line(f));
+                proto_text::write_flow_line(&mut line, f);
             }
             line.push('\n');
             // A closed pipe (`| head`) ends the output quietly.

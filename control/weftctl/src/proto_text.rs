@@ -4,24 +4,28 @@
 
 use std::fmt::Write as _;
 
-use weft_flow::Flow;
 use weft_proto::{
     DumpFlowsReply, FdbReply, FlowStats, PortState, PortsReply, ShowReply, StatsReply,
 };
-
-fn secs_ms(ms: u64) -> String {
-    format!("{}.{:03}s", ms / 1000, ms % 1000)
-}
 
 /// One `dump-flows` line, as `ovs-ofctl dump-flows` prints it:
 /// ` cookie=0x0, duration=12.345s, table=0, n_packets=10, n_bytes=980, idle_age=3,
 /// priority=100,ip,nw_dst=198.19.2.0/24 actions=output:2`.
 pub fn flow_line(s: &FlowStats) -> String {
+    let mut out = String::new();
+    write_flow_line(&mut out, s);
+    out
+}
+
+/// [`flow_line`] appended to `out` (without a newline).
+pub fn write_flow_line(out: &mut String, s: &FlowStats) {
     let f = &s.flow;
-    let mut out = format!(
-        " cookie={:#x}, duration={}, table={}, n_packets={}, n_bytes={}, ",
+    let _ = write!(
+        out,
+        " cookie={:#x}, duration={}.{:03}s, table={}, n_packets={}, n_bytes={}, ",
         f.cookie,
-        secs_ms(s.duration_ms),
+        s.duration_ms / 1000,
+        s.duration_ms % 1000,
         f.table,
         s.packets,
         s.bytes
@@ -32,17 +36,7 @@ pub fn flow_line(s: &FlowStats) -> String {
     if f.hard_timeout != 0 {
         let _ = write!(out, "hard_timeout={}, ", f.hard_timeout);
     }
-    let _ = write!(out, "idle_age={}, ", s.idle_age_ms / 1000);
-    // The printer's text without the settings already shown in front.
-    let rest = Flow {
-        cookie: 0,
-        table: 0,
-        idle_timeout: 0,
-        hard_timeout: 0,
-        ..f.clone()
-    };
-    let _ = write!(out, "{rest}");
-    out
+    let _ = write!(out, "idle_age={}, {}", s.idle_age_ms / 1000, f.rule());
 }
 
 /// `dump-flows`: one [`flow_line`] per flow.

@@ -22,6 +22,7 @@
 pub mod batch;
 pub mod capture;
 pub mod io;
+pub mod mem;
 pub mod port;
 pub mod state;
 pub mod stats;

@@ -14,6 +14,7 @@ use std::io;
 use serde::{Deserialize, Serialize};
 use weft_flow::Flow;
 use weft_flow::port::PortSpec;
+use weft_pipeline::NetChange;
 
 /// The format version this code writes and reads.
 pub const FORMAT: u32 = 1;
@@ -73,6 +74,16 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Appends one change to the journal, so that it survives the process being
     /// killed once this returns (it need not be on disk yet: see `sync`).
     fn append(&self, records: &[Record]) -> io::Result<()>;
+    /// Appends a bundle's net change as one entry, like [`append`](Self::append) of
+    /// its records (tables cleared, flows deleted, flows added), without building
+    /// them: a store that can write the flows as they are overrides this.
+    fn append_net(&self, net: &NetChange) -> io::Result<()> {
+        let mut v = Vec::with_capacity(net.cleared.len() + net.deleted.len() + net.added.len());
+        v.extend(net.cleared.iter().map(|t| Record::ClearTable(*t)));
+        v.extend(net.deleted.iter().cloned().map(Record::DelFlow));
+        v.extend(net.added.iter().cloned().map(Record::AddFlow));
+        self.append(&v)
+    }
     /// Makes what was appended durable (fsync); cheap when nothing was.
     fn sync(&self) -> io::Result<()>;
     /// Whether the journal has grown enough that a snapshot should replace it.

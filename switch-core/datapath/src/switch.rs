@@ -481,7 +481,7 @@ impl Switch {
         self.shared
             .pipeline
             .apply_then(bundle, self.shared.now(), |_, net| {
-                self.record(&mut c, &net_records(net), "flow change")
+                self.record_net(&mut c, &net, "flow change")
             })
     }
 
@@ -613,6 +613,18 @@ impl Switch {
             tracing::error!("{what} refused: {e}");
             SwitchError::Save(e.to_string())
         })
+    }
+
+    /// Journals a bundle's net change from the control socket (nothing when it changed
+    /// nothing), as [`record`](Self::record) does its records.
+    fn record_net(&self, _c: &mut Control, net: &NetChange, what: &str) -> Result<(), SwitchError> {
+        match &self.options.state_store {
+            Some(store) if !net.is_empty() => store.append_net(net).map_err(|e| {
+                tracing::error!("{what} refused: {e}");
+                SwitchError::Save(e.to_string())
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Applies (or re-applies, on SIGHUP) a configuration's `ports` and flows file
@@ -879,11 +891,11 @@ fn expiry_loop(ports: &Ports, control: &Mutex<Control>) {
 
 /// A bundle's net change as journal records: tables cleared first, then the flows
 /// removed and the flows added (disjoint identities).
-fn net_records(net: &NetChange) -> Vec<Record> {
+fn net_records(net: NetChange) -> Vec<Record> {
     let mut v = Vec::with_capacity(net.cleared.len() + net.deleted.len() + net.added.len());
-    v.extend(net.cleared.iter().map(|t| Record::ClearTable(*t)));
-    v.extend(net.deleted.iter().cloned().map(Record::DelFlow));
-    v.extend(net.added.iter().cloned().map(Record::AddFlow));
+    v.extend(net.cleared.into_iter().map(Record::ClearTable));
+    v.extend(net.deleted.into_iter().map(Record::DelFlow));
+    v.extend(net.added.into_iter().map(Record::AddFlow));
     v
 }
 
@@ -959,6 +971,8 @@ fn snapshot(
             .unwrap_or_else(|e| e.into_inner())
             .snapshot_needed = true;
     }
+    // A million flows' text went through this thread's arena.
+    crate::mem::release_free_memory();
     written
 }
 

@@ -148,27 +148,36 @@ fn slot_flow(table: u8, key: &FlowKey, mask: &FlowMask, priority: u16, s: &FlowS
 /// The net effect of a bundle that turned `old` into `next`, from the identities it
 /// touched and the tables it emptied.
 fn net_change(old: &Pipeline, next: &Pipeline, touched: &[Touched], cleared: Vec<u8>) -> NetChange {
-    let mut seen = std::collections::HashSet::with_capacity(touched.len());
+    // Identities as the classifier keys them (value, mask, priority), so that no
+    // `Match` is built or hashed twice.
+    let mut seen: std::collections::HashSet<&Touched> =
+        std::collections::HashSet::with_capacity(touched.len());
     let mut out = NetChange {
         cleared,
         ..NetChange::default()
     };
-    for (t, key, mask, prio) in touched {
+    for id @ (t, key, mask, prio) in touched {
         let ti = usize::from(*t);
         if let Some(s) = next.tables[ti].cls.get(key, mask, *prio) {
-            let f = slot_flow(*t, key, mask, *prio, s);
-            if seen.insert((f.table, f.priority, f.matches.clone())) {
-                out.added.push(f);
+            if seen.insert(id) {
+                out.added.push(slot_flow(*t, key, mask, *prio, s));
             }
         } else if let Some(s) = old.tables[ti].cls.get(key, mask, *prio) {
-            let mut f = slot_flow(*t, key, mask, *prio, s);
-            f.actions.clear();
             if out.cleared.contains(t) {
                 // The table's clear removes it already.
                 continue;
             }
-            if seen.insert((f.table, f.priority, f.matches.clone())) {
-                out.deleted.push(f);
+            if seen.insert(id) {
+                // Identity only: the actions are not rebuilt.
+                out.deleted.push(Flow {
+                    cookie: s.cookie,
+                    table: *t,
+                    priority: *prio,
+                    idle_timeout: s.idle_timeout,
+                    hard_timeout: s.hard_timeout,
+                    matches: rebuild_match(key, mask, s.present),
+                    actions: Vec::new(),
+                });
             }
         }
     }

@@ -459,11 +459,11 @@ impl SharedPipeline {
         &self,
         bundle: &Bundle,
         now: Millis,
-        accept: impl FnOnce(&Pipeline, &NetChange) -> Result<(), E>,
+        accept: impl FnOnce(&Pipeline, NetChange) -> Result<(), E>,
     ) -> Result<BundleOutcome, E> {
         let _w = self.lock();
         let (next, outcome, net) = self.current.load().apply_net(bundle, now)?;
-        accept(&next, &net)?;
+        accept(&next, net)?;
         self.current.store(Arc::new(next));
         Ok(outcome)
     }

@@ -12,6 +12,7 @@
 //! max_flows = 2000000            # flows in all tables
 //! max_flows_per_table = 1000000  # flows in one table
 //! max_bundle_flows = 2000000     # changes in one bundle (add-flows, replace-flows)
+//! bundle_timeout = 60            # seconds from bundle_open to commit, else discarded
 //!
 //! [[port]]
 //! name = "pod1"
@@ -41,6 +42,7 @@ pub use reload::{ConfigChanges, PortDiff, diff_ports};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use weft_flow::port::PortSpec;
@@ -112,6 +114,10 @@ pub struct Args {
     /// 2000000].
     #[arg(long, value_name = "N")]
     pub max_bundle_flows: Option<String>,
+    /// Seconds a bundle sent in parts may stay open (from bundle_open to its commit)
+    /// before it is discarded [default: 60].
+    #[arg(long, value_name = "S")]
+    pub bundle_timeout: Option<String>,
 }
 
 /// Why the configuration was refused: one line that names the file, line and field.
@@ -178,6 +184,8 @@ pub struct Config {
     pub max_flows_per_table: usize,
     /// The most changes in one bundle.
     pub max_bundle_flows: usize,
+    /// How long a bundle sent in parts may stay open before it is discarded.
+    pub bundle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -198,8 +206,20 @@ impl Default for Config {
             max_flows: weft_pipeline::FlowLimits::DEFAULT_MAX_FLOWS,
             max_flows_per_table: weft_pipeline::FlowLimits::DEFAULT_MAX_FLOWS_PER_TABLE,
             max_bundle_flows: crate::control_server::DEFAULT_MAX_BUNDLE_FLOWS,
+            bundle_timeout: crate::control_server::DEFAULT_BUNDLE_TIMEOUT,
         }
     }
+}
+
+/// The longest [`Config::bundle_timeout`], in seconds (a day).
+pub const MAX_BUNDLE_TIMEOUT_SECS: u64 = 86_400;
+pub(crate) const BUNDLE_TIMEOUT_EXPECTED: &str = "a number of seconds from 1 to 86400";
+
+/// A `bundle_timeout` value in seconds, if valid.
+pub(crate) fn bundle_timeout(secs: u64) -> Option<Duration> {
+    (1..=MAX_BUNDLE_TIMEOUT_SECS)
+        .contains(&secs)
+        .then(|| Duration::from_secs(secs))
 }
 
 /// The most any flow limit may be set to.
@@ -302,6 +322,16 @@ impl Config {
                         message: format!("bad value '{v}': expected {LIMIT_EXPECTED}"),
                     })?;
             }
+        }
+        if let Some(v) = &args.bundle_timeout {
+            self.bundle_timeout =
+                v.parse::<u64>()
+                    .ok()
+                    .and_then(bundle_timeout)
+                    .ok_or_else(|| ConfigError::Flag {
+                        flag: "bundle-timeout",
+                        message: format!("bad value '{v}': expected {BUNDLE_TIMEOUT_EXPECTED}"),
+                    })?;
         }
         Ok(())
     }
@@ -556,5 +586,36 @@ mod tests {
             ..cfg.clone()
         };
         assert_eq!(cfg.changes(&other).needs_restart, ["max_flows"]);
+    }
+
+    #[test]
+    fn bundle_timeout_from_the_file_and_flags() {
+        assert_eq!(Config::default().bundle_timeout, Duration::from_secs(60));
+        let mut cfg = parse("bundle_timeout = 5\n").unwrap();
+        assert_eq!(cfg.bundle_timeout, Duration::from_secs(5));
+        assert_eq!(
+            err("bundle_timeout = 0"),
+            "weftd.toml line 1: bad value '0' for bundle_timeout: expected a number of seconds from 1 to 86400"
+        );
+        assert!(err("bundle_timeout = \"1m\"").contains("bad value '1m' for bundle_timeout"));
+        let args = Args {
+            bundle_timeout: Some("7".into()),
+            ..Args::default()
+        };
+        cfg.apply_flags(&args).unwrap();
+        assert_eq!(cfg.bundle_timeout, Duration::from_secs(7));
+        let bad = Args {
+            bundle_timeout: Some("86401".into()),
+            ..Args::default()
+        };
+        assert_eq!(
+            cfg.apply_flags(&bad).unwrap_err().to_string(),
+            "--bundle-timeout: bad value '86401': expected a number of seconds from 1 to 86400"
+        );
+        let other = Config {
+            bundle_timeout: Duration::from_secs(8),
+            ..cfg.clone()
+        };
+        assert_eq!(cfg.changes(&other).needs_restart, ["bundle_timeout"]);
     }
 }

@@ -87,7 +87,20 @@ pub struct ControlOptions {
     /// The most changes (flows) one bundle may hold, whether sent in one request or in
     /// parts (`max_bundle_flows`).
     pub max_bundle_flows: usize,
+    /// A bundle sent in parts that is not committed (or discarded) within this long of
+    /// its `bundle_open` is discarded (`bundle_timeout`), whether or not its connection
+    /// is still there: a client that stalls in the middle of a bundle holds its memory
+    /// only this long, not for the connection's `idle_timeout`.
+    pub bundle_timeout: Duration,
 }
+
+/// The default of [`ControlOptions::bundle_timeout`]: a million-flow file streams in a
+/// few seconds, so a minute is a stalled client.
+pub const DEFAULT_BUNDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many discarded bundles' numbers a connection remembers, to say why a late
+/// `bundle_add` or `bundle_commit` of one finds nothing.
+const EXPIRED_REMEMBERED: usize = 8;
 
 /// The default of [`ControlOptions::max_bundle_flows`]: room for an Antrea-scale
 /// node's million flows twice.
@@ -98,7 +111,8 @@ pub const MAX_OPEN_BUNDLES: usize = 8;
 
 impl ControlOptions {
     /// Defaults for `path`: no group, 64 clients, 10 minutes idle, 30 s per line, 10 s
-    /// per response, bundles of at most [`DEFAULT_MAX_BUNDLE_FLOWS`] changes.
+    /// per response, bundles of at most [`DEFAULT_MAX_BUNDLE_FLOWS`] changes committed
+    /// within [`DEFAULT_BUNDLE_TIMEOUT`].
     pub fn new(path: impl Into<PathBuf>) -> ControlOptions {
         ControlOptions {
             path: path.into(),
@@ -108,6 +122,7 @@ impl ControlOptions {
             line_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             max_bundle_flows: DEFAULT_MAX_BUNDLE_FLOWS,
+            bundle_timeout: DEFAULT_BUNDLE_TIMEOUT,
         }
     }
 }
@@ -356,6 +371,12 @@ impl Out {
         self.left = self.budget;
     }
 
+    /// Starts the next line of a streamed response: the budget starts again, and what
+    /// is gathered stays.
+    fn begin_part(&mut self) {
+        self.left = self.budget;
+    }
+
     /// Adds `bytes` to the response; what is gathered is written once it reaches
     /// [`REPLY_CHUNK`] (a larger piece is written as it is, never copied).
     fn put(&mut self, bytes: &[u8]) -> Result<(), OutError> {
@@ -569,6 +590,8 @@ fn accept_loop(s: &Arc<Shared>, listener: UnixListener) {
                     closing: false,
                     bundles: HashMap::new(),
                     next_bundle: 1,
+                    expired: Vec::new(),
+                    trim: false,
                 };
                 conn.serve();
                 lock(&sc.clients).remove(&id);
@@ -589,6 +612,10 @@ fn accept_loop(s: &Arc<Shared>, listener: UnixListener) {
     }
 }
 
+/// A bundle or dump of at least this many flows hands its freed memory back to the
+/// kernel when answered (see `weft_datapath::mem`).
+const TRIM_AFTER_FLOWS: usize = 10_000;
+
 /// How often a client thread wakes to check for stop and timeouts.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -606,11 +633,18 @@ struct Connection<'a> {
     /// with it.
     bundles: HashMap<u64, Pending>,
     next_bundle: u64,
+    /// Bundles discarded by `bundle_timeout` (the last few), for a clear error.
+    expired: Vec<u64>,
+    /// Set by a request that built and freed many temporaries (a large bundle or
+    /// dump): the freed memory is handed back to the kernel once it is answered.
+    trim: bool,
 }
 
 /// A bundle being sent in parts: what its parts held so far (each checked as it came).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Pending {
+    /// When `bundle_open` opened it (`bundle_timeout` runs from here).
+    opened: Instant,
     /// A replace-flows bundle (its changes are the wanted flows, all adds).
     replace: bool,
     /// A replace restricted to the flows whose cookie matches.
@@ -640,6 +674,41 @@ enum Wait {
 }
 
 impl Connection<'_> {
+    /// Discards the bundles whose `bundle_timeout` has passed at `now`, each with one
+    /// log line.
+    fn expire_bundles(&mut self, now: Instant) {
+        let timeout = self.s.opts.bundle_timeout;
+        if self.bundles.is_empty() {
+            return;
+        }
+        let mut late: Vec<u64> = self
+            .bundles
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.opened) >= timeout)
+            .map(|(n, _)| *n)
+            .collect();
+        late.sort_unstable();
+        let mut trim = false;
+        for n in late {
+            if let Some(p) = self.bundles.remove(&n) {
+                tracing::warn!(
+                    client = self.id,
+                    "control: bundle {n} discarded ({} changes): not committed within {} s of its bundle_open (bundle_timeout)",
+                    p.changes.len(),
+                    secs(timeout)
+                );
+                if self.expired.len() == EXPIRED_REMEMBERED {
+                    self.expired.remove(0);
+                }
+                self.expired.push(n);
+                trim |= p.changes.len() >= TRIM_AFTER_FLOWS;
+            }
+        }
+        if trim {
+            weft_datapath::mem::release_free_memory();
+        }
+    }
+
     /// Drops the client, with one log line saying why, and an error line to it when
     /// `tell`.
     fn drop_client(&mut self, why: &str, tell: bool) {
@@ -672,6 +741,7 @@ impl Connection<'_> {
                 (Wait::Idle, last_request + opts.idle_timeout)
             };
             let now = Instant::now();
+            self.expire_bundles(now);
             if now >= deadline {
                 match wait {
                     Wait::Hello => self.drop_client(
@@ -762,6 +832,10 @@ impl Connection<'_> {
                 self.out.line(&resp)
             }
         };
+        if std::mem::take(&mut self.trim) {
+            // After the answer, so that the client does not wait for it.
+            weft_datapath::mem::release_free_memory();
+        }
         match sent {
             Ok(()) => !self.closing,
             Err(e @ OutError::TooSlow(_)) => {
@@ -786,8 +860,10 @@ impl Connection<'_> {
         out.begin();
         let mut failed = None;
         let mut first = true;
+        let mut count = 0usize;
         let mut item = Vec::new();
         let done = pipe.dump_each(filter, now, |d| {
+            count += 1;
             let stats = FlowStats {
                 flow: d.flow,
                 packets: d.packets,
@@ -802,9 +878,8 @@ impl Connection<'_> {
                 item.push(b',');
             }
             first = false;
-            // Through a json value, for the same key order as every other reply.
-            let written = serde_json::to_value(&stats)
-                .and_then(|v| serde_json::to_writer(&mut item, &v))
+            // Members sorted, as every other reply's (through a json value).
+            let written = proto::sorted_json::to_writer_sorted(&mut item, &stats)
                 .map_err(|e| OutError::Io(io::Error::other(format!("internal: {e}"))))
                 .and_then(|()| out.put(&item));
             match written {
@@ -818,6 +893,8 @@ impl Connection<'_> {
         if let Some(e) = failed {
             return Err(e);
         }
+        self.trim = count >= TRIM_AFTER_FLOWS;
+        let out = &mut self.out;
         match done {
             Err(e) => out.line(&Response::error(
                 Some(id),
@@ -847,6 +924,10 @@ impl Connection<'_> {
         let done = pipe.dump_each(filter, now, |d| {
             item.clear();
             if in_part == 0 {
+                // Each part is a response line of its own, with its own write budget: a
+                // reader that is slower than the walk but keeps reading gets every part
+                // of a million-flow dump; one that stops is dropped within the budget.
+                out.begin_part();
                 item.extend_from_slice(head.as_bytes());
             } else {
                 item.push(b',');
@@ -869,6 +950,8 @@ impl Connection<'_> {
         if let Some(e) = failed {
             return Err(e);
         }
+        self.trim = count >= TRIM_AFTER_FLOWS;
+        let out = &mut self.out;
         if in_part > 0 {
             out.put(b"]}\n")?;
         }
@@ -884,10 +967,21 @@ impl Connection<'_> {
     /// Bundles sent in parts (`bundle_open`, `bundle_add`, `bundle_commit`,
     /// `bundle_discard`): they live in this connection until committed or discarded.
     fn bundle_op(&mut self, op: Op) -> Result<serde_json::Value, ErrorBody> {
+        // One that ran out of time while this request was read is gone too.
+        self.expire_bundles(Instant::now());
+        let expired = self.expired.clone();
+        let timeout = self.s.opts.bundle_timeout;
         let no_such = |n: u64| {
-            ErrorBody::new(format!(
-                "no open bundle {n} on this connection (never opened, or already committed or discarded)"
-            ))
+            ErrorBody::new(if expired.contains(&n) {
+                format!(
+                    "bundle {n} was discarded: not committed within {} s of its bundle_open (bundle_timeout in weftd.toml)",
+                    secs(timeout)
+                )
+            } else {
+                format!(
+                    "no open bundle {n} on this connection (never opened, or already committed or discarded)"
+                )
+            })
         };
         match op {
             Op::BundleOpen(a) => {
@@ -901,9 +995,11 @@ impl Connection<'_> {
                 self.bundles.insert(
                     n,
                     Pending {
+                        opened: Instant::now(),
                         replace: a.replace,
                         cookie: a.cookie,
-                        ..Pending::default()
+                        changes: Vec::new(),
+                        lines: Vec::new(),
                     },
                 );
                 to_value(&proto::BundleOpenReply { bundle: n })
@@ -957,6 +1053,7 @@ impl Connection<'_> {
                     .ok_or_else(|| no_such(r.bundle))?;
                 let sw = &self.s.switch;
                 let _g = lock(&self.s.changes);
+                self.trim = p.changes.len() >= TRIM_AFTER_FLOWS;
                 if p.replace {
                     let flows = p
                         .changes
@@ -1030,6 +1127,11 @@ impl Connection<'_> {
             Op::Bundle(b) => check_bundle_size(b.changes.len(), max).err(),
             Op::ReplaceFlows(r) => check_bundle_size(r.flows.len(), max).err(),
             _ => None,
+        };
+        self.trim = match &req.op {
+            Op::Bundle(b) => b.changes.len() >= TRIM_AFTER_FLOWS,
+            Op::ReplaceFlows(r) => r.flows.len() >= TRIM_AFTER_FLOWS,
+            _ => false,
         };
         let result = if let Some(e) = too_big {
             Err(e)
@@ -1156,9 +1258,11 @@ fn write_flow_stats(out: &mut Vec<u8>, d: weft_pipeline::FlowDump) {
         duration_ms: d.duration_ms,
         idle_age_ms: d.idle_age_ms,
     };
-    // Through a json value, for the same key order as every other reply.
-    if let Ok(v) = serde_json::to_value(&stats) {
-        let _ = serde_json::to_writer(&mut *out, &v);
+    // Members sorted, as every other reply's (through a json value); nothing of a
+    // flow that cannot be written.
+    let len = out.len();
+    if proto::sorted_json::to_writer_sorted(out, &stats).is_err() {
+        out.truncate(len);
     }
 }
 

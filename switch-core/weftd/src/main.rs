@@ -64,6 +64,8 @@ fn start_node(
         ..SwitchOptions::default()
     };
     let sw = Switch::start(options, saved).context("cannot start the datapath")?;
+    // Restoring a large state parsed and rebuilt every flow: hand back what it freed.
+    weft_datapath::mem::release_free_memory();
     Ok(Arc::new(sw))
 }
 
@@ -121,6 +123,7 @@ fn run(args: &Args, mut cfg: Config) -> anyhow::Result<()> {
         ControlOptions {
             group: cfg.control_group.clone(),
             max_bundle_flows: cfg.max_bundle_flows,
+            bundle_timeout: cfg.bundle_timeout,
             ..ControlOptions::new(&cfg.control)
         },
         switch,

@@ -46,6 +46,7 @@ pub use weft_datapath::state::{FORMAT, SavedState, StateStore};
 use weft_datapath::state::{FlowWalk, Record};
 use weft_flow::port::PortSpec;
 use weft_flow::{Flow, Match};
+use weft_pipeline::NetChange;
 
 /// The previous format's state file, read when there is no snapshot.
 pub const STATE_FILE: &str = "state.json";
@@ -256,40 +257,71 @@ fn identity(f: &Flow) -> Identity {
     (f.table, f.priority, f.matches.clone())
 }
 
-/// One journal entry: the header line and the records.
-fn encode_entry(seq: u64, records: &[Record]) -> Vec<u8> {
-    let mut payload = String::new();
+/// Room kept in front of an entry's payload for its header (`#SEQ LEN HASH\n`: at most
+/// 20 + 20 + 16 digits and 4 separators), so that the entry is built in one buffer.
+const HEADER_ROOM: usize = 64;
+
+/// One journal entry, header and payload, as the bytes to append (the buffer from
+/// the returned offset on): `payload` writes the records' lines after room for the
+/// header, which is filled in front of them, so the entry is built in place.
+fn encode_entry(
+    seq: u64,
+    size_hint: usize,
+    payload: impl FnOnce(&mut Vec<u8>),
+) -> (Vec<u8>, usize) {
+    let mut buf: Vec<u8> = Vec::with_capacity(HEADER_ROOM + size_hint);
+    buf.resize(HEADER_ROOM, 0);
+    payload(&mut buf);
+    let payload = &buf[HEADER_ROOM..];
+    let header = format!("#{seq} {} {:016x}\n", payload.len(), hash(payload));
+    let start = HEADER_ROOM - header.len();
+    buf[start..HEADER_ROOM].copy_from_slice(header.as_bytes());
+    (buf, start)
+}
+
+/// About the text of one flow (an Antrea flow's line is about 100 bytes).
+const FLOW_TEXT_HINT: usize = 128;
+
+/// Writes one added flow's journal line.
+fn add_line(buf: &mut Vec<u8>, f: &Flow) {
+    let _ = writeln!(buf, "+ {f}");
+}
+
+/// Writes one removed flow's journal line: its identity only.
+fn del_line(buf: &mut Vec<u8>, f: &Flow) {
+    if f.actions.is_empty() && f.cookie == 0 {
+        let _ = writeln!(buf, "- {f}");
+    } else {
+        let mut id = f.clone();
+        id.actions.clear();
+        id.cookie = 0;
+        let _ = writeln!(buf, "- {id}");
+    }
+}
+
+/// Writes the records' journal lines.
+fn record_lines(buf: &mut Vec<u8>, records: &[Record]) {
     for r in records {
-        use std::fmt::Write as _;
         let _ = match r {
-            Record::AddFlow(f) => writeln!(payload, "+ {f}"),
-            Record::DelFlow(f) => {
-                let mut id = f.clone();
-                id.actions.clear();
-                id.cookie = 0;
-                writeln!(payload, "- {id}")
+            Record::AddFlow(f) => {
+                add_line(buf, f);
+                Ok(())
             }
-            Record::ClearTable(t) => writeln!(payload, "clear {t}"),
-            Record::AddPort(p) => writeln!(
-                payload,
-                "port {}",
-                serde_json::to_string(p).unwrap_or_default()
-            ),
+            Record::DelFlow(f) => {
+                del_line(buf, f);
+                Ok(())
+            }
+            Record::ClearTable(t) => writeln!(buf, "clear {t}"),
+            Record::AddPort(p) => {
+                writeln!(buf, "port {}", serde_json::to_string(p).unwrap_or_default())
+            }
             Record::DelPort(n) => writeln!(
-                payload,
+                buf,
                 "del-port {}",
                 serde_json::to_string(n).unwrap_or_default()
             ),
         };
     }
-    let mut out = format!(
-        "#{seq} {} {:016x}\n",
-        payload.len(),
-        hash(payload.as_bytes())
-    )
-    .into_bytes();
-    out.extend_from_slice(payload.as_bytes());
-    out
 }
 
 fn decode_record(line: &str) -> Result<Record, String> {
@@ -750,6 +782,27 @@ impl StateDir {
         Ok(Some(state))
     }
 
+    /// Appends one entry whose records `payload` writes, with one write(2).
+    fn append_entry(&self, size_hint: usize, payload: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        let mut j = self.lock();
+        let f = self.open(&mut j).map_err(io::Error::other)?;
+        let (buf, start) = encode_entry(j.seq + 1, size_hint, payload);
+        let entry = &buf[start..];
+        let path = self.dir.join(JOURNAL_FILE);
+        if let Err(e) = (&*f).write_all(entry) {
+            // Cut a partial write back, so that the next entry follows a whole one; if
+            // that fails too, the journal is opened (and cut) again at the next append.
+            if f.set_len(j.len).is_err() {
+                j.file = None;
+            }
+            return Err(io::Error::other(werr(&path)(e)));
+        }
+        j.seq += 1;
+        j.len += entry.len() as u64;
+        j.dirty = true;
+        Ok(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, Journal> {
         self.journal.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -805,22 +858,25 @@ impl StateDir {
 
 impl StateStore for StateDir {
     fn append(&self, records: &[Record]) -> io::Result<()> {
-        let mut j = self.lock();
-        let f = self.open(&mut j).map_err(io::Error::other)?;
-        let entry = encode_entry(j.seq + 1, records);
-        let path = self.dir.join(JOURNAL_FILE);
-        if let Err(e) = (&*f).write_all(&entry) {
-            // Cut a partial write back, so that the next entry follows a whole one; if
-            // that fails too, the journal is opened (and cut) again at the next append.
-            if f.set_len(j.len).is_err() {
-                j.file = None;
+        self.append_entry(FLOW_TEXT_HINT * records.len(), |buf| {
+            record_lines(buf, records)
+        })
+    }
+
+    fn append_net(&self, net: &NetChange) -> io::Result<()> {
+        let n = net.cleared.len() + net.deleted.len() + net.added.len();
+        self.append_entry(FLOW_TEXT_HINT * n, |buf| {
+            // The order of `net_records`: tables cleared, flows removed, flows added.
+            for t in &net.cleared {
+                let _ = writeln!(buf, "clear {t}");
             }
-            return Err(io::Error::other(werr(&path)(e)));
-        }
-        j.seq += 1;
-        j.len += entry.len() as u64;
-        j.dirty = true;
-        Ok(())
+            for f in &net.deleted {
+                del_line(buf, f);
+            }
+            for f in &net.added {
+                add_line(buf, f);
+            }
+        })
     }
 
     fn sync(&self) -> io::Result<()> {

@@ -1207,3 +1207,104 @@ fn clients_that_do_not_read_their_dumps_cost_little_memory() {
     assert_eq!(c.show().unwrap().flows, n);
     drop(child);
 }
+
+#[test]
+fn a_stalled_bundle_is_discarded_at_its_deadline_while_the_connection_stays() {
+    let fx = Fixture::with(|o| ControlOptions {
+        bundle_timeout: Duration::from_secs(1),
+        ..o
+    });
+    let mut c = fx.raw();
+    c.hello();
+    let v = c.send(r#"{"id":2,"bundle_open":{}}"#);
+    let b = v["ok"]["bundle"].as_u64().unwrap_or_else(|| panic!("{v}"));
+    let v = c.send(&format!(
+        r#"{{"id":3,"bundle_add":{{"bundle":{b},"text":"priority=7,ip actions=drop\n"}}}}"#
+    ));
+    assert_eq!(v["ok"]["changes"], 1, "{v}");
+    // A second bundle, opened later, is under its own deadline.
+    std::thread::sleep(Duration::from_millis(600));
+    let v = c.send(r#"{"id":4,"bundle_open":{}}"#);
+    let b2 = v["ok"]["bundle"].as_u64().unwrap_or_else(|| panic!("{v}"));
+    // The client stalls past the first bundle's deadline, well within the connection's
+    // idle timeout (10 minutes).
+    std::thread::sleep(Duration::from_millis(700));
+    let v = c.send(&format!(r#"{{"id":5,"bundle_commit":{{"bundle":{b}}}}}"#));
+    assert_eq!(
+        message(&v),
+        format!(
+            "bundle {b} was discarded: not committed within 1 s of its bundle_open (bundle_timeout in weftd.toml)"
+        ),
+        "{v}"
+    );
+    assert!(fx.flows().is_empty(), "nothing of it was applied");
+    // The connection is still served, and the younger bundle is still open.
+    let v = c.send(&format!(
+        r#"{{"id":6,"bundle_add":{{"bundle":{b2},"text":"priority=8,ip actions=drop\n"}}}}"#
+    ));
+    assert_eq!(v["ok"]["changes"], 1, "{v}");
+    let v = c.send(&format!(r#"{{"id":7,"bundle_commit":{{"bundle":{b2}}}}}"#));
+    assert_eq!(v["ok"]["added"], 1, "{v}");
+    let flows = fx.flows();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].flow.priority, 8);
+    // A bundle that was never opened still gets the plain error.
+    let v = c.send(r#"{"id":8,"bundle_commit":{"bundle":99}}"#);
+    assert!(message(&v).starts_with("no open bundle 99 "), "{v}");
+}
+
+#[test]
+fn a_streamed_dump_gives_each_part_the_write_budget() {
+    let fx = Fixture::with(|o| ControlOptions {
+        write_timeout: Duration::from_secs(1),
+        ..o
+    });
+    let n = 30_000;
+    fx.client()
+        .bundle(parse_bundle_file(&many_flows(n)).unwrap())
+        .unwrap();
+    // A reader that takes one part every 150 ms keeps weftd waiting far longer than
+    // the budget of one second in all (30 parts of about 200 KiB, more than the
+    // socket holds), but never one part that long: it gets the whole dump.
+    let mut c = fx.raw();
+    c.hello();
+    c.w.write_all(b"{\"id\":3,\"dump_flows\":{\"stream\":true}}\n")
+        .unwrap();
+    let t = Instant::now();
+    let mut flows = 0usize;
+    loop {
+        std::thread::sleep(Duration::from_millis(150));
+        let v = c.recv();
+        if let Some(part) = v["flows"].as_array() {
+            assert!(part.len() <= 1000, "{}", part.len());
+            flows += part.len();
+            continue;
+        }
+        assert_eq!(v["ok"]["flows"], n, "after {flows} flows: {v:.300}");
+        break;
+    }
+    assert_eq!(flows, n);
+    assert!(t.elapsed() > Duration::from_secs(3), "{:?}", t.elapsed());
+    // One that stops reading in the middle is still dropped within the budget.
+    let mut stalled = fx.raw();
+    stalled.hello();
+    stalled
+        .w
+        .write_all(b"{\"id\":4,\"dump_flows\":{\"stream\":true}}\n")
+        .unwrap();
+    let _ = stalled.recv();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut rest = Vec::new();
+    stalled
+        .r
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stalled.r.read_to_end(&mut rest);
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        !text.contains("\"ok\":{\"flows\":"),
+        "the stalled reader got the end of the dump"
+    );
+    assert_eq!(fx.client().show().unwrap().flows, n);
+}

@@ -31,6 +31,7 @@ const KEYS: &[&str] = &[
     "max_flows",
     "max_flows_per_table",
     "max_bundle_flows",
+    "bundle_timeout",
     "port",
 ];
 
@@ -100,6 +101,14 @@ impl Config {
                         "max_flows_per_table" => cfg.max_flows_per_table = n,
                         _ => cfg.max_bundle_flows = n,
                     }
+                }
+                "bundle_timeout" => {
+                    cfg.bundle_timeout = integer(value.get_ref())
+                        .and_then(|n| u64::try_from(n).ok())
+                        .and_then(super::bundle_timeout)
+                        .ok_or_else(|| {
+                            src.bad_value(value, name, super::BUNDLE_TIMEOUT_EXPECTED)
+                        })?;
                 }
                 "port" => cfg.ports = src.ports(value)?,
                 other => {

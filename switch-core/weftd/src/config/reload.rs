@@ -66,6 +66,12 @@ impl Config {
             &mut self.max_bundle_flows,
             &running.max_bundle_flows,
         );
+        keep(
+            c,
+            "bundle_timeout",
+            &mut self.bundle_timeout,
+            &running.bundle_timeout,
+        );
         changed
     }
 }
