@@ -238,8 +238,15 @@ fn preflight() -> Result<(), String> {
         ("weft-agent", "WEFT_AGENT"),
         ("weft-cni", "WEFT_CNI"),
     ] {
-        let found = std::panic::catch_unwind(|| binary(name, env));
-        if found.is_err() {
+        // As `binary` finds them (which panics when it does not).
+        let found = match std::env::var_os(env) {
+            Some(p) => std::path::Path::new(&p).is_file(),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|e| Some(e.parent()?.join(name)))
+                .is_some_and(|p| p.is_file()),
+        };
+        if !found {
             return Err(format!(
                 "{name} is not built next to weft-demo (scripts/demo builds it)"
             ));
