@@ -36,6 +36,8 @@ pub const CTR_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 pub const CTR_CNI_BIN_DIR: &str = "/opt/cni/bin";
 /// libcni's cache of results (and host-local's default data directory below it).
 pub const CNI_STATE_DIR: &str = "/var/lib/cni";
+/// Where the cgroup hierarchies are mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Where Debian's CNI plugins are.
 pub const DEBIAN_CNI_DIR: &str = "/usr/lib/cni";
 
@@ -616,6 +618,38 @@ impl Drop for Containerd {
                 .status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        remove_cgroups(&self.namespace);
+    }
+}
+
+/// The cgroup directories runc made for containerd namespace `namespace`
+/// (`<hierarchy>/<namespace>[/<container>]`, under `/sys/fs/cgroup` itself with cgroup
+/// v2 and under each controller's hierarchy with v1).
+pub fn cgroups_of(namespace: &str) -> Vec<PathBuf> {
+    let root = Path::new(CGROUP_ROOT);
+    let mut hierarchies = vec![root.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        hierarchies.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    let mut found = Vec::new();
+    for h in hierarchies {
+        let d = h.join(namespace);
+        if !d.is_dir() {
+            continue;
+        }
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            found.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+        found.push(d);
+    }
+    found
+}
+
+/// Removes the (empty: no process left) cgroups of containerd namespace `namespace`,
+/// containers' first. One still in use (another node's containerd of the same lab) stays.
+fn remove_cgroups(namespace: &str) {
+    for d in cgroups_of(namespace) {
+        let _ = std::fs::remove_dir(d);
     }
 }
 
@@ -646,11 +680,12 @@ mod tests {
         let mut lab = Lab::new().unwrap();
         let node = lab.netns("n1").unwrap();
         let ipam = lab.dir().join("ipam");
-        let (dir, socket);
+        let (dir, socket, namespace);
         {
             let mut ctd = Containerd::start(&lab, &node, "ctd1").unwrap();
             dir = ctd.dir().to_path_buf();
             socket = ctd.socket.display().to_string();
+            namespace = ctd.namespace().to_string();
             ctd.set_conflist(
                 "10-selftest.conflist",
                 &BRIDGE.replace("DATADIR", &ipam.display().to_string()),
@@ -712,6 +747,11 @@ mod tests {
         assert!(
             reservations(&ipam).is_empty(),
             "the dropped container's address was released"
+        );
+        assert!(
+            cgroups_of(&namespace).is_empty(),
+            "cgroups left behind: {:?}",
+            cgroups_of(&namespace)
         );
     }
 

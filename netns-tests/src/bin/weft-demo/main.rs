@@ -1,13 +1,18 @@
-//! `weft-demo`: a two-node Weft cluster in network namespaces, built from an embedded
-//! cluster description and programmed over the control sockets, with ping and an
-//! iperf3 figure between pods on different nodes. Run as root (`sudo scripts/demo`).
+//! `weft-demo`: Weft in network namespaces. Run as root (`sudo scripts/demo`).
 //!
 //! ```text
-//! weft-demo [--encap vxlan|geneve|ipip] [--mode l3|l2] [--keep]
+//! weft-demo                      # the cluster (cluster.rs)
+//! weft-demo --quick [--encap vxlan|geneve|ipip] [--mode l3|l2] [--keep]
 //! weft-demo --teardown PREFIX
 //! ```
 //!
-//! Every step is printed with the command it amounts to (`weftctl -s SOCK add-port
+//! By default, a three-node cluster run as a real one is: a 3-member etcd, weftd and
+//! weft-agent per node, containers started by containerd through weft-cni (see
+//! `cluster.rs`). With `--quick`, the two-node demo: weftd's programmed from an
+//! embedded cluster description over the control sockets, with ping and an iperf3
+//! figure between pods on different nodes.
+//!
+//! In the quick demo every step is printed with the command it amounts to (`weftctl -s SOCK add-port
 //! ...`, `ip -n NS ...`). Without `--keep` everything is removed at the end, also on
 //! an error or Ctrl-C. With `--keep` a small keeper process holds the lab (namespaces,
 //! `weftd`s) after `weft-demo` returns, and `weft-demo --teardown PREFIX` ends it.
@@ -26,7 +31,11 @@ use netns_tests::lab::Ns;
 use netns_tests::node::binary;
 use weftctl::cluster::Cluster;
 
-const USAGE: &str = "usage: weft-demo [--encap vxlan|geneve|ipip] [--mode l3|l2] [--keep]
+mod cluster;
+
+const USAGE: &str =
+    "usage: weft-demo                (3 nodes: etcd, weft-agent, containerd + weft-cni)
+       weft-demo --quick [--encap vxlan|geneve|ipip] [--mode l3|l2] [--keep]
        weft-demo --teardown PREFIX";
 
 const READY_MARK: &str = "@@weft-demo-ready@@";
@@ -77,33 +86,48 @@ address = "198.19.2.11"
 "#;
 
 struct Args {
+    quick: bool,
     encap: String,
     mode: String,
     keep: bool,
     keeper: bool,
+    worker: bool,
     teardown: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
+        quick: false,
         encap: "vxlan".into(),
         mode: "l3".into(),
         keep: false,
         keeper: false,
+        worker: false,
         teardown: None,
     };
     let mut it = std::env::args().skip(1);
+    let mut quick_only = None;
     while let Some(arg) = it.next() {
+        if ["--encap", "--mode", "--keep", "--keeper"].contains(&arg.as_str()) {
+            quick_only.get_or_insert(arg.clone());
+        }
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
             "--encap" => a.encap = value("--encap")?,
             "--mode" => a.mode = value("--mode")?,
+            "--quick" => a.quick = true,
             "--keep" => a.keep = true,
             "--keeper" => a.keeper = true,
+            "--worker" => a.worker = true,
             "--teardown" => a.teardown = Some(value("--teardown")?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument '{other}'")),
         }
+    }
+    if let Some(opt) = quick_only.filter(|_| !a.quick) {
+        return Err(format!(
+            "{opt} is an option of the quick two-node demo: add --quick"
+        ));
     }
     if !["vxlan", "geneve", "ipip"].contains(&a.encap.as_str()) {
         return Err(format!(
@@ -139,6 +163,9 @@ fn main() -> ExitCode {
     if args.keep && !args.keeper {
         return spawn_keeper();
     }
+    if !args.keep && !args.worker {
+        return supervise();
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
         signal_hook::consts::SIGINT,
@@ -149,6 +176,16 @@ fn main() -> ExitCode {
             eprintln!("weft-demo: signal handler: {e}");
             return ExitCode::FAILURE;
         }
+    }
+    if !args.quick {
+        return match cluster::run(&stop) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft-demo: {e}");
+                println!("(everything the demo made has been removed)");
+                ExitCode::FAILURE
+            }
+        };
     }
     match run(&args, &stop) {
         Ok(cl) => {
@@ -337,6 +374,66 @@ fn run(args: &Args, stop: &AtomicBool) -> Result<ClusterLab, String> {
     step("Counters on node1 after that");
     weftctl(&cl, "node1", &["dump-ports"])?;
     Ok(cl)
+}
+
+/// Runs this program again as the worker that does the demo, in its own process group,
+/// and waits for it. A Ctrl-C at the terminal goes to the terminal's process group: only
+/// to this process, not to the worker's etcd, containerd, weftd, ... (which would die
+/// before the worker could stop them in order, e.g. containers before containerd). It
+/// is passed on to the worker as one SIGTERM, and the worker removes everything.
+fn supervise() -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("weft-demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("weft-demo: signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut cmd = Command::new(exe);
+    cmd.args(std::env::args().skip(1)).arg("--worker");
+    cmd.stdin(Stdio::null());
+    cmd.process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("weft-demo: starting the demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut forwarded = false;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) if s.success() => return ExitCode::SUCCESS,
+            Ok(Some(_)) => return ExitCode::FAILURE,
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("weft-demo: waiting for the demo: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        if stop.load(Ordering::Relaxed) && !forwarded {
+            forwarded = true;
+            println!(
+                "
+weft-demo: interrupted; removing everything it made (this takes a few seconds)"
+            );
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Starts this program again as the keeper of a `--keep` demo, in its own process
