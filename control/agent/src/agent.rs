@@ -960,7 +960,10 @@ mod tests {
     #[test]
     fn port_names_fit_and_differ() {
         let a = port_name(&att("0123456789abcdef", "eth0"));
-        assert!(a.len() <= weft_flow::port::MAX_PORT_NAME && a.starts_with("p-"), "{a}");
+        assert!(
+            a.len() <= weft_flow::port::MAX_PORT_NAME && a.starts_with("p-"),
+            "{a}"
+        );
         assert_eq!(a, port_name(&att("0123456789abcdef", "eth0")), "stable");
         assert_ne!(a, port_name(&att("0123456789abcdef", "eth1")));
         // containerd's ids share their first characters (`<namespace>-<id>`).

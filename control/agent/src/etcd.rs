@@ -186,7 +186,18 @@ async fn session(
     lease_slot: &mut Option<i64>,
     prev_subnet: &mut Option<Ipv4Net>,
 ) -> String {
-    match session_inner(cfg, keys, tx, member, held, last_good, lease_slot, prev_subnet).await {
+    match session_inner(
+        cfg,
+        keys,
+        tx,
+        member,
+        held,
+        last_good,
+        lease_slot,
+        prev_subnet,
+    )
+    .await
+    {
         Ok(never) => match never {},
         Err(e) => e,
     }
