@@ -381,7 +381,7 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
         "ready:     yes".to_string(),
         format!("subnet:    {subnet}"),
         "etcd:      reachable".to_string(),
-        format!("c0ffee00aa:eth0 port p-c0ffee00-eth0 {pod_ip}/24"),
+        format!("c0ffee00aa:eth0 port {} {pod_ip}/24", r.port),
     ] {
         assert!(text.contains(&want), "{want} in:\n{text}");
     }
