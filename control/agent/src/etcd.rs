@@ -150,15 +150,14 @@ pub async fn run(cfg: Config, tx: mpsc::Sender<Event>, held: Held) {
     let mut last_good: Option<NetConfig> = None;
     let mut lease: Option<i64> = None;
     let mut subnet: Option<Ipv4Net> = None;
-    let mut member = 0usize;
+    let mut link = Link { member: 0, held };
     loop {
         let started = tokio::time::Instant::now();
         let e = session(
             &cfg,
             &keys,
             &tx,
-            &mut member,
-            &held,
+            &mut link,
             &mut last_good,
             &mut lease,
             &mut subnet,
@@ -167,7 +166,7 @@ pub async fn run(cfg: Config, tx: mpsc::Sender<Event>, held: Held) {
         tracing::warn!(error = %e, "etcd session ended; listing again after {backoff:?}");
         let _ = tx.send(Event::Health(Err(e))).await;
         // Start the next session on the next member: this one may be the one that went.
-        member = member.wrapping_add(1) % cfg.etcd_endpoints.len().max(1);
+        link.member = link.member.wrapping_add(1) % cfg.etcd_endpoints.len().max(1);
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(100);
         }
@@ -180,30 +179,24 @@ async fn session(
     cfg: &Config,
     keys: &Keys,
     tx: &mpsc::Sender<Event>,
-    member: &mut usize,
-    held: &Held,
+    link: &mut Link,
     last_good: &mut Option<NetConfig>,
     lease_slot: &mut Option<i64>,
     prev_subnet: &mut Option<Ipv4Net>,
 ) -> String {
-    match session_inner(
-        cfg,
-        keys,
-        tx,
-        member,
-        held,
-        last_good,
-        lease_slot,
-        prev_subnet,
-    )
-    .await
-    {
+    match session_inner(cfg, keys, tx, link, last_good, lease_slot, prev_subnet).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
 enum Never {}
+
+/// Which member the next session tries first, and where the lease held is published.
+struct Link {
+    member: usize,
+    held: Held,
+}
 
 fn err(e: etcd_client::Error) -> String {
     one_line(&e)
@@ -213,13 +206,12 @@ async fn session_inner(
     cfg: &Config,
     keys: &Keys,
     tx: &mpsc::Sender<Event>,
-    member: &mut usize,
-    held: &Held,
+    link: &mut Link,
     last_good: &mut Option<NetConfig>,
     lease_slot: &mut Option<i64>,
     prev_subnet: &mut Option<Ipv4Net>,
 ) -> Result<Never, String> {
-    let mut c = connect(cfg, member).await?;
+    let mut c = connect(cfg, &mut link.member).await?;
     let _ = tx.send(Event::Health(Ok(()))).await;
 
     // 1. config: wait while absent; a bad one is refused and the last good one kept.
@@ -296,7 +288,7 @@ async fn session_inner(
         None => c.lease_grant(ttl, None).await.map_err(err)?.id(),
     };
     *lease_slot = Some(lease);
-    if let Ok(mut g) = held.lock() {
+    if let Ok(mut g) = link.held.lock() {
         *g = Some((c.clone(), lease));
     }
     let (mut keeper, mut keep_stream) = c.lease_keep_alive(lease).await.map_err(err)?;
