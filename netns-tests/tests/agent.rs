@@ -329,7 +329,14 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
         .call(&ap::Request::Attach(attach.clone()))
         .unwrap_or_else(|e| panic!("attach: {e}\n{}", agent.log(&lab)));
     assert_eq!(r.mtu, 1450);
-    assert_eq!(r.port, "p-c0ffee00-eth0");
+    // `p-` and 12 hex digits of a hash of the container id and ifname.
+    assert!(
+        r.port.len() == 14
+            && r.port.starts_with("p-")
+            && r.port[2..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{}",
+        r.port
+    );
     let again = agent.call::<ap::AttachReply>(&ap::Request::Attach(attach.clone()));
     assert!(
         matches!(&again, Err(ap::ClientError::Agent(e)) if e.kind == ap::ErrorKind::Exists),
@@ -374,7 +381,7 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
         "ready:     yes".to_string(),
         format!("subnet:    {subnet}"),
         "etcd:      reachable".to_string(),
-        format!("c0ffee00aa:eth0 port p-c0ffee00-eth0 {pod_ip}/24"),
+        format!("c0ffee00aa:eth0 port {} {pod_ip}/24", r.port),
     ] {
         assert!(text.contains(&want), "{want} in:\n{text}");
     }

@@ -488,8 +488,26 @@ fn nodes_find_each_other_join_leave_and_die() {
         status.is_some_and(|s| s.success()),
         "clean stop: {status:?}"
     );
+    // A clean stop revokes the lease: node4's node and subnet keys are gone within 1 s
+    // of its exit (well inside the lease's 3 s TTL), and so is it from the flows.
+    let stopped = Instant::now();
+    let key = format!("{PREFIX}nodes/node4");
+    let subnet_key = format!("{PREFIX}subnets/{}", subnet4.to_string().replace('/', "-"));
+    loop {
+        let node = w.etcd.get(&mut w.lab, &key).unwrap();
+        let sub = w.etcd.get(&mut w.lab, &subnet_key).unwrap();
+        if node.is_none() && sub.is_none() {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(1),
+            "node4's keys outlived its clean stop by 1 s (the lease was not revoked): {node:?} {sub:?}\n{}",
+            w.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for k in 0..3 {
-        wait_flows(&w, k, Duration::from_secs(8), "node4 gone", |f| {
+        wait_flows(&w, k, Duration::from_secs(2), "node4 gone", |f| {
             !has_subnet(f, subnet4)
         });
     }

@@ -5,8 +5,10 @@
 //! Syncing: a full sync (after every list, and whenever weftd's connection is new)
 //! makes sure of the tunnel and gateway ports and the gateway's address and route,
 //! then sends one `replace_flows` limited to the agent's cookie, so flows with other
-//! cookies are never touched and unchanged flows keep their counters. After that every event is the difference between the flows before and
-//! after it: a node joining is three added flows, a pod a handful.
+//! cookies are never touched and unchanged flows keep their counters. After that events
+//! are taken in batches (what is queued and what arrives within a few ms), and each
+//! batch is one bundle of the difference between the flows before and after it: a node
+//! joining is three added flows, a pod a handful, a thousand nodes one bundle.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -30,6 +32,13 @@ use crate::metrics::Metrics;
 use crate::model::{self, COOKIE, COOKIE_MASK, FlowId, GATEWAY_IFNAME, GATEWAY_PORT, Model};
 use crate::netlink;
 use crate::schema::{EndpointRecord, Keys};
+
+/// Events taken into one bundle at most.
+const COALESCE_EVENTS: usize = 4096;
+/// How long a batch waits for one more event after the last.
+const COALESCE_IDLE: Duration = Duration::from_millis(3);
+/// How long a batch is gathered at most.
+const COALESCE_MAX: Duration = Duration::from_millis(50);
 
 /// A request from the socket, with where to send the answer.
 pub type Call = (ap::Request, oneshot::Sender<Response>);
@@ -81,7 +90,32 @@ impl Controller {
         loop {
             tokio::select! {
                 e = events.recv() => match e {
-                    Some(e) => self.on_event(e).await,
+                    Some(e) => {
+                        // Coalesce: this event, every one already queued and those
+                        // arriving within COALESCE_IDLE of the last (up to COALESCE_MAX
+                        // in all) change the model; then one bundle of differences.
+                        let mut dirty = self.on_event(e).await;
+                        let start = tokio::time::Instant::now();
+                        let mut n = 1usize;
+                        while n < COALESCE_EVENTS && start.elapsed() < COALESCE_MAX {
+                            let next = match events.try_recv() {
+                                Ok(e) => Some(e),
+                                Err(mpsc::error::TryRecvError::Empty) => {
+                                    tokio::time::timeout(COALESCE_IDLE, events.recv())
+                                        .await
+                                        .ok()
+                                        .flatten()
+                                }
+                                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                            };
+                            let Some(e) = next else { break };
+                            dirty |= self.on_event(e).await;
+                            n += 1;
+                        }
+                        if dirty {
+                            let _ = self.incremental().await;
+                        }
+                    }
                     None => return,
                 },
                 c = calls.recv() => match c {
@@ -97,20 +131,27 @@ impl Controller {
         }
     }
 
-    async fn on_event(&mut self, e: Event) {
+    /// Applies one event to the model. Returns whether the flows need bringing in line
+    /// (the caller does it once for a batch of events); a sync is done here.
+    async fn on_event(&mut self, e: Event) -> bool {
         match e {
             Event::Health(Ok(())) => {
                 self.etcd_ok = true;
                 if self.etcd_error.take().is_some() {
                     tracing::info!("etcd reachable again");
                 }
+                false
             }
             Event::Health(Err(why)) => {
                 self.etcd_ok = false;
                 self.metrics.etcd_errors.inc();
                 self.etcd_error = Some(why);
+                false
             }
-            Event::Waiting(w) => self.waiting = w,
+            Event::Waiting(w) => {
+                self.waiting = w;
+                false
+            }
             Event::Sync(s) => {
                 let Snapshot {
                     net,
@@ -171,35 +212,27 @@ impl Controller {
                     endpoints,
                 });
                 self.full_sync().await;
+                false
             }
-            Event::NodePut(name, n) => {
-                if let Some(m) = &mut self.model {
-                    m.peers.insert(name, n);
-                    let _ = self.incremental().await;
-                }
-            }
-            Event::NodeDel(name) => {
-                if let Some(m) = &mut self.model
-                    && m.peers.remove(&name).is_some()
-                {
-                    let _ = self.incremental().await;
-                }
-            }
-            Event::EndpointPut(id, ep) => {
-                if let Some(m) = &mut self.model
-                    && m.endpoints.get(&id) != Some(&ep)
-                {
+            Event::NodePut(name, n) => match &mut self.model {
+                Some(m) => m.peers.insert(name, n.clone()) != Some(n),
+                None => false,
+            },
+            Event::NodeDel(name) => self
+                .model
+                .as_mut()
+                .is_some_and(|m| m.peers.remove(&name).is_some()),
+            Event::EndpointPut(id, ep) => match &mut self.model {
+                Some(m) if m.endpoints.get(&id) != Some(&ep) => {
                     m.endpoints.insert(id, ep);
-                    let _ = self.incremental().await;
+                    true
                 }
-            }
-            Event::EndpointDel(id) => {
-                if let Some(m) = &mut self.model
-                    && m.endpoints.remove(&id).is_some()
-                {
-                    let _ = self.incremental().await;
-                }
-            }
+                _ => false,
+            },
+            Event::EndpointDel(id) => self
+                .model
+                .as_mut()
+                .is_some_and(|m| m.endpoints.remove(&id).is_some()),
         }
     }
 
@@ -591,10 +624,29 @@ impl Controller {
         )
         .map_err(|e| (ErrorKind::BadRequest, format!("port {port}: {e}")))?;
         let fail = |s: String| (ErrorKind::Failed, s);
+        // An interface of that name in the pod already (another attachment's, or the
+        // runtime's): CNI's "exists" (100), not a failure, and nothing is made.
+        let ifname = a.attachment.ifname.clone();
+        let present = netlink::run_in(Some(netns.clone()), move |h| async move {
+            netlink::link_index(&h, &ifname).await
+        })
+        .await
+        .map_err(fail)?;
+        if present.is_some() {
+            return Err((
+                ErrorKind::Exists,
+                format!(
+                    "interface {} exists in network namespace {}",
+                    a.attachment.ifname,
+                    netns.display()
+                ),
+            ));
+        }
         let w = self.connect_weftd().map_err(fail)?;
         w.add_port(spec).map_err(|e| {
             let s = e.to_string();
-            if s.contains("exists") {
+            // weftd: "port 'x' already exists", "tap device 'eth0' ... belongs to port".
+            if s.contains("exists") || s.contains("belongs to port") {
                 (ErrorKind::Exists, format!("weftd add-port {port}: {s}"))
             } else {
                 fail(format!("weftd add-port {port}: {s}"))
@@ -682,7 +734,7 @@ impl Controller {
     }
 
     async fn check(&mut self, a: ap::Attach) -> Result<(), (ErrorKind, String)> {
-        let (port, addr, _gw, netns) = self.attach_parts(&a)?;
+        let (port, addr, gw, netns) = self.attach_parts(&a)?;
         let missing = |s: String| (ErrorKind::Missing, s);
         let id = endpoint_id(&a.attachment);
         if !self
@@ -704,14 +756,26 @@ impl Controller {
             Some(_) => {}
         }
         let ifname = a.attachment.ifname.clone();
-        let ok = netlink::run_in(Some(netns), move |h| async move {
-            netlink::has_addresses(&h, &ifname, &[IpNet::V4(addr)]).await
+        let default: Ipv4Net = "0.0.0.0/0".parse().expect("valid");
+        let (has_addr, has_route) = netlink::run_in(Some(netns), move |h| async move {
+            if netlink::link_index(&h, &ifname).await?.is_none() {
+                return Err(format!("the pod has no interface {ifname}"));
+            }
+            let addr_ok = netlink::has_addresses(&h, &ifname, &[IpNet::V4(addr)]).await?;
+            let route_ok = netlink::has_route(&h, &ifname, default, gw).await?;
+            Ok((addr_ok, route_ok == Some(true)))
         })
         .await
         .map_err(missing)?;
-        if !ok {
+        if !has_addr {
             return Err(missing(format!(
                 "{} in the pod lacks {addr}",
+                a.attachment.ifname
+            )));
+        }
+        if !has_route {
+            return Err(missing(format!(
+                "{} in the pod lacks the default route via {gw}",
                 a.attachment.ifname
             )));
         }
@@ -776,10 +840,26 @@ impl Controller {
                     .collect()
             })
             .unwrap_or_default();
+        // Every stale attachment is tried: one that cannot be detached does not keep
+        // the others; the failures are reported together.
         let mut removed = Vec::new();
+        let mut failed = Vec::new();
         for a in gone {
-            self.detach(&a).await?;
-            removed.push(a);
+            match self.detach(&a).await {
+                Ok(_) => removed.push(a),
+                Err((_, e)) => failed.push(format!("{}: {e}", endpoint_id(&a))),
+            }
+        }
+        if !failed.is_empty() {
+            return Err((
+                ErrorKind::Failed,
+                format!(
+                    "gc removed {} attachment(s); {} could not be removed: {}",
+                    removed.len(),
+                    failed.len(),
+                    failed.join("; ")
+                ),
+            ));
         }
         Ok(ap::GcReply { removed })
     }
@@ -831,16 +911,16 @@ fn check_attachment(a: &ap::Attachment) -> Result<(), String> {
     Ok(())
 }
 
-/// The weftd port of an attachment: `p-<first 8 of the container id>-<ifname>`, or
-/// `p-` and a hash of both when that is longer than a port name may be.
+/// The weftd port of an attachment: `p-` and 12 hex digits of a hash (FNV-1a) of
+/// `<container_id>:<ifname>`, 14 characters whatever the ids' lengths. Not a prefix of
+/// the container id: containerd's ids start with its namespace (`<namespace>-<id>`), so
+/// all containers of one containerd shared their first 8 characters. The endpoint record
+/// keeps the real ids and the port.
 pub fn port_name(a: &ap::Attachment) -> String {
-    let short: String = a.container_id.chars().take(8).collect();
-    let n = format!("p-{short}-{}", a.ifname);
-    if n.len() <= weft_flow::port::MAX_PORT_NAME {
-        return n;
-    }
     let h = crate::schema::start_index(&endpoint_id(a));
-    format!("p-{:012x}", h & 0xffff_ffff_ffff)
+    let n = format!("p-{:012x}", h & 0xffff_ffff_ffff);
+    debug_assert!(n.len() <= weft_flow::port::MAX_PORT_NAME);
+    n
 }
 
 /// A namespace as given (a path, or a name in /var/run/netns) as a path.
@@ -879,13 +959,20 @@ mod tests {
 
     #[test]
     fn port_names_fit_and_differ() {
-        assert_eq!(
-            port_name(&att("0123456789abcdef", "eth0")),
-            "p-01234567-eth0"
+        let a = port_name(&att("0123456789abcdef", "eth0"));
+        assert!(
+            a.len() <= weft_flow::port::MAX_PORT_NAME && a.starts_with("p-"),
+            "{a}"
         );
-        let long = port_name(&att("0123456789abcdef", "eth10"));
-        assert!(long.len() <= 15 && long.starts_with("p-"), "{long}");
-        assert_ne!(long, port_name(&att("0123456789abcdef", "eth11")));
+        assert_eq!(a, port_name(&att("0123456789abcdef", "eth0")), "stable");
+        assert_ne!(a, port_name(&att("0123456789abcdef", "eth1")));
+        // containerd's ids share their first characters (`<namespace>-<id>`).
+        let names: std::collections::HashSet<String> = (0..1000)
+            .map(|i| port_name(&att(&format!("weft-8731-{i:04}"), "eth0")))
+            .collect();
+        assert_eq!(names.len(), 1000, "ids with one prefix get distinct ports");
+        let long = port_name(&att(&"x".repeat(256), "eth10"));
+        assert!(long.len() <= weft_flow::port::MAX_PORT_NAME, "{long}");
         assert!(check_attachment(&att("c1", "eth0")).is_ok());
         assert!(check_attachment(&att("c/1", "eth0")).is_err());
         assert!(check_attachment(&att("c1", "a:b")).is_err());

@@ -54,8 +54,37 @@ pub struct Snapshot {
     pub lease: i64,
 }
 
-/// Connects to etcd (TLS when configured). Errors are one line.
-pub async fn connect(cfg: &Config) -> Result<Client, String> {
+/// Connects to one etcd member (TLS when configured), trying the endpoints in turn from
+/// `*next`; the first that answers a status request is used, and `*next` is left on it,
+/// so a session that ends because its member died starts on the one after it. Errors
+/// are one line, naming every endpoint's failure.
+///
+/// One endpoint per client on purpose: etcd-client's balanced channel (all endpoints in
+/// one) keeps sending requests and streams to a member that is down ("tcp connect
+/// error ... Connection refused"), so with one of three members killed every session
+/// failed. A session on one member ends when that member goes (its watch streams
+/// break); the next session moves on, and keeps the lease, so nothing expires.
+pub async fn connect(cfg: &Config, next: &mut usize) -> Result<Client, String> {
+    let n = cfg.etcd_endpoints.len().max(1);
+    let mut why = Vec::new();
+    for i in 0..n {
+        let k = (*next + i) % n;
+        let Some(ep) = cfg.etcd_endpoints.get(k) else {
+            break;
+        };
+        match connect_one(cfg, ep).await {
+            Ok(c) => {
+                *next = k;
+                return Ok(c);
+            }
+            Err(e) => why.push(format!("{ep}: {e}")),
+        }
+    }
+    *next = (*next + 1) % n;
+    Err(format!("etcd {}", why.join("; ")))
+}
+
+async fn connect_one(cfg: &Config, endpoint: &str) -> Result<Client, String> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(3))
@@ -67,14 +96,12 @@ pub async fn connect(cfg: &Config) -> Result<Client, String> {
         }
         opts = opts.with_tls(t);
     }
-    let mut c = Client::connect(&cfg.etcd_endpoints, Some(opts))
+    let mut c = Client::connect([endpoint], Some(opts))
         .await
-        .map_err(|e| format!("etcd {}: {}", cfg.etcd_endpoints.join(","), one_line(&e)))?;
+        .map_err(|e| one_line(&e))?;
     // connect() is lazy about the first request; ask for status so a wrong CA or an
-    // unreachable cluster shows here.
-    c.status()
-        .await
-        .map_err(|e| format!("etcd {}: {}", cfg.etcd_endpoints.join(","), one_line(&e)))?;
+    // unreachable member shows here.
+    c.status().await.map_err(|e| one_line(&e))?;
     Ok(c)
 }
 
@@ -95,18 +122,51 @@ pub fn one_line(e: &dyn std::fmt::Display) -> String {
     out
 }
 
+/// The lease the agent holds now, and a client to revoke it with: set by each session
+/// once it has the lease, read by a clean stop ([`revoke`]).
+pub type Held = std::sync::Arc<std::sync::Mutex<Option<(Client, i64)>>>;
+
+/// A clean stop: revokes the node's lease, so its node, subnet and endpoint keys go at
+/// once (other nodes drop it now, not after the TTL). Bounded by `timeout`; an error is
+/// one line (the keys then go with the TTL, as after `kill -9`).
+pub async fn revoke(held: &Held, timeout: Duration) -> Result<Option<i64>, String> {
+    let h = held.lock().ok().and_then(|g| g.clone());
+    let Some((mut c, lease)) = h else {
+        return Ok(None);
+    };
+    match tokio::time::timeout(timeout, c.lease_revoke(lease)).await {
+        Ok(Ok(_)) => Ok(Some(lease)),
+        Ok(Err(e)) => Err(format!("revoking the lease {lease:x}: {}", one_line(&e))),
+        Err(_) => Err(format!(
+            "revoking the lease {lease:x}: no answer within {timeout:?}"
+        )),
+    }
+}
+
 /// Runs sessions forever, with backoff between them.
-pub async fn run(cfg: Config, tx: mpsc::Sender<Event>) {
+pub async fn run(cfg: Config, tx: mpsc::Sender<Event>, held: Held) {
     let keys = Keys::new(&cfg.prefix);
     let mut backoff = Duration::from_millis(100);
     let mut last_good: Option<NetConfig> = None;
     let mut lease: Option<i64> = None;
     let mut subnet: Option<Ipv4Net> = None;
+    let mut link = Link { member: 0, held };
     loop {
         let started = tokio::time::Instant::now();
-        let e = session(&cfg, &keys, &tx, &mut last_good, &mut lease, &mut subnet).await;
+        let e = session(
+            &cfg,
+            &keys,
+            &tx,
+            &mut link,
+            &mut last_good,
+            &mut lease,
+            &mut subnet,
+        )
+        .await;
         tracing::warn!(error = %e, "etcd session ended; listing again after {backoff:?}");
         let _ = tx.send(Event::Health(Err(e))).await;
+        // Start the next session on the next member: this one may be the one that went.
+        link.member = link.member.wrapping_add(1) % cfg.etcd_endpoints.len().max(1);
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(100);
         }
@@ -119,17 +179,24 @@ async fn session(
     cfg: &Config,
     keys: &Keys,
     tx: &mpsc::Sender<Event>,
+    link: &mut Link,
     last_good: &mut Option<NetConfig>,
     lease_slot: &mut Option<i64>,
     prev_subnet: &mut Option<Ipv4Net>,
 ) -> String {
-    match session_inner(cfg, keys, tx, last_good, lease_slot, prev_subnet).await {
+    match session_inner(cfg, keys, tx, link, last_good, lease_slot, prev_subnet).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
 enum Never {}
+
+/// Which member the next session tries first, and where the lease held is published.
+struct Link {
+    member: usize,
+    held: Held,
+}
 
 fn err(e: etcd_client::Error) -> String {
     one_line(&e)
@@ -139,11 +206,12 @@ async fn session_inner(
     cfg: &Config,
     keys: &Keys,
     tx: &mpsc::Sender<Event>,
+    link: &mut Link,
     last_good: &mut Option<NetConfig>,
     lease_slot: &mut Option<i64>,
     prev_subnet: &mut Option<Ipv4Net>,
 ) -> Result<Never, String> {
-    let mut c = connect(cfg).await?;
+    let mut c = connect(cfg, &mut link.member).await?;
     let _ = tx.send(Event::Health(Ok(()))).await;
 
     // 1. config: wait while absent; a bad one is refused and the last good one kept.
@@ -220,6 +288,9 @@ async fn session_inner(
         None => c.lease_grant(ttl, None).await.map_err(err)?.id(),
     };
     *lease_slot = Some(lease);
+    if let Ok(mut g) = link.held.lock() {
+        *g = Some((c.clone(), lease));
+    }
     let (mut keeper, mut keep_stream) = c.lease_keep_alive(lease).await.map_err(err)?;
     keeper.keep_alive().await.map_err(err)?;
 

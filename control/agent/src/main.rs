@@ -208,7 +208,8 @@ fn run(s: Settings) -> ExitCode {
         let (etx, erx) = tokio::sync::mpsc::channel(1024);
         let (ctx, crx) = tokio::sync::mpsc::channel(64);
         tracing::info!(node = %cfg.node_name, public_ip = %cfg.public_ip, etcd = %cfg.etcd_endpoints.join(","), "weft-agent starting");
-        tokio::spawn(weft_agent::etcd::run(cfg.clone(), etx));
+        let held = weft_agent::etcd::Held::default();
+        let session = tokio::spawn(weft_agent::etcd::run(cfg.clone(), etx, held.clone()));
         tokio::spawn(weft_agent::server::serve(listener, status.clone(), ctx));
         let socket = cfg.socket.clone();
         let controller = Controller::new(cfg, status, metrics);
@@ -216,6 +217,15 @@ fn run(s: Settings) -> ExitCode {
             () = controller.run(erx, crx) => {}
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping (flows and ports stay)"),
             _ = term() => tracing::info!("terminated; stopping (flows and ports stay)"),
+        }
+        // A clean stop leaves the cluster now: the lease's keys (node, subnet,
+        // endpoints) go at once. Flows and ports stay in weftd. The session goes first,
+        // so it does not register again on a new lease.
+        session.abort();
+        match weft_agent::etcd::revoke(&held, Duration::from_secs(2)).await {
+            Ok(Some(l)) => tracing::info!(lease = format!("{l:x}"), "revoked the node's lease"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}; the node's keys go when the lease expires"),
         }
         let _ = std::fs::remove_file(socket);
         ExitCode::SUCCESS

@@ -167,3 +167,42 @@ async fn mtu_of_index(h: &Handle, idx: u32) -> Result<Option<u32>, String> {
         })
     }))
 }
+
+/// Whether link `name` carries a route to `dst` via `gw` (for CHECK). `Ok(None)`: there
+/// is no link `name`.
+pub async fn has_route(
+    h: &Handle,
+    name: &str,
+    dst: ipnet::Ipv4Net,
+    gw: Ipv4Addr,
+) -> Result<Option<bool>, String> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+    let Some(idx) = link_index(h, name).await? else {
+        return Ok(None);
+    };
+    let mut s = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(m) = s.try_next().await.map_err(|e| format!("routes: {e}"))? {
+        if m.header.destination_prefix_length != dst.prefix_len() {
+            continue;
+        }
+        let mut oif = None;
+        let mut via = None;
+        let mut to = None;
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => to = Some(*d),
+                _ => {}
+            }
+        }
+        let to = to.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        if oif == Some(idx) && via == Some(gw) && to == dst.network() {
+            return Ok(Some(true));
+        }
+    }
+    Ok(Some(false))
+}

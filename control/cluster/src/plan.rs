@@ -209,12 +209,15 @@ impl Cluster {
             self.spoof_guard(f, p, TABLE_ARP, &from_pod);
         }
         if let Some(g) = gateway {
-            // The node itself: its ARP from the gateway address, and IP from any of its
-            // addresses (it answers pods from its underlay address too).
+            // The node itself: its ARP and IP from any of its addresses, from the
+            // gateway MAC. It answers pods from its underlay address too, and then asks
+            // for the pod's MAC with that address as sender (the kernel's default
+            // arp_announce=0 takes the sender from the packet it is about to send); the
+            // node is trusted, so any sender address goes to the responder.
             f.add(
                 TABLE_CLASSIFIER,
                 200,
-                &format!("in_port={g},arp,dl_src={gw_mac},arp_spa={gw},arp_sha={gw_mac}"),
+                &format!("in_port={g},arp,dl_src={gw_mac},arp_sha={gw_mac}"),
                 &format!("set_field:{vni:#x}->tun_id,goto_table:{TABLE_ARP}"),
             );
             f.add(
