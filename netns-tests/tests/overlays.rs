@@ -1106,3 +1106,59 @@ fn weftctl_show_says_which_underlay_each_tunnel_port_uses() {
         finish(cl);
     }
 }
+
+/// Removing a tunnel port that has the tunnel-GSO underlay port removes the underlay
+/// device's tc filter, and not on a worker thread (the workers hand the port set they
+/// leave to the reclaimer, whose drop closes the port).
+#[test]
+fn a_deleted_tunnel_gso_port_is_closed_off_the_workers() {
+    let _s = serial();
+    if !privileged("a_deleted_tunnel_gso_port_is_closed_off_the_workers") {
+        return;
+    }
+    if let Err(why) = weft_datapath::port::underlay::probe() {
+        eprintln!("skipped: this kernel has no tunnel-GSO TAP ({why})");
+        return;
+    }
+    let c = parse(&describe("vxlan", "l3", 100, "d", 2, 1, false));
+    let mut cl = build_with(&[&c], None, &["--tunnel-gso=on", "--workers=2"]);
+    assert_tunnel_gso_in_use(&cl, "n1");
+    let ns = cl.node("n1").ns.clone();
+    let filters = || {
+        ns.run(&[
+            "sh",
+            "-c",
+            "for d in $(ls /sys/class/net); do tc filter show dev $d ingress; done",
+        ])
+        .unwrap()
+    };
+    assert!(filters().contains("wgso4789"), "{}", filters());
+    let mut ctl = cl.client("n1").unwrap();
+    let tunnel = ctl
+        .show()
+        .unwrap()
+        .ports
+        .into_iter()
+        .find(|p| p.port_type == "vxlan")
+        .expect("a vxlan port");
+    ctl.del_port(&tunnel.name).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let logs = cl.logs();
+        if let Some(l) = logs
+            .lines()
+            .find(|l| l.contains("underlay tap's tc filter removed"))
+        {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "filter not removed\n{logs}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        line.contains("on thread weft-reclaim"),
+        "closed on the wrong thread: {line}"
+    );
+    assert!(!filters().contains("mirred"), "{}", filters());
+    assert!(cl.weftd_running("n1"), "{}", cl.logs());
+    finish(cl);
+}

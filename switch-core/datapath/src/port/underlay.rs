@@ -369,11 +369,18 @@ impl Drop for UnderlayTap {
     fn drop(&mut self) {
         // The TAP's own filter goes with the device; the underlay's must be removed.
         let p = self.pref.to_string();
-        if let Err(e) = run(
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        match run(
             "tc",
             &["filter", "del", "dev", &self.device, "ingress", "pref", &p],
         ) {
-            tracing::warn!("removing the underlay tap's tc filter: {e}");
+            Ok(_) => tracing::info!(
+                tap = %self.ifname,
+                device = %self.device,
+                "underlay tap's tc filter removed (on thread {thread})"
+            ),
+            Err(e) => tracing::warn!("removing the underlay tap's tc filter: {e}"),
         }
     }
 }
