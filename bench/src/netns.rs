@@ -54,6 +54,18 @@ pub enum Datapath {
 }
 
 impl Datapath {
+    /// Whether it is one of Weft's (a `weftd` per node, with metrics).
+    pub fn is_weft(self) -> bool {
+        matches!(
+            self,
+            Datapath::WeftVxlan
+                | Datapath::WeftVxlanGso
+                | Datapath::WeftGeneve
+                | Datapath::WeftGeneveGso
+                | Datapath::WeftIpip
+        )
+    }
+
     /// Every datapath, in report order.
     pub const ALL: [Datapath; 8] = [
         Datapath::WeftVxlan,
@@ -310,6 +322,58 @@ impl Bed {
             wrong_run: n(&r, "wrong_run"),
             duration: Duration::from_nanos(n(&r, "duration_ns")),
         })
+    }
+
+    /// Where frames were lost, as one line per place with a non-zero count: the kernel's
+    /// counters in the pods' and nodes' namespaces (each device's tx/rx dropped, UDP
+    /// receive/send buffer errors) and, for Weft, every port drop reason of each
+    /// `weftd`. For a run whose loss has to be explained (the counters are those of a
+    /// fresh bed, so they count that run and the pings before it).
+    pub fn loss_report(&self) -> String {
+        let mut out = String::new();
+        let mut places: Vec<(String, &Ns)> =
+            vec![("src".into(), &self.src), ("dst".into(), &self.dst)];
+        for n in self.cl.nodes() {
+            places.push((n.name.clone(), &n.ns));
+        }
+        for (place, ns) in &places {
+            if let Ok(j) = ns.ip("-j -s link show") {
+                let v: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
+                for dev in v.as_array().into_iter().flatten() {
+                    let name = dev["ifname"].as_str().unwrap_or("?");
+                    for dir in ["tx", "rx"] {
+                        let d = dev["stats64"][dir]["dropped"].as_u64().unwrap_or(0);
+                        if d > 0 {
+                            out.push_str(&format!("  {place} {name}: {dir} dropped {d}\n"));
+                        }
+                    }
+                }
+            }
+            if let Ok(snmp) = ns.run(&["cat", "/proc/net/snmp"]) {
+                let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+                if let [names, values] = udp[..] {
+                    for (k, v) in names.split_whitespace().zip(values.split_whitespace()) {
+                        let bad = matches!(k, "InErrors" | "RcvbufErrors" | "SndbufErrors");
+                        if bad && v != "0" {
+                            out.push_str(&format!("  {place} Udp{k}: {v}\n"));
+                        }
+                    }
+                }
+            }
+        }
+        if self.datapath.is_weft() {
+            for n in self.cl.nodes() {
+                let Ok(m) = self.cl.metrics(&n.name) else {
+                    continue;
+                };
+                for line in m.body.lines() {
+                    if line.starts_with("weft_port_drops_total{") && !line.ends_with(" 0") {
+                        out.push_str(&format!("  {} {line}\n", n.name));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// TCP throughput with `iperf3 -t secs -P streams`, in bit/s (received).

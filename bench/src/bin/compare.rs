@@ -162,6 +162,15 @@ fn measure(
         .map_err(|e| format!("udp: {e}"))?;
     put("udp64", udp.rate() / 1e6);
     put("udp64_loss", udp.loss() * 100.0);
+    if udp.loss() > 0.01 {
+        // Say where: the kernel's drop counters and, for Weft, its port drop reasons.
+        eprintln!(
+            "  {}: {}; where counted:\n{}",
+            dp.name(),
+            udp.summary(),
+            bed.loss_report()
+        );
+    }
     check()?;
     let rtt = bed.ping(50).map_err(|e| format!("ping: {e}"))?;
     put("rtt_median", median(&rtt));

@@ -552,12 +552,13 @@ impl PortSpec {
 /// The one list of them: `weft-datapath` counts these reasons (its `IoDrop`, whose
 /// tests check that each is one of its labels) and the control protocol sums them into
 /// a port's `tx_dropped` (`weft_proto::PortCounters`).
-pub const TX_DROP_REASONS: [&str; 5] = [
+pub const TX_DROP_REASONS: [&str; 6] = [
     "too_big",
     "no_tunnel_dst",
     "tunnel_family",
     "tx_error",
     "not_ip",
+    "tx_queue_full",
 ];
 
 /// True for a port drop reason of [`TX_DROP_REASONS`].

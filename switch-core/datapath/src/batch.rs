@@ -17,8 +17,8 @@ pub const RX_MSGS: usize = 8;
 /// fills the buffer is known to be truncated.
 pub const DGRAM_MAX: usize = 65600;
 
-/// Control buffer of one message: room for one cmsg with an int (UDP_GRO/UDP_SEGMENT),
-/// as u64 words for alignment.
+/// Control buffer of one message: room for two cmsgs with an int (UDP_GRO or
+/// UDP_SEGMENT, and SO_RXQ_OVFL), as u64 words for alignment.
 type Ctrl = [u64; 8];
 
 fn empty_msghdr() -> libc::mmsghdr {
@@ -43,6 +43,9 @@ pub struct RxMsg {
     pub seg: usize,
     /// The message did not fit its buffer (MSG_TRUNC): to be dropped.
     pub truncated: bool,
+    /// The socket's drop count when this datagram was queued (`SO_RXQ_OVFL`; present
+    /// once the socket has dropped any).
+    pub overflow: Option<u32>,
 }
 
 /// Preallocated `recvmmsg` state.
@@ -74,6 +77,7 @@ impl Default for RxBatch {
                 from: None,
                 seg: 0,
                 truncated: false,
+                overflow: None,
             }; RX_MSGS],
         }
     }
@@ -132,6 +136,7 @@ impl RxBatch {
             let h = &self.hdrs[i];
             let len = h.msg_len as usize;
             let mut seg = len;
+            let mut overflow = None;
             // SAFETY: the kernel wrote `msg_controllen` bytes of well-formed cmsgs into
             // the control buffer the header points at.
             unsafe {
@@ -142,6 +147,10 @@ impl RxBatch {
                         if v > 0 {
                             seg = (v as usize).min(len.max(1));
                         }
+                    } else if (*c).cmsg_level == libc::SOL_SOCKET
+                        && (*c).cmsg_type == libc::SO_RXQ_OVFL
+                    {
+                        overflow = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const u32));
                     }
                     c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
                 }
@@ -151,6 +160,7 @@ impl RxBatch {
                 from: from_storage(&self.names[i]),
                 seg: seg.max(1),
                 truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                overflow,
             };
         }
         Ok(got)
@@ -253,6 +263,8 @@ pub enum TxOutcome {
     Failed {
         /// Datagrams.
         count: usize,
+        /// The socket buffer was full (EAGAIN/ENOBUFS), rather than another error.
+        full: bool,
     },
 }
 
@@ -430,12 +442,24 @@ impl TxQueue {
                     // The socket buffer is full: the rest of this run would fail too.
                     Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
                         for m in &self.msgs[k..j] {
-                            outcome(m, TxOutcome::Failed { count: m.count });
+                            outcome(
+                                m,
+                                TxOutcome::Failed {
+                                    count: m.count,
+                                    full: true,
+                                },
+                            );
                         }
                         k = j;
                         continue;
                     }
-                    _ => outcome(&m, TxOutcome::Failed { count: m.count }),
+                    _ => outcome(
+                        &m,
+                        TxOutcome::Failed {
+                            count: m.count,
+                            full: false,
+                        },
+                    ),
                 }
                 k += 1;
             }
@@ -449,7 +473,7 @@ impl TxQueue {
     fn send_each(&mut self, m: &TxMsg, outcome: &mut impl FnMut(&TxMsg, TxOutcome)) {
         let mut storage = empty_storage();
         let namelen = to_storage(m.to, &mut storage);
-        let (mut ok, mut ok_bytes, mut failed) = (0, 0, 0);
+        let (mut ok, mut ok_bytes, mut failed, mut full) = (0, 0, 0, 0);
         let mut at = m.off;
         let end = m.off + m.len;
         while at < end {
@@ -467,7 +491,10 @@ impl TxQueue {
                 )
             };
             if rc < 0 {
-                failed += 1;
+                match io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::ENOBUFS) => full += 1,
+                    _ => failed += 1,
+                }
             } else {
                 ok += 1;
                 ok_bytes += n;
@@ -484,7 +511,22 @@ impl TxQueue {
             );
         }
         if failed > 0 {
-            outcome(m, TxOutcome::Failed { count: failed });
+            outcome(
+                m,
+                TxOutcome::Failed {
+                    count: failed,
+                    full: false,
+                },
+            );
+        }
+        if full > 0 {
+            outcome(
+                m,
+                TxOutcome::Failed {
+                    count: full,
+                    full: true,
+                },
+            );
         }
     }
 }
@@ -495,6 +537,74 @@ mod tests {
     use crate::port::UdpTunnelSocket;
     use std::net::IpAddr;
     use std::time::{Duration, Instant};
+
+    /// Datagrams the kernel drops for a full receive buffer are reported with the next
+    /// datagram read (`SO_RXQ_OVFL`), and the socket turns the running total into new
+    /// drops exactly once.
+    #[test]
+    fn receive_overflow_is_reported_and_counted_once() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let rx = UdpTunnelSocket::bind(Some(lo), 0, false, true).unwrap();
+        // The smallest buffer the kernel allows (about 2 KiB): a few datagrams fit.
+        let small: libc::c_int = 1;
+        // SAFETY: a valid descriptor and a c_int of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                rx.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sent = 200;
+        for _ in 0..sent {
+            tx.send_to(&[0x55; 64], rx.local_addr()).unwrap();
+        }
+        let mut b = RxBatch::default();
+        let slot = 128 + DGRAM_MAX;
+        let mut buf = vec![0u8; RX_MSGS * slot];
+        let (mut received, mut dropped, mut last) = (0u32, 0u32, None);
+        // A datagram carries the drop count of when it was queued: the ones queued
+        // before the buffer filled carry none, the one sent after it was read the total.
+        for round in 0..2 {
+            if round == 1 {
+                tx.send_to(&[0x55; 64], rx.local_addr()).unwrap();
+            }
+            let start = Instant::now();
+            loop {
+                assert!(start.elapsed() < Duration::from_secs(2));
+                let n = match b.recv(rx.fd(), &mut buf, slot, 128) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                };
+                for i in 0..n {
+                    let m = b.msg(i);
+                    received += 1;
+                    if let Some(total) = m.overflow {
+                        dropped += rx.overflowed(total);
+                        last = Some(total);
+                    }
+                }
+            }
+        }
+        let total = last.expect("the kernel reported the socket's drops");
+        assert!(dropped > 0 && received < sent, "{received} received");
+        assert_eq!(
+            received + dropped,
+            sent + 1,
+            "every datagram read or counted"
+        );
+        assert_eq!(dropped, total);
+        // The same total again (another datagram queued behind it), or an older one
+        // (another worker), adds nothing.
+        assert_eq!(rx.overflowed(total), 0);
+        assert_eq!(rx.overflowed(total - 1), 0);
+        assert_eq!(rx.overflowed(total + 3), 3);
+    }
 
     /// A GSO train of 5 datagrams (the last shorter) sent by the queue arrives as 5
     /// datagrams or as GRO trains that split back into the same 5, in order, on

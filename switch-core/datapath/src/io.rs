@@ -34,7 +34,8 @@ pub enum IoDrop {
     TunnelFamily,
     /// A tunnel packet from a source outside `allowed_remotes`.
     RemoteNotAllowed,
-    /// The device or socket refused the packet (queue full, link down, ...).
+    /// The device or socket refused the packet (link down, no route, ...) for another
+    /// reason than a full queue.
     TxError,
     /// A Geneve OAM packet (for a control plane Weft does not have).
     GeneveOam,
@@ -50,6 +51,11 @@ pub enum IoDrop {
     /// A VLAN-tagged frame (802.1Q or 802.1ad) from a TAP port: a pod's port is an
     /// untagged access port, as an OVS port without `trunks` is (see DESIGN.md).
     VlanTagged,
+    /// A TAP queue or socket buffer was full (EAGAIN/ENOBUFS on the write or send).
+    TxQueueFull,
+    /// The kernel dropped datagrams because a tunnel socket's receive buffer was full
+    /// (counted from `SO_RXQ_OVFL` on the next datagrams read).
+    RxOverflow,
 }
 
 impl From<EgressDrop> for IoDrop {
@@ -64,8 +70,18 @@ impl From<EgressDrop> for IoDrop {
 }
 
 impl IoDrop {
+    /// The reason for a failed write or send: [`IoDrop::TxQueueFull`] for a full queue
+    /// or buffer (EAGAIN, ENOBUFS), [`IoDrop::TxError`] for anything else.
+    #[inline]
+    pub fn tx(e: &io::Error) -> IoDrop {
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::ENOBUFS) => IoDrop::TxQueueFull,
+            _ => IoDrop::TxError,
+        }
+    }
+
     /// Every reason, in counter order.
-    pub const ALL: [IoDrop; 11] = [
+    pub const ALL: [IoDrop; 13] = [
         IoDrop::TooBig,
         IoDrop::NoTunnelDst,
         IoDrop::TunnelFamily,
@@ -77,6 +93,8 @@ impl IoDrop {
         IoDrop::BadOffload,
         IoDrop::Truncated,
         IoDrop::VlanTagged,
+        IoDrop::TxQueueFull,
+        IoDrop::RxOverflow,
     ];
 
     /// The label value.
@@ -93,6 +111,8 @@ impl IoDrop {
             IoDrop::BadOffload => "bad_offload",
             IoDrop::Truncated => "truncated",
             IoDrop::VlanTagged => "vlan_tagged",
+            IoDrop::TxQueueFull => "tx_queue_full",
+            IoDrop::RxOverflow => "rx_overflow",
         }
     }
 }
@@ -809,6 +829,21 @@ mod tests {
         c.drop(PortDrop::Encap(ttl));
         assert_eq!(c.drop_count(PortDrop::Encap(ttl)), 1);
         assert_eq!(c.drop_count(PortDrop::Decap(ttl)), 0);
+    }
+
+    /// A full queue or buffer is told apart from other refusals, and is a transmit drop.
+    #[test]
+    fn a_full_queue_is_its_own_transmit_drop() {
+        for errno in [libc::EAGAIN, libc::ENOBUFS] {
+            let e = io::Error::from_raw_os_error(errno);
+            assert_eq!(IoDrop::tx(&e), IoDrop::TxQueueFull, "{e}");
+        }
+        for errno in [libc::ENETDOWN, libc::EIO, libc::EINVAL] {
+            let e = io::Error::from_raw_os_error(errno);
+            assert_eq!(IoDrop::tx(&e), IoDrop::TxError, "{e}");
+        }
+        assert!(weft_flow::port::is_tx_drop(IoDrop::TxQueueFull.as_str()));
+        assert!(!weft_flow::port::is_tx_drop(IoDrop::RxOverflow.as_str()));
     }
 
     /// `weft_flow::port::TX_DROP_REASONS` is the one list of transmit drops (the

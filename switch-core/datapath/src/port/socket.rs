@@ -23,10 +23,12 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-/// Socket buffer size asked for (the kernel caps it at `net.core.[rw]mem_max`).
+/// Socket buffer size asked for (the kernel caps it at `net.core.[rw]mem_max`, except for
+/// the tunnel sockets when weftd has CAP_NET_ADMIN).
 const SOCKET_BUFFER: usize = 4 << 20;
 
 /// IP protocol number of IP-in-IP (IPv4 in IPv4).
@@ -55,6 +57,8 @@ pub struct UdpTunnelSocket {
     sender: Option<Socket>,
     /// Whether UDP_GRO is on.
     gro: bool,
+    /// The socket's drop count (`SO_RXQ_OVFL`) already counted.
+    overflow_seen: AtomicU32,
 }
 
 impl UdpTunnelSocket {
@@ -75,8 +79,10 @@ impl UdpTunnelSocket {
                 .set_reuse_port(true)
                 .map_err(|e| context(e, what()))?;
         }
-        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+        set_buffers(&socket);
+        // Report the socket's drop count with each datagram, so that datagrams the
+        // kernel dropped for a full receive buffer are counted (`IoDrop::RxOverflow`).
+        let _ = set_int(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1);
         socket
             .set_nonblocking(true)
             .map_err(|e| context(e, what()))?;
@@ -91,6 +97,7 @@ impl UdpTunnelSocket {
             local,
             sender: None,
             gro,
+            overflow_seen: AtomicU32::new(0),
         })
     }
 
@@ -107,7 +114,9 @@ impl UdpTunnelSocket {
         addr.set_port(0);
         let what = || format!("udp tunnel send socket {addr}");
         let sender = tunnel_udp_socket(&addr).map_err(|e| context(e, what()))?;
-        let _ = sender.set_send_buffer_size(SOCKET_BUFFER);
+        if !set_size(&sender, libc::SO_SNDBUFFORCE) {
+            let _ = sender.set_send_buffer_size(SOCKET_BUFFER);
+        }
         // Nothing is sent to this port; a tiny receive buffer bounds what could queue.
         let _ = sender.set_recv_buffer_size(4096);
         sender
@@ -128,6 +137,30 @@ impl UdpTunnelSocket {
     /// Whether UDP_GRO is on (received buffers may hold several datagrams).
     pub fn gro(&self) -> bool {
         self.gro
+    }
+
+    /// Takes the socket's drop count reported with a datagram (`SO_RXQ_OVFL`, which
+    /// only grows, modulo 2^32) and returns how many drops are new since the last call.
+    /// A count older than one already seen (another worker sharing the socket got a
+    /// later one first) adds nothing.
+    #[inline]
+    pub fn overflowed(&self, total: u32) -> u32 {
+        let mut seen = self.overflow_seen.load(Ordering::Relaxed);
+        loop {
+            let new = total.wrapping_sub(seen);
+            if new == 0 || new > u32::MAX / 2 {
+                return 0;
+            }
+            match self.overflow_seen.compare_exchange_weak(
+                seen,
+                total,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return new,
+                Err(now) => seen = now,
+            }
+        }
     }
 
     /// The bound address (with the real port when 0 was asked for).
@@ -234,6 +267,22 @@ fn tunnel_udp_socket(addr: &SocketAddr) -> io::Result<Socket> {
         set_pmtudisc_dont(&socket)?;
     }
     Ok(socket)
+}
+
+/// Asks for [`SOCKET_BUFFER`] bytes of receive and send buffer, past
+/// `net.core.[rw]mem_max` when weftd may (CAP_NET_ADMIN: the FORCE options): a burst of
+/// small datagrams fills a default-sized buffer in a few hundred packets.
+fn set_buffers(socket: &Socket) {
+    if !set_size(socket, libc::SO_RCVBUFFORCE) {
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if !set_size(socket, libc::SO_SNDBUFFORCE) {
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    }
+}
+
+fn set_size(socket: &Socket, name: libc::c_int) -> bool {
+    set_int(socket, libc::SOL_SOCKET, name, SOCKET_BUFFER as libc::c_int).is_ok()
 }
 
 fn set_pmtudisc_dont(socket: &Socket) -> io::Result<()> {

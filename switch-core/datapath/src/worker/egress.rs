@@ -252,7 +252,7 @@ impl Out {
                             let f = &self.aux[..n];
                             match t.send(flow_queue(f, t.queue_count()), f) {
                                 Ok(_) => out.counters.tx(n),
-                                Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
+                                Err(e) => out.counters.drop(PortDrop::Io(IoDrop::tx(&e))),
                             }
                         }
                     }
@@ -347,7 +347,7 @@ impl Out {
         if let Some(n) = reply {
             match tap.send(self.id, &self.aux[..n]) {
                 Ok(_) => c.in_port.counters.tx(n),
-                Err(_) => c.in_port.counters.drop(PortDrop::Io(IoDrop::TxError)),
+                Err(e) => c.in_port.counters.drop(PortDrop::Io(IoDrop::tx(&e))),
             }
         }
     }
@@ -464,9 +464,9 @@ impl UnderlayTx<'_> {
         let bytes = outer + len;
         match self.ul.tap.send(id, &vnet, &buf[o..start + len]) {
             Ok(_) => out.counters.tx_n(self.segments.max(1), bytes),
-            Err(_) => out
+            Err(e) => out
                 .counters
-                .drop_n(PortDrop::Io(IoDrop::TxError), self.segments.max(1)),
+                .drop_n(PortDrop::Io(IoDrop::tx(&e)), self.segments.max(1)),
         }
         true
     }
@@ -632,7 +632,14 @@ pub(super) fn flush_tx(txq: &mut TxQueue, ports: &PortSet) {
         let Some(p) = ports.get(m.ofport) else { return };
         match o {
             TxOutcome::Sent { count, bytes } => p.counters.tx_n(count, bytes),
-            TxOutcome::Failed { count } => p.counters.drop_n(PortDrop::Io(IoDrop::TxError), count),
+            TxOutcome::Failed { count, full } => {
+                let why = if full {
+                    IoDrop::TxQueueFull
+                } else {
+                    IoDrop::TxError
+                };
+                p.counters.drop_n(PortDrop::Io(why), count)
+            }
         }
     });
 }
@@ -646,7 +653,7 @@ fn tap_write(out: Option<&Arc<PortIo>>, hdr: &VirtioNetHdr, frame: &[u8]) {
     let _ = hdr.emit(&mut h);
     match t.send_with(flow_queue(frame, t.queue_count()), &h, frame) {
         Ok(_) => out.counters.tx(frame.len()),
-        Err(_) => out.counters.drop(PortDrop::Io(IoDrop::TxError)),
+        Err(e) => out.counters.drop(PortDrop::Io(IoDrop::tx(&e))),
     }
 }
 

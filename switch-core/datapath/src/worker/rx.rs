@@ -143,6 +143,13 @@ impl Worker {
             self.out.cur = VirtioNetHdr::default();
             for i in 0..n {
                 let m = self.rxb.msg(i);
+                if let Some(total) = m.overflow {
+                    let lost = sock.overflowed(total);
+                    if lost > 0 {
+                        port.counters
+                            .drop_n(PortDrop::Io(IoDrop::RxOverflow), lost as usize);
+                    }
+                }
                 let datagrams_in = m.len.div_ceil(m.seg).max(1);
                 if m.truncated {
                     port.counters.rx(m.len);
