@@ -379,7 +379,19 @@ impl EtcdCluster {
 
     /// Runs `etcdctl ARGS` against every member; its stdout.
     pub fn etcdctl(&self, lab: &mut Lab, args: &[&str]) -> Result<String> {
-        let mut c = self.etcdctl_at(lab, &self.endpoints())?;
+        // Only the running members: etcd 3.4's etcdctl can stay pinned to a dead first
+        // endpoint until its command timeout (seen: `put` after `kill(0)` failing with
+        // DeadlineExceeded at the killed member's address).
+        let running: Vec<String> = (0..self.members.len())
+            .filter(|i| self.is_running(lab, *i))
+            .map(|i| self.endpoint(i))
+            .collect();
+        let endpoints = if running.is_empty() {
+            self.endpoints()
+        } else {
+            running
+        };
+        let mut c = self.etcdctl_at(lab, &endpoints)?;
         c.args(args);
         run(c, &format!("etcdctl {}", args.join(" ")))
     }
