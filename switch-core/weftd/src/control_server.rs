@@ -1454,8 +1454,7 @@ fn port_infos(sw: &Switch) -> Vec<PortInfo> {
         .ports()
         .iter()
         .map(|p| {
-            let mut info = PortInfo::from_spec(&p.spec, p.mtu);
-            info.underlay = p.underlay.clone();
+            let info = PortInfo::from_spec(&p.spec, p.mtu);
             match &p.state {
                 PortState::Up => info,
                 PortState::Down(why) => info.down(why),
