@@ -534,6 +534,10 @@ mod tests {
 
         // One member killed: still a quorum.
         etcd.kill(&mut lab, 0);
+        // The two left elect a leader (if the killed one led) before they take writes;
+        // on a loaded machine that outlasted etcdctl's 5 s command timeout twice.
+        etcd.wait_healthy(&mut lab, Duration::from_secs(20))
+            .unwrap();
         etcd.put(&mut lab, "/weft/test/b", "2").unwrap();
         assert_eq!(
             etcd.get_prefix(&mut lab, "/weft/test/").unwrap(),
