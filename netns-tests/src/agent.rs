@@ -162,10 +162,7 @@ impl Agent {
         self.starts += 1;
         let mut cmd = self.node.command(&agent_binary().display().to_string());
         cmd.arg("--config").arg(&self.config);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        cmd.env("RUST_LOG", crate::node::rust_log());
         self.proc = Some(lab.spawn(&self.log_label(self.starts), cmd)?);
         Ok(())
     }

@@ -227,10 +227,7 @@ impl ClusterLab {
             .arg("--metrics")
             .arg(METRICS_ADDR)
             .args(self.flags());
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        cmd.env("RUST_LOG", crate::node::rust_log());
         let label = self.nodes[i].label.clone();
         let proc = self.lab.spawn(&label, cmd)?;
         self.nodes[i].proc = Some(proc);

@@ -64,6 +64,11 @@ pub fn binary(name: &str, env: &str) -> PathBuf {
     )
 }
 
+/// The `RUST_LOG` the daemons a test starts get: the test's own, or `info`.
+pub fn rust_log() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())
+}
+
 /// The `weftd` binary.
 pub fn weftd_binary() -> PathBuf {
     binary("weftd", WEFTD_ENV)
@@ -224,10 +229,7 @@ impl Weftd {
         let mut cmd = self.node.command(&weftd_binary().display().to_string());
         cmd.arg("--config").arg(&self.config);
         cmd.args(matrix_flags());
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        cmd.env("RUST_LOG", rust_log());
         self.proc = Some(lab.spawn(&self.log_label(self.starts), cmd)?);
         Ok(())
     }
