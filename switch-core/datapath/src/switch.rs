@@ -207,6 +207,9 @@ struct Control {
     config_applied: bool,
 }
 
+/// A configuration's ports and flows (each with its line), applied at start.
+type FirstConfig<'a> = (&'a [PortSpec], &'a [(usize, Flow)]);
+
 /// What opening, publishing and retrying ports needs; shared with the expiry thread,
 /// which retries the ports that are down.
 struct Ports {
@@ -239,6 +242,28 @@ impl Switch {
     /// Builds the switch, restores `saved` (ports re-attached, flows installed) and only
     /// then starts the workers, so no packet meets a half-restored node.
     pub fn start(options: SwitchOptions, saved: Option<SavedState>) -> Result<Switch, SwitchError> {
+        Self::launch(options, saved, None)
+    }
+
+    /// [`Switch::start`], then the first [`Switch::apply_config`] of `ports` and
+    /// `flows`, all before the workers start: a frame that arrives while the node comes
+    /// up waits in its device's queue until the configured flows are in place, and is
+    /// never dropped as a table miss because the ports opened a moment before the
+    /// flows were installed.
+    pub fn start_with_config(
+        options: SwitchOptions,
+        saved: Option<SavedState>,
+        ports: &[PortSpec],
+        flows: &[(usize, Flow)],
+    ) -> Result<Switch, SwitchError> {
+        Self::launch(options, saved, Some((ports, flows)))
+    }
+
+    fn launch(
+        options: SwitchOptions,
+        saved: Option<SavedState>,
+        config: Option<FirstConfig<'_>>,
+    ) -> Result<Switch, SwitchError> {
         let workers = options.workers.max(1);
         let shared = Arc::new(Shared {
             pipeline: SharedPipeline::new(
@@ -290,6 +315,9 @@ impl Switch {
         };
         if let Some(saved) = saved {
             sw.restore(saved)?;
+        }
+        if let Some((ports, flows)) = config {
+            sw.apply_config(ports, flows)?;
         }
         let mut threads = Vec::with_capacity(workers);
         // The versions the workers leave are freed here, not on a worker (worker::held).

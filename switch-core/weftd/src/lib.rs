@@ -41,17 +41,19 @@ pub use weft_datapath::Switch;
 /// counters) implements it (below); the binary drives the node through nothing else
 /// (the control server is given the switch itself, see the crate docs).
 ///
-/// Order of calls in `weftd`: the node is built from the configuration and the saved
-/// state; then [`Node::apply_config`] once at start and once per successful reload;
+/// Order of calls in `weftd`: the node is built from the saved state with the
+/// configuration already applied ([`Switch::start_with_config`], before its workers
+/// start, so no early frame misses the configured flows); then [`Node::apply_config`]
+/// once per reload;
 /// [`Node::stats`] from the metrics thread at every scrape; [`Node::saved_state`]
 /// whenever the binary persists state (after a reload and at stop); [`Node::shutdown`]
 /// once, at stop. The node itself should also save state after each change it makes
 /// on behalf of the control socket (the switch does, through its [`StateStore`]).
 pub trait Node: Send + Sync {
     /// Makes the node match `cfg`: create the ports it lists (keeping the numbers
-    /// of saved ports), install its flows file, and so on. Called at start and again
-    /// on every `SIGHUP` with the re-read configuration. An error is logged; at start
-    /// it stops `weftd`, on reload the old configuration stays in force.
+    /// of saved ports), install its flows file, and so on. Called on every `SIGHUP`
+    /// with the re-read configuration (at start the switch applies it itself, see
+    /// above). An error is logged and the old configuration stays in force.
     fn apply_config(&self, cfg: &Config) -> anyhow::Result<()>;
     /// The ports (with their `ofport`s) and flows to persist. Also called after
     /// [`Node::shutdown`], for the final save.

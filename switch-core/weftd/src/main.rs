@@ -44,8 +44,8 @@ fn main() -> ExitCode {
 }
 
 /// Builds the node's datapath from the configuration and the state saved by the
-/// previous run (`None` on a first start): ports re-attached and flows installed before
-/// the workers start.
+/// previous run (`None` on a first start): saved ports re-attached, saved flows
+/// installed and the configuration applied, all before the workers start.
 fn start_node(
     cfg: &Config,
     store: Arc<StateDir>,
@@ -63,7 +63,9 @@ fn start_node(
         },
         ..SwitchOptions::default()
     };
-    let sw = Switch::start(options, saved).context("cannot start the datapath")?;
+    // The configuration's ports and flows are in place before the workers start.
+    let sw = Switch::start_with_config(options, saved, &cfg.ports, &cfg.flows)
+        .context("cannot start the datapath with the configuration")?;
     // Restoring a large state parsed and rebuilt every flow: hand back what it freed.
     weft_datapath::mem::release_free_memory();
     Ok(Arc::new(sw))
@@ -117,8 +119,6 @@ fn run(args: &Args, mut cfg: Config) -> anyhow::Result<()> {
     }
     let switch = start_node(&cfg, store, saved)?;
     let node: Arc<dyn Node> = Arc::clone(&switch) as Arc<dyn Node>;
-    node.apply_config(&cfg)
-        .context("cannot apply the configuration")?;
     let control = ControlServer::start(
         ControlOptions {
             group: cfg.control_group.clone(),
