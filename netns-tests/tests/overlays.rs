@@ -1044,3 +1044,123 @@ fn a_failing_cluster_test_leaves_nothing_behind() {
         String::from_utf8_lossy(&weftds.stdout)
     );
 }
+
+/// `weftctl show`, its `-o json` and the `show` call say per VXLAN port which underlay
+/// carries it: sockets with the reason when the tunnel-GSO port is off, the tunnel-GSO
+/// TAP when it is on (on a kernel that has it).
+#[test]
+fn weftctl_show_says_which_underlay_each_tunnel_port_uses() {
+    let _s = serial();
+    if !privileged("weftctl_show_says_which_underlay_each_tunnel_port_uses") {
+        return;
+    }
+    let mut cases = vec![("--tunnel-gso=off", "sockets (tunnel_gso off)".to_string())];
+    match weft_datapath::port::underlay::probe() {
+        Ok(()) => cases.push(("--tunnel-gso=on", "tunnel-GSO TAP wgso4789".to_string())),
+        Err(why) => eprintln!("tunnel-GSO half skipped: this kernel has no tunnel-GSO TAP ({why})"),
+    }
+    let weftctl = netns_tests::node::binary("weftctl", "WEFTCTL");
+    for (flag, want) in cases {
+        let c = parse(&describe("vxlan", "l3", 100, "u", 2, 1, false));
+        let cl = build_with(&[&c], None, &[flag]);
+        let show = cl.client("n1").unwrap().show().unwrap();
+        let tunnels: Vec<_> = show
+            .ports
+            .iter()
+            .filter(|p| p.port_type == "vxlan")
+            .collect();
+        assert!(!tunnels.is_empty(), "{flag}: no vxlan port: {show:?}");
+        for p in &tunnels {
+            assert_eq!(p.underlay.as_deref(), Some(want.as_str()), "{flag}: {p:?}");
+        }
+        for p in show.ports.iter().filter(|p| p.port_type == "tap") {
+            assert_eq!(p.underlay, None, "{flag}: {p:?}");
+        }
+        let sock = cl.node("n1").socket.clone().unwrap();
+        let run = |args: &[&str]| {
+            let o = Command::new(&weftctl)
+                .arg("-s")
+                .arg(&sock)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "weftctl {args:?}: {o:?}");
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let text = run(&["show"]);
+        let line = text
+            .lines()
+            .find(|l| l.contains("type=vxlan"))
+            .unwrap_or_else(|| panic!("{flag}: no vxlan line:\n{text}"));
+        assert!(
+            line.ends_with(&format!(" (underlay: {want})")),
+            "{flag}: {line}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&run(&["-o", "json", "show"])).unwrap();
+        let vx = json["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["type"] == "vxlan")
+            .unwrap_or_else(|| panic!("{flag}: no vxlan port in {json}"));
+        assert_eq!(vx["underlay"], want.as_str(), "{flag}: {vx}");
+        finish(cl);
+    }
+}
+
+/// Removing a tunnel port that has the tunnel-GSO underlay port removes the underlay
+/// device's tc filter, and not on a worker thread (the workers hand the port set they
+/// leave to the reclaimer, whose drop closes the port).
+#[test]
+fn a_deleted_tunnel_gso_port_is_closed_off_the_workers() {
+    let _s = serial();
+    if !privileged("a_deleted_tunnel_gso_port_is_closed_off_the_workers") {
+        return;
+    }
+    if let Err(why) = weft_datapath::port::underlay::probe() {
+        eprintln!("skipped: this kernel has no tunnel-GSO TAP ({why})");
+        return;
+    }
+    let c = parse(&describe("vxlan", "l3", 100, "d", 2, 1, false));
+    let mut cl = build_with(&[&c], None, &["--tunnel-gso=on", "--workers=2"]);
+    assert_tunnel_gso_in_use(&cl, "n1");
+    let ns = cl.node("n1").ns.clone();
+    let filters = || {
+        ns.run(&[
+            "sh",
+            "-c",
+            "for d in $(ls /sys/class/net); do tc filter show dev $d ingress; done",
+        ])
+        .unwrap()
+    };
+    assert!(filters().contains("wgso4789"), "{}", filters());
+    let mut ctl = cl.client("n1").unwrap();
+    let tunnel = ctl
+        .show()
+        .unwrap()
+        .ports
+        .into_iter()
+        .find(|p| p.port_type == "vxlan")
+        .expect("a vxlan port");
+    ctl.del_port(&tunnel.name).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let logs = cl.logs();
+        if let Some(l) = logs
+            .lines()
+            .find(|l| l.contains("underlay tap's tc filter removed"))
+        {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "filter not removed\n{logs}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The reclaimer or the control thread (whichever lets go last), never a worker.
+    assert!(
+        line.contains("(on thread weft-") && !line.contains("(on thread weft-worker"),
+        "closed on the wrong thread: {line}"
+    );
+    assert!(!filters().contains("mirred"), "{}", filters());
+    assert!(cl.weftd_running("n1"), "{}", cl.logs());
+    finish(cl);
+}

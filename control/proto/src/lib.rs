@@ -1061,6 +1061,10 @@ pub struct PortInfo {
     /// Why the port is down (the last attempt's error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For VXLAN/Geneve ports that are up: the underlay that carries them,
+    /// `tunnel-GSO TAP wgso4789` or `sockets (why)` (`tunnel_gso off`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay: Option<String>,
 }
 
 impl PortInfo {
@@ -1081,6 +1085,7 @@ impl PortInfo {
             mtu,
             state: PortState::Up,
             error: None,
+            underlay: None,
         }
     }
 

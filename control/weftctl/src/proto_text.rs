@@ -121,6 +121,9 @@ fn port_lines(out: &mut String, ports: &PortsReply) {
         if let Some(m) = p.mtu {
             let _ = write!(out, " (inner mtu {m})");
         }
+        if let Some(u) = &p.underlay {
+            let _ = write!(out, " (underlay: {u})");
+        }
         if p.state == PortState::Down {
             let _ = write!(out, " DOWN: {}", p.error.as_deref().unwrap_or("not open"));
         }
@@ -294,6 +297,28 @@ mod tests {
              n_tables:254, n_ports:2\n \
              1(pod1): type=tap netns=pod1\n \
              2(tun0): type=vxlan local=198.18.0.1 remote=flow key=flow (inner mtu 1450)\n"
+        );
+    }
+
+    #[test]
+    fn show_says_which_underlay_a_tunnel_port_uses() {
+        let tun = PortSpec::parse("tun0", &["type=vxlan", "ofport=2", "local=198.18.0.1"]).unwrap();
+        let mut p = PortInfo::from_spec(&tun, Some(1450));
+        p.underlay = Some("sockets (tunnel_gso off)".into());
+        let s = ShowReply {
+            software: "0.1.0".into(),
+            ports: vec![p],
+            flows: 0,
+            tables: vec![],
+            pipeline_version: 1,
+        };
+        assert!(
+            show(&s).ends_with(
+                " 2(tun0): type=vxlan local=198.18.0.1 remote=flow key=flow (inner mtu 1450) \
+                 (underlay: sockets (tunnel_gso off))\n"
+            ),
+            "{}",
+            show(&s)
         );
     }
 

@@ -275,6 +275,20 @@ pub struct UdpSockets {
     /// The underlay TAP that carries whole tunnel super-frames (`underlay = auto` on a
     /// kernel that has it, and an IPv4 `local=`), else `None`: sockets only.
     pub underlay: Option<Underlay>,
+    /// Why `underlay` is `None` (`tunnel_gso off`, the open error, ...); empty when it
+    /// is in use. `weftctl show` reports it per port.
+    pub sockets_why: String,
+}
+
+impl UdpSockets {
+    /// Which underlay the ports on these sockets use: `tunnel-GSO TAP wgso4789`, or
+    /// `sockets (why)`.
+    pub fn underlay_desc(&self) -> String {
+        match &self.underlay {
+            Some(u) => format!("tunnel-GSO TAP {}", u.tap.ifname()),
+            None => format!("sockets ({})", self.sockets_why),
+        }
+    }
 }
 
 impl std::ops::Deref for UdpSockets {
@@ -449,20 +463,27 @@ impl PortIo {
         offloads: bool,
         attach: Attach,
     ) -> io::Result<PortIo> {
-        PortIo::open_with(spec, workers, shared, offloads, attach, false)
+        PortIo::open_with(
+            spec,
+            workers,
+            shared,
+            offloads,
+            attach,
+            Err("tunnel_gso off"),
+        )
     }
 
-    /// [`PortIo::open`], where `tunnel_gso` asks a new VXLAN/Geneve socket group with an
-    /// IPv4 `local=` to open the tunnel-GSO underlay port too (the caller probed the
+    /// [`PortIo::open`], where `tunnel_gso` `Ok` asks a new VXLAN/Geneve socket group with
+    /// an IPv4 `local=` to open the tunnel-GSO underlay port too (the caller probed the
     /// kernel; a port that cannot be joined to its device logs why and keeps its
-    /// sockets).
+    /// sockets); `Err(why)` says why the switch does not use it.
     pub fn open_with(
         spec: &PortSpec,
         workers: usize,
         shared: Option<Arc<UdpSockets>>,
         offloads: bool,
         attach: Attach,
-        tunnel_gso: bool,
+        tunnel_gso: Result<(), &str>,
     ) -> io::Result<PortIo> {
         let ofport = spec
             .ofport
@@ -487,8 +508,9 @@ impl PortIo {
                                 t.local, dst_port, remote_v6,
                             )?);
                         }
-                        let underlay = match t.local {
-                            Some(IpAddr::V4(local)) if tunnel_gso && offloads => {
+                        let mut sockets_why = String::new();
+                        let underlay = match (t.local, tunnel_gso) {
+                            (Some(IpAddr::V4(local)), Ok(())) if offloads => {
                                 let name = format!("wgso{}", v[0].local_addr().port());
                                 match Underlay::open(
                                     &name,
@@ -502,22 +524,30 @@ impl PortIo {
                                             port = %spec.name,
                                             "tunnel-GSO underlay port not used, sockets only: {e}"
                                         );
+                                        sockets_why = format!("no tunnel-GSO port: {e}");
                                         None
                                     }
                                 }
                             }
-                            Some(IpAddr::V4(local)) => {
-                                crate::port::underlay::remove_stale_filter(
-                                    local,
-                                    v[0].local_addr().port(),
-                                );
+                            (local, gso) => {
+                                sockets_why = match gso {
+                                    Err(why) => why.to_string(),
+                                    Ok(()) if !offloads => "tunnel_gso needs offloads on".into(),
+                                    Ok(()) => "tunnel-GSO needs an IPv4 local=".into(),
+                                };
+                                if let Some(IpAddr::V4(local)) = local {
+                                    crate::port::underlay::remove_stale_filter(
+                                        local,
+                                        v[0].local_addr().port(),
+                                    );
+                                }
                                 None
                             }
-                            _ => None,
                         };
                         Arc::new(UdpSockets {
                             per_worker: v,
                             underlay,
+                            sockets_why,
                         })
                     }
                 };

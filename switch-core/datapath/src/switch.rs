@@ -191,6 +191,9 @@ pub struct PortStatus {
     pub mtu: Option<u16>,
     /// Up, or down and why.
     pub state: PortState,
+    /// For VXLAN/Geneve: which underlay carries it (`tunnel-GSO TAP wgso4789`, or
+    /// `sockets (why)`).
+    pub underlay: Option<String>,
 }
 
 /// Control-side state, changed by one writer at a time.
@@ -215,6 +218,8 @@ type FirstConfig<'a> = (&'a [PortSpec], &'a [(usize, Flow)]);
 struct Ports {
     shared: Arc<Shared>,
     options: SwitchOptions,
+    /// Why the tunnel-GSO underlay port is not used (`None`: it is).
+    gso_why: Option<String>,
     wakers: Vec<Waker>,
     down: Mutex<Vec<DownPort>>,
 }
@@ -293,11 +298,13 @@ impl Switch {
             .map(|_| Arc::new(WorkerStats::default()))
             .collect();
         let mut options = SwitchOptions { workers, ..options };
-        options.tunnel_gso = tunnel_gso_in_use(&options);
+        let gso_why = tunnel_gso_in_use(&options).err();
+        options.tunnel_gso = gso_why.is_none();
         let sw = Switch {
             ports: Arc::new(Ports {
                 shared: Arc::clone(&shared),
                 options: options.clone(),
+                gso_why,
                 wakers,
                 down: Mutex::new(Vec::new()),
             }),
@@ -550,6 +557,10 @@ impl Switch {
                         .collect(),
                     mtu: p.tunnel.as_ref().map(|t| t.mtu),
                     state: PortState::Up,
+                    underlay: match &p.dev {
+                        PortDev::Udp(u) => Some(u.sockets.underlay_desc()),
+                        _ => None,
+                    },
                 }
             })
             .collect();
@@ -562,6 +573,7 @@ impl Switch {
             drops: Vec::new(),
             mtu: None,
             state: PortState::Down(d.error.clone()),
+            underlay: None,
         }));
         v.sort_by_key(|p| p.spec.ofport);
         v
@@ -1083,7 +1095,10 @@ impl Ports {
             shared,
             self.options.offloads,
             attach,
-            self.options.tunnel_gso,
+            match &self.gso_why {
+                None => Ok(()),
+                Some(why) => Err(why.as_str()),
+            },
         )
         .map_err(|error| SwitchError::Open {
             name: spec.name.clone(),
@@ -1200,25 +1215,24 @@ impl Ports {
 
 /// Whether the tunnel-GSO underlay port is used: asked for, offloads on, and the kernel
 /// has it (probed once). Logs which underlay is in use and why.
-fn tunnel_gso_in_use(options: &SwitchOptions) -> bool {
-    if !options.tunnel_gso {
-        tracing::info!("underlay: tunnel sockets (tunnel_gso off)");
-        return false;
-    }
-    if !options.offloads {
-        tracing::info!("underlay: tunnel sockets (tunnel_gso needs offloads on)");
-        return false;
-    }
-    match crate::port::underlay::probe() {
-        Ok(()) => {
-            tracing::info!("underlay: tunnel-GSO TAP (the kernel segments tunnel super-frames)");
-            true
+fn tunnel_gso_in_use(options: &SwitchOptions) -> Result<(), String> {
+    let why = if !options.tunnel_gso {
+        "tunnel_gso off".to_string()
+    } else if !options.offloads {
+        "tunnel_gso needs offloads on".to_string()
+    } else {
+        match crate::port::underlay::probe() {
+            Ok(()) => {
+                tracing::info!(
+                    "underlay: tunnel-GSO TAP (the kernel segments tunnel super-frames)"
+                );
+                return Ok(());
+            }
+            Err(why) => format!("no tunnel-GSO TAP: {why}"),
         }
-        Err(why) => {
-            tracing::info!("underlay: tunnel sockets (no tunnel-GSO TAP: {why})");
-            false
-        }
-    }
+    };
+    tracing::info!("underlay: tunnel sockets ({why})");
+    Err(why)
 }
 
 impl Switch {

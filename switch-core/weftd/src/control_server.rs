@@ -1454,7 +1454,8 @@ fn port_infos(sw: &Switch) -> Vec<PortInfo> {
         .ports()
         .iter()
         .map(|p| {
-            let info = PortInfo::from_spec(&p.spec, p.mtu);
+            let mut info = PortInfo::from_spec(&p.spec, p.mtu);
+            info.underlay = p.underlay.clone();
             match &p.state {
                 PortState::Up => info,
                 PortState::Down(why) => info.down(why),

@@ -323,6 +323,24 @@ impl Netlink {
     }
 }
 
+const RTM_DELTFILTER: u16 = 45;
+const NLM_F_ACK: u16 = 4;
+/// `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)`: the ingress hook of a `clsact` qdisc.
+const TC_INGRESS_PARENT: u32 = 0xFFFF_FFF2;
+
+/// Removes the ingress filters of preference `pref` (any protocol) of device `ifindex`
+/// over rtnetlink, as `tc filter del dev DEV ingress pref PREF` does.
+pub(crate) fn del_ingress_filter(ifindex: u32, pref: u16) -> io::Result<()> {
+    let nl = Netlink::open(0)?;
+    // struct tcmsg: family, pad, pad, ifindex, handle, parent, info (prio << 16 |
+    // protocol, 0: any).
+    let mut body = [0u8; 20];
+    body[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+    body[12..16].copy_from_slice(&TC_INGRESS_PARENT.to_ne_bytes());
+    body[16..20].copy_from_slice(&(u32::from(pref) << 16).to_ne_bytes());
+    nl.request(RTM_DELTFILTER, NLM_F_ACK, &body, 0).map(|_| ())
+}
+
 /// The attributes after a fixed header of `fixed` bytes, as (type, value).
 fn attrs(msg: &[u8], fixed: usize) -> impl Iterator<Item = (u16, &[u8])> {
     let mut at = fixed;

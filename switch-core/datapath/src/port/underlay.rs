@@ -368,12 +368,19 @@ impl UnderlayTap {
 impl Drop for UnderlayTap {
     fn drop(&mut self) {
         // The TAP's own filter goes with the device; the underlay's must be removed.
-        let p = self.pref.to_string();
-        if let Err(e) = run(
-            "tc",
-            &["filter", "del", "dev", &self.device, "ingress", "pref", &p],
-        ) {
-            tracing::warn!("removing the underlay tap's tc filter: {e}");
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        match super::neigh::del_ingress_filter(self.ifindex, self.pref) {
+            Ok(_) => tracing::info!(
+                tap = %self.ifname,
+                device = %self.device,
+                "underlay tap's tc filter removed (on thread {thread})"
+            ),
+            Err(e) => tracing::warn!(
+                device = %self.device,
+                "removing the underlay tap's tc filter (pref {}) by rtnetlink: {e}",
+                self.pref
+            ),
         }
     }
 }

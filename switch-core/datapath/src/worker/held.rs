@@ -13,22 +13,38 @@
 //! it, frees it. The channel's slots are allocated up front, so the hand-over does not
 //! allocate; only if the reclaimer has fallen 64 versions behind does the worker drop
 //! the version itself.
+//!
+//! The port set a worker leaves when ports change goes the same way: its last reference
+//! closes the ports it no longer has, and closing a tunnel-GSO underlay port runs `tc`
+//! and joins a thread, which a worker must not do.
 
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use weft_pipeline::{Pipeline, SharedPipeline};
 
+use crate::io::PortSet;
+
 /// Versions in flight to the reclaimer before a worker frees one itself.
 pub(crate) const RETIRED_SLOTS: usize = 64;
 
+/// What a worker leaves to the reclaimer (held only to be dropped there).
+#[allow(dead_code)]
+pub(crate) enum Retired {
+    /// A pipeline version.
+    Pipeline(Arc<Pipeline>),
+    /// A port set (its ports that are gone close when the reclaimer drops it).
+    Ports(Arc<PortSet>),
+}
+
 /// The channel from the workers to the reclaimer.
-pub(crate) fn retired_channel() -> (Sender<Arc<Pipeline>>, Receiver<Arc<Pipeline>>) {
+pub(crate) fn retired_channel() -> (Sender<Retired>, Receiver<Retired>) {
     crossbeam_channel::bounded(RETIRED_SLOTS)
 }
 
-/// The reclaimer: frees the versions the workers left, until every worker is gone.
-pub(crate) fn reclaim_loop(retired: &Receiver<Arc<Pipeline>>) {
+/// The reclaimer: frees the versions and port sets the workers left, until every
+/// worker is gone.
+pub(crate) fn reclaim_loop(retired: &Receiver<Retired>) {
     for old in retired.iter() {
         drop(old);
     }
@@ -37,12 +53,12 @@ pub(crate) fn reclaim_loop(retired: &Receiver<Arc<Pipeline>>) {
 /// The version one worker walks (see the module docs).
 pub(crate) struct Held {
     pipe: Arc<Pipeline>,
-    retired: Sender<Arc<Pipeline>>,
+    retired: Sender<Retired>,
 }
 
 impl Held {
     /// Holds the version published now.
-    pub(crate) fn new(shared: &SharedPipeline, retired: Sender<Arc<Pipeline>>) -> Held {
+    pub(crate) fn new(shared: &SharedPipeline, retired: Sender<Retired>) -> Held {
         Held {
             pipe: shared.load_full(),
             retired,
@@ -56,12 +72,20 @@ impl Held {
         let current = shared.load_full();
         if !Arc::ptr_eq(&current, &self.pipe) {
             let old = std::mem::replace(&mut self.pipe, Arc::clone(&current));
-            if let Err(full) = self.retired.try_send(old) {
+            if let Err(full) = self.retired.try_send(Retired::Pipeline(old)) {
                 // The reclaimer is 64 versions behind (or gone, at shutdown).
                 drop(full.into_inner());
             }
         }
         current
+    }
+
+    /// Hands a port set the worker no longer uses to the reclaimer (dropped here only
+    /// when the reclaimer is 64 behind or gone).
+    pub(crate) fn retire_ports(&self, old: Arc<PortSet>) {
+        if let Err(full) = self.retired.try_send(Retired::Ports(old)) {
+            drop(full.into_inner());
+        }
     }
 }
 
@@ -105,9 +129,9 @@ mod tests {
         let pipe = held.round(&shared);
         drop(pipe);
         assert!(old.upgrade().is_some(), "the next round freed it");
-        let retired = rx
-            .try_recv()
-            .expect("the old version went to the reclaimer");
+        let Ok(Retired::Pipeline(retired)) = rx.try_recv() else {
+            panic!("the old version did not go to the reclaimer");
+        };
         assert!(Arc::ptr_eq(&retired, &old.upgrade().unwrap()));
         drop(retired);
         assert!(

@@ -130,7 +130,7 @@ impl Worker {
         poll: Poll,
         stats: Arc<WorkerStats>,
         options: &SwitchOptions,
-        retired: crossbeam_channel::Sender<Arc<Pipeline>>,
+        retired: crossbeam_channel::Sender<held::Retired>,
     ) -> Worker {
         let gro = if options.offloads {
             (0..GRO_TAPS)
@@ -236,7 +236,10 @@ impl Worker {
         if self.pending.capacity() < self.registered.len() {
             self.pending.reserve(self.registered.len());
         }
-        self.ports = current;
+        // The old set goes to the reclaimer: its last reference closes the ports that
+        // are gone (a tunnel-GSO port's close runs tc), which is no work for a worker.
+        let old = std::mem::replace(&mut self.ports, current);
+        self.held.retire_ports(old);
     }
 
     /// Runs until the switch stops.
