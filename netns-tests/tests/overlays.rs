@@ -1146,7 +1146,22 @@ fn a_deleted_tunnel_gso_port_is_closed_off_the_workers() {
         ])
         .unwrap()
     };
-    assert!(filters().contains("wgso4789"), "{}", filters());
+    // weftd sets the filters up over rtnetlink; tc, an independent decoder, reads
+    // back what `tc filter add ... u32 match ip dst LOCAL/32 match ip protocol 17 0xff
+    // match ip dport 4789 0xffff action mirred egress redirect dev wgso4789` and the
+    // TAP's catch-all redirect back to the device would have made.
+    let shown = filters();
+    for want in [
+        "match c6120001/ffffffff at 16",
+        "match 00110000/00ff0000 at 8",
+        "match 000012b5/0000ffff at 20",
+        "mirred (Egress Redirect to device wgso4789) stolen",
+        "match 00000000/00000000 at 0",
+        "filter protocol ip pref 4789 u32",
+        "filter protocol all pref 1 u32",
+    ] {
+        assert!(shown.contains(want), "no '{want}' in:\n{shown}");
+    }
     let mut ctl = cl.client("n1").unwrap();
     let tunnel = ctl
         .show()
