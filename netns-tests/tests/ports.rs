@@ -34,6 +34,7 @@ fn tap_in_a_namespace_is_created_configured_persistent_and_removed() {
         mtu: Some(1400),
         mac: Some(POD_MAC.parse().unwrap()),
         tag: None,
+        txqueuelen: None,
     };
     let tap = Tap::open("tap0", &opts, 2, true).unwrap();
     assert!(!tap.reattached());
