@@ -161,6 +161,12 @@ pub fn find_binary(name: &str, env: &str) -> Option<PathBuf> {
     candidates.into_iter().find(|c| c.is_file())
 }
 
+/// The `txqueuelen=` of Weft's pod TAP ports in a bed ([`Bed::new`]): deep enough that
+/// the UDP burst of `compare` (300,000 frames, written by the sending pod faster than
+/// one worker reads them on 2 shared cores) is queued, not dropped. Kernel memory while
+/// full: about 0.9 KB per 64-byte frame held.
+pub const POD_TXQUEUELEN: u32 = 262_144;
+
 /// A test bed: two pods and the datapath between them. Dropping it removes everything.
 pub struct Bed {
     /// The datapath.
@@ -180,6 +186,17 @@ impl Bed {
     /// Builds the bed for `datapath`. `weftd` is found through `$WEFTD` (the harness's
     /// own lookup), `weft-loadgen` is `loadgen`. Waits until the pods can ping.
     pub fn new(datapath: Datapath, loadgen: &Path) -> Result<Bed> {
+        Bed::with_txqueuelen(datapath, loadgen, Some(POD_TXQUEUELEN))
+    }
+
+    /// [`Bed::new`] with Weft's pod TAP ports given `txqueuelen` (`None`: the kernel's
+    /// 1000). A TAP has no backpressure, unlike the kernel datapaths' veths: a burst the
+    /// sending pod writes faster than a worker reads is dropped beyond the queue.
+    pub fn with_txqueuelen(
+        datapath: Datapath,
+        loadgen: &Path,
+        txqueuelen: Option<u32>,
+    ) -> Result<Bed> {
         let (encap, mode) = match datapath {
             Datapath::WeftVxlan | Datapath::WeftVxlanGso => ("vxlan", "l3"),
             Datapath::WeftGeneve | Datapath::WeftGeneveGso => ("geneve", "l3"),
@@ -198,6 +215,7 @@ impl Bed {
                 // One row per underlay mode: sockets, or the tunnel-GSO TAP.
                 let gso = matches!(datapath, Datapath::WeftVxlanGso | Datapath::WeftGeneveGso);
                 cl.weftd_flags = vec![format!("--tunnel-gso={}", if gso { "on" } else { "off" })];
+                cl.pod_txqueuelen = txqueuelen;
                 cl.start_all()?;
                 if let Err(e) = cl.install(&cluster) {
                     return Err(err(format!("install: {e}\n{}", cl.logs())));

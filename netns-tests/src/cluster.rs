@@ -91,6 +91,9 @@ pub struct ClusterLab {
     /// Flags given to every `weftd` this lab starts after the matrix's
     /// ([`crate::node::matrix_flags`]), e.g. `--tunnel-gso=on` (later flags win).
     pub weftd_flags: Vec<String>,
+    /// `txqueuelen=` for the pods' TAP ports that [`ClusterLab::install`] adds (`None`:
+    /// the plan's ports as they are, the kernel's 1000).
+    pub pod_txqueuelen: Option<u32>,
 }
 
 fn lab_err(what: impl std::fmt::Display) -> LabError {
@@ -137,6 +140,7 @@ impl ClusterLab {
             pods: BTreeMap::new(),
             echo: false,
             weftd_flags: Vec::new(),
+            pod_txqueuelen: None,
         })
     }
 
@@ -376,6 +380,9 @@ impl ClusterLab {
                     .get(n)
                     .ok_or_else(|| lab_err(format!("port {}: no pod in netns {n}", spec.name)))?;
                 t.netns = Some(ns.name().to_string());
+                if self.pod_txqueuelen.is_some() {
+                    t.txqueuelen = self.pod_txqueuelen;
+                }
             }
             if let Some(have) = existing.iter().find(|p| p.name == spec.name) {
                 let mut same = have.spec.clone();

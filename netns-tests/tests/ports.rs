@@ -34,6 +34,7 @@ fn tap_in_a_namespace_is_created_configured_persistent_and_removed() {
         mtu: Some(1400),
         mac: Some(POD_MAC.parse().unwrap()),
         tag: None,
+        txqueuelen: None,
     };
     let tap = Tap::open("tap0", &opts, 2, true).unwrap();
     assert!(!tap.reattached());
@@ -116,6 +117,97 @@ fn tap_in_a_namespace_is_created_configured_persistent_and_removed() {
     // Removal: the device is gone once persistence is cleared and the queue closed.
     tap.remove().unwrap();
     assert!(pod.ip("link show tap0").is_err(), "device removed");
+}
+
+/// `txqueuelen` is applied to a TAP's queues (read back with `ip link`), and
+/// `Tap::queue_full_drops` is what the pod's kernel dropped on the full queue (its
+/// `tx_dropped`) since this open: nothing reads the queue here, so of 200 datagrams
+/// the pod sends into a queue of 8, 192 are dropped. A re-attached device's earlier
+/// drops are not the new port's.
+#[test]
+fn txqueuelen_is_applied_and_a_full_queue_is_counted() {
+    use netns_tests::lab::Ns;
+    if !privileged("txqueuelen_is_applied_and_a_full_queue_is_counted") {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.netns("pod").unwrap();
+    let opts = TapOptions {
+        netns: Some(pod.name().to_string()),
+        mac: Some(POD_MAC.parse().unwrap()),
+        txqueuelen: Some(8),
+        ..TapOptions::default()
+    };
+    let tap = Tap::open("tap0", &opts, 1, false).unwrap();
+    let link = pod.ip("link show tap0").unwrap();
+    assert!(link.contains("qlen 8"), "{link}");
+    pod.ip("addr add 198.19.1.2/24 dev tap0").unwrap();
+    pod.ip("neigh add 198.19.1.1 lladdr 02:00:00:00:01:01 dev tap0")
+        .unwrap();
+    let tx_dropped = |ns: &Ns| -> u64 {
+        let j = ns.ip("-j -s link show tap0").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        v[0]["stats64"]["tx"]["dropped"].as_u64().unwrap()
+    };
+    // Whatever the pod sent as the device came up (IPv6 DAD, router solicitations)
+    // may be queued or dropped already: count from here.
+    let before = (tap.queue_full_drops().unwrap(), tx_dropped(&pod));
+    let tool = netns_tests::node::nettool_binary().display().to_string();
+    pod.run(&[
+        &tool,
+        "udp-send",
+        "--to",
+        "198.19.1.1:9",
+        "--hex",
+        "00",
+        "--count",
+        "200",
+    ])
+    .unwrap();
+    let kernel = tx_dropped(&pod) - before.1;
+    let counted = tap.queue_full_drops().unwrap() - before.0;
+    assert!(kernel >= 192, "{kernel} of 200 dropped by a queue of 8");
+    assert_eq!(counted, kernel);
+    // Re-attached (a restart of weftd): the count starts again from the device's.
+    drop(tap);
+    let tap = Tap::open(
+        "tap0",
+        &TapOptions {
+            txqueuelen: Some(4096),
+            ..opts.clone()
+        },
+        1,
+        false,
+    )
+    .unwrap();
+    assert!(tap.reattached());
+    assert_eq!(tap.queue_full_drops(), Some(0));
+    let link = pod.ip("link show tap0").unwrap();
+    assert!(
+        link.contains("qlen 4096"),
+        "applied at re-attach too: {link}"
+    );
+    tap.remove().unwrap();
+
+    // A length the kernel refuses (past what the port parser lets through): one line
+    // naming it, and the device made for it is gone again.
+    let e = Tap::open(
+        "tap1",
+        &TapOptions {
+            txqueuelen: Some(600_000),
+            ..opts
+        },
+        1,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("tap 'tap1': txqueuelen=600000: the kernel refused"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
+    assert!(pod.ip("link show tap1").is_err(), "no device left behind");
 }
 
 #[test]

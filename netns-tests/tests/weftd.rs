@@ -630,6 +630,123 @@ fn vlan_tagged_frames_from_a_pod_are_dropped_and_counted() {
     assert!(p.pod(2).ping("198.19.0.1", 2, 1), "{}", p.logs());
 }
 
+/// The kernel's `tx_dropped` of `dev` in `ns` (`ip -s link`): what a pod's TAP dropped.
+fn tx_dropped(ns: &Ns, dev: &str) -> u64 {
+    let j = ns.ip(&format!("-j -s link show {dev}")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    v[0]["stats64"]["tx"]["dropped"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no tx dropped in {j}"))
+}
+
+/// Sends SIGCONT to a stopped process when dropped, also when the test fails.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// A TAP has no backpressure: what a pod sends while its queue toward weftd is full is
+/// dropped by the pod's kernel. `txqueuelen=` sets that queue's length (read back with
+/// `ip link`), and weftd counts those drops as its own, `tap_queue_full` on the pod's
+/// port (the kernel's tx_dropped of the device, read over rtnetlink), in the metrics and
+/// in `dump-ports`' rx_dropped. A length past the kernel's limit is refused by add-port
+/// with one line and makes no port. Here weftd is stopped (SIGSTOP) while the pod sends
+/// 1000 datagrams into a 64-frame queue, so at least 936 are dropped.
+#[test]
+fn a_full_tap_queue_is_counted_as_tap_queue_full_and_txqueuelen_is_applied() {
+    let Some(_s) = begin("a_full_tap_queue_is_counted_as_tap_queue_full_and_txqueuelen_is_applied")
+    else {
+        return;
+    };
+    let base = l2_spec("vxlan", 1450, "");
+    let mut p = Pair::start(move |i, pod| {
+        let mut s = base(i, pod);
+        // The pod's [[port]] table comes first: its last line is the tap's.
+        s.ports = s
+            .ports
+            .replacen("mtu = 1450\n", "mtu = 1450\ntxqueuelen = 64\n", 1);
+        s
+    });
+    for i in 1..=2u8 {
+        p.pod(i)
+            .ip(&format!("addr add 198.19.0.{i}/24 dev eth0"))
+            .unwrap();
+    }
+    p.wait_ping(1, "198.19.0.2");
+    let link = p.pod(1).ip("link show eth0").unwrap();
+    assert!(link.contains("qlen 64"), "txqueuelen applied: {link}");
+
+    let d = &p.weftd[0];
+    let dropped = |m: &netns_tests::node::Metrics| m.port_drops("pod", "tap_queue_full");
+    let kernel_before = tx_dropped(p.pod(1), "eth0");
+    let counted_before = dropped(&d.metrics().unwrap());
+    const N: u64 = 1000;
+    {
+        let pid = d.pid(&p.lab).expect("weftd runs");
+        let stopped = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        let _resume = Resume(pid);
+        send_udp(p.pod(1), "198.19.0.2:9", &[0x55; 18], N as u32);
+    }
+    let kernel = tx_dropped(p.pod(1), "eth0") - kernel_before;
+    assert!(
+        kernel >= N - 64,
+        "the pod's kernel dropped {kernel} of {N} sent into a queue of 64"
+    );
+    let m = d.metrics().unwrap();
+    let counted = dropped(&m) - counted_before;
+    assert_eq!(
+        counted, kernel,
+        "tap_queue_full counts what the pod's TAP dropped\n{}",
+        m.body
+    );
+    let ports = weftctl_ok(d, &p.lab, &["-o", "json", "dump-ports"]);
+    let v: serde_json::Value = serde_json::from_str(&ports).unwrap();
+    let pod = v["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["name"] == "pod")
+        .unwrap_or_else(|| panic!("no port pod in {ports}"));
+    assert!(
+        pod["rx_dropped"].as_u64().unwrap_or(0) >= counted + counted_before,
+        "dump-ports counts them as receive drops: {pod}"
+    );
+    // Traffic resumes.
+    assert!(p.pod(1).ping("198.19.0.2", 2, 1), "{}", p.logs());
+
+    // Past the kernel's limit: refused with one line naming it, and nothing is made.
+    let extra = p.lab.netns("extra").unwrap();
+    let netns = format!("netns={}", extra.name());
+    let o = weftctl(
+        d,
+        &[
+            "add-port",
+            "x1",
+            "type=tap",
+            &netns,
+            "ifname=eth0",
+            "txqueuelen=600000",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("bad value '600000' for txqueuelen: expected a queue length from 1 to 524288"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(extra.ip("link show eth0").is_err(), "no device was made");
+}
+
 /// An Ethernet frame for the inner part of crafted tunnel packets.
 fn inner_frame() -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 2, 2, 0x02, 0, 0, 0, 1, 2, 0x08, 0x00];

@@ -4,8 +4,12 @@
 //! ```text
 //! cargo build --release --bins && sudo target/release/compare [--rounds 3] [--duration 5]
 //!     [--only weft-vxlan,weft-vxlan-gso,weft-geneve,weft-geneve-gso,weft-ipip,kernel,ovs,veth] [--udp-frames 300000]
-//!     [--out target/weft-compare] [--no-install] [--weftd PATH]
+//!     [--out target/weft-compare] [--no-install] [--weftd PATH] [--txqueuelen N]
 //! ```
+//!
+//! `--txqueuelen` is the queue length of Weft's pod TAP ports (`bench::netns::
+//! POD_TXQUEUELEN` by default; 0: the kernel's 1000). A TAP has no backpressure, so
+//! the UDP burst beyond it is dropped by the sending pod's kernel (`tap_queue_full`).
 //!
 //! `--weftd` measures another build of `weftd` (say, an older commit's, for a before and
 //! after table) instead of the one next to this binary.
@@ -46,12 +50,13 @@ struct Opts {
     out: PathBuf,
     install: bool,
     weftd: Option<PathBuf>,
+    txqueuelen: u32,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
         "{msg}\nusage: compare [--rounds N] [--duration SECS] [--only LIST] [--udp-frames N] \
-         [--out DIR] [--no-install] [--weftd PATH]\n  LIST: comma-separated of {}",
+         [--out DIR] [--no-install] [--weftd PATH] [--txqueuelen N]\n  LIST: comma-separated of {}",
         Datapath::ALL.map(|d| d.name()).join(",")
     );
     std::process::exit(2)
@@ -69,6 +74,7 @@ fn parse_args(exe_dir: &std::path::Path) -> Opts {
             .unwrap_or_else(|| PathBuf::from("weft-compare")),
         install: true,
         weftd: None,
+        txqueuelen: bench::netns::POD_TXQUEUELEN,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -94,6 +100,13 @@ fn parse_args(exe_dir: &std::path::Path) -> Opts {
             }
             "--no-install" => o.install = false,
             "--weftd" => o.weftd = Some(PathBuf::from(val())),
+            "--txqueuelen" => {
+                o.txqueuelen = val()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= weft_flow::port::MAX_TXQUEUELEN)
+                    .unwrap_or_else(|| usage("bad --txqueuelen: 0 to 524288"))
+            }
             "-h" | "--help" => usage("compare: Weft vs kernel VXLAN vs OVS userspace"),
             _ => usage(&format!("unknown argument {a}")),
         }
@@ -137,7 +150,8 @@ fn measure(
     res: &mut Results,
 ) -> Result<(), String> {
     let t = Instant::now();
-    let mut bed = Bed::new(dp, loadgen).map_err(|e| format!("building: {e}"))?;
+    let txq = (o.txqueuelen > 0).then_some(o.txqueuelen);
+    let mut bed = Bed::with_txqueuelen(dp, loadgen, txq).map_err(|e| format!("building: {e}"))?;
     let mut put = |k: &'static str, v: f64| res.entry((dp, k)).or_default().push(v);
     let check = || {
         if stop.load(Ordering::Relaxed) {
@@ -345,9 +359,14 @@ fn main() {
     }
     let _ = writeln!(
         t,
-        "Weft: weftd (release build), l3 (Antrea-style routing), TAP pod ports; kernel: vxlan \
-         device on a bridge per node (flannel's VXLAN backend); veth: the two pods on one veth \
-         pair (no overlay, the ceiling)."
+        "Weft: weftd (release build), l3 (Antrea-style routing), TAP pod ports ({}); kernel: \
+         vxlan device on a bridge per node (flannel's VXLAN backend); veth: the two pods on one \
+         veth pair (no overlay, the ceiling).",
+        if o.txqueuelen > 0 {
+            format!("txqueuelen={}", o.txqueuelen)
+        } else {
+            "the kernel's txqueuelen, 1000".to_string()
+        }
     );
     for n in &notes {
         let _ = writeln!(t, "note: {n}");

@@ -35,6 +35,10 @@ const RESERVED_NAMES: &[&str] = &[
     "table",
 ];
 
+/// Longest TAP queue `txqueuelen=` may ask for: the kernel keeps each queue in one
+/// array of pointers of at most 4 MiB (`KMALLOC_MAX_SIZE`), and refuses a longer one.
+pub const MAX_TXQUEUELEN: u32 = 524_288;
+
 /// Default UDP destination port of VXLAN (RFC 7348).
 pub const VXLAN_PORT: u16 = 4789;
 /// Default UDP destination port of Geneve (RFC 8926).
@@ -140,6 +144,15 @@ pub struct TapOptions {
     /// every frame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<u32>,
+    /// `txqueuelen=N`: the length of each of the device's queues toward Weft, in frames
+    /// (1 to [`MAX_TXQUEUELEN`]; default: the length the device has, the kernel's 1000
+    /// for a new one). A TAP has no backpressure: what the pod sends while its queue is
+    /// full is dropped by the kernel (counted as `tap_queue_full`), so a pod that sends
+    /// bursts faster than a worker reads needs a longer queue. The cost is kernel
+    /// memory: 8 bytes per entry per queue at once, and about 0.9 KB per frame held
+    /// while the queue is full of small frames (about 230 MB at 262144).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txqueuelen: Option<u32>,
 }
 
 /// Options of a tunnel port (VXLAN, Geneve, IP-in-IP).
@@ -346,7 +359,7 @@ fn valid_netns(v: &str) -> bool {
     }
 }
 
-const TAP_OPTIONS: &str = "ofport, netns, ifname, mtu, mac, tag";
+const TAP_OPTIONS: &str = "ofport, netns, ifname, mtu, mac, tag, txqueuelen";
 const UDP_TUNNEL_OPTIONS: &str = "ofport, local, remote, key, dst_port, allowed_remotes, mtu, ttl";
 const IPIP_OPTIONS: &str = "ofport, local, remote, allowed_remotes, mtu, ttl";
 
@@ -428,6 +441,14 @@ impl PortSpec {
                         .filter(|n| *n < 1 << 24)
                         .ok_or_else(|| bad_value(k, v, "a 24-bit VNI"))?;
                     tap.tag = Some(vni as u32);
+                }
+                ("txqueuelen", PortType::Tap) => {
+                    const EXPECTED: &str = "a queue length from 1 to 524288 frames";
+                    let n: u32 = parse_num(k, v, EXPECTED)?;
+                    if n == 0 || n > MAX_TXQUEUELEN {
+                        return Err(bad_value(k, v, EXPECTED));
+                    }
+                    tap.txqueuelen = Some(n);
                 }
                 ("local", t) if t.is_tunnel() => {
                     tun.local = Some(parse_num(k, v, "an IP address")?);
@@ -598,6 +619,9 @@ impl fmt::Display for PortSpec {
                 if let Some(v) = t.tag {
                     write!(f, " tag={v}")?;
                 }
+                if let Some(v) = t.txqueuelen {
+                    write!(f, " txqueuelen={v}")?;
+                }
             }
             PortKind::Vxlan(t) | PortKind::Geneve(t) | PortKind::Ipip(t) => {
                 if let Some(v) = t.local {
@@ -714,7 +738,7 @@ mod tests {
         let e = |l: &str| parse(l).unwrap_err().to_string();
         assert_eq!(
             e("p type=tap netsn=x"),
-            "tap ports take no option 'netsn' (they take: ofport, netns, ifname, mtu, mac, tag)"
+            "tap ports take no option 'netsn' (they take: ofport, netns, ifname, mtu, mac, tag, txqueuelen)"
         );
         assert!(e("p type=tup").contains("expected tap, vxlan, geneve or ipip"));
         assert!(e("p netns=x").contains("needs type="));
@@ -737,6 +761,52 @@ mod tests {
         assert!(e("p type=tap netns=/proc/1/ns/net/").contains("namespace"));
         assert!(e("p type=tap netns=/").contains("namespace"));
         assert!(e(&format!("p type=tap netns=/{}", "a".repeat(255))).contains("namespace"));
+    }
+
+    #[test]
+    fn txqueuelen_is_a_tap_option_from_1_to_the_kernels_limit() {
+        for n in [1u32, 1000, 262_144, MAX_TXQUEUELEN] {
+            let p = parse(&format!("pod1 type=tap netns=p1 txqueuelen={n}")).unwrap();
+            let PortKind::Tap(t) = &p.kind else {
+                panic!("tap")
+            };
+            assert_eq!(t.txqueuelen, Some(n));
+            assert_eq!(
+                p.to_string(),
+                format!("pod1 type=tap netns=p1 txqueuelen={n}")
+            );
+            assert_eq!(parse(&p.to_string()).unwrap(), p);
+            let json = serde_json::to_string(&p).unwrap();
+            assert!(json.contains(&format!("\"txqueuelen\":{n}")), "{json}");
+            assert_eq!(serde_json::from_str::<PortSpec>(&json).unwrap(), p);
+            p.validate().unwrap();
+        }
+        // Absent: nothing in the text or the JSON (older state files read the same).
+        let p = parse("pod1 type=tap").unwrap();
+        assert!(!serde_json::to_string(&p).unwrap().contains("txqueuelen"));
+        // A changed length is a changed port (a reload re-creates it).
+        let a = parse("pod1 type=tap txqueuelen=1000").unwrap();
+        assert!(!a.same_port(&parse("pod1 type=tap txqueuelen=2000").unwrap()));
+        assert!(!a.same_port(&p));
+        let e = |l: &str| parse(l).unwrap_err().to_string();
+        let want = "expected a queue length from 1 to 524288 frames";
+        assert_eq!(
+            e("p type=tap txqueuelen=0"),
+            format!("bad value '0' for txqueuelen: {want}")
+        );
+        assert!(e("p type=tap txqueuelen=524289").contains(want));
+        assert!(e("p type=tap txqueuelen=-1").contains(want));
+        assert!(e("p type=tap txqueuelen=1k").contains(want));
+        assert!(e("p type=tap txqueuelen=99999999999999999999").contains(want));
+        assert!(
+            e("v type=vxlan txqueuelen=1000").contains("vxlan ports take no option 'txqueuelen'")
+        );
+        // JSON that bypasses the parser is held to the same range.
+        let mut j = parse("pod1 type=tap").unwrap();
+        if let PortKind::Tap(t) = &mut j.kind {
+            t.txqueuelen = Some(MAX_TXQUEUELEN + 1);
+        }
+        assert!(j.validate().is_err());
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub enum IoDrop {
     /// The kernel dropped datagrams because a tunnel socket's receive buffer was full
     /// (counted from `SO_RXQ_OVFL` on the next datagrams read).
     RxOverflow,
+    /// Frames a pod sent while its TAP queue toward Weft was full: the kernel drops them
+    /// before Weft sees them (a TAP has no backpressure). Read from the kernel's
+    /// `tx_dropped` count of the device since the port opened, when counters are read.
+    TapQueueFull,
 }
 
 impl From<EgressDrop> for IoDrop {
@@ -81,7 +85,7 @@ impl IoDrop {
     }
 
     /// Every reason, in counter order.
-    pub const ALL: [IoDrop; 13] = [
+    pub const ALL: [IoDrop; 14] = [
         IoDrop::TooBig,
         IoDrop::NoTunnelDst,
         IoDrop::TunnelFamily,
@@ -95,6 +99,7 @@ impl IoDrop {
         IoDrop::VlanTagged,
         IoDrop::TxQueueFull,
         IoDrop::RxOverflow,
+        IoDrop::TapQueueFull,
     ];
 
     /// The label value.
@@ -113,6 +118,7 @@ impl IoDrop {
             IoDrop::VlanTagged => "vlan_tagged",
             IoDrop::TxQueueFull => "tx_queue_full",
             IoDrop::RxOverflow => "rx_overflow",
+            IoDrop::TapQueueFull => "tap_queue_full",
         }
     }
 }
@@ -259,6 +265,12 @@ impl PortCounters {
             .collect()
     }
 
+    /// Raises the count of `why` to `total` (a count the kernel keeps, read now): never
+    /// lowers it, so two readers that race leave the larger.
+    pub fn raise(&self, why: PortDrop, total: u64) {
+        self.drops[why.index()].fetch_max(total, Ordering::Relaxed);
+    }
+
     /// The count of one drop reason.
     pub fn drop_count(&self, why: PortDrop) -> u64 {
         self.drops[why.index()].load(Ordering::Relaxed)
@@ -384,6 +396,17 @@ impl PortIo {
     pub fn capture(&self, frame: &[u8], direction: super::capture::Direction) {
         if let Some(c) = self.capture.load().as_ref() {
             c.record(frame, direction);
+        }
+    }
+
+    /// Brings the counts the kernel keeps for the port into its counters (a TAP's
+    /// `tap_queue_full`); for a reader of the counters (`dump-ports`, the metrics), never
+    /// the packet path: one rtnetlink request per TAP port.
+    pub fn sync_kernel_counts(&self) {
+        if let PortDev::Tap(t) = &self.dev
+            && let Some(n) = t.queue_full_drops()
+        {
+            self.counters.raise(PortDrop::Io(IoDrop::TapQueueFull), n);
         }
     }
 }
@@ -844,6 +867,23 @@ mod tests {
         }
         assert!(weft_flow::port::is_tx_drop(IoDrop::TxQueueFull.as_str()));
         assert!(!weft_flow::port::is_tx_drop(IoDrop::RxOverflow.as_str()));
+        // What the pod could not hand over is lost on the way in (rx_dropped).
+        assert!(!weft_flow::port::is_tx_drop(IoDrop::TapQueueFull.as_str()));
+    }
+
+    /// A count read from the kernel only ever goes up, whatever order readers store in.
+    #[test]
+    fn a_kernel_count_is_raised_never_lowered() {
+        let c = PortCounters::default();
+        let why = PortDrop::Io(IoDrop::TapQueueFull);
+        c.raise(why, 7);
+        assert_eq!(c.drop_count(why), 7);
+        c.raise(why, 3);
+        assert_eq!(c.drop_count(why), 7);
+        c.raise(why, 9);
+        assert_eq!(c.drop_count(why), 9);
+        assert_eq!(c.drops(), vec![(why, 9)]);
+        assert_eq!(why.label(), "tap_queue_full");
     }
 
     /// `weft_flow::port::TX_DROP_REASONS` is the one list of transmit drops (the

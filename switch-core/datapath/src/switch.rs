@@ -542,6 +542,7 @@ impl Switch {
             .load()
             .iter()
             .map(|p| {
+                p.sync_kernel_counts();
                 let (rx_packets, rx_bytes, tx_packets, tx_bytes) = p.counters.totals();
                 PortStatus {
                     spec: p.spec.clone(),
@@ -796,6 +797,7 @@ impl Switch {
             .load()
             .iter()
             .map(|p| {
+                p.sync_kernel_counts();
                 let (rx_packets, rx_bytes, tx_packets, tx_bytes) = p.counters.totals();
                 PortStats {
                     up: true,

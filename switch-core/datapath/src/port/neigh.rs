@@ -173,7 +173,8 @@ const NDA_LLADDR: u16 = 2;
 /// REACHABLE, STALE, DELAY, PROBE, PERMANENT: a MAC the kernel would send to.
 const NUD_USABLE: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x80;
 
-/// A rtnetlink socket (requests, or `groups` of events).
+/// A rtnetlink socket (requests, or `groups` of events), in the namespace of the thread
+/// that opened it.
 pub(crate) struct Netlink {
     fd: OwnedFd,
     seq: std::cell::Cell<u32>,
@@ -327,6 +328,27 @@ impl Netlink {
             }
         }
     }
+}
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const IFLA_STATS64: u16 = 23;
+
+/// The kernel's `tx_dropped` count of the device `ifindex` (`struct rtnl_link_stats64`
+/// in RTM_GETLINK's IFLA_STATS64, what `ip -s link` prints), in the namespace `nl` was
+/// opened in.
+pub(crate) fn link_tx_dropped(nl: &Netlink, ifindex: u32) -> io::Result<u64> {
+    // struct ifinfomsg: family, pad, type, index, flags, change.
+    let mut body = [0u8; 16];
+    body[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+    let msgs = nl.request(RTM_GETLINK, 0, &body, RTM_NEWLINK)?;
+    msgs.iter()
+        .flat_map(|m| attrs(m, 16))
+        .find(|(ty, _)| *ty == IFLA_STATS64)
+        // rx/tx packets, bytes, errors, then rx_dropped and tx_dropped: the 8th u64.
+        .and_then(|(_, v)| v.get(56..64))
+        .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+        .ok_or_else(|| io::Error::other(format!("no IFLA_STATS64 for ifindex {ifindex}")))
 }
 
 /// The attributes after a fixed header of `fixed` bytes, as (type, value).

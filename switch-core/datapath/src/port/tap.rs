@@ -24,13 +24,22 @@
 //! such super-frames back. Every read and write of such a queue carries that header.
 //! With offloads off the offload mask is cleared (it is device-wide state that outlives
 //! a previous `weftd`), so the queues carry plain frames.
+//!
+//! A TAP has no backpressure: the pod's kernel puts each frame it sends into the queue
+//! toward `weftd` (a ring of `txqueuelen` entries per queue) and drops it when the ring
+//! is full, counting it in the device's `tx_dropped`. `txqueuelen=` sets the ring's
+//! length (SIOCSIFTXQLEN, after the queues are attached, so the kernel resizes each
+//! ring or refuses); the drops are read back over rtnetlink from the pod's namespace
+//! ([`Tap::queue_full_drops`]) and become the port's `tap_queue_full`.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Mutex;
 
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 use weft_flow::port::TapOptions;
 
+use super::neigh::{Netlink, link_tx_dropped};
 use super::netns::{NetnsId, in_netns, netns_id};
 
 /// Whether opening a TAP device may attach to one that exists.
@@ -52,6 +61,16 @@ pub struct Tap {
     netns: Option<String>,
     netns_id: NetnsId,
     reattached: bool,
+    drops: KernelDrops,
+}
+
+/// The kernel's count of the frames the pod could not queue: an rtnetlink socket opened
+/// in the pod's namespace, the device's index there, and its `tx_dropped` when the
+/// port opened (a re-attached device's earlier drops are not this port's).
+struct KernelDrops {
+    nl: Mutex<Netlink>,
+    ifindex: u32,
+    base: u64,
 }
 
 impl std::fmt::Debug for Tap {
@@ -93,7 +112,7 @@ impl Tap {
         let queues = queues.max(1);
         let netns = opts.netns.clone();
         let ns_id = netns_id(netns.as_deref())?;
-        let (queues, reattached) = in_netns(netns.as_deref(), || {
+        let (queues, reattached, drops) = in_netns(netns.as_deref(), || {
             let reattached = nix::net::if_::if_nametoindex(ifname).is_ok();
             if reattached && attach == Attach::Create {
                 let place = match &netns {
@@ -145,7 +164,23 @@ impl Tap {
             for q in &all {
                 q.set_nonblocking(true)?;
             }
-            Ok((all, reattached))
+            let ready = opts
+                .txqueuelen
+                .map_or(Ok(()), |n| set_txqueuelen(ifname, n))
+                .and_then(|()| KernelDrops::open(ifname));
+            match ready {
+                Ok(drops) => Ok((all, reattached, drops)),
+                Err(e) => {
+                    // A device made here goes again (it is deleted as its queues close);
+                    // one re-attached to is left as it was.
+                    if !reattached {
+                        // SAFETY: an open TUN queue; TUNSETPERSIST takes its argument
+                        // by value.
+                        let _ = unsafe { tunsetpersist(all[0].as_raw_fd(), 0) };
+                    }
+                    Err(io::Error::new(e.kind(), format!("tap '{ifname}': {e}")))
+                }
+            }
         })?;
         let vnet = queues[0].tcp_gso();
         let uso = queues[0].udp_gso();
@@ -174,7 +209,17 @@ impl Tap {
             netns,
             netns_id: ns_id,
             reattached,
+            drops,
         })
+    }
+
+    /// Frames the pod sent that the kernel dropped since the port opened, nearly all
+    /// because the queue toward `weftd` was full (the device's `tx_dropped`); `None`
+    /// when the kernel cannot be asked. One rtnetlink request: not for the packet path.
+    pub fn queue_full_drops(&self) -> Option<u64> {
+        let nl = self.drops.nl.lock().unwrap_or_else(|e| e.into_inner());
+        let now = link_tx_dropped(&nl, self.drops.ifindex).ok()?;
+        Some(now.saturating_sub(self.drops.base))
     }
 
     /// The identity of the namespace the device lives in.
@@ -308,4 +353,46 @@ impl Tap {
     pub fn remove(self) -> io::Result<()> {
         self.unpersist()
     }
+}
+
+impl KernelDrops {
+    /// Opens the rtnetlink socket and reads the starting count (in the device's
+    /// namespace: the caller has entered it).
+    fn open(ifname: &str) -> io::Result<KernelDrops> {
+        let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(io::Error::from)?;
+        let nl = Netlink::open(0)?;
+        let base = link_tx_dropped(&nl, ifindex)?;
+        Ok(KernelDrops {
+            nl: Mutex::new(nl),
+            ifindex,
+            base,
+        })
+    }
+}
+
+/// Sets the length of the device's queues (SIOCSIFTXQLEN, in the calling thread's
+/// namespace). With queues attached the kernel resizes each one's ring, and refuses
+/// (EPERM) a length it cannot allocate.
+fn set_txqueuelen(ifname: &str, len: u32) -> io::Result<()> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    // SAFETY: `ifreq` is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req
+        .ifr_name
+        .iter_mut()
+        .zip(ifname.as_bytes().iter().take(15))
+    {
+        *d = *s as libc::c_char;
+    }
+    // `ifr_qlen` in C: the union's int (libc names it only as `ifru_ifindex`).
+    req.ifr_ifru.ifru_ifindex = i32::try_from(len).unwrap_or(i32::MAX);
+    // SAFETY: a valid socket and an initialised ifreq that outlives the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFTXQLEN as _, &req) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("txqueuelen={len}: the kernel refused the queue length: {e}"),
+        ));
+    }
+    Ok(())
 }

@@ -508,7 +508,7 @@ allowed_remotes = ["198.18.0.0/24", "198.18.1.5"]
         );
         assert_eq!(
             port("name = \"p\"\ntype = \"tap\"\nnetsn = \"x\""),
-            "weftd.toml line 5: port 'p': tap ports take no option 'netsn' (they take: ofport, netns, ifname, mtu, mac, tag)"
+            "weftd.toml line 5: port 'p': tap ports take no option 'netsn' (they take: ofport, netns, ifname, mtu, mac, tag, txqueuelen)"
         );
         assert!(
             port("name = \"p\"\ntype = \"tup\"")
