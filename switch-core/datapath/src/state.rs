@@ -77,11 +77,11 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Appends a bundle's net change as one entry, like [`append`](Self::append) of
     /// its records (tables cleared, flows deleted, flows added), without building
     /// them: a store that can write the flows as they are overrides this.
-    fn append_net(&self, net: &NetChange) -> io::Result<()> {
-        let mut v = Vec::with_capacity(net.cleared.len() + net.deleted.len() + net.added.len());
+    fn append_net(&self, net: &NetChange<'_>) -> io::Result<()> {
+        let mut v = Vec::with_capacity(net.cleared.len() + net.deleted.len() + net.added_len());
         v.extend(net.cleared.iter().map(|t| Record::ClearTable(*t)));
         v.extend(net.deleted.iter().cloned().map(Record::DelFlow));
-        v.extend(net.added.iter().cloned().map(Record::AddFlow));
+        v.extend(net.added_flows().cloned().map(Record::AddFlow));
         self.append(&v)
     }
     /// Makes what was appended durable (fsync); cheap when nothing was.

@@ -657,7 +657,12 @@ impl Switch {
 
     /// Journals a bundle's net change from the control socket (nothing when it changed
     /// nothing), as [`record`](Self::record) does its records.
-    fn record_net(&self, _c: &mut Control, net: &NetChange, what: &str) -> Result<(), SwitchError> {
+    fn record_net(
+        &self,
+        _c: &mut Control,
+        net: &NetChange<'_>,
+        what: &str,
+    ) -> Result<(), SwitchError> {
         match &self.options.state_store {
             Some(store) if !net.is_empty() => store.append_net(net).map_err(|e| {
                 tracing::error!("{what} refused: {e}");
@@ -931,11 +936,21 @@ fn expiry_loop(ports: &Ports, control: &Mutex<Control>) {
 
 /// A bundle's net change as journal records: tables cleared first, then the flows
 /// removed and the flows added (disjoint identities).
-fn net_records(net: NetChange) -> Vec<Record> {
-    let mut v = Vec::with_capacity(net.cleared.len() + net.deleted.len() + net.added.len());
-    v.extend(net.cleared.into_iter().map(Record::ClearTable));
-    v.extend(net.deleted.into_iter().map(Record::DelFlow));
-    v.extend(net.added.into_iter().map(Record::AddFlow));
+fn net_records(net: NetChange<'_>) -> Vec<Record> {
+    let mut v = Vec::with_capacity(net.cleared.len() + net.deleted.len() + net.added_len());
+    let NetChange {
+        cleared,
+        added,
+        added_as_sent,
+        deleted,
+    } = net;
+    v.extend(cleared.into_iter().map(Record::ClearTable));
+    v.extend(deleted.into_iter().map(Record::DelFlow));
+    v.extend(added.into_iter().map(Record::AddFlow));
+    v.extend(added_as_sent.iter().filter_map(|c| match c {
+        FlowMod::Add { flow } => Some(Record::AddFlow(flow.clone())),
+        _ => None,
+    }));
     v
 }
 

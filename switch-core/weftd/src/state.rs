@@ -863,8 +863,8 @@ impl StateStore for StateDir {
         })
     }
 
-    fn append_net(&self, net: &NetChange) -> io::Result<()> {
-        let n = net.cleared.len() + net.deleted.len() + net.added.len();
+    fn append_net(&self, net: &NetChange<'_>) -> io::Result<()> {
+        let n = net.cleared.len() + net.deleted.len() + net.added_len();
         self.append_entry(FLOW_TEXT_HINT * n, |buf| {
             // The order of `net_records`: tables cleared, flows removed, flows added.
             for t in &net.cleared {
@@ -873,7 +873,7 @@ impl StateStore for StateDir {
             for f in &net.deleted {
                 del_line(buf, f);
             }
-            for f in &net.added {
+            for f in net.added_flows() {
                 add_line(buf, f);
             }
         })
