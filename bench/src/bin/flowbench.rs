@@ -6,6 +6,7 @@
 //! cargo build --release -p bench -p weftd -p weftctl -p netns-tests --bins
 //! sudo target/release/flowbench [--rounds 3] [--small 100000] [--large 1000000]
 //!     [--seed 1] [--out target/weft-flowbench] [--timeout 900] [--quick] [--rt]
+//! target/release/flowbench --write-flows DIR [--small N] [--large N] [--seed N]
 //! ```
 //!
 //! Two switches in namespaces of one lab (removed at the end, also on failure or
@@ -36,7 +37,9 @@
 //! flows) checks the whole harness in a minute. `--rt` runs weftd's worker threads and
 //! the stream's sender and receiver `SCHED_FIFO` (priority 10), so that what other
 //! processes on a loaded machine do to their scheduling drops out of the gaps: a gap
-//! left with `--rt` is the switch's own.
+//! left with `--rt` is the switch's own. `--write-flows DIR` only writes the four flow
+//! files (`flows-{small,large}-{orig,changed}.txt`) to DIR and exits, for timing one
+//! case by hand (no root needed).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -67,12 +70,13 @@ struct Opts {
     timeout: Duration,
     quick: bool,
     rt: bool,
+    write_flows: Option<PathBuf>,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
         "{msg}\nusage: flowbench [--rounds N] [--small N] [--large N] [--seed N] [--out DIR] \
-         [--timeout SECS] [--quick] [--rt]"
+         [--timeout SECS] [--quick] [--rt] [--write-flows DIR]"
     );
     std::process::exit(2)
 }
@@ -90,6 +94,7 @@ fn parse_args(exe_dir: &Path) -> Opts {
         timeout: Duration::from_secs(900),
         quick: false,
         rt: false,
+        write_flows: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -111,6 +116,7 @@ fn parse_args(exe_dir: &Path) -> Opts {
             "--timeout" => o.timeout = Duration::from_secs(num("--timeout")),
             "--out" => o.out = PathBuf::from(val()),
             "--rt" => o.rt = true,
+            "--write-flows" => o.write_flows = Some(PathBuf::from(val())),
             "--quick" => {
                 o.quick = true;
                 o.rounds = 1;
@@ -1039,6 +1045,20 @@ fn main() {
     let exe = std::env::current_exe().expect("own path");
     let exe_dir = exe.parent().expect("a directory").to_path_buf();
     let o = parse_args(&exe_dir);
+    if let Some(dir) = &o.write_flows {
+        match write_files(dir, &o) {
+            Ok(f) => {
+                for p in f.small.iter().chain(&f.large) {
+                    println!("{}", p.display());
+                }
+                return;
+            }
+            Err(e) => {
+                eprintln!("flowbench: writing the flows: {e}");
+                std::process::exit(1)
+            }
+        }
+    }
     if !netns_tests::lab::privileged("flowbench") {
         std::process::exit(1);
     }

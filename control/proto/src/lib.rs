@@ -599,6 +599,33 @@ impl std::error::Error for RequestError {}
 /// its text forms replaced by structured ones (`text` fields are `None`), so
 /// `parse_request(req.to_line())` gives it back unchanged.
 pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
+    parse_request_keeping_text(line).map(|(req, _)| req)
+}
+
+/// The text a `bundle_add` part was parsed from, and where each of its changes' lines
+/// is in it, so that a server can keep a change's own words (to journal a flow as it
+/// was sent rather than print it again).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartText {
+    /// The part's text, as sent.
+    pub text: String,
+    /// For each change of the part, in order: its line's byte range in `text`
+    /// (without a `#` comment or the newline).
+    pub spans: Vec<std::ops::Range<usize>>,
+}
+
+impl PartText {
+    /// The line change `i` of the part was parsed from.
+    pub fn line(&self, i: usize) -> Option<&str> {
+        self.spans.get(i).and_then(|r| self.text.get(r.clone()))
+    }
+}
+
+/// [`parse_request`], also giving back the text of a `bundle_add` part sent as `text`
+/// (the request itself has its text replaced by the changes, as always).
+pub fn parse_request_keeping_text(
+    line: &[u8],
+) -> Result<(Request, Option<PartText>), RequestError> {
     let fail = |id, message: String| RequestError {
         id,
         error: ErrorBody::new(message),
@@ -651,11 +678,11 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
             format!("bad request: {}", clean_serde(&e.to_string())),
         )
     })?;
-    let op = resolve(op).map_err(|error| RequestError {
+    let (op, part) = resolve(op).map_err(|error| RequestError {
         id: Some(id),
         error,
     })?;
-    Ok(Request { id, op })
+    Ok((Request { id, op }, part))
 }
 
 /// The property the fuzz target and the corpus replay check: any bytes either give a
@@ -740,8 +767,45 @@ fn check_lines(n: usize, lines: &[usize], what: &str) -> Result<(), ErrorBody> {
     Ok(())
 }
 
-/// Replaces text forms by structured ones and validates everything.
-fn resolve(op: Op) -> Result<Op, ErrorBody> {
+/// Replaces text forms by structured ones and validates everything; a `bundle_add`
+/// part's text is given back.
+fn resolve(op: Op) -> Result<(Op, Option<PartText>), ErrorBody> {
+    if let Op::BundleAdd(a) = op {
+        let (bundle, part) = match a.text {
+            Some(_) if !a.changes.is_empty() || !a.lines.is_empty() => {
+                return Err(both("bundle_add"));
+            }
+            // The parser's changes are canonical and checked already.
+            Some(text) => {
+                let mut spans = Vec::new();
+                let b = parse_part_spans(&text, a.command, a.first_line.unwrap_or(1), &mut spans)?;
+                (b, Some(PartText { text, spans }))
+            }
+            None => {
+                check_lines(a.changes.len(), &a.lines, "bundle_add")?;
+                let bundle = Bundle {
+                    changes: a.changes,
+                    lines: a.lines,
+                };
+                bundle.validate()?;
+                (bundle, None)
+            }
+        };
+        let op = Op::BundleAdd(BundleAddArgs {
+            bundle: a.bundle,
+            command: PartCommand::Add,
+            changes: bundle.changes,
+            lines: bundle.lines,
+            text: None,
+            first_line: None,
+        });
+        return Ok((op, part));
+    }
+    resolve_other(op).map(|op| (op, None))
+}
+
+/// [`resolve`] of every operation but `bundle_add`.
+fn resolve_other(op: Op) -> Result<Op, ErrorBody> {
     Ok(match op {
         Op::AddPort(a) => {
             let spec = match (a.port, a.text) {
@@ -847,32 +911,6 @@ fn resolve(op: Op) -> Result<Op, ErrorBody> {
                 stream: d.stream,
             })
         }
-        Op::BundleAdd(a) => {
-            let bundle = match a.text {
-                Some(_) if !a.changes.is_empty() || !a.lines.is_empty() => {
-                    return Err(both("bundle_add"));
-                }
-                // The parser's changes are canonical and checked already.
-                Some(t) => parse_part(&t, a.command, a.first_line.unwrap_or(1))?,
-                None => {
-                    check_lines(a.changes.len(), &a.lines, "bundle_add")?;
-                    let bundle = Bundle {
-                        changes: a.changes,
-                        lines: a.lines,
-                    };
-                    bundle.validate()?;
-                    bundle
-                }
-            };
-            Op::BundleAdd(BundleAddArgs {
-                bundle: a.bundle,
-                command: PartCommand::Add,
-                changes: bundle.changes,
-                lines: bundle.lines,
-                text: None,
-                first_line: None,
-            })
-        }
         Op::Trace(t) => {
             trace_packet(&t.packet)?;
             Op::Trace(t)
@@ -889,6 +927,17 @@ pub fn parse_part(
     command: PartCommand,
     first_line: usize,
 ) -> Result<Bundle, ErrorBody> {
+    parse_part_spans(text, command, first_line, &mut Vec::new())
+}
+
+/// [`parse_part`], also noting in `spans` each change's line (its byte range in
+/// `text`, without a comment).
+pub fn parse_part_spans(
+    text: &str,
+    command: PartCommand,
+    first_line: usize,
+    spans: &mut Vec<std::ops::Range<usize>>,
+) -> Result<Bundle, ErrorBody> {
     let cmd = command.flow_mod_command();
     let mut b = Bundle::default();
     for (i, raw) in text.lines().enumerate() {
@@ -900,6 +949,9 @@ pub fn parse_part(
         let change = parse_flow_mod(cmd, line).map_err(|e| ErrorBody::from(e.at_line(n)))?;
         b.changes.push(change);
         b.lines.push(n);
+        // `line` is a slice of `text`: its offset is where it starts.
+        let at = line.as_ptr() as usize - text.as_ptr() as usize;
+        spans.push(at..at + line.len());
     }
     Ok(b)
 }
@@ -1409,6 +1461,33 @@ mod tests {
 
     fn err(line: &str) -> RequestError {
         parse_request(line.as_bytes()).expect_err(line)
+    }
+
+    /// A `bundle_add` part's text comes back with each change's line (comments,
+    /// blank lines and the newline left out), and the request is the canonical one.
+    #[test]
+    fn a_part_keeps_the_line_of_each_change() {
+        let text = "table=1,priority=5,ip actions=drop # one\n\n# two\n  priority=3,arp actions=normal\r\n";
+        let line = serde_json::json!({"id": 4, "bundle_add": {"bundle": 1, "text": text, "first_line": 7}})
+            .to_string();
+        let (req, part) = parse_request_keeping_text(line.as_bytes()).unwrap();
+        assert_eq!(req, parse_request(line.as_bytes()).unwrap());
+        let Op::BundleAdd(a) = &req.op else {
+            panic!("{req:?}")
+        };
+        assert_eq!(a.lines, [7, 10]);
+        let part = part.expect("a part sent as text");
+        assert_eq!(part.text, text);
+        assert_eq!(part.line(0), Some("table=1,priority=5,ip actions=drop "));
+        assert_eq!(part.line(1), Some("  priority=3,arp actions=normal"));
+        assert_eq!(part.line(2), None);
+        for (i, c) in a.changes.iter().enumerate() {
+            let flow = parse_flow(part.line(i).unwrap()).unwrap();
+            assert_eq!(c, &FlowMod::Add { flow });
+        }
+        // Changes sent as JSON have no text.
+        let json = req.to_line();
+        assert_eq!(parse_request_keeping_text(json.as_bytes()).unwrap().1, None);
     }
 
     #[test]

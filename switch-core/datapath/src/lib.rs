@@ -37,7 +37,7 @@ use arc_swap::ArcSwap;
 
 use weft_pipeline::SharedPipeline;
 
-pub use state::{FlowWalk, Record, SavedState, StateStore};
+pub use state::{ChangeText, FlowWalk, Record, SavedState, StateStore};
 pub use switch::{PORT_RETRY, PortState, PortStatus, Switch, SwitchError, SwitchOptions};
 
 /// What the workers share: snapshots, the MAC table, the stop flag, the clock.

@@ -61,6 +61,10 @@ pub enum Record {
 /// written as it is walked, without a copy of the table).
 pub type FlowWalk<'a> = &'a mut dyn FnMut(&mut dyn FnMut(Flow) -> bool);
 
+/// The flow text change `i` of a bundle was parsed from (one line), when the bundle
+/// came as text and the line is known.
+pub type ChangeText<'a> = &'a dyn Fn(usize) -> Option<&'a str>;
+
 /// Where the switch saves its state: a journal of changes and, now and then, a
 /// snapshot of the whole state.
 ///
@@ -77,12 +81,20 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Appends a bundle's net change as one entry, like [`append`](Self::append) of
     /// its records (tables cleared, flows deleted, flows added), without building
     /// them: a store that can write the flows as they are overrides this.
-    fn append_net(&self, net: &NetChange) -> io::Result<()> {
-        let mut v = Vec::with_capacity(net.cleared.len() + net.deleted.len() + net.added.len());
+    fn append_net(&self, net: &NetChange<'_>) -> io::Result<()> {
+        let mut v = Vec::with_capacity(net.cleared.len() + net.deleted.len() + net.added_len());
         v.extend(net.cleared.iter().map(|t| Record::ClearTable(*t)));
         v.extend(net.deleted.iter().cloned().map(Record::DelFlow));
-        v.extend(net.added.iter().cloned().map(Record::AddFlow));
+        v.extend(net.added_flows().cloned().map(Record::AddFlow));
         self.append(&v)
+    }
+    /// [`append_net`](Self::append_net), where `text(i)` is the flow text change `i`
+    /// of the bundle was parsed from, when known: a store that journals flow text may
+    /// write a flow lent from the bundle ([`NetChange::added_as_sent`]) as that line
+    /// rather than print the flow again (it reads back as the same flow).
+    fn append_net_text(&self, net: &NetChange<'_>, text: ChangeText<'_>) -> io::Result<()> {
+        let _ = text;
+        self.append_net(net)
     }
     /// Makes what was appended durable (fsync); cheap when nothing was.
     fn sync(&self) -> io::Result<()>;

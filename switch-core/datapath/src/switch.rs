@@ -33,7 +33,7 @@ use weft_flow::{Bundle, Flow, FlowFilter, FlowMod};
 
 use crate::port::Attach;
 use crate::port::netns::{NetnsId, netns_id};
-use crate::state::{Record, SavedState, StateStore};
+use crate::state::{ChangeText, Record, SavedState, StateStore};
 use crate::stats::{PortStats, StatsSnapshot, TableStats};
 use weft_pipeline::drop::DropReason;
 use weft_pipeline::{
@@ -512,11 +512,22 @@ impl Switch {
     /// journaled, and only then published; if the journal append fails nothing
     /// changes. A bundle that changes nothing writes nothing.
     pub fn apply(&self, bundle: &Bundle) -> Result<BundleOutcome, SwitchError> {
+        self.apply_with_text(bundle, &|_| None)
+    }
+
+    /// [`apply`](Self::apply) of a bundle that came as flow text: `text(i)` is the line
+    /// change `i` was parsed from, which the journal may keep as it is (see
+    /// [`StateStore::append_net_text`]).
+    pub fn apply_with_text(
+        &self,
+        bundle: &Bundle,
+        text: ChangeText<'_>,
+    ) -> Result<BundleOutcome, SwitchError> {
         let mut c = self.lock();
         self.shared
             .pipeline
             .apply_then(bundle, self.shared.now(), |_, net| {
-                self.record_net(&mut c, &net, "flow change")
+                self.record_net(&mut c, &net, text, "flow change")
             })
     }
 
@@ -658,9 +669,15 @@ impl Switch {
 
     /// Journals a bundle's net change from the control socket (nothing when it changed
     /// nothing), as [`record`](Self::record) does its records.
-    fn record_net(&self, _c: &mut Control, net: &NetChange, what: &str) -> Result<(), SwitchError> {
+    fn record_net(
+        &self,
+        _c: &mut Control,
+        net: &NetChange<'_>,
+        text: ChangeText<'_>,
+        what: &str,
+    ) -> Result<(), SwitchError> {
         match &self.options.state_store {
-            Some(store) if !net.is_empty() => store.append_net(net).map_err(|e| {
+            Some(store) if !net.is_empty() => store.append_net_text(net, text).map_err(|e| {
                 tracing::error!("{what} refused: {e}");
                 SwitchError::Save(e.to_string())
             }),
@@ -933,11 +950,21 @@ fn expiry_loop(ports: &Ports, control: &Mutex<Control>) {
 
 /// A bundle's net change as journal records: tables cleared first, then the flows
 /// removed and the flows added (disjoint identities).
-fn net_records(net: NetChange) -> Vec<Record> {
-    let mut v = Vec::with_capacity(net.cleared.len() + net.deleted.len() + net.added.len());
-    v.extend(net.cleared.into_iter().map(Record::ClearTable));
-    v.extend(net.deleted.into_iter().map(Record::DelFlow));
-    v.extend(net.added.into_iter().map(Record::AddFlow));
+fn net_records(net: NetChange<'_>) -> Vec<Record> {
+    let mut v = Vec::with_capacity(net.cleared.len() + net.deleted.len() + net.added_len());
+    let NetChange {
+        cleared,
+        added,
+        added_as_sent,
+        deleted,
+    } = net;
+    v.extend(cleared.into_iter().map(Record::ClearTable));
+    v.extend(deleted.into_iter().map(Record::DelFlow));
+    v.extend(added.into_iter().map(Record::AddFlow));
+    v.extend(added_as_sent.iter().filter_map(|c| match c {
+        FlowMod::Add { flow } => Some(Record::AddFlow(flow.clone())),
+        _ => None,
+    }));
     v
 }
 

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use weft_flow::{Bundle, DEFAULT_PRIORITY, Flow, FlowFilter, FlowMod, PortRef};
+use weft_flow::{Action, Bundle, DEFAULT_PRIORITY, Flow, FlowFilter, FlowMod, PortRef};
 
 use crate::classifier::RuleRef;
 use crate::flow_key::{FlowKey, FlowMask};
@@ -36,27 +36,77 @@ pub struct BundleOutcome {
 /// emptied, then the flows it added or changed (as they are now) and the flows it
 /// removed (identity only: table, priority, match). Proportional to the change, not
 /// to the tables. Counters are not part of it.
+///
+/// A bundle of adds only, none naming a port by name (the common `add-flows` of a
+/// controller), is its own net change: its flows are then not rebuilt from the new
+/// version but lent from the bundle as they were sent ([`added_as_sent`]), which
+/// saves a rebuild and a copy of every flow on the commit's path.
+///
+/// [`added_as_sent`]: NetChange::added_as_sent
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NetChange {
+pub struct NetChange<'b> {
     /// Tables emptied by a catch-all delete (before `added` and `deleted`).
     pub cleared: Vec<u8>,
-    /// Flows added, replaced or modified, as installed (ports as numbers).
+    /// Flows added, replaced or modified, as installed (ports as numbers), each
+    /// identity once.
     pub added: Vec<Flow>,
+    /// The changes of a bundle of adds only (no port named by name), which are its net
+    /// change as they are: in order, a later flow of the same identity replacing an
+    /// earlier one, as a replay of them does. Empty otherwise.
+    pub added_as_sent: &'b [FlowMod],
     /// Flows removed that were in the old version (no actions).
     pub deleted: Vec<Flow>,
 }
 
-impl NetChange {
+impl NetChange<'_> {
     /// Whether the bundle left every table as it was.
     pub fn is_empty(&self) -> bool {
-        self.cleared.is_empty() && self.added.is_empty() && self.deleted.is_empty()
+        self.cleared.is_empty()
+            && self.added.is_empty()
+            && self.added_as_sent.is_empty()
+            && self.deleted.is_empty()
     }
+
+    /// The flows added or changed, in the order a replay applies them (`added`, then
+    /// those of `added_as_sent`).
+    pub fn added_flows(&self) -> impl Iterator<Item = &Flow> {
+        self.added
+            .iter()
+            .chain(self.added_as_sent.iter().filter_map(|c| match c {
+                FlowMod::Add { flow } => Some(flow),
+                _ => None,
+            }))
+    }
+
+    /// How many flows [`added_flows`](Self::added_flows) gives.
+    pub fn added_len(&self) -> usize {
+        self.added.len() + self.added_as_sent.len()
+    }
+}
+
+/// Whether a bundle is its own net change (see [`NetChange`]): adds only, and no port
+/// named by name (the journal keeps ports as numbers, so a name is resolved by
+/// rebuilding the flow from the new version).
+fn adds_as_sent(bundle: &Bundle) -> bool {
+    let by_name = |p: &PortRef| matches!(p, PortRef::Name(_));
+    bundle.changes.iter().all(|c| match c {
+        FlowMod::Add { flow } => {
+            !flow.matches.in_port.as_ref().is_some_and(by_name)
+                && !flow.actions.iter().any(|a| match a {
+                    Action::Output(p) | Action::Resubmit { port: Some(p), .. } => by_name(p),
+                    _ => false,
+                })
+        }
+        _ => false,
+    })
 }
 
 /// What a bundle's changes touched, for its [`NetChange`]: the identities changed and
 /// the tables emptied.
 #[derive(Default)]
 struct Tracked {
+    /// Whether to note the identities (not for a bundle that is its own net change).
+    track: bool,
     touched: Vec<Touched>,
     cleared: Vec<u8>,
 }
@@ -147,7 +197,12 @@ fn slot_flow(table: u8, key: &FlowKey, mask: &FlowMask, priority: u16, s: &FlowS
 
 /// The net effect of a bundle that turned `old` into `next`, from the identities it
 /// touched and the tables it emptied.
-fn net_change(old: &Pipeline, next: &Pipeline, touched: &[Touched], cleared: Vec<u8>) -> NetChange {
+fn net_change(
+    old: &Pipeline,
+    next: &Pipeline,
+    touched: &[Touched],
+    cleared: Vec<u8>,
+) -> NetChange<'static> {
     // Identities as the classifier keys them (value, mask, priority), so that no
     // `Match` is built or hashed twice.
     let mut seen: std::collections::HashSet<&Touched> =
@@ -274,7 +329,11 @@ fn apply_one(
     out: &mut BundleOutcome,
     track: &mut Tracked,
 ) -> Result<(), InstallErrorKind> {
-    let Tracked { touched, cleared } = track;
+    let Tracked {
+        track,
+        touched,
+        cleared,
+    } = track;
     match change {
         FlowMod::Add { flow } => {
             let (key, mask, present) = compile_match(&flow.matches, ports)?;
@@ -309,7 +368,9 @@ fn apply_one(
                 t.n_timeouts += usize::from(new_timeouts);
                 out.added += 1;
             }
-            touched.push((flow.table, key, mask, flow.priority));
+            if *track {
+                touched.push((flow.table, key, mask, flow.priority));
+            }
         }
         FlowMod::Modify { filter, actions } | FlowMod::ModifyStrict { filter, actions } => {
             let strict = change.is_strict();
@@ -403,11 +464,11 @@ fn check_limits(
     Ok(())
 }
 
-pub(crate) fn apply(
+pub(crate) fn apply<'b>(
     p: &Pipeline,
-    bundle: &Bundle,
+    bundle: &'b Bundle,
     now: Millis,
-) -> Result<(Pipeline, BundleOutcome, NetChange), InstallError> {
+) -> Result<(Pipeline, BundleOutcome, NetChange<'b>), InstallError> {
     bundle.validate().map_err(|e| InstallError {
         index: e.index,
         line: e.line,
@@ -419,7 +480,11 @@ pub(crate) fn apply(
         version,
         ..BundleOutcome::default()
     };
-    let mut track = Tracked::default();
+    let as_sent = adds_as_sent(bundle);
+    let mut track = Tracked {
+        track: !as_sent,
+        ..Tracked::default()
+    };
     for (index, change) in bundle.changes.iter().enumerate() {
         apply_one(
             &p.arena,
@@ -444,7 +509,14 @@ pub(crate) fn apply(
         flow_cells: super::counters::FlowCells::new(&p.arena),
         ..p.clone_shallow()
     };
-    let net = net_change(p, &next, &track.touched, track.cleared);
+    let net = if as_sent {
+        NetChange {
+            added_as_sent: &bundle.changes,
+            ..NetChange::default()
+        }
+    } else {
+        net_change(p, &next, &track.touched, track.cleared)
+    };
     Ok((next, out, net))
 }
 

@@ -395,11 +395,11 @@ impl Pipeline {
 
     /// [`apply`](Self::apply), also returning the bundle's [`NetChange`] (what a
     /// journal records to replay it).
-    pub fn apply_net(
+    pub fn apply_net<'b>(
         &self,
-        bundle: &Bundle,
+        bundle: &'b Bundle,
         now: Millis,
-    ) -> Result<(Pipeline, BundleOutcome, NetChange), InstallError> {
+    ) -> Result<(Pipeline, BundleOutcome, NetChange<'b>), InstallError> {
         bundle::apply(self, bundle, now)
     }
 
@@ -455,11 +455,11 @@ impl SharedPipeline {
     /// Validates and applies a bundle like [`SharedPipeline::apply`], but publishes the
     /// new version only if `accept` (given it and the bundle's net change, e.g. to
     /// journal it) succeeds; otherwise nothing changes and `accept`'s error is returned.
-    pub fn apply_then<E: From<InstallError>>(
+    pub fn apply_then<'b, E: From<InstallError>>(
         &self,
-        bundle: &Bundle,
+        bundle: &'b Bundle,
         now: Millis,
-        accept: impl FnOnce(&Pipeline, NetChange) -> Result<(), E>,
+        accept: impl FnOnce(&Pipeline, NetChange<'b>) -> Result<(), E>,
     ) -> Result<BundleOutcome, E> {
         let _w = self.lock();
         let (next, outcome, net) = self.current.load().apply_net(bundle, now)?;

@@ -60,8 +60,7 @@ use weft_flow::{Action, Bundle, Flow, FlowFilter, FlowMod, Masked, PortRef};
 use weft_proto::{
     self as proto, AddPortReply, BundleReply, DumpFlowsReply, Empty, ErrorBody, FdbEntry, FdbReply,
     FlowStats, HelloReply, MAX_LINE, Op, PortCounters, PortInfo, PortsReply, Request, Response,
-    ShowReply, StatsReply, TableCounters, TraceReply, TraceStep as WireStep, parse_request,
-    replace_diff,
+    ShowReply, StatsReply, TableCounters, TraceReply, TraceStep as WireStep, replace_diff,
 };
 
 use weft_datapath::{PortState, Switch, SwitchError};
@@ -651,6 +650,31 @@ struct Pending {
     cookie: Option<Masked<u64>>,
     changes: Vec<FlowMod>,
     lines: Vec<usize>,
+    /// The texts the parts came as (those sent as text), kept for the journal, which
+    /// writes a flow added as sent as its own line.
+    texts: Vec<String>,
+    /// For each change: the part text (index into `texts`) and byte range its line
+    /// is; [`NO_TEXT`] for a change sent as JSON.
+    spans: Vec<(u32, u32, u32)>,
+}
+
+/// A change without text in [`Pending::spans`].
+const NO_TEXT: (u32, u32, u32) = (u32::MAX, 0, 0);
+
+impl Pending {
+    /// Notes where the `n` changes of a part about to be added came from.
+    fn note_text(&mut self, n: usize, part: Option<proto::PartText>) {
+        match part {
+            // Byte offsets fit: a part is one request line of at most MAX_LINE bytes.
+            Some(t) if t.spans.len() == n && u32::try_from(self.texts.len()).is_ok() => {
+                let at = self.texts.len() as u32;
+                self.spans
+                    .extend(t.spans.iter().map(|r| (at, r.start as u32, r.end as u32)));
+                self.texts.push(t.text);
+            }
+            _ => self.spans.extend(std::iter::repeat_n(NO_TEXT, n)),
+        }
+    }
 }
 
 /// A duration in seconds for a message: `30`, or `0.5` when not whole.
@@ -817,18 +841,24 @@ impl Connection<'_> {
 
     /// Handles one complete (not blank) line; false when the client should be dropped.
     fn handle_line(&mut self, line: &[u8]) -> bool {
-        let sent = match parse_request(line) {
+        let sent = match proto::parse_request_keeping_text(line) {
             Err(e) => self.out.line(&Response::error(e.id, e.error)),
-            Ok(Request {
-                id,
-                op: Op::DumpFlows(d),
-            }) if self.greeted && d.stream => self.dump_stream(id, &d.filter),
-            Ok(Request {
-                id,
-                op: Op::DumpFlows(d),
-            }) if self.greeted => self.dump_flows(id, &d.filter),
-            Ok(req) => {
-                let resp = self.handle(req);
+            Ok((
+                Request {
+                    id,
+                    op: Op::DumpFlows(d),
+                },
+                _,
+            )) if self.greeted && d.stream => self.dump_stream(id, &d.filter),
+            Ok((
+                Request {
+                    id,
+                    op: Op::DumpFlows(d),
+                },
+                _,
+            )) if self.greeted => self.dump_flows(id, &d.filter),
+            Ok((req, part)) => {
+                let resp = self.handle(req, part);
                 self.out.line(&resp)
             }
         };
@@ -966,7 +996,11 @@ impl Connection<'_> {
 
     /// Bundles sent in parts (`bundle_open`, `bundle_add`, `bundle_commit`,
     /// `bundle_discard`): they live in this connection until committed or discarded.
-    fn bundle_op(&mut self, op: Op) -> Result<serde_json::Value, ErrorBody> {
+    fn bundle_op(
+        &mut self,
+        op: Op,
+        part: Option<proto::PartText>,
+    ) -> Result<serde_json::Value, ErrorBody> {
         // One that ran out of time while this request was read is gone too.
         self.expire_bundles(Instant::now());
         let expired = self.expired.clone();
@@ -1000,6 +1034,8 @@ impl Connection<'_> {
                         cookie: a.cookie,
                         changes: Vec::new(),
                         lines: Vec::new(),
+                        texts: Vec::new(),
+                        spans: Vec::new(),
                     },
                 );
                 to_value(&proto::BundleOpenReply { bundle: n })
@@ -1043,6 +1079,7 @@ impl Connection<'_> {
                 } else {
                     p.lines.clear();
                 }
+                p.note_text(a.changes.len(), part);
                 p.changes.extend(a.changes);
                 to_value(&proto::BundleAddReply { changes: total })
             }
@@ -1065,14 +1102,15 @@ impl Connection<'_> {
                         .collect();
                     replace_flows(sw, flows, p.lines, p.cookie)
                 } else {
-                    execute(
-                        sw,
-                        Op::Bundle(proto::BundleArgs {
-                            changes: p.changes,
-                            lines: p.lines,
-                            text: None,
-                        }),
-                    )
+                    let bundle = Bundle {
+                        changes: p.changes,
+                        lines: p.lines,
+                    };
+                    let (texts, spans) = (&p.texts, &p.spans);
+                    apply_bundle(sw, bundle, &|i| {
+                        let &(part, start, end) = spans.get(i)?;
+                        texts.get(part as usize)?.get(start as usize..end as usize)
+                    })
                 }
             }
             Op::BundleDiscard(r) => {
@@ -1085,7 +1123,8 @@ impl Connection<'_> {
         }
     }
 
-    fn handle(&mut self, req: Request) -> Response {
+    /// Answers one request; `part` is the text a `bundle_add` part came as.
+    fn handle(&mut self, req: Request, part: Option<proto::PartText>) -> Response {
         let id = req.id;
         if let Op::Hello(h) = &req.op {
             if h.version != proto::VERSION {
@@ -1139,7 +1178,7 @@ impl Connection<'_> {
             req.op,
             Op::BundleOpen(_) | Op::BundleAdd(_) | Op::BundleCommit(_) | Op::BundleDiscard(_)
         ) {
-            self.bundle_op(req.op)
+            self.bundle_op(req.op, part)
         } else if req.op.changes_state() {
             let _g = lock(&self.s.changes);
             execute(&self.s.switch, req.op)
@@ -1238,6 +1277,42 @@ impl Connection<'_> {
     }
 }
 
+/// Applies a bundle (journaled with `text`, the line each change came as, when known)
+/// and answers it: counts, version and warnings about unknown port numbers.
+fn apply_bundle(
+    sw: &Switch,
+    bundle: Bundle,
+    text: weft_datapath::ChangeText<'_>,
+) -> Result<serde_json::Value, ErrorBody> {
+    let o = sw.apply_with_text(&bundle, text).map_err(switch_error)?;
+    let flows = bundle.changes.iter().map(|c| match c {
+        FlowMod::Add { flow } => (Some(&flow.matches), flow.actions.as_slice()),
+        FlowMod::Modify { actions, .. } | FlowMod::ModifyStrict { actions, .. } => {
+            (None, actions.as_slice())
+        }
+        FlowMod::Delete { .. } | FlowMod::DeleteStrict { .. } => (None, &[][..]),
+    });
+    let warnings = port_warnings(flows, &bundle.lines, sw.pipeline().ports());
+    tracing::info!(
+        changes = bundle.changes.len(),
+        added = o.added,
+        replaced = o.replaced,
+        modified = o.modified,
+        deleted = o.deleted,
+        version = o.version,
+        "control: bundle applied"
+    );
+    to_value(&BundleReply {
+        version: o.version,
+        added: o.added,
+        replaced: o.replaced,
+        modified: o.modified,
+        deleted: o.deleted,
+        unchanged: 0,
+        warnings,
+    })
+}
+
 /// Refuses a bundle of more than `max` changes, naming the limit and its setting.
 fn check_bundle_size(changes: usize, max: usize) -> Result<(), ErrorBody> {
     if changes > max {
@@ -1326,33 +1401,7 @@ pub fn execute(sw: &Switch, op: Op) -> Result<serde_json::Value, ErrorBody> {
                 changes: b.changes,
                 lines: b.lines,
             };
-            let o = sw.apply(&bundle).map_err(switch_error)?;
-            let flows = bundle.changes.iter().map(|c| match c {
-                FlowMod::Add { flow } => (Some(&flow.matches), flow.actions.as_slice()),
-                FlowMod::Modify { actions, .. } | FlowMod::ModifyStrict { actions, .. } => {
-                    (None, actions.as_slice())
-                }
-                FlowMod::Delete { .. } | FlowMod::DeleteStrict { .. } => (None, &[][..]),
-            });
-            let warnings = port_warnings(flows, &bundle.lines, sw.pipeline().ports());
-            tracing::info!(
-                changes = bundle.changes.len(),
-                added = o.added,
-                replaced = o.replaced,
-                modified = o.modified,
-                deleted = o.deleted,
-                version = o.version,
-                "control: bundle applied"
-            );
-            to_value(&BundleReply {
-                version: o.version,
-                added: o.added,
-                replaced: o.replaced,
-                modified: o.modified,
-                deleted: o.deleted,
-                unchanged: 0,
-                warnings,
-            })
+            apply_bundle(sw, bundle, &|_| None)
         }
         Op::ReplaceFlows(r) => replace_flows(sw, r.flows, r.lines, r.cookie),
         Op::DumpFlows(d) => {

@@ -863,8 +863,16 @@ impl StateStore for StateDir {
         })
     }
 
-    fn append_net(&self, net: &NetChange) -> io::Result<()> {
-        let n = net.cleared.len() + net.deleted.len() + net.added.len();
+    fn append_net(&self, net: &NetChange<'_>) -> io::Result<()> {
+        self.append_net_text(net, &|_| None)
+    }
+
+    fn append_net_text(
+        &self,
+        net: &NetChange<'_>,
+        text: weft_datapath::ChangeText<'_>,
+    ) -> io::Result<()> {
+        let n = net.cleared.len() + net.deleted.len() + net.added_len();
         self.append_entry(FLOW_TEXT_HINT * n, |buf| {
             // The order of `net_records`: tables cleared, flows removed, flows added.
             for t in &net.cleared {
@@ -875,6 +883,20 @@ impl StateStore for StateDir {
             }
             for f in &net.added {
                 add_line(buf, f);
+            }
+            // A flow lent from the bundle is journaled as the line it was parsed from
+            // when there is one: that line reads back as the same flow (the parser
+            // made it from it), and copying it costs far less than printing the flow.
+            for (i, c) in net.added_as_sent.iter().enumerate() {
+                match (text(i), c) {
+                    (Some(line), _) if !line.contains('\n') => {
+                        buf.extend_from_slice(b"+ ");
+                        buf.extend_from_slice(line.trim().as_bytes());
+                        buf.push(b'\n');
+                    }
+                    (_, weft_flow::FlowMod::Add { flow }) => add_line(buf, flow),
+                    _ => {}
+                }
             }
         })
     }
@@ -1165,6 +1187,59 @@ mod tests {
     fn sorted(mut s: SavedState) -> SavedState {
         s.flows.sort_by_key(|f| f.to_string());
         s
+    }
+
+    /// A bundle of adds journaled with the lines its flows came as: those lines are
+    /// written as they are (no printing), a flow without one is printed, and either
+    /// reads back as the flow the bundle installed; a later flow of the same identity
+    /// wins, as it did in the bundle.
+    #[test]
+    fn flows_added_as_sent_are_journaled_as_their_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("s");
+        let store = StateDir::new(&d);
+        let lines = [
+            Some(
+                "ip,nw_dst=198.19.0.1,table=1,priority=5   actions=mod_dl_src:02:00:00:00:00:01,output:3",
+            ),
+            None,
+            Some(" table=2,priority=1,ip actions=drop"),
+            Some("table=2,priority=1,ip actions=output:4"),
+        ];
+        let texts = [
+            "ip,nw_dst=198.19.0.1,table=1,priority=5   actions=mod_dl_src:02:00:00:00:00:01,output:3",
+            "table=0,priority=9,in_port=2 actions=goto_table:1",
+            " table=2,priority=1,ip actions=drop",
+            "table=2,priority=1,ip actions=output:4",
+        ];
+        let changes: Vec<weft_flow::FlowMod> = texts
+            .iter()
+            .map(|t| weft_flow::FlowMod::Add { flow: flow(t) })
+            .collect();
+        let net = NetChange {
+            added_as_sent: &changes,
+            ..NetChange::default()
+        };
+        store
+            .append_net_text(&net, &|i| lines.get(i).copied().flatten())
+            .unwrap();
+        let j = fs::read_to_string(d.join(JOURNAL_FILE)).unwrap();
+        assert!(
+            j.contains(&format!("\n+ {}\n", texts[0])),
+            "the line as sent: {j}"
+        );
+        assert!(
+            j.contains("\n+ table=2,priority=1,ip actions=drop\n"),
+            "trimmed: {j}"
+        );
+        assert!(
+            j.contains(&format!("\n+ {}\n", flow(texts[1]))),
+            "printed without a line: {j}"
+        );
+        let mut want: Vec<Flow> = [0, 1, 3].iter().map(|i| flow(texts[*i])).collect();
+        want.sort_by_key(|f| f.to_string());
+        let got = sorted(load(&d).unwrap().unwrap());
+        assert_eq!(got.flows, want);
     }
 
     #[test]

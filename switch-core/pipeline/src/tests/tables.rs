@@ -257,13 +257,20 @@ fn dump_filters_and_prints_with_controls_printer() {
 #[test]
 fn net_change_replays_to_the_new_version() {
     use std::collections::BTreeSet;
-    fn replay(old: &Pipeline, net: &NetChange) -> BTreeSet<String> {
+    fn replay(old: &Pipeline, net: &NetChange<'_>) -> BTreeSet<String> {
         let mut flows: Vec<weft_flow::Flow> = old.flows();
         flows.retain(|f| !net.cleared.contains(&f.table));
         flows.retain(|f| !net.deleted.iter().any(|d| d.same_identity(f)));
-        flows.retain(|f| !net.added.iter().any(|a| a.same_identity(f)));
-        flows.extend(net.added.iter().cloned());
-        flows.iter().map(|f| f.to_string()).collect()
+        // In order: a later flow of the same identity replaces an earlier one.
+        for a in net.added_flows() {
+            flows.retain(|f| !a.same_identity(f));
+            flows.push(a.clone());
+        }
+        // As installed again (flows lent from the bundle keep their spelling, e.g.
+        // `mod_dl_src` where the version rebuilds `set_field`).
+        let lines: Vec<String> = flows.iter().map(|f| f.to_string()).collect();
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        pipe(&lines).flows().iter().map(|f| f.to_string()).collect()
     }
     let old = pipe(&[
         "table=0,priority=10,in_port=pod1 actions=output:pod2",
@@ -300,15 +307,35 @@ fn net_change_replays_to_the_new_version() {
         &["del table=2", "add table=2,priority=3 actions=flood"],
         &["add table=3,priority=1 actions=drop", "del table=3"],
         &["del", "add table=0,priority=1 actions=normal"],
+        // Adds only, ports by number: the bundle is its own net change.
+        &[
+            "add table=1,cookie=0x5,priority=7,ip,nw_dst=198.19.0.1 actions=mod_dl_src:02:00:00:00:00:01,output:3",
+            "add table=5,priority=1,ip actions=drop",
+            "add table=5,priority=1,ip actions=output:1",
+            "add table=0,priority=10,in_port=2 actions=set_field:0x1->reg0,goto_table:1",
+        ],
     ];
     for lines in cases {
-        let (next, _, net) = old.apply_net(&mods(lines), 5).unwrap();
+        let bundle = mods(lines);
+        let (next, _, net) = old.apply_net(&bundle, 5).unwrap();
         let want: BTreeSet<String> = next.flows().iter().map(|f| f.to_string()).collect();
         assert_eq!(replay(&old, &net), want, "{lines:?}: {net:?}");
         assert!(
-            net.added.len() + net.deleted.len() <= 2 * lines.len().max(2),
+            net.added_len() + net.deleted.len() <= 2 * lines.len().max(2),
             "proportional to the change: {lines:?}: {net:?}"
         );
+        // Lent from the bundle exactly when it is adds only without port names.
+        let as_sent = lines
+            .iter()
+            .all(|l| l.starts_with("add ") && !l.contains("pod"));
+        assert_eq!(
+            net.added_as_sent.len(),
+            if as_sent { lines.len() } else { 0 },
+            "{lines:?}"
+        );
+        if as_sent {
+            assert!(net.added.is_empty() && net.deleted.is_empty() && net.cleared.is_empty());
+        }
     }
     // Deleting what is not there, or adding a flow and deleting it again: no change.
     for lines in [
@@ -319,7 +346,8 @@ fn net_change_replays_to_the_new_version() {
             "del-strict table=4,priority=1",
         ],
     ] {
-        let (_, _, net) = old.apply_net(&mods(lines), 5).unwrap();
+        let bundle = mods(lines);
+        let (_, _, net) = old.apply_net(&bundle, 5).unwrap();
         assert!(net.is_empty(), "{lines:?}: {net:?}");
     }
 }
