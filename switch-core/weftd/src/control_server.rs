@@ -868,15 +868,9 @@ impl Connection<'_> {
         let mut first = true;
         let mut count = 0usize;
         let mut item = Vec::new();
-        let done = pipe.dump_each(filter, now, |d| {
+        let done = pipe.dump_each_ref(filter, now, |d| {
             count += 1;
-            let stats = FlowStats {
-                flow: d.flow,
-                packets: d.packets,
-                bytes: d.bytes,
-                duration_ms: d.duration_ms,
-                idle_age_ms: d.idle_age_ms,
-            };
+            let stats = FlowStatsRef::from(d);
             item.clear();
             if first {
                 item.extend_from_slice(format!("{{\"id\":{id},\"ok\":{{\"flows\":[").as_bytes());
@@ -927,7 +921,7 @@ impl Connection<'_> {
         let mut in_part = 0usize;
         let mut count = 0usize;
         let mut item = Vec::new();
-        let done = pipe.dump_each(filter, now, |d| {
+        let done = pipe.dump_each_ref(filter, now, |d| {
             item.clear();
             if in_part == 0 {
                 // Each part is a response line of its own, with its own write budget: a
@@ -1327,7 +1321,10 @@ fn check_bundle_size(changes: usize, max: usize) -> Result<(), ErrorBody> {
 /// it. Flow text is printable ASCII, which is copied as it is.
 fn push_json_str(out: &mut Vec<u8>, text: &str) {
     let b = text.as_bytes();
-    if b.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\') {
+    // Without short cuts, so that the check runs over whole vectors of bytes.
+    if !b.iter().fold(false, |bad, &c| {
+        bad | (c < 0x20) | (c == b'"') | (c == b'\\')
+    }) {
         out.extend_from_slice(b);
         return;
     }
@@ -1342,15 +1339,31 @@ fn push_json_str(out: &mut Vec<u8>, text: &str) {
     }
 }
 
+/// [`FlowStats`] borrowing its flow: serializes to the same JSON.
+#[derive(serde::Serialize)]
+struct FlowStatsRef<'a> {
+    flow: &'a weft_flow::Flow,
+    packets: u64,
+    bytes: u64,
+    duration_ms: u64,
+    idle_age_ms: u64,
+}
+
+impl<'a> From<&'a weft_pipeline::FlowDump> for FlowStatsRef<'a> {
+    fn from(d: &'a weft_pipeline::FlowDump) -> Self {
+        FlowStatsRef {
+            flow: &d.flow,
+            packets: d.packets,
+            bytes: d.bytes,
+            duration_ms: d.duration_ms,
+            idle_age_ms: d.idle_age_ms,
+        }
+    }
+}
+
 /// One flow of a dump as JSON (members in alphabetical order, as every reply).
-fn write_flow_stats(out: &mut Vec<u8>, d: weft_pipeline::FlowDump) {
-    let stats = FlowStats {
-        flow: d.flow,
-        packets: d.packets,
-        bytes: d.bytes,
-        duration_ms: d.duration_ms,
-        idle_age_ms: d.idle_age_ms,
-    };
+fn write_flow_stats(out: &mut Vec<u8>, d: &weft_pipeline::FlowDump) {
+    let stats = FlowStatsRef::from(d);
     // Members sorted, as every other reply's (through a json value); nothing of a
     // flow that cannot be written.
     let len = out.len();
