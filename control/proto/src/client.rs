@@ -18,9 +18,9 @@ use serde_json::Value;
 use crate::{
     self as proto, AddPort, AddPortReply, BundleAddArgs, BundleAddReply, BundleArgs,
     BundleOpenArgs, BundleOpenReply, BundleRef, BundleReply, CaptureArgs, CaptureDone,
-    CaptureFrame, DelPort, DumpDone, DumpFlowsArgs, DumpFlowsReply, Empty, ErrorBody, FdbReply,
-    FlowStats, Hello, HelloReply, NoArgs, Op, PartCommand, PortsReply, ReplaceArgs, Request,
-    Response, ShowReply, StatsReply, TraceArgs, TraceReply,
+    CaptureFrame, DelPort, DumpDone, DumpFlowsArgs, DumpFlowsReply, DumpFormat, Empty, ErrorBody,
+    FdbReply, FlowStats, Hello, HelloReply, NoArgs, Op, PartCommand, PortsReply, ReplaceArgs,
+    Request, Response, ShowReply, StatsReply, TraceArgs, TraceReply,
 };
 use weft_flow::port::PortSpec;
 use weft_flow::{Bundle, Flow, FlowFilter, Masked};
@@ -55,6 +55,29 @@ pub enum ClientError {
     /// Reading the input (a flows file) failed.
     #[error("{}", io_text(.0))]
     Input(std::io::Error),
+}
+
+/// A line of a streamed dump, looked at where it was read: the flows of a JSON part
+/// are not parsed, only delimited.
+#[derive(serde::Deserialize)]
+struct RawPart<'a> {
+    id: Option<u64>,
+    #[serde(borrow, default)]
+    flows: Option<Vec<&'a serde_json::value::RawValue>>,
+    #[serde(borrow, default)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    ok: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+/// A part of a streamed dump as `Client::read_dump` hands it on.
+enum DumpPart<'a, 'b> {
+    /// Each flow's JSON, as written.
+    Flows(&'b [&'a serde_json::value::RawValue]),
+    /// Flow lines.
+    Text(&'b str),
 }
 
 /// An error line the server could not tie to a request (it then disconnects).
@@ -173,7 +196,12 @@ impl Client {
             match resp.id {
                 // Frames of a capture are read by `Client::capture`, dump parts by
                 // `Client::dump_flows_each`.
-                Some(got) if got == id && (resp.frame.is_some() || resp.flows.is_some()) => {
+                Some(got)
+                    if got == id
+                        && (resp.frame.is_some()
+                            || resp.flows.is_some()
+                            || resp.text.is_some()) =>
+                {
                     continue;
                 }
                 Some(got) if got == id => {}
@@ -267,6 +295,7 @@ impl Client {
             filter,
             text: None,
             stream: false,
+            format: DumpFormat::Json,
         }))
     }
 
@@ -283,6 +312,7 @@ impl Client {
             filter,
             text: None,
             stream: true,
+            format: DumpFormat::Json,
         }))?;
         let mut buf = String::new();
         loop {
@@ -301,6 +331,142 @@ impl Client {
             return match (resp.ok, resp.error) {
                 (_, Some(e)) => Err(ClientError::Server(e)),
                 (Some(v), None) => serde_json::from_value::<DumpDone>(v)
+                    .map(|d| d.flows)
+                    .map_err(|e| ClientError::Protocol(format!("unexpected reply: {e}"))),
+                (None, None) => Err(ClientError::Protocol(
+                    "response has neither 'ok' nor 'error'".into(),
+                )),
+            };
+        }
+    }
+
+    /// `dump_flows` in parts of text: calls `on_text` with each part's `dump-flows`
+    /// lines (each with its newline, as [`crate::write_flow_line`] prints them) as it
+    /// arrives; returns how many flows there were. A server that does not know the
+    /// text form (it refuses `format`) is asked for JSON parts, which are printed here
+    /// into the same lines. When `on_text` returns false the rest is not read (the
+    /// connection is then of no further use).
+    pub fn dump_flows_text_each(
+        &mut self,
+        filter: FlowFilter,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<usize, ClientError> {
+        let id = self.send(Op::DumpFlows(DumpFlowsArgs {
+            filter: filter.clone(),
+            text: None,
+            stream: true,
+            format: DumpFormat::Text,
+        }))?;
+        let mut stopped = false;
+        let mut text = String::new();
+        let r = self.read_dump(id, |part| {
+            let text = match part {
+                DumpPart::Text(t) => t,
+                // A server that sends JSON parts anyway: printed here.
+                DumpPart::Flows(flows) => {
+                    text.clear();
+                    for f in flows {
+                        let f: FlowStats = serde_json::from_str(f.get()).map_err(|e| {
+                            ClientError::Protocol(format!("bad flow in a dump: {e}"))
+                        })?;
+                        f.write_line(&mut text);
+                        text.push('\n');
+                    }
+                    &text
+                }
+            };
+            stopped = !on_text(text);
+            Ok(!stopped)
+        });
+        match r {
+            Err(ClientError::Server(e)) if e.message.contains("unknown field `format`") => {}
+            r => return if stopped { Ok(0) } else { r },
+        }
+        // An older weftd: JSON parts, printed here.
+        self.dump_flows_each(filter, |part| {
+            text.clear();
+            for f in &part {
+                f.write_line(&mut text);
+                text.push('\n');
+            }
+            on_text(&text)
+        })
+    }
+
+    /// `dump_flows` in parts of JSON, without reading the flows: calls `on_flow` with
+    /// each flow's JSON object exactly as the server wrote it (compact, members
+    /// sorted: what [`FlowStats`] serializes to); returns how many flows there were.
+    /// When `on_flow` returns false the rest is not read.
+    pub fn dump_flows_json_each(
+        &mut self,
+        filter: FlowFilter,
+        mut on_flow: impl FnMut(&str) -> bool,
+    ) -> Result<usize, ClientError> {
+        let id = self.send(Op::DumpFlows(DumpFlowsArgs {
+            filter,
+            text: None,
+            stream: true,
+            format: DumpFormat::Json,
+        }))?;
+        let mut stopped = false;
+        let r = self.read_dump(id, |part| {
+            let DumpPart::Flows(flows) = part else {
+                return Err(ClientError::Protocol(
+                    "the server sent text for a JSON dump".into(),
+                ));
+            };
+            stopped = !flows.iter().all(|f| on_flow(f.get()));
+            Ok(!stopped)
+        });
+        if stopped { Ok(0) } else { r }
+    }
+
+    /// Reads the parts of streamed dump `id` (each line read into one reused buffer
+    /// and looked at in place), giving each to `on_part` until it returns false, then
+    /// the final count.
+    fn read_dump(
+        &mut self,
+        id: u64,
+        mut on_part: impl FnMut(DumpPart<'_, '_>) -> Result<bool, ClientError>,
+    ) -> Result<usize, ClientError> {
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut buf)
+                .map_err(ClientError::Io)?;
+            if n == 0 {
+                return Err(ClientError::Protocol(
+                    "the server closed the connection".into(),
+                ));
+            }
+            let line: RawPart<'_> = serde_json::from_slice(buf.trim_ascii_end())
+                .map_err(|e| ClientError::Protocol(format!("bad response: {e}")))?;
+            match line.id {
+                Some(got) if got == id => {}
+                None => {
+                    return Err(match line.error {
+                        Some(e) => ClientError::Server(e),
+                        None => ClientError::Protocol("response without an id".into()),
+                    });
+                }
+                Some(_) => continue,
+            }
+            let part = match (&line.flows, &line.text) {
+                (Some(f), _) => Some(DumpPart::Flows(f)),
+                (None, Some(t)) => Some(DumpPart::Text(t)),
+                (None, None) => None,
+            };
+            if let Some(part) = part {
+                if !on_part(part)? {
+                    return Ok(0);
+                }
+                continue;
+            }
+            return match (line.ok, line.error) {
+                (_, Some(e)) => Err(ClientError::Server(e)),
+                (Some(v), None) => serde_json::from_str::<DumpDone>(v.get())
                     .map(|d| d.flows)
                     .map_err(|e| ClientError::Protocol(format!("unexpected reply: {e}"))),
                 (None, None) => Err(ClientError::Protocol(

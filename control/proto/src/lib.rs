@@ -211,6 +211,27 @@ pub struct DumpFlowsArgs {
     /// most [`DUMP_PART_FLOWS`] flows each, then `{"id":N,"ok":{"flows":COUNT}}`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stream: bool,
+    /// What the parts of a streamed dump carry: the flows as JSON (`json`, the
+    /// default) or as their `dump-flows` lines (`text`: parts `{"id":N,"text":"..."}`,
+    /// see [`write_flow_line`]). `text` needs `stream`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub format: DumpFormat,
+}
+
+/// The form of a streamed dump's parts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DumpFormat {
+    /// `{"id":N,"flows":[FlowStats...]}`.
+    #[default]
+    Json,
+    /// `{"id":N,"text":"LINE\nLINE\n..."}`: each flow as [`write_flow_line`] prints
+    /// it, with a newline after each.
+    Text,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// The most flows in one part of a streamed dump.
@@ -905,10 +926,16 @@ fn resolve_other(op: Op) -> Result<Op, ErrorBody> {
             filter
                 .validate()
                 .map_err(|e| ErrorBody::new(format!("filter: {e}")))?;
+            if d.format == DumpFormat::Text && !d.stream {
+                return Err(ErrorBody::new(
+                    "dump_flows: 'format':'text' answers in parts; it needs 'stream':true",
+                ));
+            }
             Op::DumpFlows(DumpFlowsArgs {
                 filter,
                 text: None,
                 stream: d.stream,
+                format: d.format,
             })
         }
         Op::Trace(t) => {
@@ -996,6 +1023,9 @@ pub struct Response {
     /// A part of a streamed `dump_flows` (neither `ok` nor `error`: more lines follow).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows: Option<Vec<FlowStats>>,
+    /// A part of a streamed `dump_flows` with `"format":"text"`: its flows' lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 impl Response {
@@ -1008,6 +1038,7 @@ impl Response {
                 error: None,
                 frame: None,
                 flows: None,
+                text: None,
             },
             Err(e) => Response::error(Some(id), ErrorBody::new(format!("internal: {e}"))),
         }
@@ -1030,6 +1061,7 @@ impl Response {
             error: Some(error),
             frame: None,
             flows: None,
+            text: None,
         }
     }
 
@@ -1217,6 +1249,93 @@ pub struct FlowStats {
     pub duration_ms: u64,
     /// Milliseconds since a packet last matched it (since installed, if none).
     pub idle_age_ms: u64,
+}
+
+impl FlowStats {
+    /// The flow's `dump-flows` line (see [`write_flow_line`]) appended to `out`.
+    pub fn write_line(&self, out: &mut String) {
+        write_flow_line(
+            out,
+            &self.flow,
+            self.packets,
+            self.bytes,
+            self.duration_ms,
+            self.idle_age_ms,
+        );
+    }
+}
+
+/// One `dump-flows` line, as `ovs-ofctl dump-flows` prints it, appended to `out`
+/// (without a newline): ` cookie=0x0, duration=12.345s, table=0, n_packets=10,
+/// n_bytes=980, idle_age=3, priority=100,ip,nw_dst=198.19.2.0/24 actions=output:2`
+/// (`idle_timeout=N, ` and `hard_timeout=N, ` before `idle_age` when set). `weftd`
+/// writes the parts of a text dump with this and `weftctl` prints a JSON dump with
+/// it, so both forms print the same bytes. Allocates nothing once `out` has room.
+pub fn write_flow_line(
+    out: &mut String,
+    flow: &Flow,
+    packets: u64,
+    bytes: u64,
+    duration_ms: u64,
+    idle_age_ms: u64,
+) {
+    use std::fmt::Write as _;
+    out.push_str(" cookie=");
+    push_hex(out, flow.cookie);
+    out.push_str(", duration=");
+    push_u64(out, duration_ms / 1000);
+    let ms = (duration_ms % 1000) as u32;
+    out.push('.');
+    out.push(char::from(b'0' + (ms / 100) as u8));
+    out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+    out.push(char::from(b'0' + (ms % 10) as u8));
+    out.push_str("s, table=");
+    push_u64(out, u64::from(flow.table));
+    out.push_str(", n_packets=");
+    push_u64(out, packets);
+    out.push_str(", n_bytes=");
+    push_u64(out, bytes);
+    out.push_str(", ");
+    if flow.idle_timeout != 0 {
+        out.push_str("idle_timeout=");
+        push_u64(out, u64::from(flow.idle_timeout));
+        out.push_str(", ");
+    }
+    if flow.hard_timeout != 0 {
+        out.push_str("hard_timeout=");
+        push_u64(out, u64::from(flow.hard_timeout));
+        out.push_str(", ");
+    }
+    out.push_str("idle_age=");
+    push_u64(out, idle_age_ms / 1000);
+    out.push_str(", ");
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{}", flow.rule());
+}
+
+/// `n` in decimal.
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// `n` as `{:#x}` prints it: `0x` and lower-case hex digits, no leading zeros.
+fn push_hex(out: &mut String, n: u64) {
+    let mut b = [0u8; 18];
+    let mut i = b.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        b[i] = b"0123456789abcdef"[(v & 0xf) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    i -= 2;
+    b[i] = b'0';
+    b[i + 1] = b'x';
+    // Only ASCII was written.
+    out.push_str(std::str::from_utf8(&b[i..]).unwrap_or_default());
 }
 
 /// The result of `dump_flows`.
@@ -1490,6 +1609,114 @@ mod tests {
         assert_eq!(parse_request_keeping_text(json.as_bytes()).unwrap().1, None);
     }
 
+    /// The `dump-flows` line as `weftctl` printed it before the line was shared with
+    /// `weftd` (through `fmt`): the reference for [`write_flow_line`].
+    fn reference_flow_line(s: &FlowStats) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let f = &s.flow;
+        let _ = write!(
+            out,
+            " cookie={:#x}, duration={}.{:03}s, table={}, n_packets={}, n_bytes={}, ",
+            f.cookie,
+            s.duration_ms / 1000,
+            s.duration_ms % 1000,
+            f.table,
+            s.packets,
+            s.bytes
+        );
+        if f.idle_timeout != 0 {
+            let _ = write!(out, "idle_timeout={}, ", f.idle_timeout);
+        }
+        if f.hard_timeout != 0 {
+            let _ = write!(out, "hard_timeout={}, ", f.hard_timeout);
+        }
+        let _ = write!(out, "idle_age={}, {}", s.idle_age_ms / 1000, f.rule());
+        out
+    }
+
+    #[test]
+    fn flow_lines_are_what_dump_flows_printed_before() {
+        let flows = [
+            "priority=100,ip,nw_dst=198.19.2.0/24 actions=output:2",
+            "cookie=0x2a,table=1,idle_timeout=10,hard_timeout=20,arp actions=normal",
+            "cookie=0xffffffffffffffff,table=253,priority=0 actions=drop",
+            "table=7,hard_timeout=65535,ipv6,ipv6_dst=2001:2::/48 actions=dec_ttl,flood",
+            "priority=65535,tcp,in_port=3,tp_dst=80,reg0=0x5/0xff actions=set_field:0x1->reg1,move:NXM_NX_REG0[0..15]->NXM_NX_REG2[0..15],resubmit(,4)",
+            "idle_timeout=1,dl_src=02:00:00:00:aa:01/ff:ff:ff:00:00:00 actions=mod_dl_dst:02:00:00:00:00:fe,in_port",
+        ];
+        // Durations and ages around every digit boundary, counters up to the largest.
+        let clocks = [
+            (0, 0),
+            (5, 999),
+            (1000, 1001),
+            (12_345, 3_999),
+            (99_999_999, 100_000),
+            (u64::MAX, u64::MAX),
+        ];
+        let counters = [(0, 0), (10, 980), (u64::MAX, u64::MAX - 1)];
+        let mut out = String::new();
+        for text in flows {
+            let flow = parse_flow(text).unwrap();
+            for &(duration_ms, idle_age_ms) in &clocks {
+                for &(packets, bytes) in &counters {
+                    let s = FlowStats {
+                        flow: flow.clone(),
+                        packets,
+                        bytes,
+                        duration_ms,
+                        idle_age_ms,
+                    };
+                    out.clear();
+                    out.push_str("kept|");
+                    s.write_line(&mut out);
+                    assert_eq!(out, format!("kept|{}", reference_flow_line(&s)));
+                }
+            }
+        }
+        assert_eq!(
+            {
+                out.clear();
+                write_flow_line(&mut out, &parse_flow(flows[1]).unwrap(), 7, 700, 5, 5);
+                out
+            },
+            " cookie=0x2a, duration=0.005s, table=1, n_packets=7, n_bytes=700, \
+             idle_timeout=10, hard_timeout=20, idle_age=0, arp actions=normal"
+        );
+    }
+
+    #[test]
+    fn a_text_dump_must_be_streamed() {
+        let e = err(r#"{"id":1,"dump_flows":{"format":"text"}}"#);
+        assert_eq!(
+            e.error.message,
+            "dump_flows: 'format':'text' answers in parts; it needs 'stream':true"
+        );
+        let e = err(r#"{"id":1,"dump_flows":{"format":"html","stream":true}}"#);
+        assert!(
+            e.error.message.contains("unknown variant `html`"),
+            "{}",
+            e.error.message
+        );
+        let r = parse_request(
+            br#"{"id":2,"dump_flows":{"format":"text","stream":true,"text":"table=3"}}"#,
+        )
+        .unwrap();
+        let Op::DumpFlows(d) = r.op else { panic!() };
+        assert_eq!(d.format, DumpFormat::Text);
+        assert_eq!(d.filter.table, Some(3));
+        // The default is left out, so that older servers read the request as before.
+        let line = Request {
+            id: 3,
+            op: Op::DumpFlows(DumpFlowsArgs {
+                stream: true,
+                ..DumpFlowsArgs::default()
+            }),
+        }
+        .to_line();
+        assert_eq!(line, r#"{"dump_flows":{"stream":true},"id":3}"#);
+    }
+
     #[test]
     fn hello_round_trip() {
         let r = parse_request(br#"{"id":1,"hello":{"version":1}}"#).unwrap();
@@ -1582,6 +1809,11 @@ mod tests {
             Op::DumpFlows(DumpFlowsArgs::default()),
             Op::DumpFlows(DumpFlowsArgs {
                 stream: true,
+                ..DumpFlowsArgs::default()
+            }),
+            Op::DumpFlows(DumpFlowsArgs {
+                stream: true,
+                format: DumpFormat::Text,
                 ..DumpFlowsArgs::default()
             }),
             Op::BundleOpen(BundleOpenArgs {

@@ -289,12 +289,32 @@ struct Object<'a> {
     variant: bool,
 }
 
+/// An object's buffers, kept for the next object once it is written: a dump writes
+/// millions of small objects, which would otherwise each allocate (and free) two.
+type Buffers = (Vec<u8>, Vec<(Cow<'static, str>, std::ops::Range<usize>)>);
+
+thread_local! {
+    /// Buffers of written objects (at most [`POOL_BUFFERS`], none larger than
+    /// [`POOL_BYTES`]), one pool per thread.
+    static POOL: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most buffer pairs a thread keeps: deeper nesting than this allocates.
+const POOL_BUFFERS: usize = 16;
+/// A scratch buffer larger than this is freed rather than kept.
+const POOL_BYTES: usize = 64 * 1024;
+
 impl<'a> Object<'a> {
     fn new(out: &'a mut Vec<u8>, variant: bool) -> Object<'a> {
+        let (scratch, members) = POOL
+            .try_with(|p| p.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         Object {
             out,
-            scratch: Vec::new(),
-            members: Vec::new(),
+            scratch,
+            members,
             key: None,
             variant,
         }
@@ -338,6 +358,25 @@ impl<'a> Object<'a> {
             self.out.push(b'}');
         }
         Ok(())
+    }
+}
+
+impl Drop for Object<'_> {
+    /// Gives the buffers back to the pool, emptied (also when writing failed).
+    fn drop(&mut self) {
+        if self.scratch.capacity() > POOL_BYTES {
+            return;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut members = std::mem::take(&mut self.members);
+        scratch.clear();
+        members.clear();
+        let _ = POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_BUFFERS {
+                p.push((scratch, members));
+            }
+        });
     }
 }
 
@@ -619,5 +658,46 @@ mod tests {
             String::from_utf8(sorted(&stats)).unwrap(),
             String::from_utf8(via_value(&stats)).unwrap()
         );
+    }
+
+    #[test]
+    fn reused_buffers_leave_nothing_behind() {
+        // Objects written one after another on a thread reuse the buffers of the ones
+        // before, also of one whose writing failed half-way (a key that is no string).
+        let flow = weft_flow::parse_flow(
+            "cookie=0x5,table=3,tcp,nw_src=198.19.0.0/16,tp_dst=80 actions=set_field:0x1->reg0,output:4",
+        )
+        .unwrap();
+        let stats = crate::FlowStats {
+            flow,
+            packets: 1,
+            bytes: 2,
+            duration_ms: 3,
+            idle_age_ms: 4,
+        };
+        let want = via_value(&stats);
+        let bad: HashMap<Vec<u8>, S> = [(
+            vec![1],
+            S {
+                zulu: 9,
+                skipped: None,
+                alpha: vec![],
+                mid: (true, 0.0, 'z'),
+                upper: [("q".to_string(), 1)].into_iter().collect(),
+                text: "left over".into(),
+                nested: None,
+            },
+        )]
+        .into_iter()
+        .collect();
+        for _ in 0..3 {
+            assert_eq!(sorted(&stats), want);
+            let mut out = Vec::new();
+            assert!(to_writer_sorted(&mut out, &[&bad]).is_err());
+            let mut out = b"kept".to_vec();
+            to_writer_sorted(&mut out, &stats).unwrap();
+            assert_eq!(out[..4], *b"kept");
+            assert_eq!(out[4..], want[..]);
+        }
     }
 }

@@ -320,7 +320,9 @@ fn stream_file(
 }
 
 /// `dump-flows`: prints each part as it arrives (text like ovs-ofctl, or with `-o
-/// json` one JSON object per flow per line).
+/// json` one JSON object per flow per line). weftd formats both: the text parts are
+/// its `dump-flows` lines and each flow's JSON is copied as weftd wrote it, so
+/// printing is copying bytes.
 fn dump_flows(
     socket: &std::path::Path,
     filter: weft_flow::FlowFilter,
@@ -330,26 +332,22 @@ fn dump_flows(
     let mut client = Client::connect(socket)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let mut line = String::new();
     let mut closed = false;
-    client.dump_flows_each(filter, |part| {
-        for f in &part {
-            line.clear();
-            if output == Format::Json {
-                let v = serde_json::to_value(f).unwrap_or_default();
-                line.push_str(&v.to_string());
-            } else {
-                proto_text::write_flow_line(&mut line, f);
-            }
-            line.push('\n');
-            // A closed pipe (`| head`) ends the output quietly.
-            if out.write_all(line.as_bytes()).is_err() {
-                closed = true;
-                return false;
-            }
-        }
-        true
-    })?;
+    // A closed pipe (`| head`) ends the output quietly.
+    if output == Format::Json {
+        client.dump_flows_json_each(filter, |flow| {
+            closed = out
+                .write_all(flow.as_bytes())
+                .and_then(|()| out.write_all(b"\n"))
+                .is_err();
+            !closed
+        })?;
+    } else {
+        client.dump_flows_text_each(filter, |text| {
+            closed = out.write_all(text.as_bytes()).is_err();
+            !closed
+        })?;
+    }
     if !closed {
         let _ = out.flush();
     }

@@ -17,26 +17,10 @@ pub fn flow_line(s: &FlowStats) -> String {
     out
 }
 
-/// [`flow_line`] appended to `out` (without a newline).
+/// [`flow_line`] appended to `out` (without a newline): weftd's text dumps are the
+/// same lines ([`weft_proto::write_flow_line`]).
 pub fn write_flow_line(out: &mut String, s: &FlowStats) {
-    let f = &s.flow;
-    let _ = write!(
-        out,
-        " cookie={:#x}, duration={}.{:03}s, table={}, n_packets={}, n_bytes={}, ",
-        f.cookie,
-        s.duration_ms / 1000,
-        s.duration_ms % 1000,
-        f.table,
-        s.packets,
-        s.bytes
-    );
-    if f.idle_timeout != 0 {
-        let _ = write!(out, "idle_timeout={}, ", f.idle_timeout);
-    }
-    if f.hard_timeout != 0 {
-        let _ = write!(out, "hard_timeout={}, ", f.hard_timeout);
-    }
-    let _ = write!(out, "idle_age={}, {}", s.idle_age_ms / 1000, f.rule());
+    s.write_line(out);
 }
 
 /// `dump-flows`: one [`flow_line`] per flow.

@@ -206,6 +206,34 @@ fn dump_flows_sends_the_filter_and_prints_like_ovs_ofctl() {
     let req = rx.recv().unwrap();
     assert_eq!(req["dump_flows"]["filter"]["table"], 0, "{req}");
     assert_eq!(req["dump_flows"]["stream"], true, "{req}");
+    assert_eq!(req["dump_flows"]["format"], "text", "{req}");
+
+    // Text parts (what weftd sends for that) are copied out as they are.
+    let sock_t = dir.path().join("st");
+    let text_answer = vec![
+        json!({"text": line.repeat(2)}),
+        json!({"text": line}),
+        json!({"ok": {"flows": 3}}),
+    ];
+    let _rx = scripted_server(&sock_t, vec![text_answer]);
+    let o = run(&["-s", sock_t.to_str().unwrap(), "dump-flows"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), line.repeat(3));
+
+    // A weftd from before the text form refuses `format`: asked again for JSON.
+    let sock_old = dir.path().join("sold");
+    let refused = vec![
+        json!({"error": {"message": "bad request: unknown field `format`, expected one of `filter`, `text`, `stream`"}}),
+    ];
+    let rx = scripted_server(&sock_old, vec![refused, answer.clone()]);
+    let o = run(&["-s", sock_old.to_str().unwrap(), "dump-flows", "table=0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), line.repeat(3));
+    let first = rx.recv().unwrap();
+    let again = rx.recv().unwrap();
+    assert_eq!(first["dump_flows"]["format"], "text", "{first}");
+    assert!(again["dump_flows"].get("format").is_none(), "{again}");
+    assert_eq!(again["dump_flows"]["filter"]["table"], 0, "{again}");
 
     // -o json: one JSON object per flow per line.
     let sock2 = dir.path().join("s2");
@@ -215,7 +243,9 @@ fn dump_flows_sends_the_filter_and_prints_like_ovs_ofctl() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines, vec![one.clone(), one.clone(), one]);
+    assert_eq!(lines, vec![one.clone(), one.clone(), one.clone()]);
+    // Each object as compact JSON with sorted members, one per line.
+    assert_eq!(stdout(&o), format!("{one}\n").repeat(3));
 
     // An error after parts: one line, exit 1.
     let sock3 = dir.path().join("s3");

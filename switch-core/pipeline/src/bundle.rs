@@ -251,6 +251,25 @@ fn dump_of(p: &Pipeline, table: u8, r: RuleRef<'_, FlowSlot>, now: Millis) -> Fl
     }
 }
 
+/// [`dump_of`] into `d`, reusing its actions' vector.
+fn dump_into(p: &Pipeline, table: u8, r: RuleRef<'_, FlowSlot>, now: Millis, d: &mut FlowDump) {
+    let s = r.payload();
+    let counts = p.flow_counts(&s.stats);
+    let f = &mut d.flow;
+    f.cookie = s.cookie;
+    f.table = table;
+    f.priority = r.priority();
+    f.idle_timeout = s.idle_timeout;
+    f.hard_timeout = s.hard_timeout;
+    f.matches = rebuild_match(&r.value(), r.mask(), s.present);
+    f.actions.clear();
+    f.actions.extend(s.ops.iter().map(rebuild_action));
+    d.packets = counts.packets;
+    d.bytes = counts.bytes;
+    d.duration_ms = now.saturating_sub(s.stats.created());
+    d.idle_age_ms = now.saturating_sub(s.stats.last_used());
+}
+
 /// Install-time loop check: a resubmit into the flow's own table before anything was
 /// written (and without a different ingress port) looks the same key up again and finds
 /// this same flow, forever.
@@ -609,6 +628,25 @@ impl Pipeline {
         now: Millis,
         mut each: impl FnMut(FlowDump) -> bool,
     ) -> Result<bool, InstallErrorKind> {
+        self.dump_each_ref(filter, now, |d| each(d.clone()))
+    }
+
+    /// [`dump_each`](Self::dump_each) lending each flow instead of giving it: one
+    /// [`FlowDump`] is rebuilt in place for every flow (its actions' vector reused), so
+    /// a dump written out as it is made allocates nothing per flow.
+    pub fn dump_each_ref(
+        &self,
+        filter: &FlowFilter,
+        now: Millis,
+        mut each: impl FnMut(&FlowDump) -> bool,
+    ) -> Result<bool, InstallErrorKind> {
+        let mut d = FlowDump {
+            flow: Flow::default(),
+            packets: 0,
+            bytes: 0,
+            duration_ms: 0,
+            idle_age_ms: 0,
+        };
         let filter = resolve_filter(filter, &self.ports)?;
         let everything = filter.cookie.is_none() && filter.matches == Default::default();
         let mut rules: Vec<RuleRef<'_, FlowSlot>> = Vec::new();
@@ -624,7 +662,8 @@ impl Pipeline {
             // Stable, as the order of equal priorities was before.
             rules.sort_by_key(|r| std::cmp::Reverse(r.priority()));
             for r in &rules {
-                if !each(dump_of(self, t, *r, now)) {
+                dump_into(self, t, *r, now, &mut d);
+                if !each(&d) {
                     return Ok(false);
                 }
             }

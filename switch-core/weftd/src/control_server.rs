@@ -849,6 +849,15 @@ impl Connection<'_> {
                     op: Op::DumpFlows(d),
                 },
                 _,
+            )) if self.greeted && d.stream && d.format == proto::DumpFormat::Text => {
+                self.dump_text(id, &d.filter)
+            }
+            Ok((
+                Request {
+                    id,
+                    op: Op::DumpFlows(d),
+                },
+                _,
             )) if self.greeted && d.stream => self.dump_stream(id, &d.filter),
             Ok((
                 Request {
@@ -892,15 +901,9 @@ impl Connection<'_> {
         let mut first = true;
         let mut count = 0usize;
         let mut item = Vec::new();
-        let done = pipe.dump_each(filter, now, |d| {
+        let done = pipe.dump_each_ref(filter, now, |d| {
             count += 1;
-            let stats = FlowStats {
-                flow: d.flow,
-                packets: d.packets,
-                bytes: d.bytes,
-                duration_ms: d.duration_ms,
-                idle_age_ms: d.idle_age_ms,
-            };
+            let stats = FlowStatsRef::from(d);
             item.clear();
             if first {
                 item.extend_from_slice(format!("{{\"id\":{id},\"ok\":{{\"flows\":[").as_bytes());
@@ -951,7 +954,7 @@ impl Connection<'_> {
         let mut in_part = 0usize;
         let mut count = 0usize;
         let mut item = Vec::new();
-        let done = pipe.dump_each(filter, now, |d| {
+        let done = pipe.dump_each_ref(filter, now, |d| {
             item.clear();
             if in_part == 0 {
                 // Each part is a response line of its own, with its own write budget: a
@@ -984,6 +987,72 @@ impl Connection<'_> {
         let out = &mut self.out;
         if in_part > 0 {
             out.put(b"]}\n")?;
+        }
+        let last = match done {
+            Err(e) => Response::error(Some(id), switch_error(SwitchError::from(e))),
+            Ok(_) => Response::ok(id, &proto::DumpDone { flows: count }),
+        };
+        out.put(last.to_line().as_bytes())?;
+        out.put(b"\n")?;
+        out.flush()
+    }
+
+    /// `dump_flows` with `stream` and `"format":"text"`: parts of at most
+    /// [`proto::DUMP_PART_FLOWS`] flows as their `dump-flows` lines
+    /// (`{"id":N,"text":"LINE\nLINE\n"}`), written as the tables are walked, then
+    /// `{"id":N,"ok":{"flows":COUNT}}`. Every line is written into one reused buffer:
+    /// nothing is allocated per flow, and at most [`REPLY_CHUNK`] bytes are held.
+    fn dump_text(&mut self, id: u64, filter: &FlowFilter) -> Result<(), OutError> {
+        let pipe = self.s.switch.pipeline();
+        let now = self.s.switch.now();
+        let out = &mut self.out;
+        out.begin();
+        let head = format!("{{\"id\":{id},\"text\":\"");
+        let mut failed = None;
+        let mut in_part = 0usize;
+        let mut count = 0usize;
+        let mut line = String::with_capacity(512);
+        let mut item = Vec::with_capacity(1024);
+        let done = pipe.dump_each_ref(filter, now, |d| {
+            item.clear();
+            if in_part == 0 {
+                // A part is a response line with its own write budget, as in
+                // `dump_stream`.
+                out.begin_part();
+                item.extend_from_slice(head.as_bytes());
+            }
+            line.clear();
+            proto::write_flow_line(
+                &mut line,
+                &d.flow,
+                d.packets,
+                d.bytes,
+                d.duration_ms,
+                d.idle_age_ms,
+            );
+            push_json_str(&mut item, &line);
+            item.extend_from_slice(b"\\n");
+            in_part += 1;
+            count += 1;
+            if in_part == proto::DUMP_PART_FLOWS {
+                item.extend_from_slice(b"\"}\n");
+                in_part = 0;
+            }
+            match out.put(&item) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.trim = count >= TRIM_AFTER_FLOWS;
+        let out = &mut self.out;
+        if in_part > 0 {
+            out.put(b"\"}\n")?;
         }
         let last = match done {
             Err(e) => Response::error(Some(id), switch_error(SwitchError::from(e))),
@@ -1192,6 +1261,7 @@ impl Connection<'_> {
                 error: None,
                 frame: None,
                 flows: None,
+                text: None,
             },
             Err(e) => {
                 tracing::debug!(op = name, "control request failed: {e}");
@@ -1251,6 +1321,7 @@ impl Connection<'_> {
                 error: None,
                 frame: Some(frame),
                 flows: None,
+                text: None,
             };
             if let Err(e) = self.out.line(&line) {
                 if let OutError::TooSlow(_) = e {
@@ -1324,15 +1395,53 @@ fn check_bundle_size(changes: usize, max: usize) -> Result<(), ErrorBody> {
     Ok(())
 }
 
+/// `text` inside a JSON string (without the quotes), escaped as `serde_json` escapes
+/// it. Flow text is printable ASCII, which is copied as it is.
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    let b = text.as_bytes();
+    // Without short cuts, so that the check runs over whole vectors of bytes.
+    if !b.iter().fold(false, |bad, &c| {
+        bad | (c < 0x20) | (c == b'"') | (c == b'\\')
+    }) {
+        out.extend_from_slice(b);
+        return;
+    }
+    let len = out.len();
+    match serde_json::to_writer(&mut *out, text) {
+        // Without the quotes serde_json put around it.
+        Ok(()) => {
+            out.pop();
+            out.remove(len);
+        }
+        Err(_) => out.truncate(len),
+    }
+}
+
+/// [`FlowStats`] borrowing its flow: serializes to the same JSON.
+#[derive(serde::Serialize)]
+struct FlowStatsRef<'a> {
+    flow: &'a weft_flow::Flow,
+    packets: u64,
+    bytes: u64,
+    duration_ms: u64,
+    idle_age_ms: u64,
+}
+
+impl<'a> From<&'a weft_pipeline::FlowDump> for FlowStatsRef<'a> {
+    fn from(d: &'a weft_pipeline::FlowDump) -> Self {
+        FlowStatsRef {
+            flow: &d.flow,
+            packets: d.packets,
+            bytes: d.bytes,
+            duration_ms: d.duration_ms,
+            idle_age_ms: d.idle_age_ms,
+        }
+    }
+}
+
 /// One flow of a dump as JSON (members in alphabetical order, as every reply).
-fn write_flow_stats(out: &mut Vec<u8>, d: weft_pipeline::FlowDump) {
-    let stats = FlowStats {
-        flow: d.flow,
-        packets: d.packets,
-        bytes: d.bytes,
-        duration_ms: d.duration_ms,
-        idle_age_ms: d.idle_age_ms,
-    };
+fn write_flow_stats(out: &mut Vec<u8>, d: &weft_pipeline::FlowDump) {
+    let stats = FlowStatsRef::from(d);
     // Members sorted, as every other reply's (through a json value); nothing of a
     // flow that cannot be written.
     let len = out.len();

@@ -1308,3 +1308,202 @@ fn a_streamed_dump_gives_each_part_the_write_budget() {
     );
     assert_eq!(fx.client().show().unwrap().flows, n);
 }
+
+/// Flows of every kind the printer knows (settings, shorthands, masks, IPv6, each
+/// action), with port names, for the text dump tests.
+const VARIED_FLOWS: &str = "\
+cookie=0x2a,table=1,idle_timeout=100,hard_timeout=200,arp actions=normal
+cookie=0xffffffffffffffff,table=253,priority=0 actions=drop
+table=7,hard_timeout=65535,ipv6,ipv6_dst=2001:2::/48 actions=dec_ttl,flood
+priority=65535,tcp,in_port=vx0,tp_dst=80,reg0=0x5/0xff actions=set_field:0x1->reg1,move:NXM_NX_REG0[0..15]->NXM_NX_REG2[0..15],resubmit(,4)
+cookie=0x10,idle_timeout=300,dl_src=02:00:00:00:aa:01/ff:ff:ff:ff:ff:00 actions=mod_dl_dst:02:00:00:00:00:fe,in_port
+cookie=0x11,table=2,udp,nw_src=198.19.0.0/255.255.0.255,tp_src=53 actions=output:vx0,goto_table:3
+cookie=0x12,priority=5,in_port=vx0,ip actions=set_field:0x5/0xf->reg3
+";
+
+/// A dump's lines without their clocks (`duration=`, `idle_age=`), which move on
+/// between two dumps.
+fn no_clocks(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| {
+            l.split(", ")
+                .filter(|t| !t.starts_with("duration=") && !t.starts_with("idle_age="))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect()
+}
+
+/// Asserts that two dumps have the same lines but for their clocks; names the first
+/// line that differs.
+fn assert_same_dump(got: &str, want: &str, what: &str) {
+    let (g, w) = (no_clocks(got), no_clocks(want));
+    if let Some(i) = (0..g.len().min(w.len())).find(|&i| g[i] != w[i]) {
+        panic!("{what}: line {} differs:\n{}\n{}", i + 1, g[i], w[i]);
+    }
+    assert_eq!(g.len(), w.len(), "{what}: lines");
+}
+
+/// A streamed dump read raw: the parts' texts (each checked to be at most
+/// `DUMP_PART_FLOWS` lines) and the final line.
+fn raw_text_dump(c: &mut Raw, id: u64, args: &str) -> (Vec<String>, serde_json::Value) {
+    c.w.write_all(
+        format!("{{\"id\":{id},\"dump_flows\":{{\"stream\":true,\"format\":\"text\"{args}}}}}\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut parts = Vec::new();
+    loop {
+        let v = c.recv();
+        assert_eq!(v["id"], id, "{v:.300}");
+        if let Some(t) = v["text"].as_str() {
+            assert!(
+                v.get("ok").is_none() && v.get("flows").is_none(),
+                "{v:.300}"
+            );
+            let lines = t.lines().count();
+            assert!(
+                (1..=weft_proto::DUMP_PART_FLOWS).contains(&lines),
+                "{lines}"
+            );
+            assert!(t.ends_with('\n'), "{t:.300}");
+            parts.push(t.to_string());
+            continue;
+        }
+        return (parts, v);
+    }
+}
+
+#[test]
+fn a_text_dump_is_the_json_dump_as_dump_flows_lines_with_every_filter() {
+    let fx = Fixture::new();
+    let n = 2_500;
+    let mut c = fx.client();
+    c.bundle(parse_bundle_file(&format!("{VARIED_FLOWS}{}", many_flows(n))).unwrap())
+        .unwrap();
+    let total = n + VARIED_FLOWS.lines().count();
+    // Counters that are not zero (in_port=vx0 flows), settled before the dumps.
+    fx.send_vxlan(5);
+    let t = Instant::now();
+    while !fx
+        .flows()
+        .iter()
+        .any(|f| f.flow.cookie == 0x12 && f.packets == 5)
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "no packet counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+
+    // The text parts, raw: at most DUMP_PART_FLOWS lines each, then the count.
+    let mut raw = fx.raw();
+    raw.hello();
+    let (parts, last) = raw_text_dump(&mut raw, 5, "");
+    assert_eq!(
+        last.to_string(),
+        format!(r#"{{"id":5,"ok":{{"flows":{total}}}}}"#)
+    );
+    assert_eq!(parts.len(), total.div_ceil(weft_proto::DUMP_PART_FLOWS));
+    let text: String = parts.concat();
+    assert_eq!(text.lines().count(), total);
+    // Every flow's line is the JSON dump's flow printed as weftctl prints it, in the
+    // same order.
+    let json = fx.flows();
+    let printed: String = json.iter().map(|f| weftctl_line(f) + "\n").collect();
+    assert_same_dump(&text, &printed, "whole dump");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(" cookie=0x12, ") && l.contains(" n_packets=5, n_bytes=")),
+        "{:?}",
+        text.lines().find(|l| l.starts_with(" cookie=0x12, "))
+    );
+    // The clocks are there, in their place.
+    let arp = text.lines().find(|l| l.contains(" arp ")).unwrap();
+    let (head, rest) = arp.split_once("s, table=1, ").unwrap();
+    let secs = head.strip_prefix(" cookie=0x2a, duration=").unwrap();
+    let (whole, ms) = secs.split_once('.').unwrap();
+    assert!(whole.parse::<u64>().unwrap() < 60 && ms.len() == 3, "{arp}");
+    assert!(ms.parse::<u64>().is_ok(), "{arp}");
+    let rest = rest
+        .strip_prefix("n_packets=0, n_bytes=0, idle_timeout=100, hard_timeout=200, idle_age=")
+        .unwrap_or_else(|| panic!("{arp}"));
+    assert!(rest.ends_with(", arp actions=normal"), "{arp}");
+
+    // Through the client, with each filter the text form of dump-flows has: the
+    // same flows as the JSON dump with that filter.
+    let filters = [
+        "",
+        "table=1",
+        "table=253",
+        "cookie=0x10/0xf0",
+        "cookie=0x2a/0xffffffffffffffff",
+        "ip,nw_dst=198.19.3.0/24",
+        "in_port=vx0",
+        "tcp,tp_dst=80",
+        "ipv6",
+        "arp",
+        "udp,tp_src=53",
+        "table=9",
+    ];
+    for f in filters {
+        let filter = weft_flow::parse_filter(f).unwrap();
+        let mut text = String::new();
+        let count = c
+            .dump_flows_text_each(filter.clone(), |t| {
+                text.push_str(t);
+                true
+            })
+            .unwrap();
+        let json = c.dump_flows(filter.clone()).unwrap().flows;
+        assert_eq!(count, json.len(), "{f}");
+        let printed: String = json.iter().map(|s| weftctl_line(s) + "\n").collect();
+        assert_same_dump(&text, &printed, f);
+        if f.is_empty() {
+            assert_eq!(count, total);
+        } else if f == "table=9" {
+            assert_eq!(count, 0);
+        } else {
+            assert!(count > 0 && count < total, "{f}: {count}");
+        }
+        // The flows of a JSON stream, passed through unparsed, are the same objects
+        // as the structured dump's (what `-o json` printed from them before).
+        let mut objects = Vec::new();
+        let count = c
+            .dump_flows_json_each(filter, |o| {
+                objects.push(o.to_string());
+                true
+            })
+            .unwrap();
+        assert_eq!(count, json.len(), "{f}");
+        for (o, s) in objects.iter().zip(&json) {
+            let back: FlowStats = serde_json::from_str(o).unwrap();
+            assert_eq!(back.flow, s.flow, "{f}");
+            let mut old = serde_json::to_value(&back).unwrap();
+            let mut got: serde_json::Value = serde_json::from_str(o).unwrap();
+            assert_eq!(o, &got.to_string(), "{f}: not compact and sorted");
+            for v in [&mut old, &mut got] {
+                v["duration_ms"] = 0.into();
+                v["idle_age_ms"] = 0.into();
+            }
+            assert_eq!(got, old, "{f}");
+        }
+    }
+
+    // Errors come as one error line, in either form; a text dump that is not
+    // streamed is refused.
+    let (parts, last) = raw_text_dump(&mut raw, 6, r#","text":"in_port=nosuch""#);
+    assert!(parts.is_empty());
+    assert!(message(&last).contains("nosuch"), "{last}");
+    let v = raw.send(r#"{"id":7,"dump_flows":{"format":"text"}}"#);
+    assert!(message(&v).contains("needs 'stream':true"), "{v}");
+    // The connection goes on.
+    let v = raw.send(r#"{"id":8,"show":{}}"#);
+    assert_eq!(v["ok"]["flows"], total, "{v}");
+}
+
+/// The `dump-flows` line of a flow as weftctl prints JSON dumps.
+fn weftctl_line(s: &FlowStats) -> String {
+    let mut out = String::new();
+    s.write_line(&mut out);
+    out
+}
