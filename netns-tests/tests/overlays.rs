@@ -1054,15 +1054,23 @@ fn weftctl_show_says_which_underlay_each_tunnel_port_uses() {
     if !privileged("weftctl_show_says_which_underlay_each_tunnel_port_uses") {
         return;
     }
-    let mut cases = vec![("--tunnel-gso=off", "sockets (tunnel_gso off)".to_string())];
+    let mut cases: Vec<(&[&str], String)> = vec![(
+        &["--tunnel-gso=off"],
+        "sockets (tunnel_gso off)".to_string(),
+    )];
     match weft_datapath::port::underlay::probe() {
-        Ok(()) => cases.push(("--tunnel-gso=on", "tunnel-GSO TAP wgso4789".to_string())),
+        // The port needs offloads: on, whatever the matrix says.
+        Ok(()) => cases.push((
+            &["--tunnel-gso=on", "--offloads=on"],
+            "tunnel-GSO TAP wgso4789".to_string(),
+        )),
         Err(why) => eprintln!("tunnel-GSO half skipped: this kernel has no tunnel-GSO TAP ({why})"),
     }
     let weftctl = netns_tests::node::binary("weftctl", "WEFTCTL");
-    for (flag, want) in cases {
+    for (flags, want) in cases {
+        let flag = flags[0];
         let c = parse(&describe("vxlan", "l3", 100, "u", 2, 1, false));
-        let cl = build_with(&[&c], None, &[flag]);
+        let cl = build_with(&[&c], None, flags);
         let show = cl.client("n1").unwrap().show().unwrap();
         let tunnels: Vec<_> = show
             .ports
@@ -1122,7 +1130,12 @@ fn a_deleted_tunnel_gso_port_is_closed_off_the_workers() {
         return;
     }
     let c = parse(&describe("vxlan", "l3", 100, "d", 2, 1, false));
-    let mut cl = build_with(&[&c], None, &["--tunnel-gso=on", "--workers=2"]);
+    // The port needs offloads: on, whatever the matrix says.
+    let mut cl = build_with(
+        &[&c],
+        None,
+        &["--tunnel-gso=on", "--offloads=on", "--workers=2"],
+    );
     assert_tunnel_gso_in_use(&cl, "n1");
     let ns = cl.node("n1").ns.clone();
     let filters = || {
