@@ -66,6 +66,16 @@ impl Datapath {
         )
     }
 
+    /// The underlay a Weft row is meant to measure (what [`Bed::underlay`] should say):
+    /// the tunnel's sockets, or the tunnel-GSO underlay TAP for the `-gso` rows.
+    pub fn underlay_wanted(self) -> Option<&'static str> {
+        match self {
+            Datapath::WeftVxlanGso | Datapath::WeftGeneveGso => Some("tunnel-GSO TAP"),
+            d if d.is_weft() => Some("sockets"),
+            _ => None,
+        }
+    }
+
     /// Every datapath, in report order.
     pub const ALL: [Datapath; 8] = [
         Datapath::WeftVxlan,
@@ -96,9 +106,9 @@ impl Datapath {
     pub fn describe(self) -> &'static str {
         match self {
             Datapath::WeftVxlan => "Weft VXLAN l3, sockets",
-            Datapath::WeftVxlanGso => "Weft VXLAN l3, tunnel-GSO",
+            Datapath::WeftVxlanGso => "Weft VXLAN l3, GSO TAP",
             Datapath::WeftGeneve => "Weft Geneve l3, sockets",
-            Datapath::WeftGeneveGso => "Weft Geneve l3, tunnel-GSO",
+            Datapath::WeftGeneveGso => "Weft Geneve l3, GSO TAP",
             Datapath::WeftIpip => "Weft IP-in-IP (l3)",
             Datapath::Kernel => "kernel VXLAN + bridge",
             Datapath::Ovs => "OVS 3.1 userspace VXLAN*",
@@ -394,6 +404,26 @@ impl Bed {
         out
     }
 
+    /// For a Weft bed, the underlay every node's `weftd` says it uses
+    /// (`weft_underlay_tunnel_gso`): `"tunnel-GSO TAP"`, `"sockets"`, or `"mixed"` when
+    /// the nodes differ; `None` for other datapaths or when a node cannot be scraped.
+    /// A `-gso` row whose kernel lacks the feature falls back to sockets, and says so.
+    pub fn underlay(&self) -> Option<&'static str> {
+        if !self.datapath.is_weft() {
+            return None;
+        }
+        let mut modes = Vec::new();
+        for n in self.cl.nodes() {
+            let m = self.cl.metrics(&n.name).ok()?;
+            modes.push(m.get("weft_underlay_tunnel_gso", &[])? == 1);
+        }
+        Some(match (modes.iter().all(|&g| g), modes.iter().any(|&g| g)) {
+            (true, _) => "tunnel-GSO TAP",
+            (false, false) => "sockets",
+            (false, true) => "mixed",
+        })
+    }
+
     /// TCP throughput with `iperf3 -t secs -P streams`, in bit/s (received).
     pub fn iperf(&mut self, streams: u32, secs: u32) -> Result<f64> {
         let port = 5201 + (self.next % 100) as u16;
@@ -431,6 +461,7 @@ impl Bed {
     }
 
     /// Round-trip times of `count` pings 10 ms apart, in milliseconds (lost ones left out).
+    /// `compare` sends [`PINGS`], enough for a p99 that is not just the slowest one.
     pub fn ping(&self, count: u32) -> Result<Vec<f64>> {
         let out = self
             .src
@@ -780,6 +811,22 @@ fn ovs(cl: &mut ClusterLab) -> Result<(Ns, Ns)> {
     Ok((p1, p2))
 }
 
+/// Pings `compare` sends per datapath and round (10 ms apart): 200 make the 99th
+/// percentile the third-slowest, not the slowest.
+pub const PINGS: u32 = 200;
+
+/// The `p`-th percentile of `v` (`p` in 0..=100), nearest rank: the smallest value that
+/// at least `p`% of the values do not exceed (NaN when empty; NaNs are left out).
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() || !(0.0..=100.0).contains(&p) {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = (p / 100.0 * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
 /// The median of `v` (NaN when empty).
 pub fn median(v: &[f64]) -> f64 {
     let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
@@ -792,5 +839,29 @@ pub fn median(v: &[f64]) -> f64 {
         v[m]
     } else {
         (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let v: Vec<f64> = (1..=200).rev().map(f64::from).collect();
+        assert_eq!(percentile(&v, 99.0), 198.0);
+        assert_eq!(percentile(&v, 50.0), 100.0);
+        assert_eq!(percentile(&v, 100.0), 200.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&[0.3, f64::NAN, 0.1], 99.0), 0.3);
+        assert!(percentile(&[], 99.0).is_nan());
+        assert!(percentile(&v, 101.0).is_nan());
+    }
+
+    #[test]
+    fn median_averages_the_middle_pair() {
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert!(median(&[]).is_nan());
     }
 }

@@ -16,9 +16,12 @@
 //!
 //! Each round builds every selected datapath in turn (see `bench::netns`), measures
 //! TCP with one stream and with four (`iperf3 -t DURATION -J`), UDP 64-byte frames per
-//! second that arrived (`weft-loadgen`) and ping round trips (50 at 10 ms), and tears
-//! it down. The medians over the rounds, and their ratio to the kernel's VXLAN, go to
-//! `table.txt`, `results.csv` and `chart.svg` in the output directory. Open vSwitch is
+//! second that arrived (`weft-loadgen`) and ping round trips (200 at 10 ms: their median,
+//! 99th percentile and mean), and tears it down. The medians over the rounds, and their
+//! ratio to the kernel's VXLAN, go to `table.txt`, `results.csv`, `chart.svg` (throughput)
+//! and `latency.svg` (ping median and p99) in the output directory. Weft has a row per
+//! underlay mode (`-gso`: the tunnel-GSO underlay TAP; otherwise the tunnel's sockets),
+//! and each round checks in `weftd`'s metrics that the mode is the one in use. Open vSwitch is
 //! installed with apt-get when it is missing (unless `--no-install`), or skipped.
 //! Ctrl-C stops after the current step and removes everything.
 
@@ -30,15 +33,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use bench::netns::{Bed, Datapath, median, ovs_installed};
+use bench::netns::{Bed, Datapath, PINGS, median, ovs_installed, percentile};
 use plotters::prelude::*;
 
 /// The measures, in table order: (key, heading, unit).
-const MEASURES: [(&str, &str, &str); 5] = [
+const MEASURES: [(&str, &str, &str); 6] = [
     ("tcp1", "TCP 1 stream", "Gbit/s"),
     ("tcp4", "TCP 4 streams", "Gbit/s"),
     ("udp64", "UDP 64 B", "Mframes/s"),
     ("rtt_median", "ping median", "ms"),
+    ("rtt_p99", "ping p99", "ms"),
     ("rtt_avg", "ping avg", "ms"),
 ];
 
@@ -148,10 +152,22 @@ fn measure(
     run_id: u64,
     stop: &AtomicBool,
     res: &mut Results,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let t = Instant::now();
     let txq = (o.txqueuelen > 0).then_some(o.txqueuelen);
     let mut bed = Bed::with_txqueuelen(dp, loadgen, txq).map_err(|e| format!("building: {e}"))?;
+    // A `-gso` row on a kernel without tunnel GSO runs over sockets: say so.
+    let underlay = bed.underlay();
+    let note = match (dp.underlay_wanted(), underlay) {
+        (Some(want), Some(got)) if want != got => {
+            Some(format!("{}: underlay is {got}, not {want}", dp.name()))
+        }
+        (Some(want), None) => Some(format!(
+            "{}: underlay not known (metrics unreadable), meant {want}",
+            dp.name()
+        )),
+        _ => None,
+    };
     let mut put = |k: &'static str, v: f64| res.entry((dp, k)).or_default().push(v);
     let check = || {
         if stop.load(Ordering::Relaxed) {
@@ -186,25 +202,27 @@ fn measure(
         );
     }
     check()?;
-    let rtt = bed.ping(50).map_err(|e| format!("ping: {e}"))?;
+    let rtt = bed.ping(PINGS).map_err(|e| format!("ping: {e}"))?;
     put("rtt_median", median(&rtt));
+    put("rtt_p99", percentile(&rtt, 99.0));
     put("rtt_avg", rtt.iter().sum::<f64>() / rtt.len() as f64);
     eprintln!(
         "  {:<12} TCP {:.2} Gbit/s, TCP x4 {:.2} Gbit/s, UDP 64 B {:.0} frames/s \
-         (loss {:.1}%), ping median {:.3} ms  [{:.0} s]",
+         (loss {:.1}%), ping median {:.3} ms, p99 {:.3} ms  [{:.0} s]",
         dp.name(),
         tcp1 / 1e9,
         tcp4 / 1e9,
         udp.rate(),
         udp.loss() * 100.0,
         median(&rtt),
+        percentile(&rtt, 99.0),
         t.elapsed().as_secs_f64()
     );
     let left = bed.cl.teardown();
     if !left.is_empty() {
         return Err(format!("left behind: {left:?}"));
     }
-    Ok(())
+    Ok(note)
 }
 
 fn main() {
@@ -273,9 +291,16 @@ fn main() {
                 break 'rounds;
             }
             run_id += 1;
-            if let Err(e) = measure(dp, &o, &loadgen, run_id, &stop, &mut res) {
-                eprintln!("  {:<12} FAILED: {e}", dp.name());
-                notes.push(format!("round {round}: {}: {}", dp.name(), first_line(&e)));
+            match measure(dp, &o, &loadgen, run_id, &stop, &mut res) {
+                Ok(None) => {}
+                Ok(Some(n)) => {
+                    eprintln!("  {n}");
+                    notes.push(format!("round {round}: {n}"));
+                }
+                Err(e) => {
+                    eprintln!("  {:<12} FAILED: {e}", dp.name());
+                    notes.push(format!("round {round}: {}: {}", dp.name(), first_line(&e)));
+                }
             }
         }
     }
@@ -318,7 +343,8 @@ fn main() {
     let _ = writeln!(
         t,
         "median of {} round(s); iperf3 -t {}; UDP: {} x 64-byte frames with weft-loadgen \
-         (sendmmsg x64), frames that arrived; ping -c 50 -i 0.01; (xN.NN) = ratio to kernel VXLAN",
+         (sendmmsg x64), frames that arrived; ping -c {PINGS} -i 0.01 (median, 99th percentile, \
+         mean of each round's pings); (xN.NN) = ratio to kernel VXLAN",
         o.rounds, o.duration, o.udp_frames
     );
     let _ = writeln!(
@@ -359,9 +385,12 @@ fn main() {
     }
     let _ = writeln!(
         t,
-        "Weft: weftd (release build), l3 (Antrea-style routing), TAP pod ports ({}); kernel: \
-         vxlan device on a bridge per node (flannel's VXLAN backend); veth: the two pods on one \
-         veth pair (no overlay, the ceiling).",
+        "Weft: weftd (release build), l3 (Antrea-style routing), TAP pod ports ({}); the \
+         underlay: \"sockets\" = the tunnel's UDP sockets (--tunnel-gso=off), \"GSO TAP\" = \
+         the tunnel-GSO underlay TAP (--tunnel-gso=on; checked each round in weftd's \
+         weft_underlay_tunnel_gso metric); kernel: vxlan device on a bridge per node \
+         (flannel's VXLAN backend); veth: the two pods on one veth pair (no overlay, the \
+         ceiling).",
         if o.txqueuelen > 0 {
             format!("txqueuelen={}", o.txqueuelen)
         } else {
@@ -408,8 +437,11 @@ fn main() {
     if let Err(e) = draw(&chart, &only, &med) {
         eprintln!("compare: chart: {e}");
     }
+    if let Err(e) = draw_latency(&o.out.join("latency.svg"), &only, &med) {
+        eprintln!("compare: latency chart: {e}");
+    }
     eprintln!(
-        "compare: wrote {}/{{table.txt,results.csv,chart.svg}}",
+        "compare: wrote {}/{{table.txt,results.csv,chart.svg,latency.svg}}",
         o.out.display()
     );
 }
@@ -421,7 +453,7 @@ fn first_line(s: &str) -> &str {
 fn fmt_val(k: &str, v: f64) -> String {
     match k {
         "udp64" => format!("{v:.3}"),
-        "rtt_median" | "rtt_avg" => format!("{v:.3}"),
+        "rtt_median" | "rtt_p99" | "rtt_avg" => format!("{v:.3}"),
         _ => format!("{v:.2}"),
     }
 }
@@ -519,6 +551,78 @@ fn draw(
             ("sans-serif", 12),
         )
     }))?;
+    root.present()?;
+    Ok(())
+}
+
+/// Ping round trips per datapath: the median and the 99th percentile (medians over the
+/// rounds), in ms, side by side.
+fn draw_latency(
+    path: &std::path::Path,
+    dps: &[Datapath],
+    med: &dyn Fn(Datapath, &str) -> f64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let n = dps.len().max(1);
+    let names: Vec<&str> = dps.iter().map(|d| d.name()).collect();
+    let label = |x: &f64| {
+        let i = x.floor() as usize;
+        if (x - x.floor() - 0.5).abs() < 1e-6 && i < names.len() {
+            names[i].to_string()
+        } else {
+            String::new()
+        }
+    };
+    let val = |d: Datapath, k: &str| {
+        let v = med(d, k);
+        if v.is_finite() { v } else { 0.0 }
+    };
+    let top = dps
+        .iter()
+        .flat_map(|&d| [val(d, "rtt_median"), val(d, "rtt_p99")])
+        .fold(0.01, f64::max)
+        * 1.15;
+    let mut c = ChartBuilder::on(&root)
+        .caption(
+            format!("ping round trip (ping -c {PINGS} -i 0.01), ms"),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..n as f64, 0f64..top)?;
+    c.configure_mesh()
+        .disable_x_mesh()
+        .x_labels(2 * n + 1)
+        .x_label_formatter(&label)
+        .y_desc("ms")
+        .draw()?;
+    let colors = [RGBColor(120, 90, 170), RGBColor(200, 80, 80)];
+    for (j, (k, name)) in [("rtt_median", "median"), ("rtt_p99", "p99")]
+        .iter()
+        .enumerate()
+    {
+        let col = colors[j];
+        c.draw_series(dps.iter().enumerate().map(|(i, &d)| {
+            let x0 = i as f64 + 0.1 + 0.4 * j as f64;
+            Rectangle::new([(x0, 0.0), (x0 + 0.4, val(d, k))], col.filled())
+        }))?
+        .label(*name)
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], col.filled()));
+        c.draw_series(dps.iter().enumerate().map(|(i, &d)| {
+            let x0 = i as f64 + 0.1 + 0.4 * j as f64;
+            Text::new(
+                format!("{:.3}", val(d, k)),
+                (x0 + 0.02, val(d, k) + top * 0.02),
+                ("sans-serif", 12),
+            )
+        }))?;
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }

@@ -24,6 +24,7 @@ pub mod capture;
 pub mod io;
 pub mod mem;
 pub mod port;
+pub mod sched;
 pub mod state;
 pub mod stats;
 mod switch;

@@ -28,6 +28,9 @@
 //!   stack takes one packet per 64 KB; whatever is held is flushed at the end of each
 //!   batch.
 //!
+//! A worker asks the scheduler for its shortest time slice as it starts
+//! ([`crate::sched`]), so that one woken by a packet on a busy core runs at once.
+//!
 //! What happens to a frame is decided by the pipeline, purely: the table walk's actions,
 //! finished by `weft_pipeline::egress::plan` into one `Emit` per copy (which port, how
 //! to write to a TAP, which peer and VNI for a tunnel, too big, or dropped and why). The
@@ -246,6 +249,13 @@ impl Worker {
     pub(crate) fn run(mut self) {
         if self.pin_cpu {
             self.pin();
+        }
+        // Served soon after a wake-up on a busy CPU (see `crate::sched`).
+        if let Err(e) = crate::sched::set_slice(0, crate::sched::WORKER_SLICE_NS) {
+            tracing::warn!(
+                worker = self.id,
+                "could not ask for a short time slice: {e}"
+            );
         }
         let mut events = Events::with_capacity(256);
         let mut again: Vec<Token> = Vec::with_capacity(1024);
