@@ -97,8 +97,7 @@ fn both_ways(h: &VirtioNetHdr, f: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     }
     let mut split = Vec::new();
     let mut s = Segmenter::new(h, f).unwrap();
-    loop {
-        let Some(hl) = s.next_head_len() else { break };
+    while let Some(hl) = s.next_head_len() {
         let mut head = vec![0u8; hl];
         // One byte short is refused and does not advance.
         if hl > 0 {
