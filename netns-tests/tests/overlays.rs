@@ -1122,7 +1122,12 @@ fn a_deleted_tunnel_gso_port_is_closed_off_the_workers() {
         return;
     }
     let c = parse(&describe("vxlan", "l3", 100, "d", 2, 1, false));
-    let mut cl = build_with(&[&c], None, &["--tunnel-gso=on", "--workers=2"]);
+    // The port needs offloads: on, whatever the matrix says.
+    let mut cl = build_with(
+        &[&c],
+        None,
+        &["--tunnel-gso=on", "--offloads=on", "--workers=2"],
+    );
     assert_tunnel_gso_in_use(&cl, "n1");
     let ns = cl.node("n1").ns.clone();
     let filters = || {
