@@ -1054,15 +1054,23 @@ fn weftctl_show_says_which_underlay_each_tunnel_port_uses() {
     if !privileged("weftctl_show_says_which_underlay_each_tunnel_port_uses") {
         return;
     }
-    let mut cases = vec![("--tunnel-gso=off", "sockets (tunnel_gso off)".to_string())];
+    let mut cases: Vec<(&[&str], String)> = vec![(
+        &["--tunnel-gso=off"],
+        "sockets (tunnel_gso off)".to_string(),
+    )];
     match weft_datapath::port::underlay::probe() {
-        Ok(()) => cases.push(("--tunnel-gso=on", "tunnel-GSO TAP wgso4789".to_string())),
+        // The port needs offloads: on, whatever the matrix says.
+        Ok(()) => cases.push((
+            &["--tunnel-gso=on", "--offloads=on"],
+            "tunnel-GSO TAP wgso4789".to_string(),
+        )),
         Err(why) => eprintln!("tunnel-GSO half skipped: this kernel has no tunnel-GSO TAP ({why})"),
     }
     let weftctl = netns_tests::node::binary("weftctl", "WEFTCTL");
-    for (flag, want) in cases {
+    for (flags, want) in cases {
+        let flag = flags[0];
         let c = parse(&describe("vxlan", "l3", 100, "u", 2, 1, false));
-        let cl = build_with(&[&c], None, &[flag]);
+        let cl = build_with(&[&c], None, flags);
         let show = cl.client("n1").unwrap().show().unwrap();
         let tunnels: Vec<_> = show
             .ports
@@ -1138,7 +1146,22 @@ fn a_deleted_tunnel_gso_port_is_closed_off_the_workers() {
         ])
         .unwrap()
     };
-    assert!(filters().contains("wgso4789"), "{}", filters());
+    // weftd sets the filters up over rtnetlink; tc, an independent decoder, reads
+    // back what `tc filter add ... u32 match ip dst LOCAL/32 match ip protocol 17 0xff
+    // match ip dport 4789 0xffff action mirred egress redirect dev wgso4789` and the
+    // TAP's catch-all redirect back to the device would have made.
+    let shown = filters();
+    for want in [
+        "match c6120001/ffffffff at 16",
+        "match 00110000/00ff0000 at 8",
+        "match 000012b5/0000ffff at 20",
+        "mirred (Egress Redirect to device wgso4789) stolen",
+        "match 00000000/00000000 at 0",
+        "filter protocol ip pref 4789 u32",
+        "filter protocol all pref 1 u32",
+    ] {
+        assert!(shown.contains(want), "no '{want}' in:\n{shown}");
+    }
     let mut ctl = cl.client("n1").unwrap();
     let tunnel = ctl
         .show()

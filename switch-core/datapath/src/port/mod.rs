@@ -10,6 +10,7 @@ pub mod neigh;
 pub mod netns;
 pub mod socket;
 pub mod tap;
+pub mod tc;
 pub mod underlay;
 
 pub use socket::{RawIpSocket, UdpTunnelSocket};

@@ -174,13 +174,13 @@ const NDA_LLADDR: u16 = 2;
 const NUD_USABLE: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x80;
 
 /// A rtnetlink socket (requests, or `groups` of events).
-struct Netlink {
+pub(crate) struct Netlink {
     fd: OwnedFd,
     seq: std::cell::Cell<u32>,
 }
 
 impl Netlink {
-    fn open(groups: u32) -> io::Result<Netlink> {
+    pub(crate) fn open(groups: u32) -> io::Result<Netlink> {
         // SAFETY: plain socket(2); the descriptor is owned below.
         let fd = unsafe {
             libc::socket(
@@ -247,7 +247,13 @@ impl Netlink {
 
     /// Sends a request (`body` after the netlink header) and collects the messages of
     /// type `want` of the answer (a dump's until DONE).
-    fn request(&self, ty: u16, flags: u16, body: &[u8], want: u16) -> io::Result<Vec<Vec<u8>>> {
+    pub(crate) fn request(
+        &self,
+        ty: u16,
+        flags: u16,
+        body: &[u8],
+        want: u16,
+    ) -> io::Result<Vec<Vec<u8>>> {
         let seq = self.seq.get();
         self.seq.set(seq.wrapping_add(1));
         let len = 16 + body.len();
@@ -321,24 +327,6 @@ impl Netlink {
             }
         }
     }
-}
-
-const RTM_DELTFILTER: u16 = 45;
-const NLM_F_ACK: u16 = 4;
-/// `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)`: the ingress hook of a `clsact` qdisc.
-const TC_INGRESS_PARENT: u32 = 0xFFFF_FFF2;
-
-/// Removes the ingress filters of preference `pref` (any protocol) of device `ifindex`
-/// over rtnetlink, as `tc filter del dev DEV ingress pref PREF` does.
-pub(crate) fn del_ingress_filter(ifindex: u32, pref: u16) -> io::Result<()> {
-    let nl = Netlink::open(0)?;
-    // struct tcmsg: family, pad, pad, ifindex, handle, parent, info (prio << 16 |
-    // protocol, 0: any).
-    let mut body = [0u8; 20];
-    body[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-    body[12..16].copy_from_slice(&TC_INGRESS_PARENT.to_ne_bytes());
-    body[16..20].copy_from_slice(&(u32::from(pref) << 16).to_ne_bytes());
-    nl.request(RTM_DELTFILTER, NLM_F_ACK, &body, 0).map(|_| ())
 }
 
 /// The attributes after a fixed header of `fixed` bytes, as (type, value).

@@ -11,7 +11,7 @@
 //!
 //! The TAP (`wgso<port>`, not persistent: it goes when weftd closes it) is joined to the
 //! underlay device by two tc filters (`u32` and `mirred`; `flower` and `matchall` are
-//! not in every kernel):
+//! not in every kernel), set up over rtnetlink ([`super::tc`]):
 //!
 //! - on the underlay device's ingress, IPv4 UDP to the tunnel's local address and UDP
 //!   port is redirected to the TAP (so it is read by Weft, never by a socket);
@@ -24,10 +24,10 @@
 //! kernel without it keeps today's sockets, which also carry every packet whose next hop
 //! is not resolved yet (their sending makes the kernel resolve it).
 
+use super::tc;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::process::Command;
 
 use encap::offload::VIRTIO_NET_HDR_TNL_LEN;
 
@@ -124,23 +124,6 @@ pub fn probe() -> Result<(), String> {
     })
 }
 
-/// Runs `tc` or `ip` with `args`; the error names the command and what it printed.
-fn run(cmd: &str, args: &[&str]) -> io::Result<()> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot run {cmd}: {e}")))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    Err(io::Error::other(format!(
-        "{cmd} {}: {}",
-        args.join(" "),
-        err.trim()
-    )))
-}
-
 /// The interface that holds `addr` (in the calling thread's namespace); loopback is
 /// refused (such tunnels keep their sockets).
 pub fn device_of(addr: Ipv4Addr) -> io::Result<String> {
@@ -175,18 +158,12 @@ pub fn device_of(addr: Ipv4Addr) -> io::Result<String> {
 /// Called when the tunnel opens with sockets only; nothing happens when there is none.
 pub fn remove_stale_filter(local: Ipv4Addr, dst_port: u16) {
     let Ok(device) = device_of(local) else { return };
-    let p = dst_port.max(1).to_string();
-    let filters = Command::new("tc")
-        .args(["filter", "show", "dev", &device, "ingress", "pref", &p])
-        .output();
-    let stale = filters
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("mirred"));
-    if stale
-        && run(
-            "tc",
-            &["filter", "del", "dev", &device, "ingress", "pref", &p],
-        )
-        .is_ok()
+    let Ok(ifindex) = nix::net::if_::if_nametoindex(device.as_str()) else {
+        return;
+    };
+    let pref = dst_port.max(1);
+    if tc::has_redirect(ifindex, pref).unwrap_or(false)
+        && tc::del_ingress_filter(ifindex, pref).is_ok()
     {
         tracing::info!(device = %device, udp_port = dst_port, "removed a stale tunnel-GSO tc filter");
     }
@@ -241,45 +218,44 @@ impl UnderlayTap {
             ifindex,
             pref,
         };
-        let p = pref.to_string();
-        let dst = format!("{local}/32");
-        let port = dst_port.to_string();
         // The TAP is a pipe to the underlay device, not an interface of the node: no
         // IPv6 autoconfiguration, router solicitations or MLD reports of its own.
         let _ = std::fs::write(
             format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
             "1",
         );
-        run(
-            "ip",
-            &[
-                "link", "set", "dev", ifname, "arp", "off", "mtu", &mtu, "up",
-            ],
-        )
-        .map_err(what)?;
-        let _ = run("tc", &["qdisc", "add", "dev", &device, "clsact"]);
-        let _ = run(
-            "tc",
-            &["filter", "del", "dev", &device, "ingress", "pref", &p],
-        );
-        run("tc", &["qdisc", "add", "dev", ifname, "clsact"]).map_err(what)?;
-        run(
-            "tc",
-            &[
-                "filter", "add", "dev", ifname, "ingress", "pref", "1", "protocol", "all", "u32",
-                "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", &device,
-            ],
-        )
-        .map_err(what)?;
-        run(
-            "tc",
-            &[
-                "filter", "add", "dev", &device, "ingress", "pref", &p, "protocol", "ip", "u32",
-                "match", "ip", "dst", &dst, "match", "ip", "protocol", "17", "0xff", "match", "ip",
-                "dport", &port, "0xffff", "action", "mirred", "egress", "redirect", "dev", ifname,
-            ],
-        )
-        .map_err(what)?;
+        let nl = |what_: &str, e: io::Error| {
+            what(io::Error::new(
+                e.kind(),
+                format!("{what_} (rtnetlink): {e}"),
+            ))
+        };
+        let tap_index =
+            nix::net::if_::if_nametoindex(ifname).map_err(|e| nl("its index", e.into()))?;
+        let mtu: u32 = mtu.parse().unwrap_or(1500);
+        tc::link_up_noarp(tap_index, mtu)
+            .map_err(|e| nl(&format!("setting {ifname} up, arp off, mtu {mtu}"), e))?;
+        tc::add_clsact(ifindex).map_err(|e| nl(&format!("a clsact qdisc on {device}"), e))?;
+        // A filter an earlier weftd left at this preference is replaced.
+        let _ = tc::del_ingress_filter(ifindex, pref);
+        tc::add_clsact(tap_index).map_err(|e| nl(&format!("a clsact qdisc on {ifname}"), e))?;
+        // Everything written to the TAP leaves through the device...
+        tc::add_filter(&tc::u32_redirect(tap_index, 1, tc::ETH_P_ALL, &[], ifindex))
+            .map_err(|e| nl(&format!("the filter {ifname} -> {device}"), e))?;
+        // ...and the tunnel's UDP to its own address comes to the TAP.
+        let matches = [
+            tc::U32Match::ip_dst(local),
+            tc::U32Match::ip_protocol(17),
+            tc::U32Match::udp_dport(dst_port),
+        ];
+        tc::add_filter(&tc::u32_redirect(
+            ifindex,
+            pref,
+            tc::ETH_P_IP,
+            &matches,
+            tap_index,
+        ))
+        .map_err(|e| nl(&format!("the filter {device} -> {ifname}"), e))?;
         tracing::info!(
             tap = ifname,
             device = %device,
@@ -370,7 +346,7 @@ impl Drop for UnderlayTap {
         // The TAP's own filter goes with the device; the underlay's must be removed.
         let thread = std::thread::current();
         let thread = thread.name().unwrap_or("unnamed");
-        match super::neigh::del_ingress_filter(self.ifindex, self.pref) {
+        match tc::del_ingress_filter(self.ifindex, self.pref) {
             Ok(_) => tracing::info!(
                 tap = %self.ifname,
                 device = %self.device,
