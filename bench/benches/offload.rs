@@ -2,7 +2,11 @@
 //! (timestamps on) into 1398-byte segments, the inner MSS behind a VXLAN header on a
 //! 1500-byte underlay, and coalescing those 47 segments back into one super-frame.
 //! Throughput is in payload-carrying frame bytes; divide the time by the segment count
-//! (printed once) for the cost per segment.
+//! (printed once) for the cost per segment. Each is measured twice: copying every
+//! segment into its own buffer (`segment_*`, `coalesce_*`, the datapath before issue 17)
+//! and leaving the payload in place (`*_headers_only`: headers into a small arena,
+//! checksums over the payload where it is; `*_spans`: payloads referenced where they
+//! were received), as the datapath now does with iovecs.
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use encap::offload::{Coalescer, SLOT_LEN, Segmenter, VirtioNetHdr, segment_into};
 use std::hint::black_box;
@@ -91,6 +95,25 @@ fn bench_offload(c: &mut Criterion) {
             s.remaining()
         })
     });
+    // The same cut without copying the payload (the datapath since issue 17): each
+    // segment's headers into a small per-batch arena, its payload named in place.
+    let mut heads = vec![0u8; 64 * 128];
+    g.bench_function(
+        format!("segment_64k_v4_mss{MSS}_{n}segs_headers_only"),
+        |b| {
+            b.iter(|| {
+                let mut s = Segmenter::new(black_box(&hdr), black_box(&frame)).unwrap();
+                let mut at = 0;
+                let mut bytes = 0;
+                while let Some(r) = s.write_head(&mut heads[at + HEADROOM..]) {
+                    let p = r.unwrap();
+                    bytes += p.len();
+                    at += p.head;
+                }
+                black_box(bytes)
+            })
+        },
+    );
     let mut arena = vec![0u8; 8 * SLOT_LEN];
     g.bench_function(format!("coalesce_{n}segs_v4_mss{MSS}"), |b| {
         b.iter(|| {
@@ -102,6 +125,28 @@ fn bench_offload(c: &mut Criterion) {
                 });
             }
             co.flush(|h, f| emitted += f.len() + usize::from(h.gso_size));
+            emitted
+        })
+    });
+    // Coalescing that leaves the payloads where they were received (spans): the segments
+    // laid out in one receive buffer, as a recvmmsg batch leaves them.
+    let slot = 2048;
+    let mut rx = vec![0u8; segments.len() * slot];
+    for (i, s) in segments.iter().enumerate() {
+        rx[i * slot..i * slot + s.len()].copy_from_slice(s);
+    }
+    let mut arena = vec![0u8; 8 * SLOT_LEN];
+    g.bench_function(format!("coalesce_{n}segs_v4_mss{MSS}_spans"), |b| {
+        b.iter(|| {
+            let mut co = Coalescer::<_, 8>::new(&mut arena);
+            let mut emitted = 0usize;
+            for (i, s) in segments.iter().enumerate() {
+                let at = i * slot;
+                co.push_at(black_box(&rx[at..at + s.len()]), at, |h, f| {
+                    emitted += f.len() + usize::from(h.gso_size)
+                });
+            }
+            co.flush_with(|h, f| emitted += f.len() + usize::from(h.gso_size));
             emitted
         })
     });

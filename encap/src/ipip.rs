@@ -104,11 +104,27 @@ impl IpipTemplate {
         inner_len: usize,
         dst: Ipv4Addr,
     ) -> Result<Range<usize>, DropReason> {
+        self.encapsulate_head(buf, inner_start, inner_len, inner_len, dst)
+    }
+
+    /// [`IpipTemplate::encapsulate_to`] for an inner packet of `inner_len` bytes of
+    /// which only the first `head_len` (its headers, at least the IP header) are in
+    /// `buf` at `inner_start`: the rest goes out from elsewhere (a second iovec), so the
+    /// outer header's length counts it. Returns the range of `buf` to send first.
+    #[inline]
+    pub fn encapsulate_head(
+        &self,
+        buf: &mut [u8],
+        inner_start: usize,
+        head_len: usize,
+        inner_len: usize,
+        dst: Ipv4Addr,
+    ) -> Result<Range<usize>, DropReason> {
         let start = inner_start
             .checked_sub(HEADROOM)
             .ok_or(DropReason::NoHeadroom)?;
         let end = inner_start
-            .checked_add(inner_len)
+            .checked_add(head_len.min(inner_len))
             .ok_or(DropReason::FrameOutOfBounds)?;
         if end > buf.len() {
             return Err(DropReason::FrameOutOfBounds);

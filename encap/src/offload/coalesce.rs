@@ -15,12 +15,54 @@ const IPV4_RESERVED_FLAG: u16 = 0x8000;
 /// [`MAX_IP_LEN`].
 pub const SLOT_LEN: usize = 18 + MAX_IP_LEN;
 
+/// Most segments of one super-frame whose payloads stay in the caller's buffers
+/// ([`Coalescer::push_at`]): a longer train is emitted in parts.
+pub const MAX_SPANS: usize = 64;
+
+/// Where a payload is in the caller's receive buffers: `len` bytes at position `at` (as
+/// the caller numbered them in [`Coalescer::push_at`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    /// Position of the first byte.
+    pub at: usize,
+    /// Bytes.
+    pub len: usize,
+}
+
+/// A frame as a coalescer emits it: `head` (the headers, and any payload the coalescer
+/// holds itself), then the caller's bytes at each of `spans`, in order. A frame that
+/// went in through [`Coalescer::push`] only has no spans.
+#[derive(Debug, Clone, Copy)]
+pub struct Coalesced<'a> {
+    /// The frame's first bytes.
+    pub head: &'a [u8],
+    /// The rest, in the caller's buffers.
+    pub spans: &'a [Span],
+}
+
+impl Coalesced<'_> {
+    /// Length of the whole frame.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.spans.iter().map(|s| s.len).sum::<usize>()
+    }
+
+    /// Whether the frame is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One super-frame being built.
 #[derive(Debug, Clone, Copy)]
 struct Held {
     p: TcpFrame,
-    /// Bytes of the frame in the slot.
+    /// Bytes of the whole frame (in the slot and in the spans).
     len: usize,
+    /// Bytes of the frame in the slot: the headers and the payload copied there; the
+    /// rest is in the spans.
+    head: usize,
+    /// Spans in use.
+    spans: usize,
     /// Payload size of the first segment (the `gso_size`).
     mss: usize,
     /// Segments merged.
@@ -48,11 +90,21 @@ enum Verdict {
 /// a frame that cannot be coalesced (not TCP, IPv4 options, SYN/RST/URG, no payload, bad
 /// checksum) comes out at once, unchanged, with an all-zero header, after any held frame
 /// of its flow. Call [`Coalescer::flush`] at the end of each receive batch.
+///
+/// Without copying the payload: [`Coalescer::push_at`] takes a frame that lies at a
+/// position the caller names in its own receive buffers, copies only the first
+/// segment's headers into the slot and remembers where each payload is ([`Span`]);
+/// [`Coalescer::flush_with`] emits [`Coalesced`] frames, which the caller writes with
+/// one `writev` of the header, `head` and its own bytes at the spans. Those buffers must
+/// stay as they are until the frames are emitted, or until [`Coalescer::materialize`]
+/// has copied what the held frames still reference (before the buffers are read into
+/// again).
 #[derive(Debug)]
 pub struct Coalescer<B, const N: usize = 8> {
     arena: B,
     slot_len: usize,
     held: [Option<Held>; N],
+    spans: [[Span; MAX_SPANS]; N],
     clock: u64,
 }
 
@@ -65,6 +117,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
             arena,
             slot_len,
             held: [None; N],
+            spans: [[Span::default(); MAX_SPANS]; N],
             clock: 0,
         }
     }
@@ -74,10 +127,45 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
         self.held.iter().filter(|h| h.is_some()).count()
     }
 
-    /// Takes one received Ethernet frame; emits whatever it makes ready.
+    /// Whether a held frame references the caller's buffers (see [`Coalescer::push_at`]).
+    pub fn holds_spans(&self) -> bool {
+        self.held.iter().flatten().any(|h| h.spans > 0)
+    }
+
+    /// Takes one received Ethernet frame, copying it; emits whatever it makes ready.
+    /// For a coalescer used only through `push` and [`Coalescer::flush`] (a frame held
+    /// from [`Coalescer::push_at`] would come out without its spans: use
+    /// [`Coalescer::push_with`] then).
     pub fn push(&mut self, frame: &[u8], mut emit: impl FnMut(&VirtioNetHdr, &[u8])) {
+        self.push_with(frame, None, |h, c| emit(h, c.head));
+    }
+
+    /// Takes one received Ethernet frame that lies at position `at` of the caller's
+    /// receive buffers, without copying its payload: the frame's headers are copied
+    /// when it starts a super-frame, and its payload is remembered as a [`Span`].
+    /// Emits whatever it makes ready.
+    pub fn push_at(
+        &mut self,
+        frame: &[u8],
+        at: usize,
+        emit: impl FnMut(&VirtioNetHdr, Coalesced<'_>),
+    ) {
+        self.push_with(frame, Some(at), emit);
+    }
+
+    /// [`Coalescer::push`] (`at` = `None`) or [`Coalescer::push_at`].
+    pub fn push_with(
+        &mut self,
+        frame: &[u8],
+        at: Option<usize>,
+        mut emit: impl FnMut(&VirtioNetHdr, Coalesced<'_>),
+    ) {
+        let whole = |f| Coalesced {
+            head: f,
+            spans: &[],
+        };
         let Ok(p) = parse_tcp_frame(frame) else {
-            emit(&VirtioNetHdr::default(), frame);
+            emit(&VirtioNetHdr::default(), whole(frame));
             return;
         };
         let f = &frame[..p.end];
@@ -89,8 +177,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
             checksum::fold(pseudo(f, &p, p.end - p.l4) + checksum::sum(&f[p.l4..])) == 0xffff;
         let slot = self.find_flow(f, &p);
         if let Some(i) = slot {
-            if valid && matches!(self.verdict(i, f, &p), Verdict::Merge) {
-                let mss = self.merge(i, f, &p);
+            if valid && matches!(self.verdict(i, f, &p, at.is_some()), Verdict::Merge) {
+                let mss = self.merge(i, f, &p, at);
                 if plen < mss || flags & (tcp_flags::PSH | tcp_flags::FIN) != 0 {
                     self.emit_slot(i, &mut emit);
                 }
@@ -108,9 +196,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
                     | tcp_flags::PSH
                     | tcp_flags::FIN)
                 == 0
-            && f.len() <= self.slot_len;
+            && (if at.is_some() { p.hl } else { f.len() }) <= self.slot_len;
         if !startable {
-            emit(&VirtioNetHdr::default(), frame);
+            emit(&VirtioNetHdr::default(), whole(frame));
             return;
         }
         let i = match self.held.iter().position(|h| h.is_none()) {
@@ -118,7 +206,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
             None => {
                 let Some(oldest) = (0..N).min_by_key(|&i| self.held[i].map_or(0, |h| h.age)) else {
                     // N == 0: nothing can be held.
-                    emit(&VirtioNetHdr::default(), frame);
+                    emit(&VirtioNetHdr::default(), whole(frame));
                     return;
                 };
                 self.emit_slot(oldest, &mut emit);
@@ -126,11 +214,23 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
             }
         };
         let base = i * self.slot_len;
-        self.arena.as_mut()[base..base + f.len()].copy_from_slice(f);
+        let (head, spans) = match at {
+            Some(at) => {
+                self.spans[i][0] = Span {
+                    at: at + p.hl,
+                    len: plen,
+                };
+                (p.hl, 1)
+            }
+            None => (f.len(), 0),
+        };
+        self.arena.as_mut()[base..base + head].copy_from_slice(&f[..head]);
         self.clock += 1;
         self.held[i] = Some(Held {
             p,
             len: f.len(),
+            head,
+            spans,
             mss: plen,
             count: 1,
             next_seq: be32(f, p.l4 + 4).wrapping_add(plen as u32),
@@ -138,8 +238,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
         });
     }
 
-    /// Emits every held frame, oldest first.
+    /// Emits every held frame, oldest first (see [`Coalescer::push`]).
     pub fn flush(&mut self, mut emit: impl FnMut(&VirtioNetHdr, &[u8])) {
+        self.flush_with(|h, c| emit(h, c.head));
+    }
+
+    /// Emits every held frame, oldest first, with the spans it references.
+    pub fn flush_with(&mut self, mut emit: impl FnMut(&VirtioNetHdr, Coalesced<'_>)) {
         while let Some(i) = (0..N)
             .filter(|&i| self.held[i].is_some())
             .min_by_key(|&i| self.held[i].map_or(0, |h| h.age))
@@ -148,8 +253,42 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
         }
     }
 
+    /// Copies the payloads that held frames reference (at their spans in `src`, the
+    /// caller's receive buffers) into the coalescer's own slots, so that `src` may be
+    /// read into again and the frames can still grow. A frame whose bytes do not fit its
+    /// slot, or whose spans lie outside `src`, is emitted instead.
+    pub fn materialize(&mut self, src: &[u8], mut emit: impl FnMut(&VirtioNetHdr, Coalesced<'_>)) {
+        for i in 0..N {
+            let Some(h) = self.held[i] else { continue };
+            if h.spans == 0 {
+                continue;
+            }
+            let spans = &self.spans[i][..h.spans];
+            let fits = h.len <= self.slot_len
+                && spans
+                    .iter()
+                    .all(|s| s.at.checked_add(s.len).is_some_and(|e| e <= src.len()));
+            if !fits {
+                self.emit_slot(i, &mut emit);
+                continue;
+            }
+            let base = i * self.slot_len;
+            let mut at = base + h.head;
+            let arena = self.arena.as_mut();
+            for s in spans {
+                arena[at..at + s.len].copy_from_slice(&src[s.at..s.at + s.len]);
+                at += s.len;
+            }
+            self.held[i] = Some(Held {
+                head: h.len,
+                spans: 0,
+                ..h
+            });
+        }
+    }
+
     fn slot(&self, i: usize) -> &[u8] {
-        let len = self.held[i].map_or(0, |h| h.len);
+        let len = self.held[i].map_or(0, |h| h.head);
         let base = i * self.slot_len;
         &self.arena.as_ref()[base..base + len]
     }
@@ -178,7 +317,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
     }
 
     /// Whether `f`, of the flow held in slot `i`, continues that super-frame.
-    fn verdict(&self, i: usize, f: &[u8], p: &TcpFrame) -> Verdict {
+    fn verdict(&self, i: usize, f: &[u8], p: &TcpFrame, by_ref: bool) -> Verdict {
         let Some(h) = self.held[i] else {
             return Verdict::Flush;
         };
@@ -204,10 +343,14 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
             && be32(s, q.l4 + 8) == be32(f, p.l4 + 8)
             && s[q.l4 + 20..q.hl] == f[p.l4 + 20..p.hl]
             && be32(f, p.l4 + 4) == h.next_seq;
-        let size_ok = plen > 0
-            && plen <= h.mss
-            && h.len - q.l3 + plen <= MAX_IP_LEN
-            && h.len + plen <= self.slot_len;
+        // A frame grows in the slot or in spans, not both: a copied payload after
+        // referenced ones would come out in the wrong place.
+        let room = if by_ref {
+            h.spans < MAX_SPANS
+        } else {
+            h.spans == 0 && h.head + plen <= self.slot_len
+        };
+        let size_ok = plen > 0 && plen <= h.mss && h.len - q.l3 + plen <= MAX_IP_LEN && room;
         if ip_ok && tcp_ok && size_ok {
             Verdict::Merge
         } else {
@@ -215,14 +358,27 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
         }
     }
 
-    /// Appends the payload of `f` to slot `i`; returns the slot's segment size.
-    fn merge(&mut self, i: usize, f: &[u8], p: &TcpFrame) -> usize {
+    /// Appends the payload of `f` to slot `i` (copied, or as a span of the frame at
+    /// `src`); returns the slot's segment size.
+    fn merge(&mut self, i: usize, f: &[u8], p: &TcpFrame, src: Option<usize>) -> usize {
         let Some(h) = self.held[i].as_mut() else {
             return 0;
         };
         let payload = &f[p.hl..];
-        let at = i * self.slot_len + h.len;
-        self.arena.as_mut()[at..at + payload.len()].copy_from_slice(payload);
+        match src {
+            Some(src) => {
+                self.spans[i][h.spans] = Span {
+                    at: src + p.hl,
+                    len: payload.len(),
+                };
+                h.spans += 1;
+            }
+            None => {
+                let at = i * self.slot_len + h.head;
+                self.arena.as_mut()[at..at + payload.len()].copy_from_slice(payload);
+                h.head += payload.len();
+            }
+        }
         h.len += payload.len();
         h.count += 1;
         h.next_seq = h.next_seq.wrapping_add(payload.len() as u32);
@@ -232,14 +388,15 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
     }
 
     /// Emits the frame in slot `i` and frees the slot.
-    fn emit_slot(&mut self, i: usize, emit: &mut impl FnMut(&VirtioNetHdr, &[u8])) {
+    fn emit_slot(&mut self, i: usize, emit: &mut impl FnMut(&VirtioNetHdr, Coalesced<'_>)) {
         let Some(h) = self.held[i].take() else {
             return;
         };
         let base = i * self.slot_len;
-        let s = &mut self.arena.as_mut()[base..base + h.len];
+        let s = &mut self.arena.as_mut()[base..base + h.head];
+        let spans = &self.spans[i][..h.spans];
         if h.count == 1 {
-            emit(&VirtioNetHdr::default(), s);
+            emit(&VirtioNetHdr::default(), Coalesced { head: s, spans });
             return;
         }
         let p = h.p;
@@ -262,6 +419,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> Coalescer<B, N> {
             csum_start: p.l4 as u16,
             csum_offset: 16,
         };
-        emit(&hdr, s);
+        emit(&hdr, Coalesced { head: s, spans });
     }
 }

@@ -146,8 +146,10 @@ mod segment;
 mod tunnel;
 mod virtio;
 
-pub use coalesce::{Coalescer, MAX_IP_LEN, SLOT_LEN};
-pub use segment::{Segmenter, complete_checksum, refresh_partial_checksum, segment_into};
+pub use coalesce::{Coalesced, Coalescer, MAX_IP_LEN, MAX_SPANS, SLOT_LEN, Span};
+pub use segment::{
+    SegmentParts, Segmenter, complete_checksum, refresh_partial_checksum, segment_into,
+};
 pub use tunnel::{
     F_UDP_TUNNEL_CSUM, GSO_UDP_TUNNEL_IPV4, GSO_UDP_TUNNEL_IPV6, GSO_UDP_TUNNEL_MASK,
     TunnelOffsets, TunnelVnetHdr, VIRTIO_NET_HDR_TNL_LEN, tunnel_field,

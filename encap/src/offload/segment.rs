@@ -205,6 +205,120 @@ impl<'a> Segmenter<'a> {
     }
 }
 
+/// Where the bytes of one segment are when it is written by [`Segmenter::write_head`]:
+/// its first `head` bytes in the caller's header buffer, then `frame[payload]`, the
+/// super-frame's own bytes, not copied. Together they are what
+/// [`Segmenter::write_next`] writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentParts {
+    /// Bytes written at the start of the header buffer (the segment's Ethernet, IP and
+    /// TCP/UDP headers, or a whole frame that is not cut).
+    pub head: usize,
+    /// The segment's payload in the super-frame (empty for a frame that is not cut).
+    pub payload: core::ops::Range<usize>,
+}
+
+impl SegmentParts {
+    /// Length of the whole segment.
+    pub fn len(&self) -> usize {
+        self.head + self.payload.len()
+    }
+
+    /// Whether the segment is empty (never for a written segment).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Segmenter<'_> {
+    /// Length of the next segment's headers as [`Segmenter::write_head`] writes them
+    /// (the whole frame for one that is not cut), or `None` when all have been written.
+    pub fn next_head_len(&self) -> Option<usize> {
+        if self.done {
+            return None;
+        }
+        Some(match self.mode {
+            Mode::Tcp { p, .. } | Mode::Udp { p, .. } => p.hl,
+            Mode::Single { .. } => self.frame.len(),
+        })
+    }
+
+    /// Writes the headers of the next segment at the start of `head` and says where its
+    /// payload is in the super-frame: the segment goes on the wire as `head[..parts.head]`
+    /// followed by `frame[parts.payload]` (an iovec each), byte for byte what
+    /// [`Segmenter::write_next`] would have written into one buffer. The TCP (or UDP)
+    /// checksum is computed over the headers and the payload where it lies; only the
+    /// headers are copied. A frame that is not cut (`GSO_NONE`) is copied into `head`
+    /// whole, its checksum completed. `None` when all have been written; a too-small
+    /// `head` is [`OffloadError::BufferTooSmall`] and does not advance.
+    pub fn write_head(&mut self, head: &mut [u8]) -> Option<Result<SegmentParts, OffloadError>> {
+        let hl = self.next_head_len()?;
+        let Some(out) = head.get_mut(..hl) else {
+            return Some(Err(OffloadError::BufferTooSmall));
+        };
+        let f = self.frame;
+        match self.mode {
+            Mode::Single { csum } => {
+                out.copy_from_slice(f);
+                if let Some((start, at)) = csum {
+                    let c = checksum::checksum(out.get(start..).unwrap_or(&[]));
+                    put16(out, at, mangle_zero(c));
+                }
+                self.done = true;
+                Some(Ok(SegmentParts {
+                    head: hl,
+                    payload: f.len()..f.len(),
+                }))
+            }
+            Mode::Tcp { p, mss } | Mode::Udp { p, mss } => {
+                let udp = matches!(self.mode, Mode::Udp { .. });
+                let chunk = (p.end - self.next).min(mss);
+                let payload = self.next..self.next + chunk;
+                let len = p.hl + chunk;
+                out.copy_from_slice(&f[..p.hl]);
+                let first = self.index == 0;
+                let last = payload.end >= p.end;
+                set_ip_len(out, &p, len - p.l3);
+                if !p.v6 && !first {
+                    let id = be16(f, p.l3 + 4).wrapping_add(self.index as u16);
+                    put16(out, p.l3 + 4, id);
+                    put16(out, p.l3 + 10, 0);
+                    let c = checksum::checksum(&out[p.l3..p.l4]);
+                    put16(out, p.l3 + 10, c);
+                }
+                // The L4 header has an even length, so the payload's sum adds on.
+                let data = checksum::sum(&f[payload.clone()]);
+                if udp {
+                    put16(out, p.l4 + 4, (len - p.l4) as u16);
+                    put16(out, p.l4 + 6, 0);
+                    let s = pseudo_proto(f, &p, len - p.l4, IPPROTO_UDP)
+                        + checksum::sum(&out[p.l4..])
+                        + data;
+                    put16(out, p.l4 + 6, mangle_zero(!checksum::fold(s)));
+                } else {
+                    let seq = be32(f, p.l4 + 4).wrapping_add((self.next - p.hl) as u32);
+                    put32(out, p.l4 + 4, seq);
+                    let mut flags = f[p.l4 + 13];
+                    if !last {
+                        flags &= !(tcp_flags::FIN | tcp_flags::PSH);
+                    }
+                    if !first {
+                        flags &= !tcp_flags::CWR;
+                    }
+                    out[p.l4 + 13] = flags;
+                    put16(out, p.l4 + 16, 0);
+                    let s = pseudo(f, &p, len - p.l4) + checksum::sum(&out[p.l4..]) + data;
+                    put16(out, p.l4 + 16, !checksum::fold(s));
+                }
+                self.next += chunk;
+                self.index += 1;
+                self.done = last;
+                Some(Ok(SegmentParts { head: hl, payload }))
+            }
+        }
+    }
+}
+
 /// Segments `frame` (described by `hdr`) into `out`, one frame after another, storing
 /// each frame's length in `lens`; returns the number of frames. Fails with
 /// [`OffloadError::BufferTooSmall`] when `out` or `lens` runs out.

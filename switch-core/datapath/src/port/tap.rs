@@ -89,6 +89,9 @@ nix::ioctl_write_ptr!(tunsetvnethdrsz, b'T', 216, libc::c_int);
 /// Length of the `virtio_net_hdr` in front of every frame of a queue with offloads on
 /// (encap's, where the header's format is: one constant for both).
 pub use encap::offload::VIRTIO_NET_HDR_LEN as VNET_HDR_LEN;
+/// Most parts of a frame written by [`Tap::send_parts`]: the first segment's headers and
+/// the payloads of the most segments a coalesced frame references.
+pub const MAX_PARTS: usize = 1 + encap::offload::MAX_SPANS;
 
 impl Tap {
     /// Creates (or re-attaches to) the TAP device `ifname` with `queues` queues, in the
@@ -312,6 +315,43 @@ impl Tap {
         } else {
             self.queue(i).send(frame)
         }
+    }
+
+    /// Writes one frame made of `parts` (in order) to queue `i` with one `writev`,
+    /// behind `hdr` when the device has the `virtio_net_hdr` (at most [`MAX_PARTS`]
+    /// parts; more is `EINVAL`). Returns the frame bytes written.
+    pub fn send_parts(
+        &self,
+        i: usize,
+        hdr: &[u8; VNET_HDR_LEN],
+        parts: &[&[u8]],
+    ) -> io::Result<usize> {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_PARTS + 1];
+        let skip = usize::from(!self.vnet);
+        if parts.len() > MAX_PARTS {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        iov[0] = libc::iovec {
+            iov_base: hdr.as_ptr() as *mut libc::c_void,
+            iov_len: VNET_HDR_LEN,
+        };
+        for (v, p) in iov[1..].iter_mut().zip(parts) {
+            *v = libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            };
+        }
+        let n = parts.len() + 1 - skip;
+        // SAFETY: the iovecs describe memory borrowed for the call; writev only reads.
+        let rc = unsafe { libc::writev(self.queue_fd(i), iov[skip..].as_ptr(), n as i32) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let hl = if self.vnet { VNET_HDR_LEN } else { 0 };
+        Ok((rc as usize).saturating_sub(hl))
     }
 
     /// Writes one frame with its `virtio_net_hdr` to queue `i` (offloads on; the header

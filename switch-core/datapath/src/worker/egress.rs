@@ -7,12 +7,23 @@
 //! `virtio_net_hdr`, or cut into segments), pushing the port's tunnel header (built once
 //! per port) in front of each segment in the transmit queue, answering "too big", and
 //! counting what the devices refused.
+//!
+//! The payload is not copied on its way out. A super-frame's segments are queued as
+//! iovecs: each segment's tunnel header and inner headers are written into the transmit
+//! queue's arena (`Segmenter::write_head`), and its payload is named where the frame was
+//! read, in the worker's receive buffer or its copy buffer (`BUF_RX`, `BUF_TX`).
+//! Coalesced frames for a TAP keep their segments' payloads where they were received
+//! (`Coalescer::push_at`) and go out with one `writev`. Both buffers therefore stay as
+//! they are until what names them has been sent: [`Out::release`] sends it (or has the
+//! coalescer copy what it holds) before the worker reads into the receive buffer again,
+//! and the copy buffer is released before it is overwritten.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use encap::offload::{
-    Coalescer, Segmenter, TunnelOffsets, TunnelVnetHdr, VIRTIO_NET_HDR_TNL_LEN, VirtioNetHdr,
+    Coalesced, Coalescer, MAX_SPANS, Segmenter, TunnelOffsets, TunnelVnetHdr,
+    VIRTIO_NET_HDR_TNL_LEN, VirtioNetHdr,
 };
 use weft_pipeline::drop::DropReason;
 use weft_pipeline::egress::{ETH_LEN, EgressCtx, Emit, FrameInfo, TapWrite, plan};
@@ -20,7 +31,7 @@ use weft_pipeline::flow_key::{Field, FlowKey, HeaderOffsets, TunnelMeta};
 use weft_pipeline::icmp::too_big_reply;
 use weft_pipeline::{DpAction, Pipeline};
 
-use super::super::batch::{GSO_MAX_BYTES, GSO_MAX_SEGS, TxMsg, TxOutcome, TxQueue};
+use super::super::batch::{GSO_MAX_BYTES, GSO_MAX_SEGS, Part, TxMsg, TxOutcome, TxQueue};
 use super::super::capture::Direction;
 use super::super::io::{IoDrop, PortDev, PortDrop, PortIo, PortSet};
 use super::{GRO_FLOWS, HEADROOM, Worker};
@@ -33,6 +44,18 @@ pub(super) struct Gro {
     /// The TAP port (0: free).
     pub(super) port: u32,
     pub(super) co: Coalescer<Box<[u8]>, GRO_FLOWS>,
+}
+
+/// The transmit queue's name for the worker's receive buffer (`Worker::rx`).
+pub(super) const BUF_RX: usize = 0;
+/// The transmit queue's name for the copy buffer ([`Out::tx`]).
+pub(super) const BUF_TX: usize = 1;
+
+/// Where a frame being segmented lies: which buffer, and its offset there.
+#[derive(Clone, Copy)]
+struct FrameAt {
+    buf: usize,
+    start: usize,
 }
 
 /// A worker's sending side.
@@ -119,13 +142,17 @@ impl Worker {
         }
         let info = FrameInfo::new(&self.rx[start..start + len], &key, &offs, &self.out.cur);
         let coalesce = !self.out.gro.is_empty();
-        let single = n == 1 && matches!(actions[0], DpAction::Output { .. });
+        // One action: its emits (an output, `normal`'s port or flood) all read the frame
+        // where it was received, rewritten in place once.
+        let single = n == 1;
         for a in &actions[..n] {
             let state = &states[a.state()];
             // The frame as this output sees it, with the header rewrites committed.
             let (in_rx, fstart) = if single {
                 (true, start)
             } else {
+                // Segments of the previous copy may still be queued by reference.
+                self.out.release_tx(ports, &self.rx);
                 self.out.tx[HEADROOM..HEADROOM + len].copy_from_slice(&self.rx[start..start + len]);
                 (false, HEADROOM)
             };
@@ -215,6 +242,7 @@ impl Out {
                 match write {
                     TapWrite::Coalesce => {
                         // Decapsulated (or plain) frame: coalesce TCP segments of one flow.
+                        let rx: &[u8] = rx;
                         let g = match self.gro.iter().position(|g| g.port == port) {
                             Some(g) => g,
                             None => {
@@ -222,21 +250,27 @@ impl Out {
                                 if self.gro[g].port != 0 {
                                     // All in use: write out the first one's frames and take it.
                                     let old = ports.get(self.gro[g].port);
-                                    self.gro[g].co.flush(|h, f| tap_write(old, h, f));
+                                    self.gro[g]
+                                        .co
+                                        .flush_with(|h, f| tap_write_parts(old, h, f, rx));
                                 }
                                 self.gro[g].port = port;
                                 g
                             }
                         };
+                        // A frame in the receive buffer is held by reference (its payload
+                        // stays there until the frame is written or the buffer released).
+                        let at = c.in_rx.then_some(c.start);
                         self.gro[g]
                             .co
-                            .push(frame, |h, f| tap_write(Some(out), h, f));
+                            .push_with(frame, at, |h, f| tap_write_parts(Some(out), h, f, rx));
                     }
                     TapWrite::Whole => {
                         // Frames of this port held for coalescing go first, so that a flow
                         // mixing plain and offloaded frames stays in order.
                         if let Some(g) = self.gro.iter_mut().find(|g| g.port == port) {
-                            g.co.flush(|h, f| tap_write(Some(out), h, f));
+                            let rx: &[u8] = rx;
+                            g.co.flush_with(|h, f| tap_write_parts(Some(out), h, f, rx));
                             g.port = 0;
                         }
                         tap_write(Some(out), &self.cur, frame);
@@ -271,6 +305,11 @@ impl Out {
                     && let Some(hop) = ul.neigh.lookup(peer)
                 {
                     let segments = seg.remaining();
+                    if c.in_rx {
+                        // The headers go into the headroom in front of the frame, which in
+                        // a GRO train is the previous datagram: send what references it.
+                        self.release(ports, rx);
+                    }
                     let buf: &mut [u8] = if c.in_rx { rx } else { &mut self.tx };
                     let ttl = out.tunnel.as_ref().map_or(64, |t| t.ttl);
                     let tx = UnderlayTx {
@@ -302,9 +341,15 @@ impl Out {
                     out.counters.drop(PortDrop::Io(IoDrop::BadOffload));
                     return;
                 };
+                let at = FrameAt {
+                    buf: if c.in_rx { BUF_RX } else { BUF_TX },
+                    start: c.start,
+                };
+                let bufs: [&[u8]; 2] = [rx, &self.tx];
+                let q = &mut self.txq;
                 match &out.dev {
-                    PortDev::Udp(_) => send_udp(&mut self.txq, self.id, ports, out, seg, dst, vni),
-                    PortDev::Ipip(_) => send_ipip(&mut self.txq, ports, out, seg, dst),
+                    PortDev::Udp(_) => send_udp(q, self.id, ports, out, seg, dst, vni, at, &bufs),
+                    PortDev::Ipip(_) => send_ipip(q, ports, out, seg, dst, at, &bufs),
                     PortDev::Tap(_) => {}
                 }
             }
@@ -312,12 +357,36 @@ impl Out {
         }
     }
 
-    /// Writes out every coalesced frame held for the TAPs.
-    pub(super) fn flush_gro(&mut self, ports: &PortSet) {
+    /// Writes out every coalesced frame held for the TAPs (their spans in `rx`).
+    pub(super) fn flush_gro(&mut self, ports: &PortSet, rx: &[u8]) {
         for g in self.gro.iter_mut().filter(|g| g.port != 0) {
             let out = ports.get(g.port);
-            g.co.flush(|h, f| tap_write(out, h, f));
+            g.co.flush_with(|h, f| tap_write_parts(out, h, f, rx));
             g.port = 0;
+        }
+    }
+
+    /// Before the receive buffer `rx` is read into again: sends the queued segments
+    /// whose payload is in it, and has the coalescers copy the payloads they hold by
+    /// reference (so a super-frame keeps growing across reads; one that cannot be
+    /// copied is written out).
+    pub(super) fn release(&mut self, ports: &PortSet, rx: &[u8]) {
+        for g in self.gro.iter_mut().filter(|g| g.port != 0) {
+            if g.co.holds_spans() {
+                let out = ports.get(g.port);
+                g.co.materialize(rx, |h, f| tap_write_parts(out, h, f, rx));
+            }
+        }
+        if self.txq.pins(BUF_RX) {
+            flush_tx(&mut self.txq, ports, &[rx, &self.tx]);
+        }
+    }
+
+    /// Before the copy buffer is overwritten: sends the queued segments whose payload
+    /// is in it (the coalescers never hold it by reference).
+    pub(super) fn release_tx(&mut self, ports: &PortSet, rx: &[u8]) {
+        if self.txq.pins(BUF_TX) {
+            flush_tx(&mut self.txq, ports, &[rx, &self.tx]);
         }
     }
 
@@ -473,7 +542,10 @@ impl UnderlayTx<'_> {
 }
 
 /// Queues the segments of a frame to a VXLAN/Geneve peer, behind the port's tunnel
-/// header: one message per UDP GSO train (or per datagram without GSO).
+/// header: one message per UDP GSO train (or per datagram without GSO). The segments of
+/// a super-frame are iovecs: tunnel header and inner headers in the queue's arena, the
+/// payload where the frame lies (`at`); a frame that is not cut is copied whole.
+#[allow(clippy::too_many_arguments)]
 fn send_udp(
     txq: &mut TxQueue,
     id: usize,
@@ -482,6 +554,8 @@ fn send_udp(
     mut seg: Segmenter<'_>,
     dst: IpAddr,
     vni: u32,
+    at: FrameAt,
+    bufs: &[&[u8]; 2],
 ) {
     let PortDev::Udp(u) = &out.dev else { return };
     let sock = &u.sockets[id % u.sockets.len()];
@@ -490,40 +564,86 @@ fn send_udp(
     let hl = u.header.len();
     let Some(first) = seg.next_len() else { return };
     let dgram = hl + first;
+    // Whether the segments have a payload to leave in place (a GSO frame).
+    let split = seg.next_head_len().is_some_and(|h| h < first);
     while seg.next_len().is_some() {
         let per = if txq.gso() {
             (GSO_MAX_BYTES / dgram).clamp(1, GSO_MAX_SEGS)
         } else {
             1
         };
-        let want = dgram * per.min(seg.remaining());
-        if !txq.has_room(want) {
-            flush_tx(txq, ports);
+        let n = per.min(seg.remaining());
+        let (bytes, parts) = match seg.next_head_len() {
+            Some(h) if split => ((hl + h) * n, 2 * n),
+            _ => (dgram * n, 1),
+        };
+        if !txq.has_room_parts(bytes, parts) {
+            flush_tx(txq, ports, bufs);
         }
         let off = txq.used();
-        let free = txq.free();
-        let (mut at, mut count) = (0, 0);
+        let mut w = 0;
+        let mut count = 0;
         let mut refused = None;
-        while count < per {
-            let Some(l) = seg.next_len() else { break };
-            if hl + l > dgram || at + hl + l > free.len() {
-                break;
+        if split {
+            // Headers into the arena (tunnel header in front of each), then the parts.
+            let mut pieces = [(0usize, 0usize, 0usize); GSO_MAX_SEGS];
+            let free = txq.free();
+            while count < per {
+                let (Some(l), Some(h)) = (seg.next_len(), seg.next_head_len()) else {
+                    break;
+                };
+                if hl + l > dgram || w + hl + h > free.len() {
+                    break;
+                }
+                let Some(Ok(p)) = seg.write_head(&mut free[w + hl..]) else {
+                    break;
+                };
+                if let Err(r) = u.header.encapsulate(free, w + hl, p.head, vni) {
+                    refused = Some(r);
+                    break;
+                }
+                pieces[count] = (hl + p.head, p.payload.start, p.payload.len());
+                w += hl + p.head;
+                count += 1;
+                if hl + l < dgram {
+                    break;
+                }
             }
-            match seg.write_next(&mut free[at + hl..]) {
-                Some(Ok(_)) => {}
-                _ => break,
+            let mut a = off;
+            for &(head, from, len) in &pieces[..count] {
+                txq.add_part(Part::arena(a, head));
+                if len > 0 {
+                    txq.add_part(Part::buf(at.buf, at.start + from, len));
+                }
+                a += head;
             }
-            if let Err(r) = u.header.encapsulate(free, at + hl, l, vni) {
-                refused = Some(r);
-                break;
+        } else {
+            let free = txq.free();
+            while count < per {
+                let Some(l) = seg.next_len() else { break };
+                if hl + l > dgram || w + hl + l > free.len() {
+                    break;
+                }
+                match seg.write_next(&mut free[w + hl..]) {
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+                if let Err(r) = u.header.encapsulate(free, w + hl, l, vni) {
+                    refused = Some(r);
+                    break;
+                }
+                w += hl + l;
+                count += 1;
+                if hl + l < dgram {
+                    break;
+                }
             }
-            at += hl + l;
-            count += 1;
-            if hl + l < dgram {
-                break;
+            if count > 0 {
+                txq.add_part(Part::arena(off, w));
             }
         }
         if count == 0 {
+            txq.discard_parts();
             let why = match refused {
                 Some(r) => PortDrop::Encap(r),
                 None => PortDrop::Io(IoDrop::BadOffload),
@@ -531,30 +651,33 @@ fn send_udp(
             out.counters.drop_n(why, seg.remaining().max(1));
             return;
         }
-        let queued = txq.push(TxMsg {
+        let msg = TxMsg {
             fd,
             to,
             off,
-            len: at,
+            len: 0,
             seg: dgram,
             count,
             ofport: out.ofport,
-        });
-        if !queued {
+        };
+        if !txq.push_parts(msg, off + w) {
             out.counters.drop_n(PortDrop::Io(IoDrop::TxError), count);
         }
     }
 }
 
-/// Queues the segments of a frame to an IP-in-IP peer: each written into the transmit
-/// queue with its Ethernet header where the outer IPv4 header goes, which the port's
-/// template (built once) then writes over it.
+/// Queues the segments of a frame to an IP-in-IP peer: each segment's headers written
+/// into the transmit queue with the Ethernet header where the outer IPv4 header goes,
+/// which the port's template (built once) then writes over; the payload of a
+/// super-frame's segment stays where the frame lies (`at`), a second iovec.
 fn send_ipip(
     txq: &mut TxQueue,
     ports: &PortSet,
     out: &PortIo,
     mut seg: Segmenter<'_>,
     dst: IpAddr,
+    at: FrameAt,
+    bufs: &[&[u8]; 2],
 ) {
     let PortDev::Ipip(t) = &out.dev else { return };
     let IpAddr::V4(dst) = dst else {
@@ -563,33 +686,45 @@ fn send_ipip(
         return;
     };
     const OUTER: usize = encap::ipip::HEADROOM;
-    while let Some(l) = seg.next_len() {
-        if !txq.has_room(OUTER + l) {
-            flush_tx(txq, ports);
+    while let (Some(l), Some(h)) = (seg.next_len(), seg.next_head_len()) {
+        if !txq.has_room_parts(OUTER + h, 2) {
+            flush_tx(txq, ports, bufs);
         }
         let off = txq.used();
         let free = txq.free();
         let eth = OUTER - ETH_LEN;
-        if !matches!(seg.write_next(&mut free[eth..]), Some(Ok(_))) {
+        let Some(Ok(p)) = seg.write_head(&mut free[eth..]) else {
             out.counters
                 .drop_n(PortDrop::Io(IoDrop::BadOffload), seg.remaining().max(1));
             return;
-        }
-        match t
-            .template
-            .encapsulate_to(free, OUTER, l.saturating_sub(ETH_LEN), dst)
-        {
+        };
+        let inner_len = l.saturating_sub(ETH_LEN);
+        match t.template.encapsulate_head(
+            free,
+            OUTER,
+            p.head.saturating_sub(ETH_LEN),
+            inner_len,
+            dst,
+        ) {
             Ok(r) => {
-                let queued = txq.push(TxMsg {
+                txq.add_part(Part::arena(off + r.start, r.len()));
+                if !p.payload.is_empty() {
+                    txq.add_part(Part::buf(
+                        at.buf,
+                        at.start + p.payload.start,
+                        p.payload.len(),
+                    ));
+                }
+                let msg = TxMsg {
                     fd: t.v4.fd(),
                     to: SocketAddr::new(IpAddr::V4(dst), 0),
                     off: off + r.start,
-                    len: r.len(),
+                    len: 0,
                     seg: 0,
                     count: 1,
                     ofport: out.ofport,
-                });
-                if !queued {
+                };
+                if !txq.push_parts(msg, off + r.end) {
                     out.counters.drop(PortDrop::Io(IoDrop::TxError));
                 }
             }
@@ -623,12 +758,13 @@ fn flow_queue(frame: &[u8], queues: usize) -> usize {
     }
 }
 
-/// Sends what the transmit queue holds and counts it on the ports.
-pub(super) fn flush_tx(txq: &mut TxQueue, ports: &PortSet) {
+/// Sends what the transmit queue holds and counts it on the ports; `bufs` are the
+/// receive and copy buffers ([`BUF_RX`], [`BUF_TX`]) that queued payloads are in.
+pub(super) fn flush_tx(txq: &mut TxQueue, ports: &PortSet, bufs: &[&[u8]]) {
     if txq.is_empty() {
         return;
     }
-    txq.flush(|m, o| {
+    txq.flush(bufs, |m, o| {
         let Some(p) = ports.get(m.ofport) else { return };
         match o {
             TxOutcome::Sent { count, bytes } => p.counters.tx_n(count, bytes),
@@ -642,6 +778,34 @@ pub(super) fn flush_tx(txq: &mut TxQueue, ports: &PortSet) {
             }
         }
     });
+}
+
+/// Writes a coalesced frame (its head, then its payloads at their spans in `rx`) with
+/// its `virtio_net_hdr` to a TAP port's queue in one `writev` (a port deleted meanwhile:
+/// dropped; a span outside `rx`, which the worker never makes: `tx_error`).
+fn tap_write_parts(out: Option<&Arc<PortIo>>, hdr: &VirtioNetHdr, f: Coalesced<'_>, rx: &[u8]) {
+    if f.spans.is_empty() {
+        return tap_write(out, hdr, f.head);
+    }
+    let Some(out) = out else { return };
+    let PortDev::Tap(t) = &out.dev else { return };
+    let mut parts: [&[u8]; 1 + MAX_SPANS] = [&[]; 1 + MAX_SPANS];
+    parts[0] = f.head;
+    let mut n = 1;
+    for s in f.spans.iter().take(MAX_SPANS) {
+        let Some(b) = s.at.checked_add(s.len).and_then(|e| rx.get(s.at..e)) else {
+            out.counters.drop(PortDrop::Io(IoDrop::TxError));
+            return;
+        };
+        parts[n] = b;
+        n += 1;
+    }
+    let mut h = [0u8; VNET_HDR_LEN];
+    let _ = hdr.emit(&mut h);
+    match t.send_parts(flow_queue(f.head, t.queue_count()), &h, &parts[..n]) {
+        Ok(_) => out.counters.tx(f.len()),
+        Err(e) => out.counters.drop(PortDrop::Io(IoDrop::tx(&e))),
+    }
 }
 
 /// Writes a frame with its `virtio_net_hdr` to a TAP port's queue (a port deleted

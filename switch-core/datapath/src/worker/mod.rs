@@ -313,8 +313,8 @@ impl Worker {
             PortDev::Udp(_) => self.drain_udp(&ports, port, ofport, pipe, now),
             _ => self.drain_frames(&ports, port, sub, pipe, now),
         };
-        self.out.flush_gro(&ports);
-        flush_tx(&mut self.out.txq, &ports);
+        self.out.flush_gro(&ports, &self.rx);
+        flush_tx(&mut self.out.txq, &ports, &[&self.rx, &self.out.tx]);
         more
     }
 }

@@ -29,6 +29,8 @@ impl Worker {
         for _ in 0..BATCH {
             let got = match (&port.dev, sub) {
                 (PortDev::Tap(t), _) => {
+                    // What still references the last frame goes first (see egress).
+                    self.out.release(ports, &self.rx);
                     let mut hdr = [0u8; VNET_HDR_LEN];
                     match t.recv(self.id, &mut hdr, &mut self.rx[HEADROOM..SLOT]) {
                         Ok(n) => {
@@ -68,6 +70,7 @@ impl Worker {
                 (PortDev::Ipip(t), sub) => {
                     // A batch of packets per recvmmsg, each decapsulated in its slot.
                     let sock = if sub == Sub::Ipip6 { &t.v6 } else { &t.v4 };
+                    self.out.release(ports, &self.rx);
                     match self.rxb.recv(sock.fd(), &mut self.rx, SLOT, HEADROOM) {
                         Ok(n) => {
                             self.out.cur = VirtioNetHdr::default();
@@ -129,6 +132,7 @@ impl Worker {
         let mut errors = 0;
         let mut datagrams = 0;
         while datagrams < BATCH {
+            self.out.release(ports, &self.rx);
             let n = match self.rxb.recv(sock.fd(), &mut self.rx, SLOT, HEADROOM) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -211,6 +215,7 @@ impl Worker {
         let mut errors = 0;
         for _ in 0..BATCH {
             let mut hdr = [0u8; VIRTIO_NET_HDR_TNL_LEN];
+            self.out.release(ports, &self.rx);
             let n = match ul.tap.recv(self.id, &mut hdr, &mut self.rx[HEADROOM..SLOT]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
