@@ -945,56 +945,13 @@ impl Connection<'_> {
     /// each its own line (`{"id":N,"flows":[...]}`), written as the tables are walked,
     /// then `{"id":N,"ok":{"flows":COUNT}}`. At most [`REPLY_CHUNK`] bytes are held.
     fn dump_stream(&mut self, id: u64, filter: &FlowFilter) -> Result<(), OutError> {
-        let pipe = self.s.switch.pipeline();
-        let now = self.s.switch.now();
-        let out = &mut self.out;
-        out.begin();
         let head = format!("{{\"id\":{id},\"flows\":[");
-        let mut failed = None;
-        let mut in_part = 0usize;
-        let mut count = 0usize;
-        let mut item = Vec::new();
-        let done = pipe.dump_each_ref(filter, now, |d| {
-            item.clear();
-            if in_part == 0 {
-                // Each part is a response line of its own, with its own write budget: a
-                // reader that is slower than the walk but keeps reading gets every part
-                // of a million-flow dump; one that stops is dropped within the budget.
-                out.begin_part();
-                item.extend_from_slice(head.as_bytes());
-            } else {
+        self.dump_parts(id, filter, &head, b"]}\n", |item, first, d| {
+            if !first {
                 item.push(b',');
             }
-            write_flow_stats(&mut item, d);
-            in_part += 1;
-            count += 1;
-            if in_part == proto::DUMP_PART_FLOWS {
-                item.extend_from_slice(b"]}\n");
-                in_part = 0;
-            }
-            match out.put(&item) {
-                Ok(()) => true,
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
-            }
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        self.trim = count >= TRIM_AFTER_FLOWS;
-        let out = &mut self.out;
-        if in_part > 0 {
-            out.put(b"]}\n")?;
-        }
-        let last = match done {
-            Err(e) => Response::error(Some(id), switch_error(SwitchError::from(e))),
-            Ok(_) => Response::ok(id, &proto::DumpDone { flows: count }),
-        };
-        out.put(last.to_line().as_bytes())?;
-        out.put(b"\n")?;
-        out.flush()
+            write_flow_stats(item, d);
+        })
     }
 
     /// `dump_flows` with `stream` and `"format":"text"`: parts of at most
@@ -1003,24 +960,9 @@ impl Connection<'_> {
     /// `{"id":N,"ok":{"flows":COUNT}}`. Every line is written into one reused buffer:
     /// nothing is allocated per flow, and at most [`REPLY_CHUNK`] bytes are held.
     fn dump_text(&mut self, id: u64, filter: &FlowFilter) -> Result<(), OutError> {
-        let pipe = self.s.switch.pipeline();
-        let now = self.s.switch.now();
-        let out = &mut self.out;
-        out.begin();
         let head = format!("{{\"id\":{id},\"text\":\"");
-        let mut failed = None;
-        let mut in_part = 0usize;
-        let mut count = 0usize;
         let mut line = String::with_capacity(512);
-        let mut item = Vec::with_capacity(1024);
-        let done = pipe.dump_each_ref(filter, now, |d| {
-            item.clear();
-            if in_part == 0 {
-                // A part is a response line with its own write budget, as in
-                // `dump_stream`.
-                out.begin_part();
-                item.extend_from_slice(head.as_bytes());
-            }
+        self.dump_parts(id, filter, &head, b"\"}\n", |item, _, d| {
             line.clear();
             proto::write_flow_line(
                 &mut line,
@@ -1030,12 +972,45 @@ impl Connection<'_> {
                 d.duration_ms,
                 d.idle_age_ms,
             );
-            push_json_str(&mut item, &line);
+            push_json_str(item, &line);
             item.extend_from_slice(b"\\n");
+        })
+    }
+
+    /// The walk of a streamed dump: each part is `head`, then `write` of each of its
+    /// flows (told whether it is the part's first), then `tail`; then the closing
+    /// `{"id":N,"ok":{"flows":COUNT}}` (or the walk's error).
+    fn dump_parts(
+        &mut self,
+        id: u64,
+        filter: &FlowFilter,
+        head: &str,
+        tail: &[u8],
+        mut write: impl FnMut(&mut Vec<u8>, bool, &weft_pipeline::FlowDump),
+    ) -> Result<(), OutError> {
+        let pipe = self.s.switch.pipeline();
+        let now = self.s.switch.now();
+        let out = &mut self.out;
+        out.begin();
+        let mut failed = None;
+        let mut in_part = 0usize;
+        let mut count = 0usize;
+        let mut item = Vec::with_capacity(1024);
+        let done = pipe.dump_each_ref(filter, now, |d| {
+            item.clear();
+            let first = in_part == 0;
+            if first {
+                // Each part is a response line of its own, with its own write budget: a
+                // reader that is slower than the walk but keeps reading gets every part
+                // of a million-flow dump; one that stops is dropped within the budget.
+                out.begin_part();
+                item.extend_from_slice(head.as_bytes());
+            }
+            write(&mut item, first, d);
             in_part += 1;
             count += 1;
             if in_part == proto::DUMP_PART_FLOWS {
-                item.extend_from_slice(b"\"}\n");
+                item.extend_from_slice(tail);
                 in_part = 0;
             }
             match out.put(&item) {
@@ -1052,7 +1027,7 @@ impl Connection<'_> {
         self.trim = count >= TRIM_AFTER_FLOWS;
         let out = &mut self.out;
         if in_part > 0 {
-            out.put(b"\"}\n")?;
+            out.put(tail)?;
         }
         let last = match done {
             Err(e) => Response::error(Some(id), switch_error(SwitchError::from(e))),

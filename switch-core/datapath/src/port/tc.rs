@@ -262,6 +262,22 @@ pub fn del_ingress_filter(ifindex: u32, pref: u16) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// The u32 selectors of a filter message.
+    fn selectors(m: &TcMessage) -> Vec<TcU32Selector> {
+        m.attributes
+            .iter()
+            .filter_map(|a| match a {
+                TcAttribute::Options(o) => Some(o),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|o| match o {
+                TcOption::U32(TcFilterU32Option::Selector(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn a_tunnel_filter_is_emitted_as_tc_would_send_it() {
         let matches = [
@@ -297,19 +313,9 @@ mod tests {
         let back = TcMessage::parse(body.as_slice()).unwrap();
         assert_eq!(back.header.info >> 16, 4789);
         assert!(is_redirect(&back));
-        let keys: Vec<(u32, u32, i32)> = back
-            .attributes
-            .iter()
-            .filter_map(|a| match a {
-                TcAttribute::Options(o) => Some(o),
-                _ => None,
-            })
-            .flatten()
-            .filter_map(|o| match o {
-                TcOption::U32(TcFilterU32Option::Selector(s)) => Some(s.keys.clone()),
-                _ => None,
-            })
-            .flatten()
+        let keys: Vec<(u32, u32, i32)> = selectors(&back)
+            .into_iter()
+            .flat_map(|s| s.keys)
             .map(|k| (k.val, k.mask, k.off))
             .collect();
         assert_eq!(
@@ -332,19 +338,7 @@ mod tests {
             &((1u32 << 16) | u32::from(0x0003u16.to_be())).to_ne_bytes()
         );
         let back = TcMessage::parse(body.as_slice()).unwrap();
-        let nkeys: Vec<u8> = back
-            .attributes
-            .iter()
-            .filter_map(|a| match a {
-                TcAttribute::Options(o) => Some(o),
-                _ => None,
-            })
-            .flatten()
-            .filter_map(|o| match o {
-                TcOption::U32(TcFilterU32Option::Selector(s)) => Some(s.nkeys),
-                _ => None,
-            })
-            .collect();
+        let nkeys: Vec<u8> = selectors(&back).iter().map(|s| s.nkeys).collect();
         assert_eq!(nkeys, vec![1]);
     }
 }
