@@ -1162,6 +1162,13 @@ fn a_deleted_tunnel_gso_port_is_closed_off_the_workers() {
     ] {
         assert!(shown.contains(want), "no '{want}' in:\n{shown}");
     }
+    // The underlay TAP's queue is long enough for a burst (no backpressure there).
+    let link = ns.run(&["ip", "link", "show", "wgso4789"]).unwrap();
+    let qlen = format!(
+        "qlen {}",
+        weft_datapath::port::underlay::UNDERLAY_TXQUEUELEN
+    );
+    assert!(link.contains(&qlen), "no '{qlen}' in:\n{link}");
     let mut ctl = cl.client("n1").unwrap();
     let tunnel = ctl
         .show()

@@ -46,9 +46,9 @@ fn emit(msg: &impl Emitable) -> Vec<u8> {
     body
 }
 
-/// Sets a link up with ARP off and the given MTU, as `ip link set dev IF arp off mtu
-/// MTU up` does.
-pub fn link_up_noarp(ifindex: u32, mtu: u32) -> io::Result<()> {
+/// Sets a link up with ARP off, the given MTU and queue length, as `ip link set dev IF
+/// arp off mtu MTU txqueuelen QLEN up` does.
+pub fn link_up_noarp(ifindex: u32, mtu: u32, txqlen: u32) -> io::Result<()> {
     let header = LinkHeader {
         index: ifindex,
         flags: LinkFlags::Up | LinkFlags::Noarp,
@@ -57,7 +57,7 @@ pub fn link_up_noarp(ifindex: u32, mtu: u32) -> io::Result<()> {
     };
     let mut msg = LinkMessage::default();
     msg.header = header;
-    msg.attributes = vec![LinkAttribute::Mtu(mtu)];
+    msg.attributes = vec![LinkAttribute::Mtu(mtu), LinkAttribute::TxQueueLen(txqlen)];
     Netlink::open(0)?
         .request(RTM_NEWLINK, NLM_F_ACK, &emit(&msg), 0)
         .map(drop)
