@@ -482,48 +482,18 @@ fn draw(
         if v.is_finite() { v } else { 0.0 }
     };
     // TCP.
-    let top = dps
-        .iter()
-        .flat_map(|&d| [val(d, "tcp1"), val(d, "tcp4")])
-        .fold(0.1, f64::max)
-        * 1.15;
-    let mut c = ChartBuilder::on(&left)
-        .caption("TCP throughput (iperf3), Gbit/s", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..n as f64, 0f64..top)?;
-    c.configure_mesh()
-        .disable_x_mesh()
-        .x_labels(2 * n + 1)
-        .x_label_formatter(&label)
-        .y_desc("Gbit/s")
-        .draw()?;
-    let colors = [RGBColor(70, 130, 180), RGBColor(230, 140, 50)];
-    for (j, (k, name)) in [("tcp1", "1 stream"), ("tcp4", "4 streams")]
-        .iter()
-        .enumerate()
-    {
-        let col = colors[j];
-        c.draw_series(dps.iter().enumerate().map(|(i, &d)| {
-            let x0 = i as f64 + 0.1 + 0.4 * j as f64;
-            Rectangle::new([(x0, 0.0), (x0 + 0.4, val(d, k))], col.filled())
-        }))?
-        .label(*name)
-        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], col.filled()));
-        c.draw_series(dps.iter().enumerate().map(|(i, &d)| {
-            let x0 = i as f64 + 0.1 + 0.4 * j as f64;
-            Text::new(
-                format!("{:.1}", val(d, k)),
-                (x0 + 0.05, val(d, k) + top * 0.02),
-                ("sans-serif", 12),
-            )
-        }))?;
-    }
-    c.configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    paired_bars(
+        &left,
+        "TCP throughput (iperf3), Gbit/s",
+        "Gbit/s",
+        50,
+        dps,
+        &val,
+        [("tcp1", "1 stream"), ("tcp4", "4 streams")],
+        [RGBColor(70, 130, 180), RGBColor(230, 140, 50)],
+        (1, 0.05),
+        &label,
+    )?;
     // UDP.
     let top = dps.iter().map(|&d| val(d, "udp64")).fold(0.01, f64::max) * 1.15;
     let mut c = ChartBuilder::on(&right)
@@ -564,7 +534,6 @@ fn draw_latency(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
     root.fill(&WHITE)?;
-    let n = dps.len().max(1);
     let names: Vec<&str> = dps.iter().map(|d| d.name()).collect();
     let label = |x: &f64| {
         let i = x.floor() as usize;
@@ -578,31 +547,56 @@ fn draw_latency(
         let v = med(d, k);
         if v.is_finite() { v } else { 0.0 }
     };
+    paired_bars(
+        &root,
+        &format!("ping round trip (ping -c {PINGS} -i 0.01), ms"),
+        "ms",
+        60,
+        dps,
+        &val,
+        [("rtt_median", "median"), ("rtt_p99", "p99")],
+        [RGBColor(120, 90, 170), RGBColor(200, 80, 80)],
+        (3, 0.02),
+        &label,
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+/// Two bars per datapath (the measures `keys`, in `colors`, with a legend), each with its
+/// value written above it with `digits` decimals at `text_dx` into the bar.
+#[allow(clippy::too_many_arguments)]
+fn paired_bars(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    y_label_size: u32,
+    dps: &[Datapath],
+    val: &dyn Fn(Datapath, &str) -> f64,
+    keys: [(&str, &str); 2],
+    colors: [RGBColor; 2],
+    (digits, text_dx): (usize, f64),
+    label: &dyn Fn(&f64) -> String,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let n = dps.len().max(1);
     let top = dps
         .iter()
-        .flat_map(|&d| [val(d, "rtt_median"), val(d, "rtt_p99")])
+        .flat_map(|&d| keys.map(|(k, _)| val(d, k)))
         .fold(0.01, f64::max)
         * 1.15;
-    let mut c = ChartBuilder::on(&root)
-        .caption(
-            format!("ping round trip (ping -c {PINGS} -i 0.01), ms"),
-            ("sans-serif", 20),
-        )
+    let mut c = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(60)
+        .y_label_area_size(y_label_size)
         .build_cartesian_2d(0f64..n as f64, 0f64..top)?;
     c.configure_mesh()
         .disable_x_mesh()
         .x_labels(2 * n + 1)
-        .x_label_formatter(&label)
-        .y_desc("ms")
+        .x_label_formatter(label)
+        .y_desc(y_desc)
         .draw()?;
-    let colors = [RGBColor(120, 90, 170), RGBColor(200, 80, 80)];
-    for (j, (k, name)) in [("rtt_median", "median"), ("rtt_p99", "p99")]
-        .iter()
-        .enumerate()
-    {
+    for (j, (k, name)) in keys.iter().enumerate() {
         let col = colors[j];
         c.draw_series(dps.iter().enumerate().map(|(i, &d)| {
             let x0 = i as f64 + 0.1 + 0.4 * j as f64;
@@ -613,8 +607,8 @@ fn draw_latency(
         c.draw_series(dps.iter().enumerate().map(|(i, &d)| {
             let x0 = i as f64 + 0.1 + 0.4 * j as f64;
             Text::new(
-                format!("{:.3}", val(d, k)),
-                (x0 + 0.02, val(d, k) + top * 0.02),
+                format!("{:.*}", digits, val(d, k)),
+                (x0 + text_dx, val(d, k) + top * 0.02),
                 ("sans-serif", 12),
             )
         }))?;
@@ -623,6 +617,5 @@ fn draw_latency(
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }
