@@ -106,6 +106,12 @@ pub struct Gap {
     pub over_10ms: u64,
     /// Delays over 10 ms, over the runs.
     pub delays_over_10ms: u64,
+    /// The hypervisor's steal time (over the CPUs) during the largest gap, ms.
+    pub steal_in_max_gap_ms: f64,
+    /// The largest gap in which no steal was recorded, ms.
+    pub max_gap_no_steal_ms: f64,
+    /// Gaps over 10 ms in which no steal was recorded, over the runs.
+    pub over_10ms_no_steal: u64,
     /// Runs.
     pub runs: u32,
 }
@@ -169,31 +175,40 @@ pub fn text(title: &[String], rows: &[Row], gaps: &[Gap], notes: &[String]) -> S
         let _ = writeln!(t);
         let _ = writeln!(
             t,
-            "{:<52} {:>11} {:>11} {:>13} {:>9} {:>11}",
+            "{:<52} {:>11} {:>8} {:>11} {:>13} {:>9} {:>11} {:>12} {:>7}",
             "Weft, pod to pod, 1 datagram/ms, while:",
             "arrival gap",
+            "(steal)",
             "delay",
             "lost/sent",
             "> 10 ms",
-            "send gap"
+            "send gap",
+            "no-steal gap",
+            "> 10 ms"
         );
         for g in gaps {
             let _ = writeln!(
                 t,
-                "{:<52} {:>8.1} ms {:>8.1} ms {:>13} {:>9} {:>8.1} ms",
+                "{:<52} {:>8.1} ms {:>5.0} ms {:>8.1} ms {:>13} {:>9} {:>8.1} ms {:>9.1} ms {:>7}",
                 format!("{} ({} runs)", g.during, g.runs),
                 g.max_gap_ms,
+                g.steal_in_max_gap_ms,
                 g.max_delay_ms,
                 format!("{}/{}", g.lost(), g.sent),
                 format!("{}/{}", g.over_10ms, g.delays_over_10ms),
-                g.max_send_gap_ms
+                g.max_send_gap_ms,
+                g.max_gap_no_steal_ms,
+                g.over_10ms_no_steal
             );
         }
         let _ = writeln!(
             t,
-            "(largest of the runs; arrival gap: between two kernel receive timestamps; delay: \
-             one way, send to kernel receive, what the switch held a datagram; > 10 ms: arrival \
-             gaps/delays over 10 ms; send gap: the sender's own largest, its scheduling)"
+            "(largest of the runs; arrival gap: between two kernel receive timestamps, (steal): \
+             the hypervisor's steal time in it, summed over the CPUs, in /proc/stat's 10 ms ticks; \
+             delay: one way, send to kernel receive, what the switch held a datagram; > 10 ms: \
+             arrival gaps/delays over 10 ms; send gap: the sender's own largest, its scheduling; \
+             no-steal gap: the largest arrival gap in which no steal was recorded, and how many \
+             of those were over 10 ms)"
         );
     }
     if !notes.is_empty() {
@@ -246,12 +261,13 @@ pub fn csv(rows: &[Row], gaps: &[Gap]) -> String {
     if !gaps.is_empty() {
         c.push_str(
             "\ngap_during,max_gap_ms,max_delay_ms,max_send_gap_ms,sent,received,lost,\
-             gaps_over_10ms,delays_over_10ms,runs\n",
+             gaps_over_10ms,delays_over_10ms,runs,steal_in_max_gap_ms,max_gap_no_steal_ms,\
+             gaps_over_10ms_no_steal\n",
         );
         for g in gaps {
             let _ = writeln!(
                 c,
-                "\"{}\",{:.3},{:.3},{:.3},{},{},{},{},{},{}",
+                "\"{}\",{:.3},{:.3},{:.3},{},{},{},{},{},{},{:.0},{:.3},{}",
                 g.during,
                 g.max_gap_ms,
                 g.max_delay_ms,
@@ -261,7 +277,10 @@ pub fn csv(rows: &[Row], gaps: &[Gap]) -> String {
                 g.lost(),
                 g.over_10ms,
                 g.delays_over_10ms,
-                g.runs
+                g.runs,
+                g.steal_in_max_gap_ms,
+                g.max_gap_no_steal_ms,
+                g.over_10ms_no_steal
             );
         }
     }
@@ -312,6 +331,9 @@ mod tests {
             received: 2998,
             over_10ms: 0,
             delays_over_10ms: 1,
+            steal_in_max_gap_ms: 10.0,
+            max_gap_no_steal_ms: 3.5,
+            over_10ms_no_steal: 0,
             runs: 3,
         }];
         let t = text(&["title".into()], &rows, &gaps, &["note: n".into()]);
@@ -333,7 +355,11 @@ mod tests {
             g.contains("2/3000") && g.contains("4.2 ms") && g.contains("12.5 ms"),
             "{g}"
         );
-        assert!(g.contains(" 0/1 ") && g.ends_with("1.5 ms"), "{g}");
+        assert!(g.contains(" 0/1 ") && g.contains(" 1.5 ms"), "{g}");
+        assert!(
+            g.contains("   10 ms") && g.ends_with("3.5 ms       0"),
+            "{g}"
+        );
         assert!(t.ends_with("note: n\n"));
         let c = csv(&rows, &gaps);
         let l: Vec<&str> = c.lines().collect();
@@ -343,7 +369,7 @@ mod tests {
              0.500000;0.700000;0.600000,2.000000;2.400000;2.200000"
         );
         assert!(
-            c.contains("\"add-flows 1M\",4.250,12.500,1.500,3000,2998,2,0,1,3"),
+            c.contains("\"add-flows 1M\",4.250,12.500,1.500,3000,2998,2,0,1,3,10,3.500,0"),
             "{c}"
         );
     }

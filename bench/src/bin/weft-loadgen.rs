@@ -34,7 +34,12 @@
 //! (`max_send_gap_us`: a stalled sender makes an arrival gap that is not the switch's),
 //! the receiver `received`, `max_gap_us`, `gaps_over_10ms`, `max_delay_us`,
 //! `delays_over_10ms`, the sequence numbers where the largest were, `duplicates` and
-//! `out_of_order`.
+//! `out_of_order`. The receiver also reads the machine's steal time (`/proc/stat`, the
+//! time the hypervisor ran something else while a CPU of this guest had work: every
+//! task of the guest stalls, the switch's too) at each arrival: `steal_in_max_gap_ms`
+//! is the steal between the two arrivals of the largest gap, and `max_gap_no_steal_us`
+//! and `gaps_over_10ms_no_steal` count only gaps in which no steal was recorded (the
+//! kernel counts it in ticks of 10 ms, summed here over the CPUs).
 
 use std::io::Write;
 use std::mem::{size_of, zeroed};
@@ -463,6 +468,9 @@ fn gaps(o: &Opts) {
         err("SO_TIMESTAMPNS");
     }
     let mut buf = vec![0u8; 2048];
+    let mut steal = Steal::open();
+    let (mut last_steal, mut steal_in_max, mut max_clean, mut over10_clean) =
+        (0u64, 0u64, 0u64, 0u64);
     // Room for one SCM_TIMESTAMPNS control message (a timespec), 8-byte aligned.
     let mut control = [0u64; 16];
     let started = Instant::now();
@@ -539,27 +547,72 @@ fn gaps(o: &Opts) {
             max_delay = delay;
             delay_seq = seq;
         }
+        let stolen_now = steal.ticks();
         if let Some(l) = last {
             let g = now.saturating_sub(l);
+            let stolen = stolen_now.saturating_sub(last_steal);
             if g > 10_000_000 {
                 over10 += 1;
+                if stolen == 0 {
+                    over10_clean += 1;
+                }
             }
             if g > max_gap {
                 max_gap = g;
                 gap_seq = seq;
+                steal_in_max = stolen;
+            }
+            if stolen == 0 && g > max_clean {
+                max_clean = g;
             }
         }
+        last_steal = stolen_now;
         last = Some(last.map_or(now, |l| l.max(now)));
     }
     println!(
         "{{\"received\":{received},\"highest\":{},\"max_gap_us\":{},\"gap_at_seq\":{gap_seq},\
          \"gaps_over_10ms\":{over10},\"max_delay_us\":{},\"delay_at_seq\":{delay_seq},\
          \"delays_over_10ms\":{delay_over10},\"duplicates\":{dups},\"out_of_order\":{ooo},\
-         \"wrong_run\":{wrong}}}",
+         \"wrong_run\":{wrong},\"steal_in_max_gap_ms\":{},\"max_gap_no_steal_us\":{},\
+         \"gaps_over_10ms_no_steal\":{over10_clean}}}",
         high.map_or(-1, |h| h as i64),
         max_gap / 1000,
-        max_delay / 1000
+        max_delay / 1000,
+        steal_in_max * Steal::TICK_MS,
+        max_clean / 1000
     );
+}
+
+/// The machine's steal time, from the `cpu` line of `/proc/stat` (its 8th field, in
+/// ticks of 1/100 s, summed over the CPUs). Reads nothing (always 0) where the file
+/// cannot be read.
+struct Steal {
+    file: Option<std::fs::File>,
+    buf: [u8; 256],
+}
+
+impl Steal {
+    /// Milliseconds per tick (`USER_HZ` is 100 on Linux).
+    const TICK_MS: u64 = 10;
+
+    fn open() -> Steal {
+        Steal {
+            file: std::fs::File::open("/proc/stat").ok(),
+            buf: [0; 256],
+        }
+    }
+
+    fn ticks(&mut self) -> u64 {
+        use std::os::unix::fs::FileExt;
+        let Some(f) = &self.file else { return 0 };
+        let n = f.read_at(&mut self.buf, 0).unwrap_or(0);
+        let line = self.buf[..n].split(|&b| b == b'\n').next().unwrap_or(&[]);
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| l.split_ascii_whitespace().nth(8))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 fn main() {

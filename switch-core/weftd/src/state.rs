@@ -9,8 +9,9 @@
 //! - `journal`: every change since, appended before the change is published and
 //!   answered ([`StateDir::append`]): an entry is a line `#SEQ LEN HASH` and LEN bytes
 //!   of records, `+ FLOW` (added or changed), `- FLOW` (removed: table, priority and
-//!   match), `clear TABLE`, `port {json}`, `del-port "NAME"`. One write(2) per change,
-//!   no fsync on the control thread: once it returns, the change is in the page cache
+//!   match), `clear TABLE`, `port {json}`, `del-port "NAME"`. Written before the
+//!   answer in write(2) calls of at most [`WRITE_CHUNK`] bytes (see there), no fsync on
+//!   the control thread: once it returns, the change is in the page cache
 //!   and survives the process being killed; the state thread fsyncs the journal at
 //!   most every 100 ms, so a power loss can lose the changes of the last 100 ms or so
 //!   (a torn last entry is ignored and logged at start). An append that fails (a full
@@ -590,6 +591,26 @@ fn create_dir(dir: &Path) -> Result<(), StateError> {
         .map_err(werr(dir))
 }
 
+/// The most one write(2) of the journal or the snapshot copies. The kernel copies a
+/// buffered write into the page cache without a point where another thread may take
+/// the CPU (this kernel preempts only where code yields, `PREEMPT_NONE`): one 100 MB
+/// write of a 1M-flow bundle held a CPU for up to 10.7 ms while a `SCHED_FIFO` worker
+/// waited for it (`perf sched timehist`, flowbench's gap stream). Each return from a
+/// 64 KiB write is such a point; a `SCHED_FIFO` task that waited on a CPU beside 200 MB
+/// written in one call waited up to 5.5-7.4 ms, beside 64 KiB writes 2.7-3.3 ms. A
+/// process killed between two writes leaves a torn entry, which is ignored at start:
+/// the change was never answered.
+pub(crate) const WRITE_CHUNK: usize = 64 << 10;
+
+/// Writes all of `buf` in write(2) calls of at most [`WRITE_CHUNK`] bytes.
+fn write_chunked(f: &File, buf: &[u8]) -> io::Result<()> {
+    let mut w = f;
+    for part in buf.chunks(WRITE_CHUNK) {
+        w.write_all(part)?;
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StateError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -614,7 +635,7 @@ fn write_snapshot_file(
         .mode(0o600)
         .open(&tmp)
         .map_err(werr(&tmp))?;
-    let mut w = BufWriter::with_capacity(1 << 20, f);
+    let mut w = BufWriter::with_capacity(WRITE_CHUNK, f);
     let mut result: io::Result<()> = (|| {
         writeln!(
             w,
@@ -782,14 +803,15 @@ impl StateDir {
         Ok(Some(state))
     }
 
-    /// Appends one entry whose records `payload` writes, with one write(2).
+    /// Appends one entry whose records `payload` writes, in write(2) calls of at most
+    /// [`WRITE_CHUNK`] bytes.
     fn append_entry(&self, size_hint: usize, payload: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
         let mut j = self.lock();
         let f = self.open(&mut j).map_err(io::Error::other)?;
         let (buf, start) = encode_entry(j.seq + 1, size_hint, payload);
         let entry = &buf[start..];
         let path = self.dir.join(JOURNAL_FILE);
-        if let Err(e) = (&*f).write_all(entry) {
+        if let Err(e) = write_chunked(&f, entry) {
             // Cut a partial write back, so that the next entry follows a whole one; if
             // that fails too, the journal is opened (and cut) again at the next append.
             if f.set_len(j.len).is_err() {
