@@ -1325,6 +1325,44 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_longer_than_a_write_chunk_reads_back_and_a_cut_between_chunks_is_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let store = StateDir::new(d);
+        store
+            .append(&[Record::AddFlow(flow("priority=1 actions=drop"))])
+            .unwrap();
+        let big: Vec<Record> = (0..6000)
+            .map(|i| {
+                Record::AddFlow(flow(&format!(
+                    "table=10,priority=100,ip,nw_dst=198.19.{}.{},tcp,tp_dst={} \
+                     actions=load:0x{i:x}->NXM_NX_REG0[],goto_table:20",
+                    i / 250,
+                    i % 250 + 1,
+                    i % 60000 + 1
+                )))
+            })
+            .collect();
+        store.append(&big).unwrap();
+        drop(store);
+        let path = d.join(JOURNAL_FILE);
+        let whole = fs::read(&path).unwrap();
+        let second = whole.iter().rposition(|b| *b == b'#').unwrap();
+        assert!(
+            whole.len() - second > 3 * WRITE_CHUNK,
+            "the entry spans several write(2) calls: {} bytes",
+            whole.len() - second
+        );
+        assert_eq!(load(d).unwrap().unwrap().flows.len(), 6001);
+        // A process killed between two of its writes leaves whole chunks of it.
+        fs::write(&path, &whole[..second + 2 * WRITE_CHUNK]).unwrap();
+        assert_eq!(
+            load(d).unwrap().unwrap().flows,
+            vec![flow("priority=1 actions=drop")]
+        );
+    }
+
+    #[test]
     fn a_torn_last_entry_is_ignored_and_cut_off() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
