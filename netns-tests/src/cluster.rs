@@ -280,6 +280,12 @@ impl ClusterLab {
         self.nodes[i].proc.is_some_and(|p| self.lab.is_running(p))
     }
 
+    /// The process id of node `name`'s `weftd`, while it runs.
+    pub fn weftd_pid(&self, name: &str) -> Option<u32> {
+        let i = self.node_index(name).ok()?;
+        self.lab.pid(self.nodes[i].proc?)
+    }
+
     /// A control connection to node `name`'s `weftd`.
     pub fn client(&self, name: &str) -> Result<Client> {
         let sock = self

@@ -605,6 +605,115 @@ fn assert_tunnel_gso_in_use(cl: &ClusterLab, node: &str) {
     );
 }
 
+/// The redirect from the underlay device into the tunnel-GSO TAP has no backpressure:
+/// tunnel packets that arrive while the TAP's queue toward weftd is full are dropped by
+/// the kernel (the TAP's `tx_dropped`), and weftd counts them as its own,
+/// `underlay_queue_full` on the tunnel port, in the metrics and in `dump-ports`'
+/// rx_dropped. Here n2's weftd is stopped (SIGSTOP) while a pod on n1 sends 1000
+/// datagrams to a pod on n2 through a TAP queue cut to 16 frames: at least 984 drops.
+#[test]
+fn a_full_underlay_tap_queue_is_counted_as_underlay_queue_full() {
+    let _s = serial();
+    if !privileged("a_full_underlay_tap_queue_is_counted_as_underlay_queue_full") {
+        return;
+    }
+    if let Err(why) = weft_datapath::port::underlay::probe() {
+        eprintln!("skipped: this kernel has no tunnel-GSO TAP ({why})");
+        return;
+    }
+    let c = parse(&describe("vxlan", "l3", 100, "q", 2, 1, false));
+    let cl = build_with(&[&c], None, &["--tunnel-gso=on", "--offloads=on"]);
+    assert_tunnel_gso_in_use(&cl, "n2");
+    let (from, to) = (cl.pod("q11").ns.clone(), cl.pod("q21").ip());
+    assert!(from.ping(&to, 2, 2), "{}", cl.logs());
+    let n2 = cl.node("n2").ns.clone();
+    let tunnel = cl
+        .client("n2")
+        .unwrap()
+        .show()
+        .unwrap()
+        .ports
+        .into_iter()
+        .find(|p| p.port_type == "vxlan")
+        .expect("a vxlan port")
+        .name;
+    let kernel_dropped = || {
+        let j = n2.ip("-j -s link show wgso4789").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        v[0]["stats64"]["tx"]["dropped"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no tx dropped in {j}"))
+    };
+    let counted = || {
+        cl.metrics("n2")
+            .unwrap()
+            .port_drops(&tunnel, "underlay_queue_full")
+    };
+    let (kernel_before, counted_before) = (kernel_dropped(), counted());
+    n2.ip("link set wgso4789 txqueuelen 16").unwrap();
+    const N: u64 = 1000;
+    {
+        let pid = cl.weftd_pid("n2").expect("weftd runs on n2");
+        let kill = |sig: &str| {
+            std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(kill("-STOP"));
+        struct Resume<F: Fn(&str) -> bool>(F);
+        impl<F: Fn(&str) -> bool> Drop for Resume<F> {
+            fn drop(&mut self) {
+                (self.0)("-CONT");
+            }
+        }
+        let _resume = Resume(kill);
+        let tool = nettool_binary().display().to_string();
+        let to = format!("{to}:9");
+        from.run(&[
+            &tool, "udp-send", "--to", &to, "--hex", "55aa55aa", "--count", "1000",
+        ])
+        .unwrap();
+        // Until n1 has sent them all (its weftd forwards while n2's is stopped).
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let kernel = kernel_dropped() - kernel_before;
+    assert!(
+        kernel >= N - 16,
+        "n2's underlay TAP dropped {kernel} of {N} sent into a queue of 16"
+    );
+    assert_eq!(
+        counted() - counted_before,
+        kernel,
+        "underlay_queue_full counts what the underlay TAP dropped\n{}",
+        cl.metrics("n2").unwrap().body
+    );
+    let sock = cl.node("n2").socket.clone().expect("n2's control socket");
+    let out = Command::new(netns_tests::node::binary("weftctl", "WEFTCTL"))
+        .arg("-s")
+        .arg(&sock)
+        .args(["-o", "json", "dump-ports"])
+        .output()
+        .unwrap();
+    let ports = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(&ports).unwrap_or_else(|e| panic!("dump-ports: {e}: {ports}"));
+    let port = v["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["name"] == tunnel.as_str())
+        .unwrap_or_else(|| panic!("no port {tunnel} in {ports}"));
+    assert!(
+        port["rx_dropped"].as_u64().unwrap_or(0) >= kernel,
+        "dump-ports counts them as receive drops: {port}"
+    );
+    // Traffic resumes once the queue is long again.
+    n2.ip("link set wgso4789 txqueuelen 65536").unwrap();
+    assert!(from.ping(&to, 2, 2), "{}", cl.logs());
+    finish(cl);
+}
+
 fn kernel_interop(flags: &[&str]) {
     let c = parse(&describe("vxlan", "l2", 100, "k", 2, 2, true));
     let mut cl = build_with(&[&c], Some("n1"), flags);

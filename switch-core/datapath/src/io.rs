@@ -60,6 +60,11 @@ pub enum IoDrop {
     /// before Weft sees them (a TAP has no backpressure). Read from the kernel's
     /// `tx_dropped` count of the device since the port opened, when counters are read.
     TapQueueFull,
+    /// Tunnel packets the kernel redirected from the underlay device into the
+    /// tunnel-GSO underlay TAP while its queue toward Weft was full (the redirect has no
+    /// backpressure either). Read like `TapQueueFull`, from the TAP's `tx_dropped`, and
+    /// counted on the lowest-numbered port of the tunnels that share the TAP.
+    UnderlayQueueFull,
 }
 
 impl From<EgressDrop> for IoDrop {
@@ -85,7 +90,7 @@ impl IoDrop {
     }
 
     /// Every reason, in counter order.
-    pub const ALL: [IoDrop; 14] = [
+    pub const ALL: [IoDrop; 15] = [
         IoDrop::TooBig,
         IoDrop::NoTunnelDst,
         IoDrop::TunnelFamily,
@@ -100,6 +105,7 @@ impl IoDrop {
         IoDrop::TxQueueFull,
         IoDrop::RxOverflow,
         IoDrop::TapQueueFull,
+        IoDrop::UnderlayQueueFull,
     ];
 
     /// The label value.
@@ -119,6 +125,7 @@ impl IoDrop {
             IoDrop::TxQueueFull => "tx_queue_full",
             IoDrop::RxOverflow => "rx_overflow",
             IoDrop::TapQueueFull => "tap_queue_full",
+            IoDrop::UnderlayQueueFull => "underlay_queue_full",
         }
     }
 }
@@ -400,13 +407,33 @@ impl PortIo {
     }
 
     /// Brings the counts the kernel keeps for the port into its counters (a TAP's
-    /// `tap_queue_full`); for a reader of the counters (`dump-ports`, the metrics), never
-    /// the packet path: one rtnetlink request per TAP port.
-    pub fn sync_kernel_counts(&self) {
-        if let PortDev::Tap(t) = &self.dev
-            && let Some(n) = t.queue_full_drops()
-        {
-            self.counters.raise(PortDrop::Io(IoDrop::TapQueueFull), n);
+    /// `tap_queue_full`, a tunnel-GSO underlay TAP's `underlay_queue_full`); for a
+    /// reader of the counters (`dump-ports`, the metrics), never the packet path: one
+    /// rtnetlink request per TAP. `all` is every port: the tunnels that share one
+    /// underlay TAP count its drops once, on the lowest-numbered of them.
+    pub fn sync_kernel_counts(&self, all: &PortSet) {
+        match &self.dev {
+            PortDev::Tap(t) => {
+                if let Some(n) = t.queue_full_drops() {
+                    self.counters.raise(PortDrop::Io(IoDrop::TapQueueFull), n);
+                }
+            }
+            PortDev::Udp(u) => {
+                let Some(under) = &u.sockets.underlay else {
+                    return;
+                };
+                let first = all.iter().all(|p| match &p.dev {
+                    PortDev::Udp(o) if Arc::ptr_eq(&o.sockets, &u.sockets) => {
+                        p.ofport >= self.ofport
+                    }
+                    _ => true,
+                });
+                if first && let Some(n) = under.tap.queue_full_drops() {
+                    self.counters
+                        .raise(PortDrop::Io(IoDrop::UnderlayQueueFull), n);
+                }
+            }
+            PortDev::Ipip(_) => {}
         }
     }
 }
@@ -869,6 +896,9 @@ mod tests {
         assert!(!weft_flow::port::is_tx_drop(IoDrop::RxOverflow.as_str()));
         // What the pod could not hand over is lost on the way in (rx_dropped).
         assert!(!weft_flow::port::is_tx_drop(IoDrop::TapQueueFull.as_str()));
+        assert!(!weft_flow::port::is_tx_drop(
+            IoDrop::UnderlayQueueFull.as_str()
+        ));
     }
 
     /// A count read from the kernel only ever goes up, whatever order readers store in.

@@ -547,13 +547,11 @@ impl Switch {
 
     /// Every port with its counters (a port that is down has none), by number.
     pub fn ports(&self) -> Vec<PortStatus> {
-        let mut v: Vec<PortStatus> = self
-            .shared
-            .ports
-            .load()
+        let all = self.shared.ports.load();
+        let mut v: Vec<PortStatus> = all
             .iter()
             .map(|p| {
-                p.sync_kernel_counts();
+                p.sync_kernel_counts(&all);
                 let (rx_packets, rx_bytes, tx_packets, tx_bytes) = p.counters.totals();
                 PortStatus {
                     spec: p.spec.clone(),
@@ -808,13 +806,11 @@ impl Switch {
     /// The statistics the metrics endpoint serves.
     pub fn stats(&self) -> StatsSnapshot {
         let pipe = self.shared.pipeline.load_full();
-        let mut ports: Vec<PortStats> = self
-            .shared
-            .ports
-            .load()
+        let all = self.shared.ports.load();
+        let mut ports: Vec<PortStats> = all
             .iter()
             .map(|p| {
-                p.sync_kernel_counts();
+                p.sync_kernel_counts(&all);
                 let (rx_packets, rx_bytes, tx_packets, tx_bytes) = p.counters.totals();
                 PortStats {
                     up: true,

@@ -175,6 +175,7 @@ const NUD_USABLE: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x80;
 
 /// A rtnetlink socket (requests, or `groups` of events), in the namespace of the thread
 /// that opened it.
+#[derive(Debug)]
 pub(crate) struct Netlink {
     fd: OwnedFd,
     seq: std::cell::Cell<u32>,

@@ -184,6 +184,11 @@ pub struct UnderlayTap {
     device: String,
     ifindex: u32,
     pref: u16,
+    /// An rtnetlink socket (weftd's namespace, where the TAP is), the TAP's index and its
+    /// `tx_dropped` when it opened: what the redirect could not queue toward Weft.
+    drops: std::sync::Mutex<super::neigh::Netlink>,
+    tap_index: u32,
+    drops_base: u64,
 }
 
 impl UnderlayTap {
@@ -217,12 +222,18 @@ impl UnderlayTap {
         // The filter's preference is the UDP port, so one tunnel per UDP port and device
         // owns one filter, and a stale one of an earlier weftd is replaced.
         let pref = dst_port.max(1);
+        let tap_index = nix::net::if_::if_nametoindex(ifname).map_err(|e| what(e.into()))?;
+        let drops = super::neigh::Netlink::open(0).map_err(what)?;
+        let drops_base = super::neigh::link_tx_dropped(&drops, tap_index).map_err(what)?;
         let tap = UnderlayTap {
             queues: all,
             ifname: ifname.to_string(),
             device: device.clone(),
             ifindex,
             pref,
+            drops: std::sync::Mutex::new(drops),
+            tap_index,
+            drops_base,
         };
         // The TAP is a pipe to the underlay device, not an interface of the node: no
         // IPv6 autoconfiguration, router solicitations or MLD reports of its own.
@@ -236,8 +247,6 @@ impl UnderlayTap {
                 format!("{what_} (rtnetlink): {e}"),
             ))
         };
-        let tap_index =
-            nix::net::if_::if_nametoindex(ifname).map_err(|e| nl("its index", e.into()))?;
         let mtu: u32 = mtu.parse().unwrap_or(1500);
         tc::link_up_noarp(tap_index, mtu, UNDERLAY_TXQUEUELEN).map_err(|e| {
             nl(
@@ -275,6 +284,15 @@ impl UnderlayTap {
             "tunnel-GSO underlay port joined to its device by tc"
         );
         Ok(tap)
+    }
+
+    /// Tunnel packets the kernel dropped on their way into the TAP since it opened,
+    /// because its queue toward Weft was full (the TAP's `tx_dropped`); `None` when the
+    /// kernel cannot be asked. One rtnetlink request: not for the packet path.
+    pub fn queue_full_drops(&self) -> Option<u64> {
+        let nl = self.drops.lock().unwrap_or_else(|e| e.into_inner());
+        let now = super::neigh::link_tx_dropped(&nl, self.tap_index).ok()?;
+        Some(now.saturating_sub(self.drops_base))
     }
 
     /// The TAP's name.
