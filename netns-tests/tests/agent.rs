@@ -344,6 +344,9 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
     );
     let link = pod.ip("addr show eth0").unwrap();
     assert!(link.contains(&format!("inet {pod_ip}/24")), "{link}");
+    // The agent's default queue toward weftd (`pod_txqueuelen`,
+    // weft_agent::config::DEFAULT_POD_TXQUEUELEN), not the kernel's 1000.
+    assert!(link.contains("qlen 10000"), "no 'qlen 10000' in {link}");
     assert!(
         pod.ip("route")
             .unwrap()

@@ -620,6 +620,7 @@ impl Controller {
                 &format!("mtu={mtu}"),
                 &format!("mac={mac}"),
                 &format!("tag={}", m.net.vni),
+                &format!("txqueuelen={}", self.cfg.pod_txqueuelen),
             ],
         )
         .map_err(|e| (ErrorKind::BadRequest, format!("port {port}: {e}")))?;

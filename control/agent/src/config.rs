@@ -55,6 +55,11 @@ pub struct Settings {
     /// The underlay device, for the MTU (default: the device holding public_ip).
     #[arg(long)]
     pub underlay_dev: Option<String>,
+    /// The length of each pod TAP's queue toward weftd, in frames (default 10000;
+    /// 1 to 524288). A TAP has no backpressure: a burst past it is dropped by the pod's
+    /// kernel (weftd's `tap_queue_full`).
+    #[arg(long)]
+    pub pod_txqueuelen: Option<u32>,
 }
 
 /// The settings, checked.
@@ -82,7 +87,14 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     /// The underlay device.
     pub underlay_dev: Option<String>,
+    /// Each pod TAP's queue length.
+    pub pod_txqueuelen: u32,
 }
+
+/// The pod TAPs' queue length unless `pod_txqueuelen` says otherwise: ten times the
+/// kernel's 1000, about 80 KB of kernel memory a queue (about 9 MB more while one is
+/// full of small frames).
+pub const DEFAULT_POD_TXQUEUELEN: u32 = 10_000;
 
 /// etcd's TLS material, read at start.
 #[derive(Clone, Debug)]
@@ -133,6 +145,7 @@ impl Settings {
             metrics: over.metrics.or(self.metrics),
             cni_conf_dir: over.cni_conf_dir.or(self.cni_conf_dir),
             underlay_dev: over.underlay_dev.or(self.underlay_dev),
+            pod_txqueuelen: over.pod_txqueuelen.or(self.pod_txqueuelen),
         }
     }
 }
@@ -189,6 +202,13 @@ impl Config {
                 "lease_ttl {lease_ttl} is out of range (2 to 86400 seconds)"
             ));
         }
+        let max = weft_flow::port::MAX_TXQUEUELEN;
+        let pod_txqueuelen = s.pod_txqueuelen.unwrap_or(DEFAULT_POD_TXQUEUELEN);
+        if !(1..=max).contains(&pod_txqueuelen) {
+            return Err(format!(
+                "pod_txqueuelen {pod_txqueuelen} is out of range (1 to {max} frames)"
+            ));
+        }
         let mut prefix = s.prefix.unwrap_or_else(|| "/weft/v1/".into());
         if !prefix.starts_with('/') {
             return Err(format!("prefix '{prefix}' must start with /"));
@@ -212,6 +232,7 @@ impl Config {
             metrics: s.metrics,
             cni_conf_dir: s.cni_conf_dir.unwrap_or_else(|| "/etc/cni/net.d".into()),
             underlay_dev: s.underlay_dev,
+            pod_txqueuelen,
         })
     }
 }
@@ -249,6 +270,21 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("lease_ttl 1"), "{e}");
+        assert_eq!(c.pod_txqueuelen, DEFAULT_POD_TXQUEUELEN);
+        let q = |n| {
+            Config::resolve(Settings {
+                pod_txqueuelen: Some(n),
+                ..file.clone()
+            })
+        };
+        assert_eq!(q(262_144).unwrap().pod_txqueuelen, 262_144);
+        for bad in [0, weft_flow::port::MAX_TXQUEUELEN + 1] {
+            let e = q(bad).unwrap_err();
+            assert!(
+                e.starts_with(&format!("pod_txqueuelen {bad} is out of range")),
+                "{e}"
+            );
+        }
         let e = Config::resolve(Settings {
             etcd_ca: Some(dir.path().join("missing.pem")),
             ..file
