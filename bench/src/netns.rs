@@ -225,6 +225,15 @@ impl Bed {
                 // One row per underlay mode: sockets, or the tunnel-GSO TAP.
                 let gso = matches!(datapath, Datapath::WeftVxlanGso | Datapath::WeftGeneveGso);
                 cl.weftd_flags = vec![format!("--tunnel-gso={}", if gso { "on" } else { "off" })];
+                // More of weftd's flags for every Weft node (`compare --weftd-flags`).
+                if let Some(extra) = std::env::var_os("WEFT_BENCH_WEFTD_FLAGS") {
+                    cl.weftd_flags.extend(
+                        extra
+                            .to_string_lossy()
+                            .split_whitespace()
+                            .map(str::to_string),
+                    );
+                }
                 cl.pod_txqueuelen = txqueuelen;
                 cl.start_all()?;
                 if let Err(e) = cl.install(&cluster) {

@@ -714,6 +714,44 @@ fn a_full_underlay_tap_queue_is_counted_as_underlay_queue_full() {
     finish(cl);
 }
 
+/// `--pin-cpus=on` pins the workers and steers every multi-queue TAP (the pods' and the
+/// tunnel-GSO underlay's) to the queue of the sending CPU (`port::steer`; the unit test
+/// there shows the steering itself): traffic still crosses both underlays whole.
+#[test]
+fn pinned_workers_with_cpu_steering_carry_ping_and_tcp_on_both_underlays() {
+    let _s = serial();
+    if !privileged("pinned_workers_with_cpu_steering_carry_ping_and_tcp_on_both_underlays") {
+        return;
+    }
+    let gso_modes: &[&str] = if weft_datapath::port::underlay::probe().is_ok() {
+        &["off", "on"]
+    } else {
+        eprintln!("this kernel has no tunnel-GSO TAP: the sockets underlay only");
+        &["off"]
+    };
+    for gso in gso_modes {
+        let c = parse(&describe("vxlan", "l3", 100, "s", 2, 1, false));
+        let gso_flag = format!("--tunnel-gso={gso}");
+        let mut cl = build_with(
+            &[&c],
+            None,
+            &[&gso_flag, "--offloads=on", "--workers=2", "--pin-cpus=on"],
+        );
+        let logs = cl.logs();
+        assert!(logs.contains("worker pinned"), "{logs}");
+        assert!(
+            logs.contains("steered to the queue of the CPU that sent them"),
+            "no CPU steering (tunnel_gso={gso}):\n{logs}"
+        );
+        let (to, to_ip) = ("s21", cl.pod("s21").ip());
+        assert!(cl.pod("s11").ns.ping(&to_ip, 3, 2), "{}", cl.logs());
+        transfer(&mut cl, "s11", to, &to_ip, 5201, 8 << 20);
+        let back = cl.pod("s11").ip();
+        transfer(&mut cl, "s21", "s11", &back, 5202, 8 << 20);
+        finish(cl);
+    }
+}
+
 fn kernel_interop(flags: &[&str]) {
     let c = parse(&describe("vxlan", "l2", 100, "k", 2, 2, true));
     let mut cl = build_with(&[&c], Some("n1"), flags);

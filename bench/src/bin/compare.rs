@@ -11,6 +11,10 @@
 //! POD_TXQUEUELEN` by default; 0: the kernel's 1000). A TAP has no backpressure, so
 //! the UDP burst beyond it is dropped by the sending pod's kernel (`tap_queue_full`).
 //!
+//! `WEFT_BENCH_WEFTD_FLAGS` in the environment adds flags to every Weft node's `weftd`
+//! (say `--pin-cpus=on`, measured in docs/DESIGN.md's latency section); the table says
+//! which.
+//!
 //! `--weftd` measures another build of `weftd` (say, an older commit's, for a before and
 //! after table) instead of the one next to this binary.
 //!
@@ -397,6 +401,13 @@ fn main() {
             "the kernel's txqueuelen, 1000".to_string()
         }
     );
+    if let Some(f) = std::env::var_os("WEFT_BENCH_WEFTD_FLAGS").filter(|f| !f.is_empty()) {
+        let _ = writeln!(
+            t,
+            "Every weftd also ran with: {} (WEFT_BENCH_WEFTD_FLAGS)",
+            f.to_string_lossy()
+        );
+    }
     for n in &notes {
         let _ = writeln!(t, "note: {n}");
     }

@@ -68,7 +68,9 @@ pub struct SwitchOptions {
     /// TAP offloads (TSO/USO super-frames, checksum offload) with userspace
     /// segmentation, UDP GSO/GRO on the tunnels and coalescing towards the pods.
     pub offloads: bool,
-    /// Pin worker `i` to CPU `i` (modulo the CPUs this process may use).
+    /// Pin worker `i` to CPU `i` (modulo the CPUs this process may use), and steer each
+    /// multi-queue TAP's frames to the queue of the CPU that sent them, so that the
+    /// worker on that CPU reads them without a cross-CPU wake-up (`port::steer`).
     pub pin_cpus: bool,
     /// How many flows the tables may hold (a bundle that would exceed it is refused).
     pub flow_limits: FlowLimits,
@@ -270,6 +272,8 @@ impl Switch {
         config: Option<FirstConfig<'_>>,
     ) -> Result<Switch, SwitchError> {
         let workers = options.workers.max(1);
+        // Pinned workers read the frames sent on their own CPU (`port::steer`).
+        crate::port::steer::set_enabled(options.pin_cpus);
         let shared = Arc::new(Shared {
             pipeline: SharedPipeline::new(
                 Pipeline::with_lanes(PortMap::new(), workers).with_limits(options.flow_limits),

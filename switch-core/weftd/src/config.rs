@@ -3,7 +3,7 @@
 //! ```toml
 //! workers = 2
 //! offloads = true                # TAP TSO/USO + UDP GSO/GRO + coalescing (default on)
-//! pin_cpus = false               # worker i on CPU i
+//! pin_cpus = false               # worker i on CPU i, TAP frames steered by CPU
 //! tunnel_gso = false             # VXLAN/Geneve over a tunnel-GSO TAP (Linux 6.17+)
 //! state_dir = "/var/lib/weft"
 //! metrics = "127.0.0.1:9464"
@@ -88,7 +88,9 @@ pub struct Args {
     /// [default: on].
     #[arg(long, value_name = "on|off")]
     pub offloads: Option<String>,
-    /// Pin worker i to CPU i: on or off [default: off].
+    /// Pin worker i to CPU i, and steer each multi-queue TAP's frames to the queue of the
+    /// CPU that sent them (fewer cross-CPU wake-ups, a shorter ping; less throughput on
+    /// few cores, see docs/DESIGN.md): on or off [default: off].
     #[arg(long, value_name = "on|off")]
     pub pin_cpus: Option<String>,
     /// Carry VXLAN/Geneve with an IPv4 local= over the tunnel-GSO underlay TAP when the

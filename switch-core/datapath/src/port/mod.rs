@@ -9,6 +9,7 @@
 pub mod neigh;
 pub mod netns;
 pub mod socket;
+pub mod steer;
 pub mod tap;
 pub mod tc;
 pub mod underlay;

@@ -185,6 +185,8 @@ impl Tap {
                 }
             }
         })?;
+        super::steer::attach_if_enabled(queues[0].as_raw_fd(), queues.len())
+            .map_err(|e| io::Error::other(format!("tap '{ifname}': {e}")))?;
         let vnet = queues[0].tcp_gso();
         let uso = queues[0].udp_gso();
         if vnet {

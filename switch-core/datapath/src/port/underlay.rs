@@ -211,6 +211,7 @@ impl UnderlayTap {
             set_nonblocking(fd.as_raw_fd()).map_err(what)?;
             all.push(fd);
         }
+        super::steer::attach_if_enabled(all[0].as_raw_fd(), all.len()).map_err(what)?;
         set_offload(all[0].as_raw_fd(), OFFLOADS).map_err(|e| {
             what(io::Error::other(format!(
                 "TUNSETOFFLOAD with UDP tunnel GSO: {e}"
