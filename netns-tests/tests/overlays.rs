@@ -112,6 +112,25 @@ fn build_with(clusters: &[&Cluster], kernel: Option<&str>, flags: &[&str]) -> Cl
     cl
 }
 
+/// The start of a test of the tunnel-GSO underlay port: the serial lock, or `None` (the
+/// test skips, saying why) without root or on a kernel without tunnel GSO in TAPs.
+/// Under `WEFT_REQUIRE_PRIVILEGED` (CI) a kernel without it fails the test instead.
+fn begin_gso(test: &str) -> Option<MutexGuard<'static, ()>> {
+    let s = serial();
+    if !privileged(test) {
+        return None;
+    }
+    if let Err(why) = weft_datapath::port::underlay::probe() {
+        assert!(
+            std::env::var_os("WEFT_REQUIRE_PRIVILEGED").is_none(),
+            "{test}: this kernel has no tunnel-GSO TAP ({why})"
+        );
+        eprintln!("skipped: this kernel has no tunnel-GSO TAP ({why})");
+        return None;
+    }
+    Some(s)
+}
+
 /// Drops the lab and checks that nothing of it remains.
 fn finish(cl: ClusterLab) {
     let left = cl.teardown();
@@ -568,14 +587,9 @@ fn kernel_vxlan_node_interoperates_with_weft_node() {
 /// VXLAN device.
 #[test]
 fn kernel_vxlan_node_interoperates_over_the_tunnel_gso_port() {
-    let _s = serial();
-    if !privileged("kernel_vxlan_node_interoperates_over_the_tunnel_gso_port") {
+    let Some(_s) = begin_gso("kernel_vxlan_node_interoperates_over_the_tunnel_gso_port") else {
         return;
-    }
-    if let Err(why) = weft_datapath::port::underlay::probe() {
-        eprintln!("skipped: this kernel has no tunnel-GSO TAP ({why})");
-        return;
-    }
+    };
     // The port needs offloads (its frames are super-frames): on, whatever the matrix says.
     kernel_interop(&["--tunnel-gso=on", "--offloads=on"]);
 }
@@ -613,14 +627,9 @@ fn assert_tunnel_gso_in_use(cl: &ClusterLab, node: &str) {
 /// datagrams to a pod on n2 through a TAP queue cut to 16 frames: at least 984 drops.
 #[test]
 fn a_full_underlay_tap_queue_is_counted_as_underlay_queue_full() {
-    let _s = serial();
-    if !privileged("a_full_underlay_tap_queue_is_counted_as_underlay_queue_full") {
+    let Some(_s) = begin_gso("a_full_underlay_tap_queue_is_counted_as_underlay_queue_full") else {
         return;
-    }
-    if let Err(why) = weft_datapath::port::underlay::probe() {
-        eprintln!("skipped: this kernel has no tunnel-GSO TAP ({why})");
-        return;
-    }
+    };
     let c = parse(&describe("vxlan", "l3", 100, "q", 2, 1, false));
     let cl = build_with(&[&c], None, &["--tunnel-gso=on", "--offloads=on"]);
     assert_tunnel_gso_in_use(&cl, "n2");
@@ -821,14 +830,9 @@ fn kernel_interop(flags: &[&str]) {
 /// on the tunnel ports as the datagrams the kernel cut them into.
 #[test]
 fn tunnel_gso_port_carries_odd_sized_streams_byte_identical() {
-    let _s = serial();
-    if !privileged("tunnel_gso_port_carries_odd_sized_streams_byte_identical") {
+    let Some(_s) = begin_gso("tunnel_gso_port_carries_odd_sized_streams_byte_identical") else {
         return;
-    }
-    if let Err(why) = weft_datapath::port::underlay::probe() {
-        eprintln!("skipped: this kernel has no tunnel-GSO TAP ({why})");
-        return;
-    }
+    };
     let c = parse(&describe("vxlan", "l3", 100, "a", 2, 1, true));
     let mut cl = build_with(&[&c], None, &["--tunnel-gso=on", "--offloads=on"]);
     assert_tunnel_gso_in_use(&cl, "n1");
@@ -1268,14 +1272,9 @@ fn weftctl_show_says_which_underlay_each_tunnel_port_uses() {
 /// leave to the reclaimer, whose drop closes the port).
 #[test]
 fn a_deleted_tunnel_gso_port_is_closed_off_the_workers() {
-    let _s = serial();
-    if !privileged("a_deleted_tunnel_gso_port_is_closed_off_the_workers") {
+    let Some(_s) = begin_gso("a_deleted_tunnel_gso_port_is_closed_off_the_workers") else {
         return;
-    }
-    if let Err(why) = weft_datapath::port::underlay::probe() {
-        eprintln!("skipped: this kernel has no tunnel-GSO TAP ({why})");
-        return;
-    }
+    };
     let c = parse(&describe("vxlan", "l3", 100, "d", 2, 1, false));
     // The port needs offloads: on, whatever the matrix says.
     let mut cl = build_with(
