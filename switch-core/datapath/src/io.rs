@@ -422,13 +422,9 @@ impl PortIo {
                 let Some(under) = &u.sockets.underlay else {
                     return;
                 };
-                let first = all.iter().all(|p| match &p.dev {
-                    PortDev::Udp(o) if Arc::ptr_eq(&o.sockets, &u.sockets) => {
-                        p.ofport >= self.ofport
-                    }
-                    _ => true,
-                });
-                if first && let Some(n) = under.tap.queue_full_drops() {
+                if all.leads_socket_group(self.ofport)
+                    && let Some(n) = under.tap.queue_full_drops()
+                {
                     self.counters
                         .raise(PortDrop::Io(IoDrop::UnderlayQueueFull), n);
                 }
@@ -794,6 +790,16 @@ impl PortSet {
             .iter()
             .find(|(remote, _)| remote.is_none_or(|r| r == src))
             .map(|(_, j)| &self.ports[*j])
+    }
+
+    /// Whether `ofport` is the lowest-numbered of the tunnel ports that share its
+    /// sockets (true for a port that shares none). Not for the packet path.
+    pub fn leads_socket_group(&self, ofport: u32) -> bool {
+        let Some(&Some(i)) = self.by_number.get(ofport as usize) else {
+            return false;
+        };
+        // `ports` is sorted by number, so the lowest index is the lowest number.
+        self.group_of[i].is_none_or(|g| self.groups[g].iter().all(|&(_, j)| j >= i))
     }
 
     /// The sockets a new UDP tunnel port must share, if a port of the same type, local

@@ -352,6 +352,40 @@ pub(crate) fn link_tx_dropped(nl: &Netlink, ifindex: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other(format!("no IFLA_STATS64 for ifindex {ifindex}")))
 }
 
+/// The kernel's count of the frames a TAP could not queue toward `weftd` (its
+/// `tx_dropped`): an rtnetlink socket opened in the device's namespace, the device's
+/// index there, and the count when the port opened (a re-attached device's earlier
+/// drops are not this port's).
+#[derive(Debug)]
+pub(crate) struct KernelDrops {
+    nl: std::sync::Mutex<Netlink>,
+    ifindex: u32,
+    base: u64,
+}
+
+impl KernelDrops {
+    /// Opens the rtnetlink socket and reads the starting count of `ifname` (in the
+    /// device's namespace: the caller has entered it).
+    pub(crate) fn open(ifname: &str) -> io::Result<KernelDrops> {
+        let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(io::Error::from)?;
+        let nl = Netlink::open(0)?;
+        let base = link_tx_dropped(&nl, ifindex)?;
+        Ok(KernelDrops {
+            nl: std::sync::Mutex::new(nl),
+            ifindex,
+            base,
+        })
+    }
+
+    /// The drops since the port opened; `None` when the kernel cannot be asked. One
+    /// rtnetlink request: not for the packet path.
+    pub(crate) fn since_open(&self) -> Option<u64> {
+        let nl = self.nl.lock().unwrap_or_else(|e| e.into_inner());
+        let now = link_tx_dropped(&nl, self.ifindex).ok()?;
+        Some(now.saturating_sub(self.base))
+    }
+}
+
 /// The attributes after a fixed header of `fixed` bytes, as (type, value).
 fn attrs(msg: &[u8], fixed: usize) -> impl Iterator<Item = (u16, &[u8])> {
     let mut at = fixed;

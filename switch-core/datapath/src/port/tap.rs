@@ -34,12 +34,11 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Mutex;
 
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 use weft_flow::port::TapOptions;
 
-use super::neigh::{Netlink, link_tx_dropped};
+use super::neigh::KernelDrops;
 use super::netns::{NetnsId, in_netns, netns_id};
 
 /// Whether opening a TAP device may attach to one that exists.
@@ -62,15 +61,6 @@ pub struct Tap {
     netns_id: NetnsId,
     reattached: bool,
     drops: KernelDrops,
-}
-
-/// The kernel's count of the frames the pod could not queue: an rtnetlink socket opened
-/// in the pod's namespace, the device's index there, and its `tx_dropped` when the
-/// port opened (a re-attached device's earlier drops are not this port's).
-struct KernelDrops {
-    nl: Mutex<Netlink>,
-    ifindex: u32,
-    base: u64,
 }
 
 impl std::fmt::Debug for Tap {
@@ -222,9 +212,7 @@ impl Tap {
     /// because the queue toward `weftd` was full (the device's `tx_dropped`); `None`
     /// when the kernel cannot be asked. One rtnetlink request: not for the packet path.
     pub fn queue_full_drops(&self) -> Option<u64> {
-        let nl = self.drops.nl.lock().unwrap_or_else(|e| e.into_inner());
-        let now = link_tx_dropped(&nl, self.drops.ifindex).ok()?;
-        Some(now.saturating_sub(self.drops.base))
+        self.drops.since_open()
     }
 
     /// The identity of the namespace the device lives in.
@@ -394,21 +382,6 @@ impl Tap {
     /// Clears persistence and closes every queue: the kernel then deletes the device.
     pub fn remove(self) -> io::Result<()> {
         self.unpersist()
-    }
-}
-
-impl KernelDrops {
-    /// Opens the rtnetlink socket and reads the starting count (in the device's
-    /// namespace: the caller has entered it).
-    fn open(ifname: &str) -> io::Result<KernelDrops> {
-        let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(io::Error::from)?;
-        let nl = Netlink::open(0)?;
-        let base = link_tx_dropped(&nl, ifindex)?;
-        Ok(KernelDrops {
-            nl: Mutex::new(nl),
-            ifindex,
-            base,
-        })
     }
 }
 

@@ -184,11 +184,9 @@ pub struct UnderlayTap {
     device: String,
     ifindex: u32,
     pref: u16,
-    /// An rtnetlink socket (weftd's namespace, where the TAP is), the TAP's index and its
-    /// `tx_dropped` when it opened: what the redirect could not queue toward Weft.
-    drops: std::sync::Mutex<super::neigh::Netlink>,
-    tap_index: u32,
-    drops_base: u64,
+    /// What the redirect could not queue toward Weft (the TAP's `tx_dropped`, in weftd's
+    /// namespace, where the TAP is).
+    drops: super::neigh::KernelDrops,
 }
 
 impl UnderlayTap {
@@ -224,17 +222,14 @@ impl UnderlayTap {
         // owns one filter, and a stale one of an earlier weftd is replaced.
         let pref = dst_port.max(1);
         let tap_index = nix::net::if_::if_nametoindex(ifname).map_err(|e| what(e.into()))?;
-        let drops = super::neigh::Netlink::open(0).map_err(what)?;
-        let drops_base = super::neigh::link_tx_dropped(&drops, tap_index).map_err(what)?;
+        let drops = super::neigh::KernelDrops::open(ifname).map_err(what)?;
         let tap = UnderlayTap {
             queues: all,
             ifname: ifname.to_string(),
             device: device.clone(),
             ifindex,
             pref,
-            drops: std::sync::Mutex::new(drops),
-            tap_index,
-            drops_base,
+            drops,
         };
         // The TAP is a pipe to the underlay device, not an interface of the node: no
         // IPv6 autoconfiguration, router solicitations or MLD reports of its own.
@@ -291,9 +286,7 @@ impl UnderlayTap {
     /// because its queue toward Weft was full (the TAP's `tx_dropped`); `None` when the
     /// kernel cannot be asked. One rtnetlink request: not for the packet path.
     pub fn queue_full_drops(&self) -> Option<u64> {
-        let nl = self.drops.lock().unwrap_or_else(|e| e.into_inner());
-        let now = super::neigh::link_tx_dropped(&nl, self.tap_index).ok()?;
-        Some(now.saturating_sub(self.drops_base))
+        self.drops.since_open()
     }
 
     /// The TAP's name.
