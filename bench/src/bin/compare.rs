@@ -479,19 +479,8 @@ fn draw(
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(650);
     let n = dps.len().max(1);
-    let names: Vec<&str> = dps.iter().map(|d| d.name()).collect();
-    let label = |x: &f64| {
-        let i = x.floor() as usize;
-        if (x - x.floor() - 0.5).abs() < 1e-6 && i < names.len() {
-            names[i].to_string()
-        } else {
-            String::new()
-        }
-    };
-    let val = |d: Datapath, k: &str| {
-        let v = med(d, k);
-        if v.is_finite() { v } else { 0.0 }
-    };
+    let label = |x: &f64| datapath_at(dps, *x);
+    let val = |d: Datapath, k: &str| finite_or_zero(med(d, k));
     // TCP.
     paired_bars(
         &left,
@@ -545,19 +534,8 @@ fn draw_latency(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
     root.fill(&WHITE)?;
-    let names: Vec<&str> = dps.iter().map(|d| d.name()).collect();
-    let label = |x: &f64| {
-        let i = x.floor() as usize;
-        if (x - x.floor() - 0.5).abs() < 1e-6 && i < names.len() {
-            names[i].to_string()
-        } else {
-            String::new()
-        }
-    };
-    let val = |d: Datapath, k: &str| {
-        let v = med(d, k);
-        if v.is_finite() { v } else { 0.0 }
-    };
+    let label = |x: &f64| datapath_at(dps, *x);
+    let val = |d: Datapath, k: &str| finite_or_zero(med(d, k));
     paired_bars(
         &root,
         &format!("ping round trip (ping -c {PINGS} -i 0.01), ms"),
@@ -572,6 +550,22 @@ fn draw_latency(
     )?;
     root.present()?;
     Ok(())
+}
+
+/// The datapath whose bars stand around `x` (at the middle of its slot), for an axis
+/// label; empty elsewhere.
+fn datapath_at(dps: &[Datapath], x: f64) -> String {
+    let i = x.floor() as usize;
+    if (x - x.floor() - 0.5).abs() < 1e-6 && i < dps.len() {
+        dps[i].name().to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// A median as a bar's height: 0 for a measure that has none.
+fn finite_or_zero(v: f64) -> f64 {
+    if v.is_finite() { v } else { 0.0 }
 }
 
 /// Two bars per datapath (the measures `keys`, in `colors`, with a legend), each with its
