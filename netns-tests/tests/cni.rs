@@ -503,7 +503,7 @@ fn plugin_alone_every_command_against_the_agent() {
     );
 
     // CHECK: whole, then with the address gone (101, naming it); the route case is
-    // check_reports_a_missing_route_and_interface.
+    // check_reports_a_missing_flow_route_and_interface.
     let prev = json!({"prevResult": r1.out});
     let c = cni(&w, 0, &pod1, "CHECK", "1.0.0", prev.clone());
     assert!(c.ok, "{} {}", c.out, c.stderr);
@@ -629,8 +629,8 @@ fn add_onto_an_existing_interface_is_code_100() {
 }
 
 #[test]
-fn check_reports_a_missing_route_and_interface() {
-    let Some(_serial) = begin("check_reports_a_missing_route_and_interface", false) else {
+fn check_reports_a_missing_flow_route_and_interface() {
+    let Some(_serial) = begin("check_reports_a_missing_flow_route_and_interface", false) else {
         return;
     };
     let mut w = World::new(1, false);
@@ -641,6 +641,20 @@ fn check_reports_a_missing_route_and_interface() {
     let r = cni(&w, 0, &pod, "ADD", "1.0.0", json!({}));
     assert!(r.ok, "{} {}", r.out, r.stderr);
     let prev = json!({"prevResult": r.out});
+    let c = cni(&w, 0, &pod, "CHECK", "1.0.0", prev.clone());
+    assert!(c.ok, "a whole attachment checks: {} {}", c.out, c.stderr);
+    // A flow of the pod removed behind the agent's back: 101, naming the flow.
+    // (The delivery to its MAC in the output table.)
+    let at = r.out["ips"][0]["interface"].as_u64().unwrap() as usize;
+    let mac = r.out["interfaces"][at]["mac"].as_str().unwrap().to_string();
+    let delivery = format!("dl_dst={mac}");
+    assert!(w.weftctl(0, &["dump-flows"]).contains(&delivery));
+    w.weftctl(0, &["del-flows", &delivery]);
+    assert!(!w.weftctl(0, &["dump-flows"]).contains(&delivery));
+    let c = cni(&w, 0, &pod, "CHECK", "1.0.0", prev.clone());
+    assert_eq!(c.code(), 101, "a missing flow: {}", c.out);
+    let msg = c.out["msg"].as_str().unwrap();
+    assert!(msg.contains("flow") && msg.contains(&delivery), "{}", c.out);
     pod.ns.ip("route del default").unwrap();
     let c = cni(&w, 0, &pod, "CHECK", "1.0.0", prev.clone());
     assert_eq!(c.code(), 101, "a missing default route: {}", c.out);
@@ -693,6 +707,77 @@ fn agent_down_add_is_11_and_leaves_nothing_and_status_is_50() {
     let r = cni(&w, 0, &pod, "ADD", "1.0.0", json!({}));
     assert!(r.ok, "{} {}", r.out, r.stderr);
     assert_eq!(w.reservations(0).len(), 1);
+    let d = cni(&w, 0, &pod, "DEL", "1.0.0", json!({"prevResult": r.out}));
+    assert!(d.ok, "{} {}", d.out, d.stderr);
+    assert!(w.reservations(0).is_empty());
+}
+
+/// Node `k`'s flows without their counters (`dump-flows -o json`, the `flow` of each).
+fn flow_rules(w: &World, k: usize) -> Vec<String> {
+    let out = w.weftctl(k, &["-o", "json", "dump-flows"]);
+    let rules: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["flow"].to_string())
+        .collect();
+    assert!(!rules.is_empty(), "node {k} has flows");
+    rules
+}
+
+/// An ADD that fails at the agent after it made the pod's interface (etcd is down, so
+/// the endpoint cannot be recorded) takes all of it back: no port, flow, link or
+/// address reservation is left, and the same ADD works once etcd is back.
+#[test]
+fn an_add_that_fails_at_the_agent_leaves_nothing() {
+    let Some(_serial) = begin("an_add_that_fails_at_the_agent_leaves_nothing", false) else {
+        return;
+    };
+    let mut w = World::new(1, false);
+    let pod = Pod {
+        ns: w.lab.netns("pod1").unwrap(),
+        cid: "f6a7b8c9-undo".into(),
+    };
+    let ports = w.weftctl(0, &["dump-ports"]).lines().count();
+    let flows = flow_rules(&w, 0);
+    {
+        let World { etcd, lab, .. } = &mut w;
+        etcd.stop_all(lab);
+    }
+    let start = Instant::now();
+    while w.status(0).is_some_and(|s| s.etcd.reachable) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the agent does not see etcd gone"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = cni(&w, 0, &pod, "ADD", "1.0.0", json!({}));
+    eprintln!("ADD with etcd down: {}", r.out);
+    assert!(!r.ok, "ADD with etcd down: {}", r.out);
+    let msg = r.out["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("etcd"), "the message names etcd: {}", r.out);
+    assert!(w.reservations(0).is_empty(), "{:?}", w.reservations(0));
+    assert_eq!(
+        pod.ns.ip("-o link").unwrap().lines().count(),
+        1,
+        "only lo in the pod"
+    );
+    assert_eq!(w.weftctl(0, &["dump-ports"]).lines().count(), ports);
+    assert_eq!(flow_rules(&w, 0), flows, "the flows are as they were");
+    assert!(w.status(0).unwrap().endpoints.is_empty());
+    {
+        let World { etcd, lab, .. } = &mut w;
+        etcd.start_all(lab).unwrap();
+        etcd.wait_healthy(lab, READY).unwrap();
+    }
+    let start = Instant::now();
+    let r = loop {
+        let r = cni(&w, 0, &pod, "ADD", "1.0.0", json!({}));
+        if r.ok || start.elapsed() > Duration::from_secs(30) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(r.ok, "ADD once etcd is back: {} {}", r.out, r.stderr);
     let d = cni(&w, 0, &pod, "DEL", "1.0.0", json!({"prevResult": r.out}));
     assert!(d.ok, "{} {}", d.out, d.stderr);
     assert!(w.reservations(0).is_empty());

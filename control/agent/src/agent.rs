@@ -780,6 +780,63 @@ impl Controller {
                 a.attachment.ifname
             )));
         }
+        self.check_flows(&id, &ports.ports)
+    }
+
+    /// CHECK's last part: every flow the endpoint adds to the plan is in weftd, under
+    /// the agent's cookie, with its actions (port names compared as weftd's numbers).
+    fn check_flows(
+        &mut self,
+        id: &str,
+        ports: &[weft_proto::PortInfo],
+    ) -> Result<(), (ErrorKind, String)> {
+        let model = self
+            .model
+            .as_ref()
+            .ok_or((ErrorKind::NotReady, "no cluster state yet".to_string()))?;
+        let want = model
+            .endpoint_flows(id)
+            .map_err(|e| (ErrorKind::Failed, e))?;
+        let numbers: HashMap<&str, u32> =
+            ports.iter().map(|p| (p.name.as_str(), p.ofport)).collect();
+        let w = self.connect_weftd().map_err(|e| (ErrorKind::Failed, e))?;
+        let have = w
+            .dump_flows(weft_flow::FlowFilter {
+                cookie: Some(Masked {
+                    value: COOKIE,
+                    mask: COOKIE_MASK,
+                }),
+                ..weft_flow::FlowFilter::all()
+            })
+            .map_err(|e| (ErrorKind::Failed, format!("weftd dump-flows: {e}")))?;
+        let have: HashMap<FlowId, String> = have
+            .flows
+            .into_iter()
+            .map(|s| {
+                let f = s.flow;
+                let text = actions_text(&f);
+                ((f.table, f.priority, f.matches), text)
+            })
+            .collect();
+        for f in want {
+            let mut m = f.matches.clone();
+            if let Some(weft_flow::PortRef::Name(n)) = &m.in_port {
+                match numbers.get(n.as_str()) {
+                    Some(&no) => m.in_port = Some(weft_flow::PortRef::Number(no)),
+                    None => return Err((ErrorKind::Missing, format!("weftd has no port {n}"))),
+                }
+            }
+            match have.get(&(f.table, f.priority, m)) {
+                None => return Err((ErrorKind::Missing, format!("weftd lacks the flow {f}"))),
+                Some(got) if *got != numbered(&actions_text(&f), &numbers) => {
+                    return Err((
+                        ErrorKind::Missing,
+                        format!("weftd's flow {f} has other actions: {got}"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         Ok(())
     }
 
@@ -881,6 +938,39 @@ fn endpoint_view(id: &str, e: &EndpointRecord) -> ap::Endpoint {
     }
 }
 
+/// A flow's actions as its text has them (`actions=...`).
+fn actions_text(f: &Flow) -> String {
+    let text = f.to_string();
+    match text.split_once("actions=") {
+        Some((_, a)) => a.to_string(),
+        None => text,
+    }
+}
+
+/// `text` with every word that is a port's name (between `:`, `,`, `=`, `(` and `)`)
+/// replaced by the port's number, as weftd prints its flows.
+fn numbered(text: &str, numbers: &HashMap<&str, u32>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        match numbers.get(word.as_str()) {
+            Some(n) => out.push_str(&n.to_string()),
+            None => out.push_str(word),
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if matches!(c, ':' | ',' | '=' | '(' | ')') {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 /// `<container_id>:<ifname>`.
 pub fn endpoint_id(a: &ap::Attachment) -> String {
     format!("{}:{}", a.container_id, a.ifname)
@@ -956,6 +1046,25 @@ mod tests {
             container_id: c.into(),
             ifname: i.into(),
         }
+    }
+
+    #[test]
+    fn port_names_in_actions_become_numbers_and_nothing_else_does() {
+        let numbers: HashMap<&str, u32> = [("p-ab", 5), ("tun0", 2)].into_iter().collect();
+        assert_eq!(
+            numbered("set_field:198.18.0.2->tun_dst,output:tun0", &numbers),
+            "set_field:198.18.0.2->tun_dst,output:2"
+        );
+        assert_eq!(
+            numbered("mod_dl_dst:0a:58:c6:13:01:05,output:p-ab", &numbers),
+            "mod_dl_dst:0a:58:c6:13:01:05,output:5"
+        );
+        // A word that only contains a name stays.
+        assert_eq!(
+            numbered("output:p-abc,xp-ab", &numbers),
+            "output:p-abc,xp-ab"
+        );
+        assert_eq!(numbered("", &numbers), "");
     }
 
     #[test]

@@ -108,6 +108,25 @@ impl Model {
         let (c, skipped) = self.cluster();
         (c.and_then(|c| c.plan(&self.node)), skipped)
     }
+
+    /// The flows that endpoint `id` adds to the plan (what the plan has with it and not
+    /// without it), by table and then priority: what CHECK looks for in weftd.
+    pub fn endpoint_flows(&self, id: &str) -> Result<Vec<Flow>, String> {
+        if !self.endpoints.contains_key(id) {
+            return Err(format!("no endpoint {id} on this node"));
+        }
+        let mut without = self.clone();
+        without.endpoints.remove(id);
+        let with = self.plan().0.map_err(|e| e.to_string())?;
+        let rest = index(without.plan().0.map_err(|e| e.to_string())?.flows);
+        let mut own: Vec<Flow> = with
+            .flows
+            .into_iter()
+            .filter(|f| rest.get(&(f.table, f.priority, f.matches.clone())) != Some(f))
+            .collect();
+        own.sort_by_key(|f| (f.table, std::cmp::Reverse(f.priority)));
+        Ok(own)
+    }
 }
 
 /// What weftd's `netns=` gets: the name for a namespace in /var/run/netns, else the path.
@@ -202,6 +221,43 @@ mod tests {
             peers,
             endpoints,
         }
+    }
+
+    #[test]
+    fn an_endpoints_flows_are_what_it_adds_to_the_plan() {
+        let m = model();
+        let own = m.endpoint_flows("c1:eth0").unwrap();
+        let text: Vec<String> = own.iter().map(|f| f.to_string()).collect();
+        // The spoof guard of its port and the delivery to it, nothing of the peer's.
+        assert!(
+            text.iter()
+                .any(|f| f.contains("in_port=p-c1-eth0") && f.contains("nw_src=198.19.1.5")),
+            "{text:#?}"
+        );
+        assert!(
+            text.iter().any(|f| f.contains("nw_dst=198.19.1.5 ")),
+            "{text:#?}"
+        );
+        assert!(
+            text.iter().any(|f| f.contains("actions=output:p-c1-eth0")),
+            "{text:#?}"
+        );
+        assert!(!text.iter().any(|f| f.contains("198.19.2.0")), "{text:#?}");
+        // Every one of them is in the whole plan, and none is without the endpoint.
+        let all = index(m.plan().0.unwrap().flows);
+        let mut without = m.clone();
+        without.endpoints.clear();
+        let rest = index(without.plan().0.unwrap().flows);
+        for f in &own {
+            let id = (f.table, f.priority, f.matches.clone());
+            assert_eq!(all.get(&id), Some(f));
+            assert_ne!(rest.get(&id), Some(f));
+        }
+        assert!(
+            m.endpoint_flows("c9:eth0")
+                .unwrap_err()
+                .contains("no endpoint")
+        );
     }
 
     #[test]
