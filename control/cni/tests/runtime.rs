@@ -524,6 +524,68 @@ fn add_check_del_against_the_agent_with_host_local() {
     }
 }
 
+/// The IPAM plugin is found through CNI_PATH and run with the runtime's environment
+/// and the whole network config; what it writes to stderr reaches the runtime's
+/// stderr as written, and its error (code and message) is the plugin's answer.
+#[test]
+fn the_ipam_plugin_gets_the_environment_and_config_and_its_stderr_passes_through() {
+    let s = Setup::new("1.0.0");
+    let _agent = FakeAgent::start(s.dir.path());
+    let bin = s.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let seen = s.dir.path().join("ipam-stdin.json");
+    let script = bin.join("noisy-ipam");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh
+             if [ \"$CNI_COMMAND\" = VERSION ]; then
+               echo '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"1.0.0\"]}}'; exit 0
+             fi
+             [ \"$CNI_COMMAND\" = ADD ] || exit 0
+             cat > {}
+             echo \"noisy-ipam: $CNI_COMMAND $CNI_CONTAINERID $CNI_IFNAME $CNI_NETNS $CNI_ARGS\" >&2
+             echo '{{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"pool p1 exhausted\"}}'
+             exit 1
+",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    let mut vars = s.vars("ADD", "c7");
+    for (k, v) in &mut vars {
+        if *k == "CNI_PATH" {
+            *v = format!("/nonexistent:{}", bin.display());
+        }
+    }
+    let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let conf = s.conf(json!({"ipam": {"type": "noisy-ipam", "pool": "p1"}}));
+    let r = run(&v, &conf);
+    assert_eq!(r.code(), 11, "the IPAM plugin's code: {}", r.out);
+    assert!(r.msg().contains("pool p1 exhausted"), "{}", r.out);
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("noisy-ipam: "))
+        .unwrap_or_else(|| panic!("the IPAM plugin's stderr did not pass: {}", r.stderr));
+    assert_eq!(
+        line,
+        "noisy-ipam: ADD c7 eth0 /var/run/netns/pod-under-test \
+         IgnoreUnknown=1;K8S_POD_NAMESPACE=web;K8S_POD_NAME=front-1"
+    );
+    let given: Value = serde_json::from_slice(&std::fs::read(&seen).unwrap()).unwrap();
+    assert_eq!(given["name"], "weft", "{given}");
+    assert_eq!(given["cniVersion"], "1.0.0", "{given}");
+    assert_eq!(given["type"], "weft-cni", "{given}");
+    assert_eq!(given["ipam"]["type"], "noisy-ipam", "{given}");
+    assert_eq!(given["ipam"]["pool"], "p1", "{given}");
+}
+
 #[test]
 fn a_failed_add_undoes_the_address_and_the_attach() {
     if !have_host_local("a_failed_add_undoes_the_address_and_the_attach") {
