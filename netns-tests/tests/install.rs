@@ -76,9 +76,18 @@ fn install_puts_binaries_units_and_configs_where_they_belong() {
         assert_eq!(mode(&root.join(p)), m, "{p}");
     }
     assert!(root.join("etc/cni/net.d").is_dir());
-    if workspace().join("control/agent/Cargo.toml").is_file() {
-        assert_eq!(mode(&root.join("usr/local/bin/weft-agent")), 0o755);
-    }
+    assert_eq!(mode(&root.join("usr/local/bin/weft-agent")), 0o755);
+    assert_eq!(
+        mode(&root.join("etc/systemd/system/weft-agent.service")),
+        0o644
+    );
+    assert_eq!(mode(&root.join("etc/weft/agent.toml")), 0o644);
+    // The agent's unit runs the installed binary on the installed configuration.
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/weft-agent.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/weft-agent --config /etc/weft/agent.toml"),
+        "{unit}"
+    );
     // The installed plugin answers as a runtime asks it.
     let v = Command::new(root.join("opt/cni/bin/weft-cni"))
         .env_clear()
@@ -111,7 +120,10 @@ fn install_puts_binaries_units_and_configs_where_they_belong() {
     assert!(out.status.success());
     let unit = std::fs::read_to_string(root.join("etc/systemd/system/weftd.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/weftd"), "{unit}");
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/weft-agent.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/weft-agent"), "{unit}");
     assert!(root.join("usr/bin/weftd").is_file());
+    assert!(root.join("usr/bin/weft-agent").is_file());
 }
 
 #[test]

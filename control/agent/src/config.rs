@@ -242,6 +242,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_config_file_reads_and_resolves_to_the_defaults() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/agent.toml");
+        let s = Settings::from_file(&p, true).unwrap();
+        let c = Config::resolve(Settings {
+            node_name: Some("n1".into()),
+            ..s
+        })
+        .unwrap();
+        assert_eq!(c.public_ip, Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(c.etcd_endpoints, ["http://198.18.0.1:2379"]);
+        assert!(c.tls.is_none());
+        assert_eq!(c.prefix, "/weft/v1/");
+        assert_eq!(c.lease_ttl, Duration::from_secs(60));
+        assert_eq!(c.weftd_socket, Path::new("/run/weft/weftd.sock"));
+        assert_eq!(c.socket, Path::new(weft_agent_proto::DEFAULT_SOCKET));
+        assert_eq!(c.cni_conf_dir, Path::new("/etc/cni/net.d"));
+        assert_eq!(c.pod_txqueuelen, DEFAULT_POD_TXQUEUELEN);
+        // The commented settings are the defaults they name: uncommented, the same.
+        let text = std::fs::read_to_string(&p).unwrap();
+        let open: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(k) if k.contains(" = ") && !k.starts_with("etcd_") => k,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let all: Settings = toml::from_str(&open).unwrap();
+        let d = Config::resolve(all).unwrap();
+        assert_eq!(d.prefix, c.prefix);
+        assert_eq!(d.lease_ttl, c.lease_ttl);
+        assert_eq!(d.weftd_socket, c.weftd_socket);
+        assert_eq!(d.socket, c.socket);
+        assert_eq!(d.cni_conf_dir, c.cni_conf_dir);
+        assert_eq!(d.pod_txqueuelen, c.pod_txqueuelen);
+    }
+
+    #[test]
     fn file_then_flags_and_checks() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("agent.toml");
