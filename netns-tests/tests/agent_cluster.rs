@@ -13,6 +13,7 @@
 //! short (3 s) so that a dead node goes quickly.
 
 use std::net::Ipv4Addr;
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -127,6 +128,28 @@ impl World {
                 self.etcd.logs(&self.lab)
             ),
         }
+    }
+
+    /// One of node `k`'s agent metrics (a metric without labels), scraped from its
+    /// loopback.
+    fn agent_metric(&self, k: usize, name: &str) -> Option<u64> {
+        let scrape = self
+            .node(k)
+            .ns
+            .run(&[
+                &nettool_binary().display().to_string(),
+                "http-get",
+                "--to",
+                netns_tests::agent::AGENT_METRICS_ADDR,
+                "--path",
+                "/metrics",
+                "--timeout",
+                "3",
+            ])
+            .unwrap();
+        let m = netns_tests::node::Metrics::parse(&scrape).unwrap();
+        assert_eq!(m.status, 200, "{scrape}");
+        m.get(name, &[])
     }
 
     fn subnet(&self, k: usize) -> Ipv4Net {
@@ -449,9 +472,14 @@ fn nodes_find_each_other_join_leave_and_die() {
         }
     }
 
-    // A fourth node joins while pod0 pings pod1 steadily.
+    // A fourth node joins while pod0 pings pod1 and pod2 pings pod0 steadily (every
+    // old node's traffic: node1 -> node2 -> node1, node3 -> node1 -> node3).
     let (p0, p1) = (w.pods[0].ns.clone(), w.pods[1].ip);
-    let steady = SteadyPing::start(&mut w.lab, &p0, p1, 0.05, 120);
+    let (p2, ip0) = (w.pods[2].ns.clone(), w.pods[0].ip);
+    let steady = [
+        SteadyPing::start(&mut w.lab, &p0, p1, 0.05, 160),
+        SteadyPing::start(&mut w.lab, &p2, ip0, 0.05, 160),
+    ];
     std::thread::sleep(Duration::from_millis(500));
     let spec = w.spec(4);
     w.start_node(4, &spec);
@@ -470,13 +498,21 @@ fn nodes_find_each_other_join_leave_and_die() {
             w.logs()
         );
     }
-    let (tx, rx) = steady.finish(&mut w.lab, Duration::from_secs(10));
-    assert_eq!(
-        tx,
-        rx,
-        "the steady ping lost packets while a node joined\n{}",
-        w.logs()
-    );
+    for p in &steady {
+        assert!(
+            w.lab.is_running(p.id),
+            "the steady pings (8 s) ended before the join was done: make them longer"
+        );
+    }
+    for p in steady {
+        let (tx, rx) = p.finish(&mut w.lab, Duration::from_secs(12));
+        assert_eq!(
+            tx,
+            rx,
+            "a steady ping lost packets while a node joined\n{}",
+            w.logs()
+        );
+    }
     let subnet4 = w.subnet(3);
 
     // It leaves cleanly (agent stopped): gone from every other node's flows.
@@ -650,6 +686,72 @@ fn simulate_node(w: &mut World, name: &str, ip: Ipv4Addr, subnet: Ipv4Net, ttl: 
         .unwrap();
 }
 
+/// A watch that etcd cancels because the agent fell behind a compaction is resumed with
+/// a fresh list. The agent is stopped (SIGSTOP, well inside its lease) while etcd is
+/// written more than the watch stream can hold (the HTTP/2 windows and etcd's
+/// per-watch buffer), so etcd holds the watch back as a slow one; then the history is
+/// compacted past it. When the agent runs again etcd cancels its watch with the
+/// compacted revision; the agent ends the session, lists again, and programs a node
+/// written after the watch fell behind, which no watch event carried.
+#[test]
+fn a_watch_behind_a_compaction_is_resumed_with_a_fresh_list() {
+    let Some(_s) = begin("a_watch_behind_a_compaction_is_resumed_with_a_fresh_list") else {
+        return;
+    };
+    let mut w = World::new(1, CONFIG, false);
+    let mut spec = w.spec(1);
+    spec.lease_ttl = 120;
+    w.start_node(1, &spec);
+    w.wait_ready(0);
+    let pid = w.node(0).agent.pid(&w.lab).expect("the agent runs");
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let stopped = Instant::now();
+    // 260 revisions of 100 KB under nodes/ (not node records: the agent ignores
+    // them), then a real node, then the compaction.
+    let filler = format!("{PREFIX}nodes/filler");
+    let big = "x".repeat(100_000);
+    for _ in 0..260 {
+        w.etcd.etcdctl(&mut w.lab, &["put", &filler, &big]).unwrap();
+    }
+    w.etcd.del(&mut w.lab, &filler, false).unwrap();
+    let late: Ipv4Net = "198.19.251.0/24".parse().unwrap();
+    simulate_node(&mut w, "late", Ipv4Addr::new(198, 18, 0, 201), late, 120);
+    let rev = w.etcd.compact(&mut w.lab).unwrap();
+    eprintln!(
+        "wrote and compacted to revision {rev} in {:?} with the agent stopped",
+        stopped.elapsed()
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(100),
+        "the writes took most of the lease"
+    );
+    signal("-CONT");
+    wait_flows(
+        &w,
+        0,
+        Duration::from_secs(30),
+        "the node written after the watch fell behind",
+        |f| has_subnet(f, late),
+    );
+    let log = w.node(0).agent.log(&w.lab);
+    assert!(
+        log.contains("the watch was compacted"),
+        "the session ended on the compaction:\n{log}"
+    );
+    let s = w.wait_status(0, READY, "ready after the resync", |s| {
+        s.ready && s.etcd.reachable && s.peers.iter().any(|p| p.node == "late")
+    });
+    assert_eq!(s.peers.len(), 1, "{s:?}");
+}
+
 /// etcd: all members stopped for 30 s while a steady ping runs between pods on different
 /// nodes: no packet is lost, the agents report etcd unreachable, and when etcd is back
 /// they resync (a node that appears then is programmed). Then one member killed changes
@@ -672,6 +774,8 @@ fn etcd_outages_lose_no_packet_and_the_agents_resync() {
         });
         eprintln!("node{} while etcd is down: {:?}", k + 1, s.etcd);
         assert!(s.etcd.error.is_some(), "{s:?}");
+        // The metrics say so too.
+        assert_eq!(w.agent_metric(k, "weft_agent_etcd_up"), Some(0));
     }
     let flows_down = w.flows(0);
     std::thread::sleep(Duration::from_secs(30).saturating_sub(down.elapsed()));
@@ -687,6 +791,7 @@ fn etcd_outages_lose_no_packet_and_the_agents_resync() {
         w.wait_status(k, READY, "etcd reachable again", |s| {
             s.etcd.reachable && s.ready
         });
+        assert_eq!(w.agent_metric(k, "weft_agent_etcd_up"), Some(1));
     }
     // Resynced: a node that appears now is programmed on both.
     let sim: Ipv4Net = "198.19.250.0/24".parse().unwrap();
