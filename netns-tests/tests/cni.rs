@@ -1065,6 +1065,8 @@ fn containerd_fifty_containers_ten_at_a_time_leak_nothing() {
         percentile(&mut del, 0.5),
         percentile(&mut del, 0.99)
     );
+    let ms = |v: &[Duration]| -> Vec<u128> { v.iter().map(|d| d.as_millis()).collect() };
+    eprintln!("ADD ms, in order: {:?}", ms(&w.times(0, "ADD")));
 }
 
 /// TAP devices in `ns`.
