@@ -109,6 +109,33 @@ struct Tracked {
     track: bool,
     touched: Vec<Touched>,
     cleared: Vec<u8>,
+    /// The bundle's action lists, shared.
+    interner: Interner,
+}
+
+/// The action lists of one bundle's flows, each distinct list once: flows with the same
+/// actions (Antrea's tables are mostly `goto_table`, `drop` and a few register loads)
+/// share one `Arc<[Op]>` instead of an allocation each (48-112 bytes a flow). At most
+/// [`Interner::MAX`] distinct lists are kept (the first ones seen), so a bundle of
+/// unique actions costs a bounded set; a list not kept is allocated as before.
+#[derive(Default)]
+struct Interner {
+    lists: std::collections::HashSet<Arc<[Op]>>,
+}
+
+impl Interner {
+    const MAX: usize = 4096;
+
+    fn intern(&mut self, ops: Vec<Op>) -> Arc<[Op]> {
+        if let Some(a) = self.lists.get(ops.as_slice()) {
+            return a.clone();
+        }
+        let a: Arc<[Op]> = ops.into();
+        if self.lists.len() < Self::MAX {
+            self.lists.insert(a.clone());
+        }
+        a
+    }
 }
 
 /// A flow identity a change touched: table, value, mask, priority.
@@ -352,11 +379,12 @@ fn apply_one(
         track,
         touched,
         cleared,
+        interner,
     } = track;
     match change {
         FlowMod::Add { flow } => {
             let (key, mask, present) = compile_match(&flow.matches, ports)?;
-            let ops = compile_actions(&flow.actions, ports)?;
+            let ops = interner.intern(compile_actions(&flow.actions, ports)?);
             let in_port = flow.matches.in_port.is_some().then(|| key.in_port());
             check_loop(flow.table, in_port, &ops)?;
             let t = Arc::make_mut(&mut tables[usize::from(flow.table)]);
@@ -394,7 +422,7 @@ fn apply_one(
         FlowMod::Modify { filter, actions } | FlowMod::ModifyStrict { filter, actions } => {
             let strict = change.is_strict();
             let filter = resolve_filter(filter, ports)?;
-            let ops = compile_actions(actions, ports)?;
+            let ops = interner.intern(compile_actions(actions, ports)?);
             for t in tables_of(&filter) {
                 let sel = select(&tables[usize::from(t)], t, &filter, strict, ports)?;
                 if sel.is_empty() {

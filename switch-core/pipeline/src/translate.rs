@@ -12,7 +12,6 @@
 //! ([`Presence`]) is enough to rebuild the exact `Match` from the value/mask pair.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 
 use weft_flow::{
     Action, Field as CField, FieldRange, FieldValue, MacAddr, Masked, Match, PortRef, ValueKind,
@@ -250,7 +249,7 @@ fn split(v: u128) -> [u64; 2] {
 pub(crate) fn compile_actions(
     actions: &[Action],
     ports: &PortMap,
-) -> Result<Arc<[Op]>, InstallErrorKind> {
+) -> Result<Vec<Op>, InstallErrorKind> {
     let mut ops = Vec::with_capacity(actions.len());
     for a in actions {
         let op = match a {
@@ -288,7 +287,7 @@ pub(crate) fn compile_actions(
         };
         ops.push(op);
     }
-    Ok(ops.into())
+    Ok(ops)
 }
 
 /// The control action an op came from (in canonical form: `mod_dl_src:X` comes back as

@@ -393,3 +393,79 @@ fn a_bundle_over_a_flow_limit_is_refused_whole() {
         .unwrap();
     assert_eq!(p.limits(), limits);
 }
+
+/// The ops of every flow in `p`'s table `t`, by priority.
+fn ops_by_priority(p: &Pipeline, t: usize) -> Vec<(u16, Arc<[Op]>)> {
+    let mut v: Vec<(u16, Arc<[Op]>)> = p.tables[t]
+        .cls
+        .iter()
+        .map(|r| (r.priority(), r.payload().ops.clone()))
+        .collect();
+    v.sort_by_key(|(prio, _)| *prio);
+    v
+}
+
+#[test]
+fn flows_with_the_same_actions_share_one_list_and_a_modify_changes_only_its_own() {
+    let p = pipe(&[
+        "priority=1,ip,nw_dst=198.19.0.1 actions=goto_table:20",
+        "priority=2,ip,nw_dst=198.19.0.2 actions=goto_table:20",
+        "priority=3,ip,nw_dst=198.19.0.3 actions=output:1",
+        "priority=4,ip,nw_dst=198.19.0.4 actions=goto_table:20",
+    ]);
+    let ops = ops_by_priority(&p, 0);
+    assert!(Arc::ptr_eq(&ops[0].1, &ops[1].1), "same actions, one list");
+    assert!(Arc::ptr_eq(&ops[0].1, &ops[3].1));
+    assert!(!Arc::ptr_eq(&ops[0].1, &ops[2].1));
+    assert_eq!(&*ops[2].1, &[Op::Output(1)]);
+    // Modify one of the sharers: it alone changes.
+    let m = Bundle::new(vec![
+        parse_flow_mod(
+            FlowModCommand::ModifyStrict,
+            "priority=2,ip,nw_dst=198.19.0.2 actions=output:2",
+        )
+        .unwrap(),
+    ]);
+    let (q, out) = p.apply(&m, 1).unwrap();
+    assert_eq!(out.modified, 1);
+    let after = ops_by_priority(&q, 0);
+    assert_eq!(&*after[1].1, &[Op::Output(2)]);
+    for i in [0, 3] {
+        assert_eq!(&*after[i].1, &[Op::Goto(20)], "flow {i} keeps its actions");
+    }
+    // The old version is untouched.
+    assert_eq!(&*ops_by_priority(&p, 0)[1].1, &[Op::Goto(20)]);
+    let k = |d: u8| {
+        let mut k = tcp_key(10);
+        k.set_nw_dst(Ipv4Addr::new(198, 19, 0, d));
+        k
+    };
+    assert_eq!(outs(&run(&q, &k(2))), vec![2]);
+    assert_eq!(outs(&run(&q, &k(3))), vec![1]);
+}
+
+#[test]
+fn a_bundle_of_more_distinct_action_lists_than_are_shared_installs_them_all() {
+    let texts: Vec<String> = (0..5000u32)
+        .map(|i| {
+            format!(
+                "priority={},ip,nw_dst=198.19.{}.{} actions=set_field:{i}->reg1,goto_table:20",
+                i + 1,
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let p = pipe(&refs);
+    let ops = ops_by_priority(&p, 0);
+    assert_eq!(ops.len(), 5000);
+    for (prio, o) in &ops {
+        let i = u64::from(*prio - 1);
+        assert_eq!(o.len(), 2, "{o:?}");
+        assert!(
+            format!("{:?}", o[0]).contains(&i.to_string()),
+            "{prio}: {o:?}"
+        );
+    }
+}
