@@ -375,3 +375,18 @@ impl AgentNode {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
+
+/// The agent metrics page served in `ns` (at [`AGENT_METRICS_ADDR`], the node's loopback),
+/// fetched with weft-nettool.
+pub fn scrape_metrics(ns: &Ns) -> Result<String> {
+    ns.run(&[
+        &crate::node::nettool_binary().display().to_string(),
+        "http-get",
+        "--to",
+        AGENT_METRICS_ADDR,
+        "--path",
+        "/metrics",
+        "--timeout",
+        "3",
+    ])
+}

@@ -264,18 +264,7 @@ fn agent_programs_weftd_attaches_a_pod_and_follows_etcd() {
         "the CNI configuration is written when ready"
     );
 
-    let scrape = n1
-        .run(&[
-            &netns_tests::node::nettool_binary().display().to_string(),
-            "http-get",
-            "--to",
-            "127.0.0.1:9102",
-            "--path",
-            "/metrics",
-            "--timeout",
-            "3",
-        ])
-        .unwrap();
+    let scrape = netns_tests::agent::scrape_metrics(&n1).unwrap();
     let m = netns_tests::node::Metrics::parse(&scrape).unwrap();
     assert_eq!(m.status, 200, "{scrape}");
     for (name, want) in [

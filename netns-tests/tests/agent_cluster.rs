@@ -133,20 +133,7 @@ impl World {
     /// One of node `k`'s agent metrics (a metric without labels), scraped from its
     /// loopback.
     fn agent_metric(&self, k: usize, name: &str) -> Option<u64> {
-        let scrape = self
-            .node(k)
-            .ns
-            .run(&[
-                &nettool_binary().display().to_string(),
-                "http-get",
-                "--to",
-                netns_tests::agent::AGENT_METRICS_ADDR,
-                "--path",
-                "/metrics",
-                "--timeout",
-                "3",
-            ])
-            .unwrap();
+        let scrape = netns_tests::agent::scrape_metrics(&self.node(k).ns).unwrap();
         let m = netns_tests::node::Metrics::parse(&scrape).unwrap();
         assert_eq!(m.status, 200, "{scrape}");
         m.get(name, &[])
