@@ -209,6 +209,14 @@ impl Agent {
         lab.pid(self.proc?)
     }
 
+    /// Sends `signal` (e.g. `libc::SIGSTOP`) to it while it runs ([`Lab::signal`]).
+    pub fn signal(&self, lab: &Lab, signal: i32) -> Result<()> {
+        let id = self
+            .proc
+            .ok_or_else(|| LabError("the agent is not running".into()))?;
+        lab.signal(id, signal)
+    }
+
     /// A connection to its socket.
     pub fn client(&self) -> std::result::Result<Client, ClientError> {
         Client::connect(&self.socket(), Duration::from_secs(5))

@@ -13,7 +13,6 @@
 //! short (3 s) so that a dead node goes quickly.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -690,16 +689,9 @@ fn a_watch_behind_a_compaction_is_resumed_with_a_fresh_list() {
     spec.lease_ttl = 120;
     w.start_node(1, &spec);
     w.wait_ready(0);
-    let pid = w.node(0).agent.pid(&w.lab).expect("the agent runs");
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    };
-    signal("-STOP");
+    const SIGSTOP: i32 = 19;
+    const SIGCONT: i32 = 18;
+    w.node(0).agent.signal(&w.lab, SIGSTOP).unwrap();
     let stopped = Instant::now();
     // 260 revisions of 100 KB under nodes/ (not node records: the agent ignores
     // them), then a real node, then the compaction.
@@ -720,7 +712,7 @@ fn a_watch_behind_a_compaction_is_resumed_with_a_fresh_list() {
         stopped.elapsed() < Duration::from_secs(100),
         "the writes took most of the lease"
     );
-    signal("-CONT");
+    w.node(0).agent.signal(&w.lab, SIGCONT).unwrap();
     wait_flows(
         &w,
         0,
