@@ -39,6 +39,9 @@ pub enum Datapath {
     WeftVxlan,
     /// Weft, VXLAN, l3, over the tunnel-GSO underlay TAP (`--tunnel-gso on`).
     WeftVxlanGso,
+    /// [`Datapath::WeftVxlanGso`] with `--pin-cpus on` (workers pinned, TAP frames
+    /// steered by the sending CPU: the latency setting).
+    WeftVxlanGsoPinned,
     /// Weft, Geneve, l3 (the tunnel's sockets).
     WeftGeneve,
     /// Weft, Geneve, l3, over the tunnel-GSO underlay TAP.
@@ -60,6 +63,7 @@ impl Datapath {
             self,
             Datapath::WeftVxlan
                 | Datapath::WeftVxlanGso
+                | Datapath::WeftVxlanGsoPinned
                 | Datapath::WeftGeneve
                 | Datapath::WeftGeneveGso
                 | Datapath::WeftIpip
@@ -70,16 +74,19 @@ impl Datapath {
     /// the tunnel's sockets, or the tunnel-GSO underlay TAP for the `-gso` rows.
     pub fn underlay_wanted(self) -> Option<&'static str> {
         match self {
-            Datapath::WeftVxlanGso | Datapath::WeftGeneveGso => Some("tunnel-GSO TAP"),
+            Datapath::WeftVxlanGso | Datapath::WeftVxlanGsoPinned | Datapath::WeftGeneveGso => {
+                Some("tunnel-GSO TAP")
+            }
             d if d.is_weft() => Some("sockets"),
             _ => None,
         }
     }
 
     /// Every datapath, in report order.
-    pub const ALL: [Datapath; 8] = [
+    pub const ALL: [Datapath; 9] = [
         Datapath::WeftVxlan,
         Datapath::WeftVxlanGso,
+        Datapath::WeftVxlanGsoPinned,
         Datapath::WeftGeneve,
         Datapath::WeftGeneveGso,
         Datapath::WeftIpip,
@@ -93,6 +100,7 @@ impl Datapath {
         match self {
             Datapath::WeftVxlan => "weft-vxlan",
             Datapath::WeftVxlanGso => "weft-vxlan-gso",
+            Datapath::WeftVxlanGsoPinned => "weft-vxlan-gso-pinned",
             Datapath::WeftGeneve => "weft-geneve",
             Datapath::WeftGeneveGso => "weft-geneve-gso",
             Datapath::WeftIpip => "weft-ipip",
@@ -107,6 +115,7 @@ impl Datapath {
         match self {
             Datapath::WeftVxlan => "Weft VXLAN l3, sockets",
             Datapath::WeftVxlanGso => "Weft VXLAN l3, GSO TAP",
+            Datapath::WeftVxlanGsoPinned => "Weft VXLAN, GSO TAP, pinned",
             Datapath::WeftGeneve => "Weft Geneve l3, sockets",
             Datapath::WeftGeneveGso => "Weft Geneve l3, GSO TAP",
             Datapath::WeftIpip => "Weft IP-in-IP (l3)",
@@ -208,7 +217,9 @@ impl Bed {
         txqueuelen: Option<u32>,
     ) -> Result<Bed> {
         let (encap, mode) = match datapath {
-            Datapath::WeftVxlan | Datapath::WeftVxlanGso => ("vxlan", "l3"),
+            Datapath::WeftVxlan | Datapath::WeftVxlanGso | Datapath::WeftVxlanGsoPinned => {
+                ("vxlan", "l3")
+            }
             Datapath::WeftGeneve | Datapath::WeftGeneveGso => ("geneve", "l3"),
             Datapath::WeftIpip => ("ipip", "l3"),
             _ => ("vxlan", "l2"),
@@ -219,12 +230,16 @@ impl Bed {
         let (src, dst) = match datapath {
             Datapath::WeftVxlan
             | Datapath::WeftVxlanGso
+            | Datapath::WeftVxlanGsoPinned
             | Datapath::WeftGeneve
             | Datapath::WeftGeneveGso
             | Datapath::WeftIpip => {
                 // One row per underlay mode: sockets, or the tunnel-GSO TAP.
-                let gso = matches!(datapath, Datapath::WeftVxlanGso | Datapath::WeftGeneveGso);
+                let gso = datapath.underlay_wanted() == Some("tunnel-GSO TAP");
                 cl.weftd_flags = vec![format!("--tunnel-gso={}", if gso { "on" } else { "off" })];
+                if datapath == Datapath::WeftVxlanGsoPinned {
+                    cl.weftd_flags.push("--pin-cpus=on".to_string());
+                }
                 // More of weftd's flags for every Weft node (`compare --weftd-flags`).
                 if let Some(extra) = std::env::var_os("WEFT_BENCH_WEFTD_FLAGS") {
                     cl.weftd_flags.extend(

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --bins && sudo target/release/compare [--rounds 3] [--duration 5]
-//!     [--only weft-vxlan,weft-vxlan-gso,weft-geneve,weft-geneve-gso,weft-ipip,kernel,ovs,veth] [--udp-frames 300000]
+//!     [--only weft-vxlan,weft-vxlan-gso,weft-vxlan-gso-pinned,weft-geneve,weft-geneve-gso,weft-ipip,kernel,ovs,veth] [--udp-frames 300000]
 //!     [--out target/weft-compare] [--no-install] [--weftd PATH] [--txqueuelen N]
 //! ```
 //!
@@ -25,8 +25,10 @@
 //! ratio to the kernel's VXLAN, go to `table.txt`, `results.csv`, `chart.svg` (throughput)
 //! and `latency.svg` (ping median and p99) in the output directory. Weft has a row per
 //! underlay mode (`-gso`: the tunnel-GSO underlay TAP; otherwise the tunnel's sockets),
-//! and each round checks in `weftd`'s metrics that the mode is the one in use. Open vSwitch is
-//! installed with apt-get when it is missing (unless `--no-install`), or skipped.
+//! and each round checks in `weftd`'s metrics that the mode is the one in use;
+//! `weft-vxlan-gso-pinned` is the GSO TAP with `--pin-cpus=on` (the latency setting).
+//! Open vSwitch is installed with apt-get when it is missing (unless `--no-install`), or
+//! skipped.
 //! Ctrl-C stops after the current step and removes everything.
 
 use std::collections::BTreeMap;
@@ -392,7 +394,8 @@ fn main() {
         "Weft: weftd (release build), l3 (Antrea-style routing), TAP pod ports ({}); the \
          underlay: \"sockets\" = the tunnel's UDP sockets (--tunnel-gso=off), \"GSO TAP\" = \
          the tunnel-GSO underlay TAP (--tunnel-gso=on; checked each round in weftd's \
-         weft_underlay_tunnel_gso metric); kernel: vxlan device on a bridge per node \
+         weft_underlay_tunnel_gso metric); \"pinned\" = also --pin-cpus=on (worker i on CPU i, \
+         TAP frames steered by the sending CPU, the latency setting); kernel: vxlan device on a bridge per node \
          (flannel's VXLAN backend); veth: the two pods on one veth pair (no overlay, the \
          ceiling).",
         if o.txqueuelen > 0 {

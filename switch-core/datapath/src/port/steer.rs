@@ -9,13 +9,18 @@
 //! on the CPU that sent it, with no wake-up at all.
 //!
 //! With `pin_cpus` every multi-queue TAP of the switch gets a steering program
-//! (`TUNSETSTEERINGEBPF`: a two-instruction socket filter that returns
-//! `bpf_get_smp_processor_id()`, which tun takes modulo the number of queues) and worker
-//! `i` is pinned to CPU `i`: a frame sent on CPU `k` is read by the worker on CPU `k`,
-//! which runs when the sender yields the CPU (its time slice is short, see
-//! `crate::sched`), without a cross-CPU wake-up. A flow stays on one queue as long as
-//! its sender stays on one CPU; a sender the scheduler moves may see its frames read by
-//! two workers, a reordering across the move (as with RPS off).
+//! (`TUNSETSTEERINGEBPF`: a six-instruction socket filter, [`PROGRAM`]) and worker `i` is
+//! pinned to CPU `i`. A short frame (a ping, a TCP acknowledgement, a request: at most
+//! [`SMALL_FRAME`] bytes) sent on CPU `k` is queued for the worker on CPU `k`
+//! (`bpf_get_smp_processor_id()`, which tun takes modulo the number of queues), which
+//! runs when the sender yields the CPU (its time slice is short, see `crate::sched`),
+//! without a cross-CPU wake-up: a round trip stays on one CPU. A long frame (a stream's
+//! data) is queued for the worker on the next CPU, so a stream's sender and the worker
+//! that carries its bytes run side by side instead of taking turns on one core (the first
+//! program, every frame to its sender's CPU, cost a third of a stream on 2 cores). A
+//! flow's data stays on one queue as long as its sender stays on one CPU; a sender the
+//! scheduler moves may see its frames read by two workers, a reordering across the move
+//! (as with RPS off).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -60,14 +65,47 @@ struct Insn {
     imm: i32,
 }
 
-/// The program: `r0 = bpf_get_smp_processor_id(); return r0`.
-const PROGRAM: [Insn; 2] = [
+/// Frames up to this many bytes (pings, TCP acknowledgements, requests) are queued for
+/// the worker of the CPU that sent them; longer ones for the worker of the next CPU.
+pub const SMALL_FRAME: i32 = 256;
+
+/// The program: `cpu = bpf_get_smp_processor_id(); return skb->len <= SMALL_FRAME ? cpu :
+/// cpu + 1` (tun takes it modulo the number of queues).
+const PROGRAM: [Insn; 6] = [
+    // r6 = r1 (the __sk_buff; r1 is clobbered by the call)
+    Insn {
+        code: 0xbf,
+        regs: 0x16,
+        off: 0,
+        imm: 0,
+    },
     // BPF_JMP | BPF_CALL
     Insn {
         code: 0x85,
         regs: 0,
         off: 0,
         imm: BPF_FUNC_GET_SMP_PROCESSOR_ID,
+    },
+    // r2 = *(u32 *)(r6 + 0): __sk_buff.len
+    Insn {
+        code: 0x61,
+        regs: 0x62,
+        off: 0,
+        imm: 0,
+    },
+    // if r2 <= SMALL_FRAME goto exit
+    Insn {
+        code: 0xb5,
+        regs: 0x02,
+        off: 1,
+        imm: SMALL_FRAME,
+    },
+    // r0 += 1
+    Insn {
+        code: 0x07,
+        regs: 0,
+        off: 0,
+        imm: 1,
     },
     // BPF_JMP | BPF_EXIT
     Insn {
@@ -214,11 +252,11 @@ mod tests {
         found
     }
 
-    /// With the program attached, a frame the kernel sends on CPU `k` is queued on
-    /// queue `k` of a two-queue TAP (what a worker pinned to CPU `k` reads), for each
-    /// CPU, whatever the frame's flow. Run in a network namespace of its own (root).
+    /// With the program attached, a short frame the kernel sends on CPU `k` is queued on
+    /// queue `k` of a two-queue TAP (what a worker pinned to CPU `k` reads), and a long
+    /// one on queue `k + 1`, for each CPU, whatever the frame's flow. Run in a network namespace of its own (root).
     #[test]
-    fn a_frame_sent_on_cpu_k_is_queued_on_queue_k() {
+    fn a_short_frame_sent_on_cpu_k_is_queued_on_queue_k_and_a_long_one_on_the_next() {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let required = std::env::var_os("WEFT_REQUIRE_PRIVILEGED").is_some();
         if cpus < 2 {
@@ -266,7 +304,10 @@ mod tests {
                 for cpu in 0..cpus.min(4) {
                     pin(cpu);
                     let mark = round * 16 + cpu as u8;
-                    let mut frame = [0u8; 60];
+                    // Rounds 0 and 2 send small frames, round 1 long ones.
+                    let long = round == 1;
+                    let mut frame = [0u8; 1000];
+                    let frame = &mut frame[..if long { 1000 } else { 60 }];
                     frame[..6].copy_from_slice(&[0xff; 6]);
                     frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, mark]);
                     frame[12..14].copy_from_slice(&[0x88, 0xb5]);
@@ -283,11 +324,18 @@ mod tests {
                             std::mem::size_of::<libc::sockaddr_ll>() as u32,
                         )
                     };
-                    assert_eq!(n, 60, "sendto: {}", io::Error::last_os_error());
+                    assert_eq!(
+                        n,
+                        frame.len() as isize,
+                        "sendto: {}",
+                        io::Error::last_os_error()
+                    );
+                    let want = if long { (cpu + 1) % 2 } else { cpu % 2 };
                     assert_eq!(
                         queues_with(&queues, mark),
-                        vec![cpu % 2],
-                        "the frame sent on CPU {cpu} (round {round})"
+                        vec![want],
+                        "the {}-byte frame sent on CPU {cpu} (round {round})",
+                        frame.len()
                     );
                 }
             }
