@@ -43,7 +43,8 @@ pub fn attach_if_enabled(queue: RawFd, queues: usize) -> io::Result<()> {
         attach(queue)?;
         tracing::info!(
             queues,
-            "TAP frames steered to the queue of the CPU that sent them"
+            "TAP frames steered by CPU: short ones to the queue of the CPU that sent them, \
+             long ones to the next CPU's"
         );
         Ok(())
     } else {
