@@ -726,9 +726,10 @@ fn a_full_underlay_tap_queue_is_counted_as_underlay_queue_full() {
     finish(cl);
 }
 
-/// `--pin-cpus=on` pins the workers and steers every multi-queue TAP (the pods' and the
-/// tunnel-GSO underlay's) to the queue of the sending CPU (`port::steer`; the unit test
-/// there shows the steering itself): traffic still crosses both underlays whole.
+/// `--pin-cpus=on` pins the workers and steers every multi-queue TAP's frames (the pods'
+/// and the tunnel-GSO underlay's) by CPU, short ones to the queue of the sending CPU and
+/// long ones to the next (`port::steer`; the unit test there shows the steering itself):
+/// pings and TCP streams still cross both underlays whole.
 #[test]
 fn pinned_workers_with_cpu_steering_carry_ping_and_tcp_on_both_underlays() {
     let _s = serial();
@@ -752,7 +753,7 @@ fn pinned_workers_with_cpu_steering_carry_ping_and_tcp_on_both_underlays() {
         let logs = cl.logs();
         assert!(logs.contains("worker pinned"), "{logs}");
         assert!(
-            logs.contains("steered to the queue of the CPU that sent them"),
+            logs.contains("TAP frames steered by CPU: short ones to the queue of the CPU"),
             "no CPU steering (tunnel_gso={gso}):\n{logs}"
         );
         let (to, to_ip) = ("s21", cl.pod("s21").ip());
