@@ -830,6 +830,87 @@ mod tests {
         assert_eq!(rx.overflowed(total + 3), 3);
     }
 
+    /// IP-in-IP's raw sockets report their drops the same way: packets a full receive
+    /// buffer dropped are counted once each (root: raw sockets, on loopback).
+    #[test]
+    fn raw_socket_overflow_is_reported_and_counted_once() {
+        use crate::port::RawIpSocket;
+        use std::net::Ipv4Addr;
+        let required = std::env::var_os("WEFT_REQUIRE_PRIVILEGED").is_some();
+        let lo = Ipv4Addr::LOCALHOST;
+        let rx = match RawIpSocket::open(libc::IPPROTO_IPIP, Some(lo)) {
+            Ok(s) => s,
+            Err(e) if !required && e.kind() == io::ErrorKind::PermissionDenied => {
+                eprintln!("skipped: a raw socket needs CAP_NET_RAW ({e})");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let tx = RawIpSocket::open(libc::IPPROTO_IPIP, None).unwrap();
+        let small: libc::c_int = 1;
+        // SAFETY: a valid descriptor and a c_int of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                rx.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        // An outer IPv4 header (protocol 4; the kernel fills in the length and checksum)
+        // in front of an inner IPv4 header and 44 bytes.
+        let mut pkt = [0u8; 84];
+        pkt[0] = 0x45;
+        pkt[8] = 64;
+        pkt[9] = 4;
+        pkt[12..16].copy_from_slice(&lo.octets());
+        pkt[16..20].copy_from_slice(&lo.octets());
+        pkt[20] = 0x45;
+        pkt[22..24].copy_from_slice(&64u16.to_be_bytes());
+        pkt[28] = 64;
+        pkt[29] = 17;
+        pkt[32..36].copy_from_slice(&[198, 19, 1, 11]);
+        pkt[36..40].copy_from_slice(&[198, 19, 2, 11]);
+        let sent = 200;
+        for _ in 0..sent {
+            tx.send_to(&pkt, lo).unwrap();
+        }
+        let mut b = RxBatch::default();
+        let slot = 128 + DGRAM_MAX;
+        let mut buf = vec![0u8; RX_MSGS * slot];
+        let (mut received, mut dropped, mut last) = (0u32, 0u32, None);
+        for round in 0..2 {
+            if round == 1 {
+                tx.send_to(&pkt, lo).unwrap();
+            }
+            let start = Instant::now();
+            loop {
+                assert!(start.elapsed() < Duration::from_secs(2));
+                let n = match b.recv(rx.fd(), &mut buf, slot, 128) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                };
+                for i in 0..n {
+                    let m = b.msg(i);
+                    assert_eq!(m.len, pkt.len(), "the whole packet, outer header included");
+                    received += 1;
+                    if let Some(total) = m.overflow {
+                        dropped += rx.overflowed(total);
+                        last = Some(total);
+                    }
+                }
+            }
+        }
+        let total = last.expect("the kernel reported the raw socket's drops");
+        assert!(dropped > 0 && received < sent, "{received} received");
+        assert_eq!(received + dropped, sent + 1, "every packet read or counted");
+        assert_eq!(dropped, total);
+        assert_eq!(rx.overflowed(total), 0);
+    }
+
     /// A GSO train of 5 datagrams (the last shorter) sent by the queue arrives as 5
     /// datagrams or as GRO trains that split back into the same 5, in order, on
     /// loopback.

@@ -76,6 +76,15 @@ impl Worker {
                             self.out.cur = VirtioNetHdr::default();
                             for i in 0..n {
                                 let m = self.rxb.msg(i);
+                                if let Some(total) = m.overflow {
+                                    let lost = sock.overflowed(total);
+                                    if lost > 0 {
+                                        port.counters.drop_n(
+                                            PortDrop::Io(IoDrop::RxOverflow),
+                                            lost as usize,
+                                        );
+                                    }
+                                }
                                 if m.truncated {
                                     port.counters.rx(m.len);
                                     port.counters.drop(PortDrop::Io(IoDrop::Truncated));
