@@ -762,6 +762,64 @@ mod tests {
     use std::net::IpAddr;
     use std::time::{Duration, Instant};
 
+    /// Gives `fd` the smallest receive buffer the kernel allows (about 2 KiB): a few
+    /// datagrams fit, the rest of a burst is dropped.
+    fn smallest_receive_buffer(fd: RawFd) {
+        let small: libc::c_int = 1;
+        // SAFETY: a valid descriptor and a c_int of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVBUF: {}", io::Error::last_os_error());
+    }
+
+    /// Reads `fd` empty, then calls `send_one` and reads it empty again: (datagrams
+    /// read, drops counted by `overflowed`, the last drop count reported). A datagram
+    /// carries the drop count of when it was queued: the ones queued before the buffer
+    /// filled carry none, the one sent after it was read the total. `check` sees each
+    /// datagram's length.
+    fn drain_counting_drops(
+        fd: RawFd,
+        send_one: impl Fn(),
+        overflowed: impl Fn(u32) -> u32,
+        check: impl Fn(usize),
+    ) -> (u32, u32, Option<u32>) {
+        let mut b = RxBatch::default();
+        let slot = 128 + DGRAM_MAX;
+        let mut buf = vec![0u8; RX_MSGS * slot];
+        let (mut received, mut dropped, mut last) = (0u32, 0u32, None);
+        for round in 0..2 {
+            if round == 1 {
+                send_one();
+            }
+            let start = Instant::now();
+            loop {
+                assert!(start.elapsed() < Duration::from_secs(2));
+                let n = match b.recv(fd, &mut buf, slot, 128) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                };
+                for i in 0..n {
+                    let m = b.msg(i);
+                    check(m.len);
+                    received += 1;
+                    if let Some(total) = m.overflow {
+                        dropped += overflowed(total);
+                        last = Some(total);
+                    }
+                }
+            }
+        }
+        (received, dropped, last)
+    }
+
     /// Datagrams the kernel drops for a full receive buffer are reported with the next
     /// datagram read (`SO_RXQ_OVFL`), and the socket turns the running total into new
     /// drops exactly once.
@@ -769,52 +827,17 @@ mod tests {
     fn receive_overflow_is_reported_and_counted_once() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let rx = UdpTunnelSocket::bind(Some(lo), 0, false, true).unwrap();
-        // The smallest buffer the kernel allows (about 2 KiB): a few datagrams fit.
-        let small: libc::c_int = 1;
-        // SAFETY: a valid descriptor and a c_int of the stated size.
-        let rc = unsafe {
-            libc::setsockopt(
-                rx.fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&small as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        smallest_receive_buffer(rx.fd());
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let sent = 200;
-        for _ in 0..sent {
+        let send_one = || {
             tx.send_to(&[0x55; 64], rx.local_addr()).unwrap();
+        };
+        for _ in 0..sent {
+            send_one();
         }
-        let mut b = RxBatch::default();
-        let slot = 128 + DGRAM_MAX;
-        let mut buf = vec![0u8; RX_MSGS * slot];
-        let (mut received, mut dropped, mut last) = (0u32, 0u32, None);
-        // A datagram carries the drop count of when it was queued: the ones queued
-        // before the buffer filled carry none, the one sent after it was read the total.
-        for round in 0..2 {
-            if round == 1 {
-                tx.send_to(&[0x55; 64], rx.local_addr()).unwrap();
-            }
-            let start = Instant::now();
-            loop {
-                assert!(start.elapsed() < Duration::from_secs(2));
-                let n = match b.recv(rx.fd(), &mut buf, slot, 128) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("{e}"),
-                };
-                for i in 0..n {
-                    let m = b.msg(i);
-                    received += 1;
-                    if let Some(total) = m.overflow {
-                        dropped += rx.overflowed(total);
-                        last = Some(total);
-                    }
-                }
-            }
-        }
+        let (received, dropped, last) =
+            drain_counting_drops(rx.fd(), send_one, |t| rx.overflowed(t), |_| {});
         let total = last.expect("the kernel reported the socket's drops");
         assert!(dropped > 0 && received < sent, "{received} received");
         assert_eq!(
@@ -847,18 +870,7 @@ mod tests {
             Err(e) => panic!("{e}"),
         };
         let tx = RawIpSocket::open(libc::IPPROTO_IPIP, None).unwrap();
-        let small: libc::c_int = 1;
-        // SAFETY: a valid descriptor and a c_int of the stated size.
-        let rc = unsafe {
-            libc::setsockopt(
-                rx.fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&small as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        smallest_receive_buffer(rx.fd());
         // An outer IPv4 header (protocol 4; the kernel fills in the length and checksum)
         // in front of an inner IPv4 header and 44 bytes.
         let mut pkt = [0u8; 84];
@@ -874,36 +886,16 @@ mod tests {
         pkt[32..36].copy_from_slice(&[198, 19, 1, 11]);
         pkt[36..40].copy_from_slice(&[198, 19, 2, 11]);
         let sent = 200;
-        for _ in 0..sent {
+        let send_one = || {
             tx.send_to(&pkt, lo).unwrap();
+        };
+        for _ in 0..sent {
+            send_one();
         }
-        let mut b = RxBatch::default();
-        let slot = 128 + DGRAM_MAX;
-        let mut buf = vec![0u8; RX_MSGS * slot];
-        let (mut received, mut dropped, mut last) = (0u32, 0u32, None);
-        for round in 0..2 {
-            if round == 1 {
-                tx.send_to(&pkt, lo).unwrap();
-            }
-            let start = Instant::now();
-            loop {
-                assert!(start.elapsed() < Duration::from_secs(2));
-                let n = match b.recv(rx.fd(), &mut buf, slot, 128) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("{e}"),
-                };
-                for i in 0..n {
-                    let m = b.msg(i);
-                    assert_eq!(m.len, pkt.len(), "the whole packet, outer header included");
-                    received += 1;
-                    if let Some(total) = m.overflow {
-                        dropped += rx.overflowed(total);
-                        last = Some(total);
-                    }
-                }
-            }
-        }
+        let whole =
+            |len: usize| assert_eq!(len, pkt.len(), "the whole packet, outer header included");
+        let (received, dropped, last) =
+            drain_counting_drops(rx.fd(), send_one, |t| rx.overflowed(t), whole);
         let total = last.expect("the kernel reported the raw socket's drops");
         assert!(dropped > 0 && received < sent, "{received} received");
         assert_eq!(received + dropped, sent + 1, "every packet read or counted");
