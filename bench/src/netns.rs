@@ -74,12 +74,18 @@ impl Datapath {
     /// the tunnel's sockets, or the tunnel-GSO underlay TAP for the `-gso` rows.
     pub fn underlay_wanted(self) -> Option<&'static str> {
         match self {
-            Datapath::WeftVxlanGso | Datapath::WeftVxlanGsoPinned | Datapath::WeftGeneveGso => {
-                Some("tunnel-GSO TAP")
-            }
+            d if d.tunnel_gso() => Some("tunnel-GSO TAP"),
             d if d.is_weft() => Some("sockets"),
             _ => None,
         }
+    }
+
+    /// Whether it is a Weft row over the tunnel-GSO underlay TAP (`--tunnel-gso=on`).
+    pub fn tunnel_gso(self) -> bool {
+        matches!(
+            self,
+            Datapath::WeftVxlanGso | Datapath::WeftVxlanGsoPinned | Datapath::WeftGeneveGso
+        )
     }
 
     /// Every datapath, in report order.
@@ -235,8 +241,8 @@ impl Bed {
             | Datapath::WeftGeneveGso
             | Datapath::WeftIpip => {
                 // One row per underlay mode: sockets, or the tunnel-GSO TAP.
-                let gso = datapath.underlay_wanted() == Some("tunnel-GSO TAP");
-                cl.weftd_flags = vec![format!("--tunnel-gso={}", if gso { "on" } else { "off" })];
+                let gso = if datapath.tunnel_gso() { "on" } else { "off" };
+                cl.weftd_flags = vec![format!("--tunnel-gso={gso}")];
                 if datapath == Datapath::WeftVxlanGsoPinned {
                     cl.weftd_flags.push("--pin-cpus=on".to_string());
                 }

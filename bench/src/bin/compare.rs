@@ -394,10 +394,10 @@ fn main() {
         "Weft: weftd (release build), l3 (Antrea-style routing), TAP pod ports ({}); the \
          underlay: \"sockets\" = the tunnel's UDP sockets (--tunnel-gso=off), \"GSO TAP\" = \
          the tunnel-GSO underlay TAP (--tunnel-gso=on; checked each round in weftd's \
-         weft_underlay_tunnel_gso metric); \"pinned\" = also --pin-cpus=on (worker i on CPU i, \
-         TAP frames steered by the sending CPU, the latency setting); kernel: vxlan device on a bridge per node \
-         (flannel's VXLAN backend); veth: the two pods on one veth pair (no overlay, the \
-         ceiling).",
+         weft_underlay_tunnel_gso metric); \"pinned\" = also --pin-cpus=on (worker i on \
+         CPU i, short TAP frames to the sending CPU's worker, long ones to the next: the \
+         latency setting); kernel: vxlan device on a bridge per node (flannel's VXLAN \
+         backend); veth: the two pods on one veth pair (no overlay, the ceiling).",
         if o.txqueuelen > 0 {
             format!("txqueuelen={}", o.txqueuelen)
         } else {

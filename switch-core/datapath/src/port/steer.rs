@@ -255,7 +255,8 @@ mod tests {
 
     /// With the program attached, a short frame the kernel sends on CPU `k` is queued on
     /// queue `k` of a two-queue TAP (what a worker pinned to CPU `k` reads), and a long
-    /// one on queue `k + 1`, for each CPU, whatever the frame's flow. Run in a network namespace of its own (root).
+    /// one on queue `k + 1`, for each CPU, whatever the frame's flow. Run in a network
+    /// namespace of its own (root).
     #[test]
     fn a_short_frame_sent_on_cpu_k_is_queued_on_queue_k_and_a_long_one_on_the_next() {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

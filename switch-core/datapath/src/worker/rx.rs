@@ -77,13 +77,7 @@ impl Worker {
                             for i in 0..n {
                                 let m = self.rxb.msg(i);
                                 if let Some(total) = m.overflow {
-                                    let lost = sock.overflowed(total);
-                                    if lost > 0 {
-                                        port.counters.drop_n(
-                                            PortDrop::Io(IoDrop::RxOverflow),
-                                            lost as usize,
-                                        );
-                                    }
+                                    count_overflow(port, sock.overflowed(total));
                                 }
                                 if m.truncated {
                                     port.counters.rx(m.len);
@@ -157,11 +151,7 @@ impl Worker {
             for i in 0..n {
                 let m = self.rxb.msg(i);
                 if let Some(total) = m.overflow {
-                    let lost = sock.overflowed(total);
-                    if lost > 0 {
-                        port.counters
-                            .drop_n(PortDrop::Io(IoDrop::RxOverflow), lost as usize);
-                    }
+                    count_overflow(port, sock.overflowed(total));
                 }
                 let datagrams_in = m.len.div_ceil(m.seg).max(1);
                 if m.truncated {
@@ -446,4 +436,14 @@ fn is_vlan_tagged(frame: &[u8]) -> bool {
         frame.get(12..14).map(|t| u16::from_be_bytes([t[0], t[1]])),
         Some(ETH_TYPE_VLAN | ETH_TYPE_QINQ)
     )
+}
+
+/// Counts `lost` datagrams a socket's full receive buffer dropped (what its
+/// `overflowed` returned for the drop count read with a datagram) on `port`.
+#[inline]
+fn count_overflow(port: &PortIo, lost: u32) {
+    if lost > 0 {
+        port.counters
+            .drop_n(PortDrop::Io(IoDrop::RxOverflow), lost as usize);
+    }
 }
