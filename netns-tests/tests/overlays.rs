@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use netns_tests::cluster::{ClusterLab, PodRun, leftovers, neighbour_mac};
 use netns_tests::lab::{Ns, privileged};
 use netns_tests::node::{nettool_binary, ping_output, tcp_transfer};
-use weftctl::cluster::Cluster;
+use weftctl::cluster::{Cluster, Encap};
 
 const MB50: u64 = 50 * 1024 * 1024;
 const TRANSFER: Duration = Duration::from_secs(60);
@@ -108,6 +108,24 @@ fn build_with(clusters: &[&Cluster], kernel: Option<&str>, flags: &[&str]) -> Cl
         if let Err(e) = cl.install(c) {
             panic!("install: {e}\n{}", cl.logs());
         }
+    }
+    // Under the matrix's tunnel_gso=on, a VXLAN/Geneve cluster must really be on the
+    // tunnel-GSO port, not quietly on the sockets it falls back to.
+    let offloads = std::env::var("WEFT_TEST_OFFLOADS").map_or(true, |o| o != "off");
+    let matrix_gso = std::env::var("WEFT_TEST_TUNNEL_GSO").is_ok_and(|g| g == "on")
+        && offloads
+        && !flags
+            .iter()
+            .any(|f| f.starts_with("--tunnel-gso") || f.starts_with("--offloads"));
+    let udp_tunnel = clusters
+        .iter()
+        .any(|c| matches!(c.encap(), Encap::Vxlan | Encap::Geneve));
+    if matrix_gso && udp_tunnel && weft_datapath::port::underlay::probe().is_ok() {
+        let logs = cl.logs();
+        assert!(
+            logs.contains("tunnel-GSO underlay port joined to its device by tc"),
+            "WEFT_TEST_TUNNEL_GSO=on, yet no weftd joined a tunnel-GSO port\n{logs}"
+        );
     }
     cl
 }
