@@ -783,6 +783,71 @@ fn pinned_workers_with_cpu_steering_carry_ping_and_tcp_on_both_underlays() {
     }
 }
 
+/// The tunnel-GSO port's packets skip the node's netfilter (tc takes them on the
+/// device's ingress, before `PREROUTING`, and sends them from its egress, after
+/// `POSTROUTING`), as docs/DESIGN.md says: an iptables rule on n2 that drops UDP 4789 in
+/// `INPUT` cuts the pods off over the tunnel sockets, and counts their packets, but not
+/// over the tunnel-GSO port, where it sees none.
+#[test]
+fn a_firewall_rule_on_the_tunnel_port_binds_the_sockets_not_the_tunnel_gso_port() {
+    let test = "a_firewall_rule_on_the_tunnel_port_binds_the_sockets_not_the_tunnel_gso_port";
+    let _s = serial();
+    if !privileged(test) {
+        return;
+    }
+    let mut modes = vec!["off"];
+    match weft_datapath::port::underlay::probe() {
+        Ok(()) => modes.push("on"),
+        Err(why) => {
+            assert!(
+                std::env::var_os("WEFT_REQUIRE_PRIVILEGED").is_none(),
+                "{test}: this kernel has no tunnel-GSO TAP ({why})"
+            );
+            eprintln!("tunnel-GSO half skipped: this kernel has no tunnel-GSO TAP ({why})");
+        }
+    }
+    for gso in modes {
+        let c = parse(&describe("vxlan", "l3", 100, "f", 2, 1, false));
+        let gso_flag = format!("--tunnel-gso={gso}");
+        let cl = build_with(&[&c], None, &[&gso_flag, "--offloads=on"]);
+        let (from, to) = (cl.pod("f11").ns.clone(), cl.pod("f21").ip());
+        assert!(
+            from.ping(&to, 2, 2),
+            "tunnel_gso={gso}: before the rule\n{}",
+            cl.logs()
+        );
+        let n2 = cl.node("n2").ns.clone();
+        n2.run(&[
+            "iptables", "-I", "INPUT", "-p", "udp", "--dport", "4789", "-j", "DROP",
+        ])
+        .unwrap_or_else(|e| panic!("iptables in n2: {e}"));
+        let through = from.ping(&to, 3, 1);
+        let rules = n2
+            .run(&["iptables", "-L", "INPUT", "-v", "-n", "-x"])
+            .unwrap();
+        let dropped: u64 = rules
+            .lines()
+            .find(|l| l.contains("DROP") && l.contains("dpt:4789"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no DROP rule for 4789 in n2:\n{rules}"));
+        if gso == "on" {
+            assert!(through, "the rule stopped the tunnel-GSO port\n{rules}");
+            assert_eq!(
+                dropped, 0,
+                "netfilter saw the tunnel-GSO port's packets\n{rules}"
+            );
+        } else {
+            assert!(
+                !through,
+                "the rule did not stop the tunnel sockets\n{rules}"
+            );
+            assert!(dropped >= 3, "the rule counted {dropped} packets\n{rules}");
+        }
+        finish(cl);
+    }
+}
+
 fn kernel_interop(flags: &[&str]) {
     let c = parse(&describe("vxlan", "l2", 100, "k", 2, 2, true));
     let mut cl = build_with(&[&c], Some("n1"), flags);
