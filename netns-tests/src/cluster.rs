@@ -322,6 +322,18 @@ impl ClusterLab {
         Metrics::parse(&out)
     }
 
+    /// Each running `weftd`'s log, by node name.
+    pub fn node_logs(&self) -> Vec<(String, String)> {
+        self.nodes
+            .iter()
+            .filter(|n| n.proc.is_some())
+            .map(|n| {
+                let name = n.label.strip_prefix("weftd-").unwrap_or(&n.label);
+                (name.to_string(), self.lab.log(&n.label))
+            })
+            .collect()
+    }
+
     /// Every `weftd`'s log, for failure messages.
     pub fn logs(&self) -> String {
         self.nodes
