@@ -302,14 +302,17 @@ mod tests {
             to.sll_family = libc::AF_PACKET as u16;
             to.sll_ifindex = ifindex as i32;
             to.sll_halen = 6;
-            for round in 0..3u8 {
+            // Short, long, and both sides of the edge (the length counts the Ethernet
+            // header: the program sees the frame as the TAP will hand it over).
+            let sizes = [60, 1000, SMALL_FRAME as usize, SMALL_FRAME as usize + 1];
+            for (round, &size) in sizes.iter().enumerate() {
+                let round = round as u8;
                 for cpu in 0..cpus.min(4) {
                     pin(cpu);
                     let mark = round * 16 + cpu as u8;
-                    // Rounds 0 and 2 send small frames, round 1 long ones.
-                    let long = round == 1;
+                    let long = size > SMALL_FRAME as usize;
                     let mut frame = [0u8; 1000];
-                    let frame = &mut frame[..if long { 1000 } else { 60 }];
+                    let frame = &mut frame[..size];
                     frame[..6].copy_from_slice(&[0xff; 6]);
                     frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, mark]);
                     frame[12..14].copy_from_slice(&[0x88, 0xb5]);
