@@ -32,6 +32,12 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 /// while datagrams wait: with 4 MiB a burst of 300,000 64-byte frames (`compare`)
 /// overflowed a tunnel socket by 0-6.5% on the 2-core test machine while its worker was
 /// off the CPU; with 32 MiB it arrived whole in 9 rounds of 9 (VXLAN, Geneve, IP-in-IP).
+/// What this leaves open: a UDP socket's backlog still counts against the node-wide
+/// `net.ipv4.udp_mem` (FORCE passes only the per-socket cap), so a weftd far behind
+/// could press the node's other UDP sockets once its sockets hold gigabytes (64 MiB
+/// each here); a raw socket's send buffer this large means a full qdisc, not the
+/// buffer, drops an IP-in-IP packet, which the kernel does not report without
+/// `IP_RECVERR` (the node's `OutDiscards` counts it). Neither happens over veth here.
 const SOCKET_BUFFER: usize = 32 << 20;
 
 /// IP protocol number of IP-in-IP (IPv4 in IPv4).
