@@ -125,8 +125,8 @@ fn build_with(clusters: &[&Cluster], kernel: Option<&str>, flags: &[&str]) -> Cl
         .iter()
         .any(|c| matches!(c.encap(), Encap::Vxlan | Encap::Geneve));
     if gso_on && !offloads_off && udp_tunnel && weft_datapath::port::underlay::probe().is_ok() {
-        for (node, _) in cl.node_logs() {
-            assert_tunnel_gso_in_use(&cl, &node);
+        for (node, log) in cl.node_logs() {
+            assert_log_says_tunnel_gso(&node, &log);
         }
     }
     cl
@@ -137,18 +137,24 @@ fn build_with(clusters: &[&Cluster], kernel: Option<&str>, flags: &[&str]) -> Cl
 /// Under `WEFT_REQUIRE_PRIVILEGED` (CI) a kernel without it fails the test instead.
 fn begin_gso(test: &str) -> Option<MutexGuard<'static, ()>> {
     let s = serial();
-    if !privileged(test) {
-        return None;
-    }
-    if let Err(why) = weft_datapath::port::underlay::probe() {
-        assert!(
-            std::env::var_os("WEFT_REQUIRE_PRIVILEGED").is_none(),
-            "{test}: this kernel has no tunnel-GSO TAP ({why})"
-        );
-        eprintln!("skipped: this kernel has no tunnel-GSO TAP ({why})");
+    if !privileged(test) || !kernel_has_tunnel_gso(test, "skipped") {
         return None;
     }
     Some(s)
+}
+
+/// Whether this kernel has tunnel GSO in TAPs; when not, says `skipped` and why, and
+/// fails the test under `WEFT_REQUIRE_PRIVILEGED` (CI).
+fn kernel_has_tunnel_gso(test: &str, skipped: &str) -> bool {
+    let Err(why) = weft_datapath::port::underlay::probe() else {
+        return true;
+    };
+    assert!(
+        std::env::var_os("WEFT_REQUIRE_PRIVILEGED").is_none(),
+        "{test}: this kernel has no tunnel-GSO TAP ({why})"
+    );
+    eprintln!("{skipped}: this kernel has no tunnel-GSO TAP ({why})");
+    false
 }
 
 /// Drops the lab and checks that nothing of it remains.
@@ -636,6 +642,11 @@ fn assert_tunnel_gso_in_use(cl: &ClusterLab, node: &str) {
     let Some((_, log)) = logs.iter().find(|(n, _)| n == node) else {
         panic!("{node} runs no weftd\n{}", cl.logs());
     };
+    assert_log_says_tunnel_gso(node, log);
+}
+
+/// Checks that a weftd's `log` says it joined the tunnel-GSO port.
+fn assert_log_says_tunnel_gso(node: &str, log: &str) {
     assert!(
         log.contains("underlay: tunnel-GSO TAP")
             && log.contains("tunnel-GSO underlay port joined to its device by tc"),
@@ -810,15 +821,8 @@ fn a_firewall_rule_on_the_tunnel_port_binds_the_sockets_not_the_tunnel_gso_port(
         return;
     }
     let mut modes = vec!["off"];
-    match weft_datapath::port::underlay::probe() {
-        Ok(()) => modes.push("on"),
-        Err(why) => {
-            assert!(
-                std::env::var_os("WEFT_REQUIRE_PRIVILEGED").is_none(),
-                "{test}: this kernel has no tunnel-GSO TAP ({why})"
-            );
-            eprintln!("tunnel-GSO half skipped: this kernel has no tunnel-GSO TAP ({why})");
-        }
+    if kernel_has_tunnel_gso(test, "tunnel-GSO half skipped") {
+        modes.push("on");
     }
     for gso in modes {
         let c = parse(&describe("vxlan", "l3", 100, "f", 2, 1, false));

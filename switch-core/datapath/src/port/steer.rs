@@ -307,10 +307,10 @@ mod tests {
             let sizes = [60, 1000, SMALL_FRAME as usize, SMALL_FRAME as usize + 1];
             for (round, &size) in sizes.iter().enumerate() {
                 let round = round as u8;
+                let long = size > SMALL_FRAME as usize;
                 for cpu in 0..cpus.min(4) {
                     pin(cpu);
                     let mark = round * 16 + cpu as u8;
-                    let long = size > SMALL_FRAME as usize;
                     let mut frame = [0u8; 1000];
                     let frame = &mut frame[..size];
                     frame[..6].copy_from_slice(&[0xff; 6]);
